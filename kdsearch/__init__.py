@@ -1,0 +1,27 @@
+"""kdsearch: search the hyperparameters of knowledge distillation with Ray Tune.
+
+`run_search`, `resume_search` and `make_report` are the Python API; the CLI (`kdsearch ...`)
+calls the same functions. Importing kdsearch does not import Ray: the search module loads on
+first use.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+__version__ = "0.1.0"
+
+__all__ = ["__version__", "load_config", "run_search", "resume_search", "make_report"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "load_config":
+        from kdsearch.config import load_config
+        return load_config
+    if name in ("run_search", "resume_search"):
+        from kdsearch import search
+        return getattr(search, name)
+    if name == "make_report":
+        from kdsearch.report import make_report
+        return make_report
+    raise AttributeError(f"module 'kdsearch' has no attribute {name!r}")

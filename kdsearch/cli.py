@@ -1,0 +1,169 @@
+"""`kdsearch` subcommands: thin wrappers over the Python API, one function each.
+
+Bad input ends in one line on stderr and exit code 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from kdsearch import __version__
+from kdsearch.config import ConfigError
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """A user mistake found outside the config (a path, a results folder): exit 2, one line."""
+
+
+def _device(choice: str) -> str:
+    import torch
+
+    if choice == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if choice == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda: no CUDA GPU is visible; use --device cpu")
+    return choice
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """One distillation run without Ray: the way to try a setting before searching."""
+    from kdsearch.config import default_cache_dir, default_data_dir, load_config
+    from kdsearch.data import load_dataset
+    from kdsearch.distill import EPOCH, TRAIN_LOSS, VAL_ACC, VAL_LOSS, train_student
+    from kdsearch.models import build_student, count_parameters
+    from kdsearch.teacher import get_teacher
+
+    cfg = load_config(args.config, args.set)
+    device = _device(args.device)
+    cache_dir = default_cache_dir(cfg)
+    data = load_dataset(cfg.dataset, data_dir=default_data_dir(cfg), cache_dir=cache_dir,
+                        device=device)
+    tr = cfg.training
+    teacher = None
+    if tr.alpha < 1.0:
+        teacher = get_teacher(cfg, data, cache_dir=cache_dir)
+        source = "trained now" if teacher.trained_now else f"cached, {teacher.key}"
+        print(f"teacher {cfg.teacher.model}: val_acc {teacher.val_acc:.4f} ({source})")
+    n_params = count_parameters(build_student(cfg.student.model, data.input_shape,
+                                              data.num_classes, width=cfg.student.width))
+    print(f"student {cfg.student.model} width {cfg.student.width} ({n_params:,} parameters) on "
+          f"{cfg.dataset.name}: {len(data.train):,} train / {len(data.val):,} val, {device}; "
+          f"T={tr.temperature:g} alpha={tr.alpha:g} lr={tr.lr:g} batch={tr.batch_size}")
+
+    def report(m: dict[str, float], _state: object) -> None:
+        print(f"epoch {int(m[EPOCH]):3d}/{tr.epochs}  train_loss {m[TRAIN_LOSS]:.4f}  "
+              f"val_loss {m[VAL_LOSS]:.4f}  val_acc {m[VAL_ACC]:.4f}  "
+              f"({m['epoch_seconds']:.2f} s)", flush=True)
+
+    _, history = train_student(cfg, data, teacher=teacher, report=report)
+    print(f"final val_acc {history[-1][VAL_ACC]:.4f}")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from kdsearch.search import run_search
+
+    result = run_search(args.space, overrides=args.set, address=args.address,
+                        results_dir=args.results_dir, storage_path=args.storage_path,
+                        force=args.force, report=not args.no_report)
+    print(result.summary_line())
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from kdsearch.search import resume_search
+
+    result = resume_search(args.results, address=args.address, report=not args.no_report)
+    print(result.summary_line())
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from kdsearch.report import make_report
+
+    out = make_report(args.results, retrain=not args.no_retrain)
+    print(f"report: {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="kdsearch", description="Search knowledge-distillation "
+                                "hyperparameters with Ray Tune.")
+    p.add_argument("--version", action="version", version=f"kdsearch {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    t = sub.add_parser("train", help="one distillation run without Ray (try a setting)")
+    t.add_argument("config", help="config / search-space YAML (its search section is ignored)")
+    t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a value, e.g. --set training.temperature=8")
+    t.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    t.set_defaults(func=cmd_train)
+
+    r = sub.add_parser("run", help="run a search described by a space file")
+    r.add_argument("space", help="search-space YAML, e.g. search_spaces/quickstart.yaml")
+    r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a value, e.g. --set search.num_samples=8")
+    r.add_argument("--address", default=None,
+                   help="Ray cluster to join: auto or HOST:PORT (default: $RAY_ADDRESS, else a "
+                        "local Ray)")
+    r.add_argument("--results-dir", default="results",
+                   help="where results/<name>/ goes (default: ./results)")
+    r.add_argument("--storage-path", default=None,
+                   help="Ray Tune storage (a path or URI shared by the cluster); default: the "
+                        "results folder")
+    r.add_argument("--force", action="store_true",
+                   help="replace an existing results folder of the same name")
+    r.add_argument("--no-report", action="store_true", help="skip the report at the end")
+    r.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("resume", help="continue an interrupted search")
+    s.add_argument("results", help="the search's results folder, e.g. results/quickstart")
+    s.add_argument("--address", default=None, help="Ray cluster to join (as for run)")
+    s.add_argument("--no-report", action="store_true", help="skip the report at the end")
+    s.set_defaults(func=cmd_resume)
+
+    o = sub.add_parser("report", help="write report.md, tables and plots for a search")
+    o.add_argument("results", help="the search's results folder, e.g. results/quickstart")
+    o.add_argument("--no-retrain", action="store_true",
+                   help="reuse the final evaluation already in the folder, if any")
+    o.set_defaults(func=cmd_report)
+    return p
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from kdsearch.data import DataError
+
+    errors: list[type[BaseException]] = [ConfigError, UsageError, DataError]
+    try:
+        from kdsearch.search import SearchError
+        errors.append(SearchError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except KeyboardInterrupt:
+        print("kdsearch: interrupted", file=sys.stderr)
+        return 130
+    except Exception as e:
+        if isinstance(e, _user_errors()):
+            print(f"kdsearch: error: {e}", file=sys.stderr)
+            return EXIT_USAGE
+        if os.environ.get("KDSEARCH_DEBUG"):
+            raise
+        raise
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,509 @@
+"""YAML -> frozen dataclasses, validated once where the input enters.
+
+A config file holds values only: numbers, names and choices. Every check here names the file,
+the key, the value and what is allowed, so a typo costs one line of reading, not a traceback.
+This module imports neither torch nor ray.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10")
+TEACHER_MODELS = ("mlp_teacher", "cnn_teacher")
+STUDENT_MODELS = ("mlp_student", "cnn_student", "cnn_student2")
+OPTIMIZERS = ("adam", "sgd")
+DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
+SEARCH_ALGORITHMS = ("tpe", "random")
+SCHEDULERS = ("asha", "fifo")
+
+# A searched dimension -> the (section, key) of the config it sets in each trial.
+SEARCHABLE: dict[str, tuple[str, str]] = {
+    "temperature": ("training", "temperature"),
+    "alpha": ("training", "alpha"),
+    "lr": ("training", "lr"),
+    "width": ("student", "width"),
+    "batch_size": ("training", "batch_size"),
+    "weight_decay": ("training", "weight_decay"),
+    "epochs": ("training", "epochs"),
+}
+# Dimensions that are about distillation: the baseline search drops them (alpha is fixed to 1).
+KD_DIMENSIONS = ("temperature", "alpha")
+
+
+class ConfigError(ValueError):
+    """Bad user input: the message is one line that says what is wrong and what to do."""
+
+
+# --------------------------------------------------------------------------- field checks
+Check = Callable[[Any], bool]
+
+
+def _spec(default: Any, kind: type | tuple[type, ...], check: Check | None = None,
+          allowed: str = "", *, optional: bool = False) -> Any:
+    return field(default=default, metadata={"kind": kind, "check": check, "allowed": allowed,
+                                            "optional": optional})
+
+
+def _positive(v: float) -> bool:
+    return v > 0
+
+
+def _in_unit(v: float) -> bool:
+    return 0.0 <= v <= 1.0
+
+
+def _at_least(n: int) -> Check:
+    return lambda v: v >= n
+
+
+def _one_of(names: tuple[str, ...]) -> tuple[Check, str]:
+    return (lambda v: v in names), "one of " + ", ".join(names)
+
+
+# Rules for a searched dimension's values, shared by the fixed config fields and the space bounds.
+VALUE_RULES: dict[str, tuple[type, Check, str]] = {
+    "temperature": (float, _positive, "a number > 0"),
+    "alpha": (float, _in_unit, "a number in [0, 1] (the weight of the hard-label loss)"),
+    "lr": (float, _positive, "a number > 0"),
+    "width": (int, _at_least(1), "an integer >= 1"),
+    "batch_size": (int, _at_least(1), "an integer >= 1"),
+    "weight_decay": (float, lambda v: v >= 0, "a number >= 0"),
+    "epochs": (int, _at_least(1), "an integer >= 1"),
+}
+
+
+def _rule(name: str, default: Any) -> Any:
+    kind, check, allowed = VALUE_RULES[name]
+    return _spec(default, kind, check, allowed)
+
+
+# --------------------------------------------------------------------------- sections
+@dataclass(frozen=True)
+class DatasetConfig:
+    name: str = _spec("digits", str, *_one_of(DATASETS))
+    # int: that many examples; float in (0, 1): that fraction of the training set;
+    # null: 5,000 for MNIST-sized sets, 15% for small ones.
+    val_size: float | None = _spec(None, (int, float), lambda v: v > 0,
+                                   "an integer count or a fraction in (0, 1)", optional=True)
+    split_seed: int = _spec(0, int, _at_least(0), "an integer >= 0")
+    # null: $KDSEARCH_DATA_DIR, else ~/.cache/kdsearch/data
+    data_dir: str | None = _spec(None, str, optional=True)
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    model: str = _spec("mlp_teacher", str, *_one_of(TEACHER_MODELS))
+    width: int | None = _spec(None, int, _at_least(1), "an integer >= 1 (null: the seed's width)",
+                              optional=True)
+    dropout: float = _spec(0.5, float, lambda v: 0 <= v < 1, "a number in [0, 1)")
+    epochs: int = _rule("epochs", 10)
+    batch_size: int = _rule("batch_size", 128)
+    lr: float = _rule("lr", 1e-3)
+    weight_decay: float = _rule("weight_decay", 0.0)
+    shift: int = _spec(0, int, _at_least(0), "an integer >= 0 (pixels of random translation)")
+    seed: int = _spec(0, int, _at_least(0), "an integer >= 0")
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    model: str = _spec("mlp_student", str, *_one_of(STUDENT_MODELS))
+    # mlp_student: units in each of the two hidden layers; cnn_*: channels of the first conv
+    # (the seed's 96), the other layers scaled by the same factor.
+    width: int = _rule("width", 20)
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    epochs: int = _rule("epochs", 10)
+    batch_size: int = _rule("batch_size", 128)
+    lr: float = _rule("lr", 3e-3)
+    weight_decay: float = _rule("weight_decay", 0.0)
+    optimizer: str = _spec("adam", str, *_one_of(OPTIMIZERS))
+    temperature: float = _rule("temperature", 4.0)
+    alpha: float = _rule("alpha", 0.3)  # weight of the hard-label loss; 1 = no teacher
+    shift: int = _spec(0, int, _at_least(0),
+                       "an integer >= 0 (pixels; > 0 makes the teacher run online)")
+    seed: int = _spec(0, int, _at_least(0), "an integer >= 0")
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """One searched hyperparameter and its distribution."""
+
+    name: str
+    distribution: str
+    low: float | None = None
+    high: float | None = None
+    step: float | None = None
+    values: tuple[Any, ...] | None = None
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    space: tuple[Dimension, ...] = ()
+    algorithm: str = _spec("tpe", str, *_one_of(SEARCH_ALGORITHMS))
+    scheduler: str = _spec("asha", str, *_one_of(SCHEDULERS))
+    num_samples: int = _spec(16, int, _at_least(1), "an integer >= 1")
+    # null: as many at once as the resources allow
+    max_concurrent_trials: int | None = _spec(None, int, _at_least(1), "an integer >= 1",
+                                              optional=True)
+    grace_period: int = _spec(1, int, _at_least(1), "an integer >= 1 (epochs)")
+    reduction_factor: int = _spec(3, int, _at_least(2), "an integer >= 2")
+    seed: int = _spec(0, int, _at_least(0), "an integer >= 0")
+    cpus_per_trial: float = _spec(1.0, float, _positive, "a number > 0")
+    # null: a fraction of a GPU worked out from the model and data size when the cluster has GPUs
+    gpus_per_trial: float | None = _spec(None, float, lambda v: 0 <= v, "a number >= 0",
+                                         optional=True)
+    max_failures: int = _spec(1, int, _at_least(0), "an integer >= 0 (retries of a crashing trial)")
+    baseline: bool = _spec(True, bool)  # also tune the student alone (alpha = 1)
+    # null: the same budget as the distillation search
+    baseline_num_samples: int | None = _spec(None, int, _at_least(1), "an integer >= 1",
+                                             optional=True)
+
+
+@dataclass(frozen=True)
+class ReportConfig:
+    seeds: int = _spec(3, int, _at_least(1), "an integer >= 1 (retrainings per setting)")
+    max_widths: int = _spec(6, int, _at_least(1), "an integer >= 1")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    name: str = "experiment"
+    dataset: DatasetConfig = DatasetConfig()
+    teacher: TeacherConfig = TeacherConfig()
+    student: StudentConfig = StudentConfig()
+    training: TrainingConfig = TrainingConfig()
+    search: SearchConfig = SearchConfig()
+    report: ReportConfig = ReportConfig()
+    cache_dir: str | None = None  # null: $KDSEARCH_CACHE_DIR, else ~/.cache/kdsearch
+
+
+SECTIONS: dict[str, type] = {
+    "dataset": DatasetConfig, "teacher": TeacherConfig, "student": StudentConfig,
+    "training": TrainingConfig, "search": SearchConfig, "report": ReportConfig,
+}
+TOP_LEVEL = ("name", "cache_dir", *SECTIONS)
+
+
+# --------------------------------------------------------------------------- parsing
+def _fail(source: str, key: str, value: Any, allowed: str) -> ConfigError:
+    shown = repr(value)
+    if len(shown) > 80:
+        shown = shown[:77] + "..."
+    return ConfigError(f"{source}: {key} = {shown} is not allowed: expected {allowed}")
+
+
+def _coerce(value: Any, kind: type | tuple[type, ...]) -> tuple[bool, Any]:
+    """Return (ok, value) with ints accepted as floats and '1e-3' strings as numbers."""
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool):
+        return (bool in kinds, value)
+    if float in kinds and isinstance(value, str):
+        try:
+            value = float(value)  # PyYAML reads 1e-3 (no dot) as a string
+        except ValueError:
+            return False, value
+    if float in kinds and isinstance(value, int):
+        return True, value if int in kinds else float(value)
+    if int in kinds and isinstance(value, float) and float not in kinds:
+        return (value.is_integer() and math.isfinite(value), int(value) if value.is_integer() else value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return False, value
+    return isinstance(value, kinds), value
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    if float in kinds:
+        return "a number"
+    return " or ".join(names[k] for k in kinds)
+
+
+def _build_section(cls: type, raw: Any, section: str, source: str) -> Any:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise _fail(source, section, raw, "a mapping of keys to values")
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    for key in raw:
+        if key not in known:
+            raise ConfigError(f"{source}: unknown key {section}.{key}; allowed keys in "
+                              f"{section}: {', '.join(known)}")
+    values: dict[str, Any] = {}
+    for name, f in known.items():
+        if name not in raw:
+            continue
+        value = raw[name]
+        meta = f.metadata
+        key = f"{section}.{name}"
+        if value is None:
+            if meta.get("optional"):
+                values[name] = None
+                continue
+            raise _fail(source, key, value, meta.get("allowed") or _kind_name(meta["kind"]))
+        ok, value = _coerce(value, meta["kind"])
+        allowed = meta.get("allowed") or _kind_name(meta["kind"])
+        if not ok:
+            raise _fail(source, key, raw[name], allowed)
+        check = meta.get("check")
+        if check is not None and not check(value):
+            raise _fail(source, key, raw[name], allowed)
+        values[name] = value
+    return cls(**values)
+
+
+def _check_value(source: str, key: str, dim: str, value: Any) -> Any:
+    kind, check, allowed = VALUE_RULES[dim]
+    ok, coerced = _coerce(value, kind)
+    if not ok or not check(coerced):
+        raise _fail(source, key, value, allowed)
+    return coerced
+
+
+def _build_dimension(name: str, raw: Any, source: str) -> Dimension:
+    key = f"search.space.{name}"
+    if name not in SEARCHABLE:
+        raise ConfigError(f"{source}: unknown key {key}; searchable dimensions: "
+                          f"{', '.join(SEARCHABLE)}")
+    if not isinstance(raw, dict):
+        raise _fail(source, key, raw, "a mapping such as {distribution: uniform, low: 0, high: 1}")
+    allowed_keys = ("distribution", "low", "high", "step", "values")
+    for k in raw:
+        if k not in allowed_keys:
+            raise ConfigError(f"{source}: unknown key {key}.{k}; allowed keys: "
+                              f"{', '.join(allowed_keys)}")
+    dist = raw.get("distribution")
+    if dist not in DISTRIBUTIONS:
+        raise _fail(source, f"{key}.distribution", dist, "one of " + ", ".join(DISTRIBUTIONS))
+    integer_dim = VALUE_RULES[name][0] is int
+    if dist == "choice":
+        for k in ("low", "high", "step"):
+            if k in raw:
+                raise ConfigError(f"{source}: {key}.{k} does not go with distribution choice; "
+                                  f"give values: [...]")
+        values = raw.get("values")
+        if not isinstance(values, list) or not values:
+            raise _fail(source, f"{key}.values", values, "a non-empty list")
+        checked = tuple(_check_value(source, f"{key}.values", name, v) for v in values)
+        if len(set(checked)) != len(checked):
+            raise _fail(source, f"{key}.values", values, "a list without repeated values")
+        return Dimension(name=name, distribution=dist, values=checked)
+    if "values" in raw:
+        raise ConfigError(f"{source}: {key}.values goes with distribution choice only; "
+                          f"give low and high for {dist}")
+    if integer_dim and dist != "int" :
+        raise _fail(source, f"{key}.distribution", dist, "int or choice (integer dimension)")
+    if dist == "int" and not integer_dim:
+        raise _fail(source, f"{key}.distribution", dist, "uniform, loguniform or choice")
+    for k in ("low", "high"):
+        if k not in raw:
+            raise ConfigError(f"{source}: {key}.{k} is missing; {dist} needs low and high")
+    low = _check_value(source, f"{key}.low", name, raw["low"])
+    high = _check_value(source, f"{key}.high", name, raw["high"])
+    if not low < high:
+        raise ConfigError(f"{source}: {key}: low = {raw['low']!r} must be below high = "
+                          f"{raw['high']!r}")
+    if dist == "loguniform" and low <= 0:
+        raise _fail(source, f"{key}.low", raw["low"], "a number > 0 for loguniform")
+    step = None
+    if "step" in raw:
+        if dist != "int":
+            raise ConfigError(f"{source}: {key}.step goes with distribution int only")
+        ok, step = _coerce(raw["step"], int)
+        if not ok or step < 1 or step > high - low:
+            raise _fail(source, f"{key}.step", raw["step"],
+                        f"an integer between 1 and high - low = {high - low}")
+    return Dimension(name=name, distribution=dist, low=low, high=high, step=step)
+
+
+def _build_search(raw: Any, source: str) -> SearchConfig:
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise _fail(source, "search", raw, "a mapping of keys to values")
+    rest = {k: v for k, v in raw.items() if k != "space"}
+    base = _build_section(SearchConfig, rest, "search", source)
+    space_raw = raw.get("space") or {}
+    if not isinstance(space_raw, dict):
+        raise _fail(source, "search.space", space_raw, "a mapping of dimension names to "
+                    "distributions")
+    dims = tuple(_build_dimension(str(n), d, source) for n, d in space_raw.items())
+    return dataclasses.replace(base, space=dims)
+
+
+def config_from_dict(raw: Any, *, source: str = "<config>") -> ExperimentConfig:
+    """Validate a parsed YAML mapping into an ExperimentConfig; raise ConfigError on bad input."""
+    if raw is None:
+        raise ConfigError(f"{source}: the file is empty; expected a mapping with dataset, "
+                          f"teacher, student, training (and search) sections")
+    if not isinstance(raw, dict):
+        raise _fail(source, "<top level>", raw, "a mapping with dataset, teacher, student, "
+                    "training (and search) sections")
+    for key in raw:
+        if key not in TOP_LEVEL:
+            raise ConfigError(f"{source}: unknown key {key!s:.60}; allowed top-level keys: "
+                              f"{', '.join(TOP_LEVEL)}")
+    name = raw.get("name", Path(source).stem if source != "<config>" else "experiment")
+    if not isinstance(name, str) or not name or not all(c.isalnum() or c in "-_." for c in name) \
+            or name.startswith("."):
+        raise _fail(source, "name", name, "a non-empty name of letters, digits, '-', '_' or '.'")
+    cache_dir = raw.get("cache_dir")
+    if cache_dir is not None and not isinstance(cache_dir, str):
+        raise _fail(source, "cache_dir", cache_dir, "a path string")
+    sections = {s: _build_section(cls, raw.get(s), s, source)
+                for s, cls in SECTIONS.items() if s != "search"}
+    cfg = ExperimentConfig(name=name, cache_dir=cache_dir,
+                           search=_build_search(raw.get("search"), source), **sections)
+    _check_consistency(cfg, source)
+    return cfg
+
+
+def _check_consistency(cfg: ExperimentConfig, source: str) -> None:
+    cnn_teacher = cfg.teacher.model.startswith("cnn")
+    cnn_student = cfg.student.model.startswith("cnn")
+    if cnn_teacher != cnn_student:
+        pass  # any teacher can teach any student: only the logits are shared
+    if cfg.training.shift > 0 and cfg.dataset.name == "digits" and cfg.training.shift > 2:
+        raise _fail(source, "training.shift", cfg.training.shift,
+                    "at most 2 pixels on 8x8 digits")
+    if cfg.search.scheduler == "asha" and cfg.search.grace_period > max_epochs(cfg):
+        raise ConfigError(f"{source}: search.grace_period = {cfg.search.grace_period} exceeds "
+                          f"the epoch budget {max_epochs(cfg)}; lower it or raise training.epochs")
+
+
+def max_epochs(cfg: ExperimentConfig) -> int:
+    """The most epochs any trial can run: ASHA's max_t."""
+    for d in cfg.search.space:
+        if d.name == "epochs":
+            return int(d.high if d.values is None else max(d.values))
+    return cfg.training.epochs
+
+
+# --------------------------------------------------------------------------- files
+def read_yaml(path: str | os.PathLike[str]) -> Any:
+    """Parse a YAML file safely; any problem becomes a one-line ConfigError."""
+    p = Path(path)
+    if not p.exists():
+        raise ConfigError(f"{p}: no such file; pass an existing YAML file (see search_spaces/)")
+    if not p.is_file():
+        raise ConfigError(f"{p}: not a file; pass a YAML file (see search_spaces/)")
+    try:
+        text = p.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p}: not UTF-8 text (byte {e.start}); save it as UTF-8 YAML") from None
+    except OSError as e:
+        raise ConfigError(f"{p}: cannot read it ({e.strerror})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or type(e).__name__
+        raise ConfigError(f"{p}: YAML does not parse{where}: {problem}") from None
+    except RecursionError:
+        raise ConfigError(f"{p}: YAML nested too deeply to read") from None
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """'search.num_samples=8' -> (['search', 'num_samples'], 8)."""
+    if "=" not in text:
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set search.num_samples=8")
+    key, _, value = text.partition("=")
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"--set {text!r}: the key {key!r} is not a dotted path like "
+                          f"training.lr")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        raise ConfigError(f"--set {text!r}: the value {value!r} does not parse as YAML") from None
+    return parts, parsed
+
+
+def apply_overrides(raw: Any, overrides: list[str] | tuple[str, ...]) -> Any:
+    if not overrides:
+        return raw
+    raw = dict(raw or {}) if isinstance(raw, dict) or raw is None else raw
+    if not isinstance(raw, dict):
+        return raw  # the top-level error is reported by config_from_dict
+    for text in overrides:
+        parts, value = parse_override(text)
+        node = raw
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"--set {text!r}: {'.'.join(parts[:i + 1])} is not a section")
+            node[part] = child = dict(child)
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+def load_config(path: str | os.PathLike[str], overrides: list[str] | tuple[str, ...] = ()
+                ) -> ExperimentConfig:
+    """Read, override and validate a config / search-space file."""
+    raw = apply_overrides(read_yaml(path), overrides)
+    return config_from_dict(raw, source=str(path))
+
+
+def config_to_dict(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The resolved config as plain YAML-able values (the format load_config reads)."""
+    out: dict[str, Any] = {"name": cfg.name, "cache_dir": cfg.cache_dir}
+    for section in SECTIONS:
+        obj = getattr(cfg, section)
+        d = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj) if f.name != "space"}
+        if section == "search":
+            space: dict[str, Any] = {}
+            for dim in obj.space:
+                entry: dict[str, Any] = {"distribution": dim.distribution}
+                if dim.values is not None:
+                    entry["values"] = list(dim.values)
+                else:
+                    entry["low"], entry["high"] = dim.low, dim.high
+                    if dim.step is not None:
+                        entry["step"] = dim.step
+                space[dim.name] = entry
+            d = {"space": space, **d}
+        out[section] = d
+    return out
+
+
+def dump_config(cfg: ExperimentConfig) -> str:
+    return yaml.safe_dump(config_to_dict(cfg), sort_keys=False)
+
+
+def with_params(cfg: ExperimentConfig, params: dict[str, Any]) -> ExperimentConfig:
+    """The config a trial trains: the fixed config with the trial's searched values set."""
+    sections: dict[str, dict[str, Any]] = {}
+    for name, value in params.items():
+        section, key = SEARCHABLE[name]
+        kind = VALUE_RULES[name][0]
+        sections.setdefault(section, {})[key] = kind(value)
+    return dataclasses.replace(cfg, **{s: dataclasses.replace(getattr(cfg, s), **kv)
+                                       for s, kv in sections.items()})
+
+
+def default_cache_dir(cfg: ExperimentConfig | None = None) -> Path:
+    if cfg is not None and cfg.cache_dir:
+        return Path(cfg.cache_dir).expanduser()
+    env = os.environ.get("KDSEARCH_CACHE_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "kdsearch"
+
+
+def default_data_dir(cfg: ExperimentConfig | None = None) -> Path:
+    if cfg is not None and cfg.dataset.data_dir:
+        return Path(cfg.dataset.data_dir).expanduser()
+    env = os.environ.get("KDSEARCH_DATA_DIR")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "kdsearch" / "data"

@@ -1,0 +1,185 @@
+"""Datasets -> in-memory tensors, with a seeded validation split carved out of the training set.
+
+Every dataset here fits in memory (MNIST's training set is 188 MB as float32), so it is held as
+tensors on the run's device and batched with `randperm`, never through a DataLoader.
+The search sees only `train` and `val`; `load_test` is called by the final evaluation alone.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kdsearch.config import DatasetConfig
+
+# Files torchvision expects under <root>/<folder>/raw, for the error message.
+_TORCHVISION_FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST",
+                        "cifar10": "cifar-10-batches-py"}
+_DIGITS_TEST_SEED = 20150309  # fixed: the digits test split never moves with split_seed
+_DIGITS_TEST_FRACTION = 0.2
+
+
+class DataError(RuntimeError):
+    """The dataset cannot be had: the message says where we looked and what to do."""
+
+
+@dataclass(frozen=True)
+class Split:
+    x: torch.Tensor  # float32, N x C x H x W, normalised with the training split's statistics
+    y: torch.Tensor  # int64, N
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+    def to(self, device: torch.device | str) -> Split:
+        return Split(self.x.to(device), self.y.to(device))
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    train: Split
+    val: Split
+    num_classes: int
+    input_shape: tuple[int, int, int]  # C, H, W
+    mean: tuple[float, ...]  # per channel, of the training split, on the 0..1 pixel scale
+    std: tuple[float, ...]
+
+    def to(self, device: torch.device | str) -> Dataset:
+        return Dataset(self.name, self.train.to(device), self.val.to(device), self.num_classes,
+                       self.input_shape, self.mean, self.std)
+
+
+def default_val_size(n_train: int) -> int:
+    """5,000 for MNIST-sized sets (as Hinton et al. and most MNIST work), 15% for small ones."""
+    return 5000 if n_train >= 20000 else max(1, round(0.15 * n_train))
+
+
+def _val_count(val_size: float | int | None, n: int, name: str) -> int:
+    if val_size is None:
+        return default_val_size(n)
+    if isinstance(val_size, float) and val_size < 1:
+        count = round(val_size * n)
+    else:
+        count = int(val_size)
+    if not 1 <= count < n:
+        raise DataError(f"dataset.val_size = {val_size!r} leaves no training data: {name} has "
+                        f"{n} training examples; use a count below {n} or a fraction in (0, 1)")
+    return count
+
+
+def _writable(path: Path) -> bool:
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    return os.access(probe, os.W_OK)
+
+
+def _torchvision_root(name: str, root: Path, fallback: Path) -> Path:
+    """torchvision decompresses next to the .gz files; use a writable copy if root is read-only."""
+    folder = root / _TORCHVISION_FOLDERS[name] / "raw"
+    if _writable(root) or not folder.is_dir():
+        return root
+    target = fallback / _TORCHVISION_FOLDERS[name] / "raw"
+    target.mkdir(parents=True, exist_ok=True)
+    for f in folder.iterdir():
+        if f.is_file() and not (target / f.name).exists():
+            shutil.copy2(f, target / f.name)
+    return fallback
+
+
+def _load_torchvision(name: str, root: Path, fallback: Path
+                      ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    import torchvision  # imported here: digits runs need no torchvision start-up cost
+
+    cls = {"mnist": torchvision.datasets.MNIST, "fashion_mnist": torchvision.datasets.FashionMNIST,
+           "cifar10": torchvision.datasets.CIFAR10}[name]
+    use_root = _torchvision_root(name, root, fallback)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            train = cls(str(use_root), train=True, download=True)
+            test = cls(str(use_root), train=False, download=True)
+    except Exception as e:  # torchvision raises URLError, RuntimeError, OSError...
+        where = use_root / _TORCHVISION_FOLDERS[name]
+        raise DataError(
+            f"{name}: files not found under {where} and the download failed "
+            f"({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}); put the "
+            f"original files there (torchvision layout) or point dataset.data_dir / "
+            f"KDSEARCH_DATA_DIR at a folder that has them") from None
+    def arrays(ds: object) -> tuple[np.ndarray, np.ndarray]:
+        data = ds.data  # type: ignore[attr-defined]
+        data = data.numpy() if isinstance(data, torch.Tensor) else np.asarray(data)
+        targets = ds.targets  # type: ignore[attr-defined]
+        targets = targets.numpy() if isinstance(targets, torch.Tensor) else np.asarray(targets)
+        if data.ndim == 3:
+            data = data[:, None, :, :]  # N x 1 x H x W
+        else:
+            data = data.transpose(0, 3, 1, 2)  # CIFAR: N x H x W x C -> N x C x H x W
+        return data.astype(np.float32) / 255.0, targets.astype(np.int64)
+    return (*arrays(train), *arrays(test))
+
+
+def _load_digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = (bunch.images.astype(np.float32) / 16.0)[:, None, :, :]  # 1797 x 1 x 8 x 8, 0..1
+    y = bunch.target.astype(np.int64)
+    perm = np.random.default_rng(_DIGITS_TEST_SEED).permutation(len(y))
+    n_test = round(_DIGITS_TEST_FRACTION * len(y))
+    test, train = perm[:n_test], perm[n_test:]
+    return x[train], y[train], x[test], y[test]
+
+
+def _raw(cfg: DatasetConfig, data_dir: Path, fallback: Path
+         ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    if cfg.name == "digits":
+        return _load_digits()
+    return _load_torchvision(cfg.name, data_dir, fallback)
+
+
+def split_indices(n: int, val_count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, val) indices: a seeded permutation, so the same seed gives the same split."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[val_count:].sort().values, perm[:val_count].sort().values
+
+
+def _stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    mean = x.mean(axis=(0, 2, 3), dtype=np.float64)
+    std = x.std(axis=(0, 2, 3), dtype=np.float64)
+    return tuple(float(m) for m in mean), tuple(float(max(s, 1e-6)) for s in std)
+
+
+def _normalise(x: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    return (torch.from_numpy(np.ascontiguousarray(x)) - m) / s
+
+
+def load_dataset(cfg: DatasetConfig, *, data_dir: Path, cache_dir: Path,
+                 device: torch.device | str = "cpu") -> Dataset:
+    """The train and val splits as normalised tensors on `device` (test is not loaded)."""
+    x, y, _, _ = _raw(cfg, data_dir, cache_dir / "datasets")
+    n_val = _val_count(cfg.val_size, len(y), cfg.name)
+    train_idx, val_idx = split_indices(len(y), n_val, cfg.split_seed)
+    xt, xv = x[train_idx.numpy()], x[val_idx.numpy()]
+    mean, std = _stats(xt)
+    train = Split(_normalise(xt, mean, std), torch.from_numpy(y[train_idx.numpy()]))
+    val = Split(_normalise(xv, mean, std), torch.from_numpy(y[val_idx.numpy()]))
+    c, h, w = x.shape[1:]
+    ds = Dataset(cfg.name, train, val, int(y.max()) + 1, (int(c), int(h), int(w)), mean, std)
+    return ds.to(device)
+
+
+def load_test(cfg: DatasetConfig, dataset: Dataset, *, data_dir: Path, cache_dir: Path,
+              device: torch.device | str = "cpu") -> Split:
+    """The held-out test split, normalised like `dataset`. Only the final evaluation calls this."""
+    _, _, xs, ys = _raw(cfg, data_dir, cache_dir / "datasets")
+    return Split(_normalise(xs, dataset.mean, dataset.std), torch.from_numpy(ys)).to(device)

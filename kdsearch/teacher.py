@@ -1,0 +1,180 @@
+"""Train the teacher once, cache it by a hash of everything that determines it, with its logits.
+
+An entry is a folder `<cache_dir>/teachers/<key>/` holding `teacher.pt` (weights and the logits
+on the training split, read with `torch.load(weights_only=True)`) and `manifest.json` (the
+settings, the teacher's val accuracy and the sha256 of `teacher.pt`). Both are written to a
+temporary file and renamed into place, the manifest last, so a reader sees a whole entry or none;
+a truncated or bit-flipped `teacher.pt` fails its checksum, is reported in one line and rebuilt.
+A file lock makes two processes asking for the same teacher at once train it once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from filelock import FileLock
+from torch import nn
+
+from kdsearch import __version__
+from kdsearch.config import ExperimentConfig, TrainingConfig
+from kdsearch.data import Dataset
+from kdsearch.distill import VAL_ACC, FitState, fit, predict
+from kdsearch.models import build_teacher
+
+CACHE_FORMAT = 1  # bump when the entry layout or the teacher's training code changes
+
+
+@dataclass(frozen=True)
+class Teacher:
+    model: nn.Module  # in eval mode, on the dataset's device
+    train_logits: torch.Tensor  # N_train x classes, in data.train order, no augmentation
+    val_acc: float
+    key: str
+    path: Path | None  # the cache entry, None when the cache was not writable
+    trained_now: bool  # False: loaded from the cache
+
+
+def teacher_settings(cfg: ExperimentConfig) -> dict[str, Any]:
+    """Everything that determines the teacher (and nothing about the student or the search)."""
+    d = cfg.dataset
+    return {"format": CACHE_FORMAT, "dataset": d.name, "val_size": d.val_size,
+            "split_seed": d.split_seed, "teacher": dataclasses.asdict(cfg.teacher)}
+
+
+def teacher_key(cfg: ExperimentConfig) -> str:
+    blob = json.dumps(teacher_settings(cfg), sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:20]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+class CorruptEntry(Exception):
+    pass
+
+
+def _load_entry(entry: Path, cfg: ExperimentConfig, data: Dataset) -> Teacher:
+    manifest_path, weights_path = entry / "manifest.json", entry / "teacher.pt"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+        expected = manifest["sha256"]
+        val_acc = float(manifest["val_acc"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CorruptEntry(f"unreadable manifest ({type(e).__name__})") from None
+    if not weights_path.is_file():
+        raise CorruptEntry("teacher.pt is missing")
+    if _sha256(weights_path) != expected:
+        raise CorruptEntry("teacher.pt does not match its checksum (truncated or modified)")
+    try:
+        blob = torch.load(weights_path, map_location="cpu", weights_only=True)
+        model = _new_teacher(cfg, data)
+        model.load_state_dict(blob["model"])
+        logits = blob["train_logits"]
+    except Exception as e:  # an unpickler refusal, a shape mismatch, a missing key
+        raise CorruptEntry(f"teacher.pt does not load ({type(e).__name__})") from None
+    if tuple(logits.shape) != (len(data.train), data.num_classes):
+        raise CorruptEntry(f"cached logits have shape {tuple(logits.shape)}, expected "
+                           f"{(len(data.train), data.num_classes)}")
+    device = data.train.x.device
+    return Teacher(model.to(device).eval(), logits.to(device), val_acc, entry.name, entry, False)
+
+
+def _new_teacher(cfg: ExperimentConfig, data: Dataset) -> nn.Module:
+    torch.manual_seed(cfg.teacher.seed)
+    t = cfg.teacher
+    return build_teacher(t.model, data.input_shape, data.num_classes, width=t.width,
+                         dropout=t.dropout)
+
+
+def train_teacher(cfg: ExperimentConfig, data: Dataset, *, progress: bool = True
+                  ) -> tuple[nn.Module, torch.Tensor, float]:
+    """Train the teacher from scratch: (model in eval mode, logits on data.train, val acc)."""
+    t = cfg.teacher
+    model = _new_teacher(cfg, data).to(data.train.x.device)
+    training = TrainingConfig(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr,
+                              weight_decay=t.weight_decay, alpha=1.0, shift=t.shift, seed=t.seed)
+    bar = None
+    if progress:
+        from tqdm import tqdm
+        bar = tqdm(total=t.epochs, desc=f"teacher {t.model} on {cfg.dataset.name}", unit="epoch",
+                   file=sys.stderr, leave=True)
+
+    def report(metrics: dict[str, float], state: FitState) -> None:
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(val_acc=f"{metrics[VAL_ACC]:.4f}")
+
+    history = fit(model, data, training, report=report)
+    if bar is not None:
+        bar.close()
+    model.eval()
+    return model, predict(model, data.train.x), history[-1][VAL_ACC]
+
+
+def get_teacher(cfg: ExperimentConfig, data: Dataset, *, cache_dir: Path, progress: bool = True,
+                log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> Teacher:
+    """The cached teacher for `cfg`, training (once, under a file lock) if there is none."""
+    key = teacher_key(cfg)
+    root = cache_dir / "teachers"
+    entry = root / key
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(root / f"{key}.lock"))
+        with lock:
+            pass
+    except OSError as e:
+        log(f"kdsearch: teacher cache {cache_dir} is not writable ({e.strerror}); training the "
+            f"teacher in memory without caching it (set KDSEARCH_CACHE_DIR to a writable folder)")
+        model, logits, val_acc = train_teacher(cfg, data, progress=progress)
+        return Teacher(model, logits, val_acc, key, None, True)
+
+    if (entry / "manifest.json").exists():
+        try:
+            return _load_entry(entry, cfg, data)
+        except CorruptEntry as e:
+            log(f"kdsearch: teacher cache entry {entry} is corrupted: {e}; rebuilding it")
+    with lock:
+        # another process may have built it while we waited for the lock
+        if (entry / "manifest.json").exists():
+            try:
+                return _load_entry(entry, cfg, data)
+            except CorruptEntry:
+                pass
+        model, logits, val_acc = train_teacher(cfg, data, progress=progress)
+        entry.mkdir(parents=True, exist_ok=True)
+        (entry / "manifest.json").unlink(missing_ok=True)  # the old manifest must not vouch
+        state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+        blob = {"model": state, "train_logits": logits.detach().cpu()}
+        _atomic_write(entry / "teacher.pt", lambda f: torch.save(blob, f))
+        manifest = {"key": key, "sha256": _sha256(entry / "teacher.pt"), "val_acc": val_acc,
+                    "settings": teacher_settings(cfg), "kdsearch_version": __version__}
+        _atomic_write(entry / "manifest.json",
+                      lambda f: f.write(json.dumps(manifest, indent=2).encode()))
+        return Teacher(model, logits, val_acc, key, entry, True)
