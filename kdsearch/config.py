@@ -163,6 +163,9 @@ class SearchConfig:
     gpus_per_trial: float | None = _spec(None, float, lambda v: 0 <= v, "a number >= 0",
                                          optional=True)
     max_failures: int = _spec(1, int, _at_least(0), "an integer >= 0 (retries of a crashing trial)")
+    # a trial saves a checkpoint when this many seconds have passed since its last one
+    # (0: every epoch); a killed search resumes unfinished trials from their last checkpoint
+    checkpoint_every_s: float = _spec(2.0, float, lambda v: v >= 0, "a number >= 0 (seconds)")
     baseline: bool = _spec(True, bool)  # also tune the student alone (alpha = 1)
     # null: the same budget as the distillation search
     baseline_num_samples: int | None = _spec(None, int, _at_least(1), "an integer >= 1",

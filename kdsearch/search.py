@@ -1,0 +1,728 @@
+"""The search: Ray Tune with Optuna's TPE and ASHA. The only module that imports Ray or Optuna.
+
+Flow: config -> dataset + cached teacher (once, in the driver) -> `tune.with_parameters` puts the
+tensors and the teacher's logits in Ray's object store once -> every trial builds a student from
+its config and runs `distill.fit`, reporting each epoch with a checkpoint -> a baseline search of
+the student alone (alpha = 1) on the same budget -> the results folder -> the report.
+
+Results folder `results/<name>/` (all paths inside it relative, so it can be copied):
+  config.yaml     the resolved config           run.json     phases, teacher, hardware, version
+  distill/        Ray Tune's experiment          baseline/    the same for the baseline search
+  trials.csv      every trial: config, status, final metrics (updated as trials end)
+  progress.csv    every reported epoch of every trial, in the order they arrived
+  optuna.db       the Optuna studies ("distill", "baseline"): optuna.load_study / optuna-dashboard
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import logging
+import math
+import os
+import platform
+import shutil
+import socket
+import sys
+import tempfile
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kdsearch import __version__
+from kdsearch.config import (KD_DIMENSIONS, ConfigError, Dimension, ExperimentConfig,
+                             config_from_dict, default_cache_dir, default_data_dir, dump_config,
+                             load_config, max_epochs, read_yaml, with_params)
+from kdsearch.data import Dataset, load_dataset
+from kdsearch.distill import (EPOCH, TRAIN_LOSS, VAL_ACC, VAL_LOSS, Diverged, FitState,
+                              train_student)
+from kdsearch.models import build_student, count_parameters
+from kdsearch.teacher import Teacher, get_teacher
+
+PHASES = ("distill", "baseline")
+RUN_FILE = "run.json"
+TRIALS_FILE = "trials.csv"
+PROGRESS_FILE = "progress.csv"
+OPTUNA_FILE = "optuna.db"
+CONFIG_FILE = "config.yaml"
+
+
+class SearchError(RuntimeError):
+    """A search cannot start or continue: one line that says what to do."""
+
+
+# --------------------------------------------------------------------------- the trainable
+_DEVICE_DATA: dict[int, tuple[str, Dataset, torch.Tensor | None, Teacher | None]] = {}
+
+
+def _trial_inputs(payload: dict[str, Any], device: str
+                  ) -> tuple[Dataset, torch.Tensor | None, Teacher | None]:
+    """The payload's tensors on this trial's device, moved once per actor (reuse_actors=True)."""
+    key = id(payload)
+    hit = _DEVICE_DATA.get(key)
+    if hit is not None and hit[0] == device:
+        return hit[1], hit[2], hit[3]
+    _DEVICE_DATA.clear()
+    data: Dataset = payload["data"].to(device)
+    logits = payload["teacher_logits"]
+    logits = logits.to(device) if logits is not None else None
+    teacher = None
+    if payload["teacher_state"] is not None:
+        from kdsearch.models import build_teacher
+
+        cfg = config_from_dict(payload["config"])
+        model = build_teacher(cfg.teacher.model, data.input_shape, data.num_classes,
+                              width=cfg.teacher.width, dropout=cfg.teacher.dropout)
+        model.load_state_dict(payload["teacher_state"])
+        teacher = Teacher(model.to(device).eval(), logits, 0.0, "", None, False)
+    elif logits is not None:
+        teacher = Teacher(torch.nn.Identity(), logits, 0.0, "", None, False)
+    _DEVICE_DATA[key] = (device, data, logits, teacher)
+    return data, logits, teacher
+
+
+def _trainable(params: dict[str, Any], payload: dict[str, Any]) -> None:
+    """One trial: train the student of `params` and report every epoch to Ray Tune."""
+    import ray
+    from ray import tune
+
+    cfg = with_params(config_from_dict(payload["config"]), params)
+    if payload["phase"] == "baseline":
+        cfg = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, alpha=1.0))
+    # torch threads match this trial's CPU share, so concurrent trials do not oversubscribe
+    torch.set_num_threads(max(1, int(payload["cpus_per_trial"])))
+    gpu_ids = ray.get_gpu_ids()
+    device = "cuda" if gpu_ids and torch.cuda.is_available() else "cpu"
+    data, _, teacher = _trial_inputs(payload, device)
+
+    resume = None
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            resume = torch.load(Path(d) / "state.pt", map_location=device, weights_only=True)
+    extra = {"params": payload["params_by_width"].get(cfg.student.width, 0),
+             "device": device, "gpu_ids": ",".join(str(g) for g in gpu_ids),
+             "node": socket.gethostname() + ":" + ray.get_runtime_context().get_node_id()[:8]}
+
+    every = cfg.search.checkpoint_every_s
+    last_saved = time.perf_counter()
+
+    def report(metrics: dict[str, float], state: FitState) -> None:
+        nonlocal last_saved
+        metrics = {**metrics, **extra, "diverged": 0}
+        # a checkpoint costs more than a small student's epoch: save one every few seconds
+        if time.perf_counter() - last_saved < every:
+            tune.report(metrics)
+            return
+        with tempfile.TemporaryDirectory() as d:
+            torch.save(state.state_dict(), Path(d) / "state.pt")
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+        last_saved = time.perf_counter()
+
+    try:
+        train_student(cfg, data, teacher=teacher if cfg.training.alpha < 1 else None,
+                      report=report, resume=resume)
+    except Diverged as e:
+        # a diverged setting ends at once, recorded, with the worst score for the searcher:
+        # retrying it would diverge again
+        tune.report({EPOCH: max_epochs(cfg), VAL_ACC: 0.0, VAL_LOSS: float("nan"),
+                     TRAIN_LOSS: float("nan"), **extra, "diverged": 1, "error": str(e)})
+
+
+# --------------------------------------------------------------------------- the space
+def _optuna_space(dims: tuple[Dimension, ...]) -> dict[str, Any]:
+    import optuna.distributions as od
+
+    space: dict[str, Any] = {}
+    for d in dims:
+        if d.distribution == "choice":
+            space[d.name] = od.CategoricalDistribution(list(d.values or ()))
+        elif d.distribution == "int":
+            space[d.name] = od.IntDistribution(int(d.low), int(d.high), step=int(d.step or 1))
+        else:
+            space[d.name] = od.FloatDistribution(float(d.low), float(d.high),
+                                                 log=d.distribution == "loguniform")
+    return space
+
+
+def _tune_space(dims: tuple[Dimension, ...]) -> dict[str, Any]:
+    """The same space in Ray Tune's own terms, for random search."""
+    from ray import tune
+
+    space: dict[str, Any] = {}
+    for d in dims:
+        if d.distribution == "choice":
+            space[d.name] = tune.choice(list(d.values or ()))
+        elif d.distribution == "int":
+            step = int(d.step or 1)
+            space[d.name] = tune.qrandint(int(d.low), int(d.high), step) if step > 1 \
+                else tune.randint(int(d.low), int(d.high) + 1)
+        elif d.distribution == "loguniform":
+            space[d.name] = tune.loguniform(float(d.low), float(d.high))
+        else:
+            space[d.name] = tune.uniform(float(d.low), float(d.high))
+    return space
+
+
+def phase_dimensions(cfg: ExperimentConfig, phase: str) -> tuple[Dimension, ...]:
+    if phase == "baseline":
+        return tuple(d for d in cfg.search.space if d.name not in KD_DIMENSIONS)
+    return cfg.search.space
+
+
+def phase_samples(cfg: ExperimentConfig, phase: str) -> int:
+    if phase == "baseline":
+        return cfg.search.baseline_num_samples or cfg.search.num_samples
+    return cfg.search.num_samples
+
+
+def _widths(cfg: ExperimentConfig) -> list[int]:
+    for d in cfg.search.space:
+        if d.name == "width":
+            if d.values is not None:
+                return [int(v) for v in d.values]
+            return list(range(int(d.low), int(d.high) + 1, int(d.step or 1)))
+    return [cfg.student.width]
+
+
+# --------------------------------------------------------------------------- resources
+def _gpu_fraction(cfg: ExperimentConfig, data: Dataset) -> float:
+    """A GPU share per trial: small students pack many to a GPU (at most 16), CNNs fewer."""
+    if cfg.search.gpus_per_trial is not None:
+        return cfg.search.gpus_per_trial
+    widest = max(_widths(cfg))
+    model = build_student(cfg.student.model, data.input_shape, data.num_classes, width=widest)
+    data_bytes = (data.train.x.numel() + data.val.x.numel()) * 4
+    act = cfg.training.batch_size * sum(m.out_channels if hasattr(m, "out_channels") else 0
+                                        for m in model.modules()) * math.prod(data.input_shape[1:])
+    need = data_bytes + count_parameters(model) * 16 + act * 4 * 3
+    # 4 GiB per 1/16 of an assumed 64 GiB GPU; round up to 1/k so shares tile a GPU exactly
+    share = min(1.0, max(1 / 16, need / (4 * 2**30)))
+    return 1.0 / math.floor(1.0 / share)
+
+
+def _fit_concurrency(hardware: dict[str, Any], cpus_per_trial: float, gpus_per_trial: float
+                     ) -> int:
+    """As many trials at once as the cluster's CPUs (and GPU shares) hold."""
+    n = math.floor(hardware["cpus"] / cpus_per_trial + 1e-9)
+    if gpus_per_trial > 0:
+        n = min(n, math.floor(hardware["gpus"] / gpus_per_trial + 1e-9))
+    return max(1, n)
+
+
+# --------------------------------------------------------------------------- Ray set-up
+def _quiet_ray() -> None:
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # experiment state saved often, so a killed driver loses (almost) no finished trial
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    for name in ("ray", "ray.tune", "ray.train", "ray.data"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="ray")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+def _init_ray(address: str | None) -> bool:
+    """Connect to (or start) Ray; True if we started it here and should shut it down."""
+    import ray
+
+    _quiet_ray()
+    if ray.is_initialized():
+        return False
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    try:
+        ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False,
+                 include_dashboard=False, configure_logging=True)
+    except (ConnectionError, RuntimeError, ValueError, TimeoutError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SearchError(f"cannot reach the Ray cluster at {address!r}: {first[:160]}; start "
+                          f"it (ray start --head) or omit --address for a local Ray") from None
+    return True
+
+
+def _hardware() -> dict[str, Any]:
+    import ray
+
+    res = ray.cluster_resources()
+    return {"cpus": res.get("CPU", 0), "gpus": res.get("GPU", 0),
+            "nodes": len([n for n in ray.nodes() if n.get("Alive")]),
+            "driver": f"{platform.node()} {platform.processor() or platform.machine()}",
+            "torch": torch.__version__}
+
+
+# --------------------------------------------------------------------------- trial records
+TRIAL_FIELDS = ("phase", "trial_id", "status", "stopped_early", "diverged", "error", "epochs",
+                "val_acc", "best_val_acc", "val_loss", "train_loss", "training_seconds",
+                "params", "node", "gpu_ids")
+PROGRESS_FIELDS = ("phase", "trial_id", "epoch", "val_acc", "val_loss", "train_loss",
+                   "epoch_seconds", "wall_time")
+
+
+def _make_status_callback(results_dir: Path, phase: str, cfg: ExperimentConfig, total: int,
+                          quiet: bool) -> Any:
+    from ray import tune
+
+    budget = max_epochs(cfg)
+    dims = [d.name for d in phase_dimensions(cfg, phase)]
+
+    class StatusCallback(tune.Callback):
+        """Prints a live status line per trial and keeps trials.csv / progress.csv current."""
+
+        def __init__(self) -> None:
+            self.records: dict[str, dict[str, Any]] = {}
+            self.best = float("nan")
+            self._progress = results_dir / PROGRESS_FILE
+
+        def setup(self, **info: Any) -> None:  # also on resume: reload what we wrote before
+            for row in _read_csv(results_dir / TRIALS_FILE):
+                if row.get("phase") == phase:
+                    self.records[row["trial_id"]] = row
+            done = [float(r["val_acc"]) for r in self.records.values()
+                    if r.get("val_acc") not in (None, "") and r.get("status") == "TERMINATED"]
+            self.best = max(done, default=float("nan"))
+
+        def _record(self, trial: Any, status: str, error: str = "") -> dict[str, Any]:
+            last = trial.last_result or {}
+            rec = self.records.get(trial.trial_id, {})
+            best = rec.get("best_val_acc")
+            acc = last.get(VAL_ACC)
+            if acc is not None:
+                best = max(float(best), float(acc)) if best not in (None, "") else float(acc)
+            epochs = int(last.get(EPOCH, 0) or 0)
+            diverged = bool(last.get("diverged", 0))
+            rec.update({"phase": phase, "trial_id": trial.trial_id, "status": status,
+                        "stopped_early": int(status == "TERMINATED" and not diverged
+                                             and epochs < budget),
+                        "diverged": int(diverged),
+                        "error": error or last.get("error", "") or "",
+                        "epochs": epochs, "val_acc": acc, "best_val_acc": best,
+                        "val_loss": last.get(VAL_LOSS), "train_loss": last.get(TRAIN_LOSS),
+                        "training_seconds": rec.get("training_seconds", 0.0),
+                        "params": last.get("params", rec.get("params")),
+                        "node": last.get("node", rec.get("node", "")),
+                        "gpu_ids": last.get("gpu_ids", rec.get("gpu_ids", ""))})
+            for name in dims:
+                rec[name] = trial.config.get(name)
+            self.records[trial.trial_id] = rec
+            return rec
+
+        def _write(self) -> None:
+            rows = [r for r in _read_csv(results_dir / TRIALS_FILE) if r.get("phase") != phase]
+            rows += list(self.records.values())
+            _write_csv_atomic(results_dir / TRIALS_FILE, rows)
+
+        def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self._record(trial, "RUNNING")
+            self._write()
+
+        def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                            **info: Any) -> None:
+            rec = self._record(trial, "RUNNING")
+            rec["training_seconds"] = float(rec.get("training_seconds") or 0) + \
+                float(result.get("epoch_seconds", 0.0))
+            with open(self._progress, "a", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=PROGRESS_FIELDS, extrasaction="ignore")
+                if f.tell() == 0:
+                    w.writeheader()
+                w.writerow({"phase": phase, "trial_id": trial.trial_id,
+                            "wall_time": round(time.time(), 3), **result})
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any,
+                              **info: Any) -> None:
+            rec = self._record(trial, "TERMINATED")
+            if not rec["diverged"] and rec["val_acc"] is not None:
+                acc = float(rec["val_acc"])
+                self.best = acc if math.isnan(self.best) else max(self.best, acc)
+            self._write()
+            self._print(trials, rec)
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            err = ""
+            if trial.error_file and Path(trial.error_file).exists():
+                lines = [ln for ln in Path(trial.error_file).read_text().splitlines() if ln]
+                err = lines[-1][:300] if lines else ""
+            rec = self._record(trial, "ERROR", err or "the trial raised")
+            self._write()
+            self._print(trials, rec)
+
+        def on_experiment_end(self, trials: list, **info: Any) -> None:
+            for t in trials:
+                if t.trial_id not in self.records or t.status in ("PENDING", "PAUSED"):
+                    self._record(t, t.status)
+            self._write()
+
+        def _print(self, trials: list, rec: dict[str, Any]) -> None:
+            if quiet:
+                return
+            counts = {"running": 0, "done": 0, "early": 0, "failed": 0}
+            for r in self.records.values():
+                if r["status"] == "RUNNING":
+                    counts["running"] += 1
+                elif r["status"] == "ERROR" or int(r.get("diverged") or 0):
+                    counts["failed"] += 1
+                elif r["status"] == "TERMINATED":
+                    counts["early" if int(r.get("stopped_early") or 0) else "done"] += 1
+            finished = counts["done"] + counts["early"] + counts["failed"]
+            what = ("diverged" if int(rec.get("diverged") or 0) else
+                    "failed" if rec["status"] == "ERROR" else
+                    f"stopped at epoch {rec['epochs']}" if int(rec["stopped_early"]) else
+                    "done")
+            acc = rec.get("val_acc")
+            setting = " ".join(f"{n}={_fmt(rec.get(n))}" for n in dims)
+            print(f"[{phase} {finished}/{total}] {what}: val_acc "
+                  f"{'-' if acc in (None, '') else f'{float(acc):.4f}'} ({setting}) | running "
+                  f"{counts['running']}, done {counts['done']}, stopped early {counts['early']}, "
+                  f"failed {counts['failed']} | best {self.best:.4f}", flush=True)
+
+    return StatusCallback()
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return str(v)
+
+
+def _read_csv(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _write_csv_atomic(path: Path, rows: list[dict[str, Any]]) -> None:
+    fields: list[str] = list(TRIAL_FIELDS)
+    for r in rows:
+        for k in r:
+            if k not in fields:
+                fields.append(k)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if v is None else v) for k, v in r.items()})
+    tmp = path.with_suffix(".csv.tmp")
+    tmp.write_text(buf.getvalue())
+    os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- results
+@dataclass
+class SearchResult:
+    """What a search found: the best settings, their metrics, and every trial as a table."""
+
+    results_dir: Path
+    best_config: dict[str, Any]
+    best_metrics: dict[str, Any]
+    baseline_config: dict[str, Any] | None
+    baseline_metrics: dict[str, Any] | None
+    report_path: Path | None = None
+
+    @property
+    def trials(self) -> Any:
+        """All trials (distilled and baseline) as a pandas DataFrame."""
+        import pandas as pd
+
+        return pd.read_csv(self.results_dir / TRIALS_FILE)
+
+    def summary_line(self) -> str:
+        acc = self.best_metrics.get(VAL_ACC)
+        setting = ", ".join(f"{k}={_fmt(v)}" for k, v in self.best_config.items())
+        line = f"best distilled: val_acc {float(acc):.4f} ({setting})"
+        if self.baseline_metrics:
+            line += f"; best baseline: val_acc {float(self.baseline_metrics[VAL_ACC]):.4f}"
+        line += f"; results in {self.results_dir}"
+        if self.report_path:
+            line += f"; report {self.report_path}"
+        return line
+
+
+def best_trial(rows: list[dict[str, Any]], phase: str, dims: list[str]
+               ) -> tuple[dict[str, Any], dict[str, Any]] | None:
+    ok = [r for r in rows if r.get("phase") == phase and r.get("status") == "TERMINATED"
+          and not int(r.get("diverged") or 0) and r.get("val_acc") not in (None, "")]
+    if not ok:
+        return None
+    # prefer trials that ran the full budget; among them the highest final val_acc
+    top = max(ok, key=lambda r: (not int(r.get("stopped_early") or 0), float(r["val_acc"])))
+    return {d: _parse(top.get(d)) for d in dims}, {k: _parse(v) for k, v in top.items()}
+
+
+def _parse(v: Any) -> Any:
+    if not isinstance(v, str):
+        return v
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    return v
+
+
+def _export_optuna(results_dir: Path, cfg: ExperimentConfig) -> None:
+    """Write the searched trials into an Optuna study file that optuna.load_study opens."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    rows = _read_csv(results_dir / TRIALS_FILE)
+    path = results_dir / OPTUNA_FILE
+    tmp = results_dir / (OPTUNA_FILE + ".tmp")
+    tmp.unlink(missing_ok=True)
+    storage = f"sqlite:///{tmp}"
+    for phase in PHASES:
+        dims = phase_dimensions(cfg, phase)
+        dists = _optuna_space(dims)
+        phase_rows = [r for r in rows if r.get("phase") == phase]
+        if not phase_rows:
+            continue
+        study = optuna.create_study(study_name=phase, storage=storage, direction="maximize")
+        for r in phase_rows:
+            params = {d.name: _parse(r.get(d.name)) for d in dims}
+            if any(v in (None, "") for v in params.values()):
+                continue
+            done = r.get("status") == "TERMINATED" and not int(r.get("diverged") or 0)
+            state = (optuna.trial.TrialState.FAIL if not done else
+                     optuna.trial.TrialState.PRUNED if int(r.get("stopped_early") or 0) else
+                     optuna.trial.TrialState.COMPLETE)
+            try:
+                study.add_trial(optuna.trial.create_trial(
+                    params=params, distributions=dists, state=state,
+                    value=float(r["val_acc"]) if state == optuna.trial.TrialState.COMPLETE
+                    else None,
+                    user_attrs={"trial_id": r["trial_id"], "epochs": _parse(r.get("epochs")),
+                                "val_acc": _parse(r.get("val_acc"))}))
+            except (ValueError, TypeError):
+                continue
+    del study
+    if tmp.exists():
+        os.replace(tmp, path)
+
+
+# --------------------------------------------------------------------------- the driver
+def _results_dir(cfg: ExperimentConfig, results_root: str | os.PathLike[str]) -> Path:
+    return (Path(results_root) / cfg.name).resolve()
+
+
+def _write_run(results_dir: Path, run: dict[str, Any]) -> None:
+    tmp = results_dir / (RUN_FILE + ".tmp")
+    tmp.write_text(json.dumps(run, indent=2, default=str))
+    os.replace(tmp, results_dir / RUN_FILE)
+
+
+def read_run(results_dir: Path) -> dict[str, Any]:
+    try:
+        return json.loads((results_dir / RUN_FILE).read_text())
+    except (OSError, ValueError):
+        raise SearchError(f"{results_dir}: no readable {RUN_FILE}; this is not a kdsearch "
+                          f"results folder (pass results/<name> of a search)") from None
+
+
+def _prepare(cfg: ExperimentConfig, device: str = "cpu"
+             ) -> tuple[Dataset, Teacher | None]:
+    cache_dir = default_cache_dir(cfg)
+    data = load_dataset(cfg.dataset, data_dir=default_data_dir(cfg), cache_dir=cache_dir,
+                        device=device)
+    teacher = get_teacher(cfg, data, cache_dir=cache_dir)
+    return data, teacher
+
+
+def _run_phase(phase: str, cfg: ExperimentConfig, results_dir: Path, storage_path: str,
+               payload_ref: dict[str, Any], *, restore: bool, quiet: bool) -> None:
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search.optuna import OptunaSearch
+
+    s = cfg.search
+    dims = phase_dimensions(cfg, phase)
+    total = phase_samples(cfg, phase)
+    payload = dict(payload_ref, phase=phase)
+    trainable = tune.with_parameters(_trainable, payload=payload)
+    resources = {"cpu": s.cpus_per_trial, "gpu": payload["gpus_per_trial"]}
+    trainable = tune.with_resources(trainable, resources)
+    callback = _make_status_callback(results_dir, phase, cfg, total, quiet)
+    exp_path = str(Path(storage_path) / phase) if "://" not in storage_path \
+        else storage_path.rstrip("/") + "/" + phase
+    failure = tune.FailureConfig(max_failures=s.max_failures)
+    run_config = tune.RunConfig(name=phase, storage_path=storage_path, verbose=0,
+                                callbacks=[callback], failure_config=failure,
+                                checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
+    if restore and tune.Tuner.can_restore(exp_path):
+        tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True,
+                                   resume_errored=True)
+        # callbacks are not restored with the experiment: the status callback is re-attached
+        # (Tuner.restore has no argument for them, so they are set on its run config)
+        tuner._local_tuner.get_run_config().callbacks = [callback]
+    else:
+        if s.algorithm == "tpe":
+            import optuna
+
+            optuna.logging.set_verbosity(optuna.logging.ERROR)
+            searcher = OptunaSearch(_optuna_space(dims), metric=VAL_ACC, mode="max",
+                                    sampler=optuna.samplers.TPESampler(seed=s.seed))
+            param_space = None
+        else:
+            searcher = None
+            param_space = _tune_space(dims)
+        scheduler = (ASHAScheduler(time_attr=EPOCH, max_t=max_epochs(cfg),
+                                   grace_period=s.grace_period,
+                                   reduction_factor=s.reduction_factor)
+                     if s.scheduler == "asha" else FIFOScheduler())
+        tune_config = tune.TuneConfig(metric=VAL_ACC, mode="max", search_alg=searcher,
+                                      scheduler=scheduler, num_samples=total,
+                                      max_concurrent_trials=payload["concurrency"],
+                                      reuse_actors=True)
+        kwargs: dict[str, Any] = {"tune_config": tune_config, "run_config": run_config}
+        if param_space is not None:
+            kwargs["param_space"] = param_space
+        tuner = tune.Tuner(trainable, **kwargs)
+    if not quiet:
+        print(f"{phase} search: {total} trials of {cfg.student.model} on {cfg.dataset.name}, "
+              f"{s.algorithm.upper()} + {s.scheduler.upper()}, up to {max_epochs(cfg)} epochs "
+              f"each", flush=True)
+    tuner.fit()
+
+
+def _execute(cfg: ExperimentConfig, results_dir: Path, run: dict[str, Any], *,
+             restore: bool, quiet: bool, report: bool) -> SearchResult:
+    import ray
+
+    data, teacher = _prepare(cfg)
+    run["teacher"] = {"key": teacher.key if teacher else None,
+                      "val_acc": teacher.val_acc if teacher else None}
+    run["hardware"] = _hardware()
+    gpus = run["hardware"]["gpus"]
+    online = cfg.training.shift > 0
+    payload = {
+        "config": _config_dict(cfg),
+        "data": data,
+        "teacher_logits": teacher.train_logits.cpu() if teacher else None,
+        "teacher_state": ({k: v.cpu() for k, v in teacher.model.state_dict().items()}
+                          if teacher and online else None),
+        "cpus_per_trial": cfg.search.cpus_per_trial,
+        "gpus_per_trial": _gpu_fraction(cfg, data) if gpus else 0.0,
+        "params_by_width": {w: count_parameters(build_student(
+            cfg.student.model, data.input_shape, data.num_classes, width=w))
+            for w in _widths(cfg)},
+    }
+    run["gpus_per_trial"] = payload["gpus_per_trial"]
+    # Tune runs an Optuna searcher's trials one at a time unless told how many may run at once
+    payload["concurrency"] = cfg.search.max_concurrent_trials or _fit_concurrency(
+        run["hardware"], cfg.search.cpus_per_trial, payload["gpus_per_trial"])
+    run["max_concurrent_trials"] = payload["concurrency"]
+    phases = [p for p in PHASES if p == "distill" or cfg.search.baseline]
+    for phase in phases:
+        state = run["phases"].get(phase, {})
+        if state.get("status") == "finished":
+            continue
+        started = state.get("status") == "started"
+        run["phases"][phase] = {"status": "started",
+                                "started": state.get("started", time.time()),
+                                "wall_seconds": state.get("wall_seconds", 0.0)}
+        _write_run(results_dir, run)
+        t0 = time.time()
+        _run_phase(phase, cfg, results_dir, run["storage_path"], payload,
+                   restore=restore or started, quiet=quiet)
+        run["phases"][phase].update(status="finished", finished=time.time(),
+                                    wall_seconds=run["phases"][phase]["wall_seconds"]
+                                    + time.time() - t0)
+        _write_run(results_dir, run)
+        _export_optuna(results_dir, cfg)
+    rows = _read_csv(results_dir / TRIALS_FILE)
+    best = best_trial(rows, "distill", [d.name for d in phase_dimensions(cfg, "distill")])
+    if best is None:
+        raise SearchError(f"{results_dir}: no distillation trial finished; see {TRIALS_FILE} "
+                          f"for the errors")
+    base = best_trial(rows, "baseline", [d.name for d in phase_dimensions(cfg, "baseline")])
+    result = SearchResult(results_dir, best[0], best[1], base[0] if base else None,
+                          base[1] if base else None)
+    if report:
+        from kdsearch.report import make_report
+
+        result.report_path = make_report(results_dir)
+    return result
+
+
+def _config_dict(cfg: ExperimentConfig) -> dict[str, Any]:
+    import yaml
+
+    return yaml.safe_load(dump_config(cfg))
+
+
+def run_search(space: str | os.PathLike[str] | ExperimentConfig, *,
+               overrides: list[str] | tuple[str, ...] = (), address: str | None = None,
+               results_dir: str | os.PathLike[str] = "results",
+               storage_path: str | None = None, force: bool = False, report: bool = True,
+               quiet: bool = False) -> SearchResult:
+    """Run the search described by a space file (or config); return what it found.
+
+    The results land in `<results_dir>/<name>/`. An existing folder of that name is never
+    overwritten unless `force=True`; continue it with `resume_search` instead.
+    """
+    if isinstance(space, ExperimentConfig):
+        cfg = space
+    else:
+        cfg = load_config(space, overrides)
+    if not cfg.search.space:
+        raise ConfigError(f"{space}: search.space is empty; give at least one dimension "
+                          f"(temperature, alpha, lr, width, ...)")
+    out = _results_dir(cfg, results_dir)
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise SearchError(f"{out} already exists; continue it with `kdsearch resume {out}`, "
+                              f"replace it with --force, or pick another --set name=...")
+    # everything that can fail on bad input fails before anything is written
+    if storage_path is not None and "://" not in storage_path and \
+            not Path(storage_path).is_absolute():
+        storage_path = str(Path(storage_path).resolve())
+    if storage_path is not None:
+        storage_path = storage_path.rstrip("/") + "/" + cfg.name if "://" in storage_path \
+            else str(Path(storage_path) / cfg.name)
+    started_ray = _init_ray(address)
+    try:
+        if out.exists() and force:
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / CONFIG_FILE).write_text(f"# kdsearch {__version__}: resolved config\n"
+                                       + dump_config(cfg))
+        run: dict[str, Any] = {"kdsearch_version": __version__, "name": cfg.name,
+                               "storage_path": storage_path or str(out),
+                               "storage_is_results_dir": storage_path is None,
+                               "created": time.time(), "phases": {}}
+        _write_run(out, run)
+        return _execute(cfg, out, run, restore=False, quiet=quiet, report=report)
+    except KeyboardInterrupt:
+        print(f"\nkdsearch: interrupted; continue with: kdsearch resume {out}", file=sys.stderr)
+        raise
+    finally:
+        if started_ray:
+            import ray
+            ray.shutdown()
+
+
+def resume_search(results: str | os.PathLike[str], *, address: str | None = None,
+                  report: bool = True, quiet: bool = False) -> SearchResult:
+    """Continue an interrupted search: finished trials kept, unfinished ones resumed."""
+    out = Path(results).resolve()
+    if not out.is_dir():
+        raise SearchError(f"{results}: no such results folder; pass results/<name> of a search")
+    run = read_run(out)
+    cfg = config_from_dict(read_yaml(out / CONFIG_FILE), source=str(out / CONFIG_FILE))
+    if run.get("storage_is_results_dir", True):
+        run["storage_path"] = str(out)  # the folder may have moved
+    started_ray = _init_ray(address)
+    try:
+        return _execute(cfg, out, run, restore=True, quiet=quiet, report=report)
+    except KeyboardInterrupt:
+        print(f"\nkdsearch: interrupted; continue with: kdsearch resume {out}", file=sys.stderr)
+        raise
+    finally:
+        if started_ray:
+            import ray
+            ray.shutdown()
