@@ -158,7 +158,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception as e:
         if isinstance(e, _user_errors()):
-            print(f"kdsearch: error: {e}", file=sys.stderr)
+            # one line even when a message quotes user text with a line break in it
+            print(f"kdsearch: error: {' '.join(str(e).splitlines())}", file=sys.stderr)
             return EXIT_USAGE
         if os.environ.get("KDSEARCH_DEBUG"):
             raise

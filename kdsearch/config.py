@@ -10,11 +10,13 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
+from yaml.composer import ComposerError
 
 DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10")
 TEACHER_MODELS = ("mlp_teacher", "cnn_teacher")
@@ -44,6 +46,10 @@ class ConfigError(ValueError):
 
 # --------------------------------------------------------------------------- field checks
 Check = Callable[[Any], bool]
+MAX_INT = 2**63 - 1  # torch's int64: counts, sizes and widths beyond it cannot be used
+MAX_SEED = 2**32 - 1  # Optuna's TPE seeds numpy's RandomState, which takes 32 bits
+MAX_FILE_BYTES = 1 << 16  # a space file is a few kB; PyYAML reads 1 MB in 10 s to minutes
+MAX_DEPTH = 16  # a config nests 6 deep; PyYAML slows down with depth and recurses per level
 
 
 def _spec(default: Any, kind: type | tuple[type, ...], check: Check | None = None,
@@ -85,15 +91,20 @@ def _rule(name: str, default: Any) -> Any:
     return _spec(default, kind, check, allowed)
 
 
+def _seed_spec() -> Any:
+    return _spec(0, int, lambda v: 0 <= v <= MAX_SEED, "an integer in [0, 2**32 - 1]")
+
+
 # --------------------------------------------------------------------------- sections
 @dataclass(frozen=True)
 class DatasetConfig:
     name: str = _spec("digits", str, *_one_of(DATASETS))
     # int: that many examples; float in (0, 1): that fraction of the training set;
     # null: 5,000 for MNIST-sized sets, 15% for small ones.
-    val_size: float | None = _spec(None, (int, float), lambda v: v > 0,
-                                   "an integer count or a fraction in (0, 1)", optional=True)
-    split_seed: int = _spec(0, int, _at_least(0), "an integer >= 0")
+    val_size: float | None = _spec(None, (int, float), lambda v: 0 < v < 1 or (
+        v >= 1 and float(v).is_integer()), "an integer count or a fraction in (0, 1)",
+        optional=True)
+    split_seed: int = _seed_spec()
     # null: $KDSEARCH_DATA_DIR, else ~/.cache/kdsearch/data
     data_dir: str | None = _spec(None, str, optional=True)
 
@@ -109,7 +120,7 @@ class TeacherConfig:
     lr: float = _rule("lr", 1e-3)
     weight_decay: float = _rule("weight_decay", 0.0)
     shift: int = _spec(0, int, _at_least(0), "an integer >= 0 (pixels of random translation)")
-    seed: int = _spec(0, int, _at_least(0), "an integer >= 0")
+    seed: int = _seed_spec()
 
 
 @dataclass(frozen=True)
@@ -131,7 +142,7 @@ class TrainingConfig:
     alpha: float = _rule("alpha", 0.3)  # weight of the hard-label loss; 1 = no teacher
     shift: int = _spec(0, int, _at_least(0),
                        "an integer >= 0 (pixels; > 0 makes the teacher run online)")
-    seed: int = _spec(0, int, _at_least(0), "an integer >= 0")
+    seed: int = _seed_spec()
 
 
 @dataclass(frozen=True)
@@ -157,7 +168,7 @@ class SearchConfig:
                                               optional=True)
     grace_period: int = _spec(1, int, _at_least(1), "an integer >= 1 (epochs)")
     reduction_factor: int = _spec(3, int, _at_least(2), "an integer >= 2")
-    seed: int = _spec(0, int, _at_least(0), "an integer >= 0")
+    seed: int = _seed_spec()
     cpus_per_trial: float = _spec(1.0, float, _positive, "a number > 0")
     # null: a fraction of a GPU worked out from the model and data size when the cluster has GPUs
     gpus_per_trial: float | None = _spec(None, float, lambda v: 0 <= v, "a number >= 0",
@@ -198,11 +209,38 @@ TOP_LEVEL = ("name", "cache_dir", *SECTIONS)
 
 
 # --------------------------------------------------------------------------- parsing
+class _Short(reprlib.Repr):
+    """repr() for messages: short, one line, and safe on alias bombs, deep nesting, huge ints."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.maxlevel, self.maxstring, self.maxother = 3, 80, 80
+
+    def repr_int(self, x: int, level: int) -> str:
+        if abs(x) <= MAX_INT:
+            return super().repr_int(x, level)
+        digits = int(x.bit_length() * math.log10(2)) + 1  # str() refuses over 4,300 digits
+        return f"{'-' if x < 0 else ''}<an integer of about {digits} digits>"
+
+
+_SHORT = _Short()
+
+
+def _show(value: Any) -> str:
+    # a YAML alias bomb is small in memory until repr() expands it: 9**9 'lol's
+    shown = _SHORT.repr(value)
+    return shown if len(shown) <= 80 else shown[:77] + "..."
+
+
+def _show_key(key: Any) -> str:
+    """A key as typed when it is a short printable string, else its short repr."""
+    if isinstance(key, str) and key.isprintable() and 0 < len(key) <= 60:
+        return key
+    return _show(key)
+
+
 def _fail(source: str, key: str, value: Any, allowed: str) -> ConfigError:
-    shown = repr(value)
-    if len(shown) > 80:
-        shown = shown[:77] + "..."
-    return ConfigError(f"{source}: {key} = {shown} is not allowed: expected {allowed}")
+    return ConfigError(f"{source}: {key} = {_show(value)} is not allowed: expected {allowed}")
 
 
 def _coerce(value: Any, kind: type | tuple[type, ...]) -> tuple[bool, Any]:
@@ -210,6 +248,8 @@ def _coerce(value: Any, kind: type | tuple[type, ...]) -> tuple[bool, Any]:
     kinds = kind if isinstance(kind, tuple) else (kind,)
     if isinstance(value, bool):
         return (bool in kinds, value)
+    if isinstance(value, int) and abs(value) > MAX_INT:
+        return False, value  # 10**400: beyond int64 and (as a float) infinite
     if float in kinds and isinstance(value, str):
         try:
             value = float(value)  # PyYAML reads 1e-3 (no dot) as a string
@@ -218,7 +258,8 @@ def _coerce(value: Any, kind: type | tuple[type, ...]) -> tuple[bool, Any]:
     if float in kinds and isinstance(value, int):
         return True, value if int in kinds else float(value)
     if int in kinds and isinstance(value, float) and float not in kinds:
-        return (value.is_integer() and math.isfinite(value), int(value) if value.is_integer() else value)
+        ok = value.is_integer() and abs(value) <= MAX_INT  # False for inf and nan
+        return ok, int(value) if ok else value
     if isinstance(value, float) and not math.isfinite(value):
         return False, value
     return isinstance(value, kinds), value
@@ -240,8 +281,8 @@ def _build_section(cls: type, raw: Any, section: str, source: str) -> Any:
     known = {f.name: f for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in known:
-            raise ConfigError(f"{source}: unknown key {section}.{key}; allowed keys in "
-                              f"{section}: {', '.join(known)}")
+            raise ConfigError(f"{source}: unknown key {section}.{_show_key(key)}; allowed keys "
+                              f"in {section}: {', '.join(known)}")
     values: dict[str, Any] = {}
     for name, f in known.items():
         if name not in raw:
@@ -273,8 +314,8 @@ def _check_value(source: str, key: str, dim: str, value: Any) -> Any:
     return coerced
 
 
-def _build_dimension(name: str, raw: Any, source: str) -> Dimension:
-    key = f"search.space.{name}"
+def _build_dimension(name: Any, raw: Any, source: str) -> Dimension:
+    key = f"search.space.{_show_key(name)}"
     if name not in SEARCHABLE:
         raise ConfigError(f"{source}: unknown key {key}; searchable dimensions: "
                           f"{', '.join(SEARCHABLE)}")
@@ -283,7 +324,7 @@ def _build_dimension(name: str, raw: Any, source: str) -> Dimension:
     allowed_keys = ("distribution", "low", "high", "step", "values")
     for k in raw:
         if k not in allowed_keys:
-            raise ConfigError(f"{source}: unknown key {key}.{k}; allowed keys: "
+            raise ConfigError(f"{source}: unknown key {key}.{_show_key(k)}; allowed keys: "
                               f"{', '.join(allowed_keys)}")
     dist = raw.get("distribution")
     if dist not in DISTRIBUTIONS:
@@ -336,11 +377,13 @@ def _build_search(raw: Any, source: str) -> SearchConfig:
         raise _fail(source, "search", raw, "a mapping of keys to values")
     rest = {k: v for k, v in raw.items() if k != "space"}
     base = _build_section(SearchConfig, rest, "search", source)
-    space_raw = raw.get("space") or {}
-    if not isinstance(space_raw, dict):
+    space_raw = raw.get("space")
+    if space_raw is None:
+        space_raw = {}
+    if not isinstance(space_raw, dict):  # also `space: 0` or `space: []`: a slip, not "empty"
         raise _fail(source, "search.space", space_raw, "a mapping of dimension names to "
                     "distributions")
-    dims = tuple(_build_dimension(str(n), d, source) for n, d in space_raw.items())
+    dims = tuple(_build_dimension(n, d, source) for n, d in space_raw.items())
     return dataclasses.replace(base, space=dims)
 
 
@@ -354,12 +397,13 @@ def config_from_dict(raw: Any, *, source: str = "<config>") -> ExperimentConfig:
                     "training (and search) sections")
     for key in raw:
         if key not in TOP_LEVEL:
-            raise ConfigError(f"{source}: unknown key {key!s:.60}; allowed top-level keys: "
-                              f"{', '.join(TOP_LEVEL)}")
+            raise ConfigError(f"{source}: unknown key {_show_key(key)}; allowed top-level "
+                              f"keys: {', '.join(TOP_LEVEL)}")
     name = raw.get("name", Path(source).stem if source != "<config>" else "experiment")
     if not isinstance(name, str) or not name or not all(c.isalnum() or c in "-_." for c in name) \
-            or name.startswith("."):
-        raise _fail(source, "name", name, "a non-empty name of letters, digits, '-', '_' or '.'")
+            or name.startswith(".") or len(name.encode()) > 100:  # names the results folder
+        raise _fail(source, "name", name, "a name of 1 to 100 letters, digits, '-', '_' or '.', "
+                    "not starting with '.'")
     cache_dir = raw.get("cache_dir")
     if cache_dir is not None and not isinstance(cache_dir, str):
         raise _fail(source, "cache_dir", cache_dir, "a path string")
@@ -393,6 +437,25 @@ def max_epochs(cfg: ExperimentConfig) -> int:
 
 
 # --------------------------------------------------------------------------- files
+class _SafeLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that stops at nesting deeper than any config needs.
+
+    `[[[[...` 10,000 deep otherwise costs 2 s of scanning before a RecursionError.
+    """
+
+    _depth = 0
+
+    def compose_node(self, parent: Any, index: Any) -> Any:
+        if self._depth >= MAX_DEPTH:
+            raise ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels",
+                                self.peek_event().start_mark)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
 def read_yaml(path: str | os.PathLike[str]) -> Any:
     """Parse a YAML file safely; any problem becomes a one-line ConfigError."""
     p = Path(path)
@@ -401,20 +464,31 @@ def read_yaml(path: str | os.PathLike[str]) -> Any:
     if not p.is_file():
         raise ConfigError(f"{p}: not a file; pass a YAML file (see search_spaces/)")
     try:
+        size = p.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise ConfigError(f"{p}: {size:,} bytes is too big for a config file (at most "
+                              f"{MAX_FILE_BYTES:,}); is this the right file?")
         text = p.read_bytes().decode("utf-8")
     except UnicodeDecodeError as e:
         raise ConfigError(f"{p}: not UTF-8 text (byte {e.start}); save it as UTF-8 YAML") from None
     except OSError as e:
         raise ConfigError(f"{p}: cannot read it ({e.strerror})") from None
     try:
-        return yaml.safe_load(text)
+        return yaml.load(text, Loader=_SafeLoader)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or type(e).__name__
-        raise ConfigError(f"{p}: YAML does not parse{where}: {problem}") from None
+        problem = getattr(e, "problem", None) or getattr(e, "reason", None) or type(e).__name__
+        raise ConfigError(f"{p}: YAML does not parse{where}: {_one_line(problem)}") from None
     except RecursionError:
         raise ConfigError(f"{p}: YAML nested too deeply to read") from None
+    except Exception as e:  # PyYAML's constructors: `2001-02-30`, 5,000 digits, `!!bool maybe`
+        raise ConfigError(f"{p}: YAML does not load: {_one_line(f'{type(e).__name__}: {e}')}"
+                          ) from None
+
+
+def _one_line(text: Any) -> str:
+    return " ".join(str(text).split())[:200]
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -427,9 +501,9 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError(f"--set {text!r}: the key {key!r} is not a dotted path like "
                           f"training.lr")
     try:
-        parsed = yaml.safe_load(value) if value.strip() else None
-    except yaml.YAMLError:
-        raise ConfigError(f"--set {text!r}: the value {value!r} does not parse as YAML") from None
+        parsed = yaml.load(value, Loader=_SafeLoader) if value.strip() else None
+    except Exception:  # YAMLError, and the constructors' ValueError, KeyError...
+        raise ConfigError(f"--set {_show(text)}: the value does not parse as YAML") from None
     return parts, parsed
 
 

@@ -84,7 +84,7 @@ def _writable(path: Path) -> bool:
 def _torchvision_root(name: str, root: Path, fallback: Path) -> Path:
     """torchvision decompresses next to the .gz files; use a writable copy if root is read-only."""
     folder = root / _TORCHVISION_FOLDERS[name] / "raw"
-    if _writable(root) or not folder.is_dir():
+    if not folder.is_dir() or _writable(folder):  # torchvision writes into raw/, not root
         return root
     target = fallback / _TORCHVISION_FOLDERS[name] / "raw"
     target.mkdir(parents=True, exist_ok=True)

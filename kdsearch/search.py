@@ -28,6 +28,7 @@ import socket
 import sys
 import tempfile
 import time
+import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,13 +59,17 @@ class SearchError(RuntimeError):
 
 
 # --------------------------------------------------------------------------- the trainable
-_DEVICE_DATA: dict[int, tuple[str, Dataset, torch.Tensor | None, Teacher | None]] = {}
+_DEVICE_DATA: dict[str, tuple[str, Dataset, torch.Tensor | None, Teacher | None]] = {}
 
 
 def _trial_inputs(payload: dict[str, Any], device: str
                   ) -> tuple[Dataset, torch.Tensor | None, Teacher | None]:
-    """The payload's tensors on this trial's device, moved once per actor (reuse_actors=True)."""
-    key = id(payload)
+    """The payload's tensors on this trial's device, moved once per actor (reuse_actors=True).
+
+    Keyed by the search's token, not id(payload): Ray deserialises the payload afresh for every
+    trial, and a freed payload's id can come back for another search's data.
+    """
+    key = payload["token"]
     hit = _DEVICE_DATA.get(key)
     if hit is not None and hit[0] == device:
         return hit[1], hit[2], hit[3]
@@ -92,11 +97,19 @@ def _trainable(params: dict[str, Any], payload: dict[str, Any]) -> None:
     import ray
     from ray import tune
 
+    finished = payload["finished"].get(tune.get_context().get_trial_id())
+    if finished is not None:
+        # The trial ended before the driver was killed, but Ray's experiment state (saved every
+        # second) did not see it end, so Tune restarts it. Hand Tune, ASHA and the searcher the
+        # result recorded in trials.csv instead of training it again.
+        tune.report({**finished, "replayed": 1})
+        return
     cfg = with_params(config_from_dict(payload["config"]), params)
     if payload["phase"] == "baseline":
         cfg = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, alpha=1.0))
     # torch threads match this trial's CPU share, so concurrent trials do not oversubscribe
-    torch.set_num_threads(max(1, int(payload["cpus_per_trial"])))
+    threads = max(1, int(payload["cpus_per_trial"]))
+    torch.set_num_threads(threads)
     gpu_ids = ray.get_gpu_ids()
     device = "cuda" if gpu_ids and torch.cuda.is_available() else "cpu"
     data, _, teacher = _trial_inputs(payload, device)
@@ -105,9 +118,11 @@ def _trainable(params: dict[str, Any], payload: dict[str, Any]) -> None:
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            resume = torch.load(Path(d) / "state.pt", map_location=device, weights_only=True)
+            # on the CPU: the generator's state must stay a CPU tensor; load_state_dict moves
+            # the weights and the optimizer's moments to the model's device
+            resume = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)
     extra = {"params": payload["params_by_width"].get(cfg.student.width, 0),
-             "device": device, "gpu_ids": ",".join(str(g) for g in gpu_ids),
+             "device": device, "gpu_ids": ",".join(str(g) for g in gpu_ids), "threads": threads,
              "node": socket.gethostname() + ":" + ray.get_runtime_context().get_node_id()[:8]}
 
     every = cfg.search.checkpoint_every_s
@@ -201,8 +216,10 @@ def _gpu_fraction(cfg: ExperimentConfig, data: Dataset) -> float:
     data_bytes = (data.train.x.numel() + data.val.x.numel()) * 4
     act = cfg.training.batch_size * sum(m.out_channels if hasattr(m, "out_channels") else 0
                                         for m in model.modules()) * math.prod(data.input_shape[1:])
+    # bytes: the data, weights + grads + Adam's two moments, activations (forward, backward)
     need = data_bytes + count_parameters(model) * 16 + act * 4 * 3
-    # 4 GiB per 1/16 of an assumed 64 GiB GPU; round up to 1/k so shares tile a GPU exactly
+    # a trial that needs 4 GiB gets a whole GPU (its kernels fill it), a small one 1/16;
+    # rounded up to 1/k so the shares tile a GPU exactly
     share = min(1.0, max(1 / 16, need / (4 * 2**30)))
     return 1.0 / math.floor(1.0 / share)
 
@@ -229,6 +246,30 @@ def _quiet_ray() -> None:
     warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
+def _host_port(address: str) -> tuple[str, int] | None:
+    """'HOST:PORT' or 'ray://HOST:PORT' -> (host, port); None for 'auto' and other forms."""
+    rest = address.split("://", 1)[1] if "://" in address else address
+    host, sep, port = rest.rstrip("/").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return None
+    return host.strip("[]"), int(port)
+
+
+def _check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail in seconds on an address nothing listens at: ray.init retries one for minutes."""
+    hp = _host_port(address)
+    if hp is None:
+        return
+    try:
+        with socket.create_connection(hp, timeout=timeout):
+            pass
+    except OSError as e:
+        why = "timed out" if isinstance(e, socket.timeout) else (e.strerror or type(e).__name__)
+        raise SearchError(f"cannot reach the Ray cluster at {address!r} ({why}); check the "
+                          f"address printed by `ray start --head`, or omit --address for a "
+                          f"local Ray") from None
+
+
 def _init_ray(address: str | None) -> bool:
     """Connect to (or start) Ray; True if we started it here and should shut it down."""
     import ray
@@ -236,7 +277,10 @@ def _init_ray(address: str | None) -> bool:
     _quiet_ray()
     if ray.is_initialized():
         return False
-    address = address or os.environ.get("RAY_ADDRESS") or None
+    # no address: a Ray of our own. ray.init() alone would join whatever cluster the last
+    # `ray start` on this machine left in /tmp/ray/ray_current_cluster, alive or not.
+    address = address or os.environ.get("RAY_ADDRESS") or "local"
+    _check_reachable(address)
     try:
         ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False,
                  include_dashboard=False, configure_logging=True)
@@ -257,6 +301,24 @@ def _hardware() -> dict[str, Any]:
             "torch": torch.__version__}
 
 
+def _check_resources(cfg: ExperimentConfig) -> None:
+    """A trial runs on one node: one that fits on none would leave Tune waiting forever."""
+    import ray
+
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    cpus = max((n.get("CPU", 0) for n in nodes), default=0)
+    if cfg.search.cpus_per_trial > cpus:
+        raise SearchError(f"search.cpus_per_trial = {cfg.search.cpus_per_trial:g} but the largest "
+                          f"Ray node has {cpus:g} CPUs; lower it, e.g. --set "
+                          f"search.cpus_per_trial={max(cpus, 1):g}")
+    gpus = max((n.get("GPU", 0) for n in nodes), default=0)
+    want = cfg.search.gpus_per_trial
+    if gpus and want is not None and want > gpus:  # without GPUs the trials run on CPUs
+        raise SearchError(f"search.gpus_per_trial = {want:g} but the largest Ray node has "
+                          f"{gpus:g} GPUs; lower it, or leave it null for a share worked out "
+                          f"from the model")
+
+
 # --------------------------------------------------------------------------- trial records
 TRIAL_FIELDS = ("phase", "trial_id", "status", "stopped_early", "diverged", "error", "epochs",
                 "val_acc", "best_val_acc", "val_loss", "train_loss", "training_seconds",
@@ -266,27 +328,72 @@ PROGRESS_FIELDS = ("phase", "trial_id", "epoch", "val_acc", "val_loss", "train_l
 
 
 def _make_status_callback(results_dir: Path, phase: str, cfg: ExperimentConfig, total: int,
-                          quiet: bool) -> Any:
+                          quiet: bool, *, fresh: bool) -> Any:
     from ray import tune
 
-    budget = max_epochs(cfg)
     dims = [d.name for d in phase_dimensions(cfg, phase)]
 
     class StatusCallback(tune.Callback):
-        """Prints a live status line per trial and keeps trials.csv / progress.csv current."""
+        """Prints a live status line per trial and keeps trials.csv / progress.csv current.
+
+        On resume (`fresh` False) it reloads what it wrote before the driver died and repairs it
+        against the trials Ray restored: a trial recorded as ended is left as it is (the trainable
+        replays its result, see `_trainable`), rows of trials that Ray's last experiment state
+        never saw are dropped (the searcher suggests new ones in their place), and epochs a
+        resumed trial trains again replace the rows they had, so progress.csv holds one row per
+        (phase, trial_id, epoch).
+        """
 
         def __init__(self) -> None:
             self.records: dict[str, dict[str, Any]] = {}
+            self.finished: set[str] = set()  # trials that ended before this driver started
+            self.epochs: dict[str, dict[int, float]] = {}  # trial -> epoch -> epoch_seconds
             self.best = float("nan")
             self._progress = results_dir / PROGRESS_FILE
+            self._repaired = fresh
 
-        def setup(self, **info: Any) -> None:  # also on resume: reload what we wrote before
+        def setup(self, **info: Any) -> None:
+            if fresh:
+                # a phase (re)started from scratch: rows of an earlier, killed attempt are void
+                _write_csv_atomic(results_dir / TRIALS_FILE, [
+                    r for r in _read_csv(results_dir / TRIALS_FILE) if r.get("phase") != phase])
+                self._rewrite_progress(lambda r: r["phase"] != phase)
+                return
             for row in _read_csv(results_dir / TRIALS_FILE):
                 if row.get("phase") == phase:
                     self.records[row["trial_id"]] = row
-            done = [float(r["val_acc"]) for r in self.records.values()
-                    if r.get("val_acc") not in (None, "") and r.get("status") == "TERMINATED"]
+            self.finished = {t for t, r in self.records.items() if r.get("status") == "TERMINATED"}
+            for r in self._rewrite_progress(lambda r: True):  # also drops a row torn by a kill
+                if r["phase"] == phase:
+                    self.epochs.setdefault(r["trial_id"], {})[int(r["epoch"])] = \
+                        float(r.get("epoch_seconds") or 0.0)
+            done = [float(r["val_acc"]) for t, r in self.records.items() if t in self.finished
+                    and r.get("val_acc") not in (None, "") and not int(r.get("diverged") or 0)]
             self.best = max(done, default=float("nan"))
+
+        def _rewrite_progress(self, keep: Any) -> list[dict[str, Any]]:
+            rows = [r for r in _read_csv(self._progress)
+                    if None not in r and all(r.get(k) is not None for k in PROGRESS_FIELDS)
+                    and r["epoch"].isdigit() and keep(r)]
+            _write_csv_atomic(self._progress, rows, PROGRESS_FIELDS)
+            return rows
+
+        def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+            if self._repaired:
+                return
+            self._repaired = True  # the first step sees the restored trials, nothing new yet
+            known = {t.trial_id for t in trials}
+            lost = {t for t in self.records if t not in known}
+            for t in lost:
+                del self.records[t]
+                self.epochs.pop(t, None)
+            self.finished -= lost
+            if lost:
+                self._rewrite_progress(lambda r: r["phase"] != phase or r["trial_id"] not in lost)
+            self._write()
+            if not quiet:
+                print(f"{phase} search resumed: {len(self.finished)} of {total} trials had "
+                      f"finished", flush=True)
 
         def _record(self, trial: Any, status: str, error: str = "") -> dict[str, Any]:
             last = trial.last_result or {}
@@ -297,6 +404,7 @@ def _make_status_callback(results_dir: Path, phase: str, cfg: ExperimentConfig, 
                 best = max(float(best), float(acc)) if best not in (None, "") else float(acc)
             epochs = int(last.get(EPOCH, 0) or 0)
             diverged = bool(last.get("diverged", 0))
+            budget = int(trial.config.get("epochs", cfg.training.epochs))  # epochs may be searched
             rec.update({"phase": phase, "trial_id": trial.trial_id, "status": status,
                         "stopped_early": int(status == "TERMINATED" and not diverged
                                              and epochs < budget),
@@ -304,7 +412,7 @@ def _make_status_callback(results_dir: Path, phase: str, cfg: ExperimentConfig, 
                         "error": error or last.get("error", "") or "",
                         "epochs": epochs, "val_acc": acc, "best_val_acc": best,
                         "val_loss": last.get(VAL_LOSS), "train_loss": last.get(TRAIN_LOSS),
-                        "training_seconds": rec.get("training_seconds", 0.0),
+                        "training_seconds": sum(self.epochs.get(trial.trial_id, {}).values()),
                         "params": last.get("params", rec.get("params")),
                         "node": last.get("node", rec.get("node", "")),
                         "gpu_ids": last.get("gpu_ids", rec.get("gpu_ids", ""))})
@@ -319,14 +427,29 @@ def _make_status_callback(results_dir: Path, phase: str, cfg: ExperimentConfig, 
             _write_csv_atomic(results_dir / TRIALS_FILE, rows)
 
         def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            if trial.trial_id in self.finished:
+                return
             self._record(trial, "RUNNING")
             self._write()
 
         def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                             **info: Any) -> None:
-            rec = self._record(trial, "RUNNING")
-            rec["training_seconds"] = float(rec.get("training_seconds") or 0) + \
-                float(result.get("epoch_seconds", 0.0))
+            if trial.trial_id in self.finished or result.get("replayed"):
+                return
+            if result.get("diverged"):  # not an epoch: the trial ends on it (see _trainable)
+                return
+            epoch = int(result.get(EPOCH, 0))
+            seen = self.epochs.setdefault(trial.trial_id, {})
+            if any(e >= epoch for e in seen):
+                # resumed from a checkpoint older than its last reported epoch: the epochs
+                # trained again replace the ones the killed driver recorded
+                for e in [e for e in seen if e >= epoch]:
+                    del seen[e]
+                self._rewrite_progress(lambda r: not (
+                    r["phase"] == phase and r["trial_id"] == trial.trial_id
+                    and int(r["epoch"]) >= epoch))
+            seen[epoch] = float(result.get("epoch_seconds", 0.0))
+            self._record(trial, "RUNNING")
             with open(self._progress, "a", newline="") as f:
                 w = csv.DictWriter(f, fieldnames=PROGRESS_FIELDS, extrasaction="ignore")
                 if f.tell() == 0:
@@ -336,6 +459,8 @@ def _make_status_callback(results_dir: Path, phase: str, cfg: ExperimentConfig, 
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any,
                               **info: Any) -> None:
+            if trial.trial_id in self.finished:
+                return
             rec = self._record(trial, "TERMINATED")
             if not rec["diverged"] and rec["val_acc"] is not None:
                 acc = float(rec["val_acc"])
@@ -344,6 +469,8 @@ def _make_status_callback(results_dir: Path, phase: str, cfg: ExperimentConfig, 
             self._print(trials, rec)
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            if trial.trial_id in self.finished:
+                return
             err = ""
             if trial.error_file and Path(trial.error_file).exists():
                 lines = [ln for ln in Path(trial.error_file).read_text().splitlines() if ln]
@@ -354,6 +481,8 @@ def _make_status_callback(results_dir: Path, phase: str, cfg: ExperimentConfig, 
 
         def on_experiment_end(self, trials: list, **info: Any) -> None:
             for t in trials:
+                if t.trial_id in self.finished:
+                    continue
                 if t.trial_id not in self.records or t.status in ("PENDING", "PAUSED"):
                     self._record(t, t.status)
             self._write()
@@ -397,8 +526,9 @@ def _read_csv(path: Path) -> list[dict[str, Any]]:
         return list(csv.DictReader(f))
 
 
-def _write_csv_atomic(path: Path, rows: list[dict[str, Any]]) -> None:
-    fields: list[str] = list(TRIAL_FIELDS)
+def _write_csv_atomic(path: Path, rows: list[dict[str, Any]],
+                      first_fields: tuple[str, ...] = TRIAL_FIELDS) -> None:
+    fields: list[str] = list(first_fields)
     for r in rows:
         for k in r:
             if k not in fields:
@@ -476,6 +606,7 @@ def _export_optuna(results_dir: Path, cfg: ExperimentConfig) -> None:
     tmp = results_dir / (OPTUNA_FILE + ".tmp")
     tmp.unlink(missing_ok=True)
     storage = f"sqlite:///{tmp}"
+    study = None
     for phase in PHASES:
         dims = phase_dimensions(cfg, phase)
         dists = _optuna_space(dims)
@@ -524,12 +655,12 @@ def read_run(results_dir: Path) -> dict[str, Any]:
                           f"results folder (pass results/<name> of a search)") from None
 
 
-def _prepare(cfg: ExperimentConfig, device: str = "cpu"
+def _prepare(cfg: ExperimentConfig, device: str = "cpu", *, progress: bool = True
              ) -> tuple[Dataset, Teacher | None]:
     cache_dir = default_cache_dir(cfg)
     data = load_dataset(cfg.dataset, data_dir=default_data_dir(cfg), cache_dir=cache_dir,
                         device=device)
-    teacher = get_teacher(cfg, data, cache_dir=cache_dir)
+    teacher = get_teacher(cfg, data, cache_dir=cache_dir, progress=progress)
     return data, teacher
 
 
@@ -542,18 +673,24 @@ def _run_phase(phase: str, cfg: ExperimentConfig, results_dir: Path, storage_pat
     s = cfg.search
     dims = phase_dimensions(cfg, phase)
     total = phase_samples(cfg, phase)
-    payload = dict(payload_ref, phase=phase)
+    local = "://" not in storage_path
+    exp_path = str(Path(storage_path) / phase) if local \
+        else storage_path.rstrip("/") + "/" + phase
+    restore = restore and tune.Tuner.can_restore(exp_path)
+    if not restore and local:
+        shutil.rmtree(exp_path, ignore_errors=True)  # a killed attempt that saved no state yet
+    payload = dict(payload_ref, phase=phase,
+                   finished=_finished_trials(results_dir, phase) if restore else {})
     trainable = tune.with_parameters(_trainable, payload=payload)
     resources = {"cpu": s.cpus_per_trial, "gpu": payload["gpus_per_trial"]}
     trainable = tune.with_resources(trainable, resources)
-    callback = _make_status_callback(results_dir, phase, cfg, total, quiet)
-    exp_path = str(Path(storage_path) / phase) if "://" not in storage_path \
-        else storage_path.rstrip("/") + "/" + phase
+    callback = _make_status_callback(results_dir, phase, cfg, total, quiet, fresh=not restore)
     failure = tune.FailureConfig(max_failures=s.max_failures)
     run_config = tune.RunConfig(name=phase, storage_path=storage_path, verbose=0,
                                 callbacks=[callback], failure_config=failure,
                                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
-    if restore and tune.Tuner.can_restore(exp_path):
+    if restore:
+        _repair_checkpoints(exp_path)
         tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True,
                                    resume_errored=True)
         # callbacks are not restored with the experiment: the status callback is re-attached
@@ -568,7 +705,9 @@ def _run_phase(phase: str, cfg: ExperimentConfig, results_dir: Path, storage_pat
                                     sampler=optuna.samplers.TPESampler(seed=s.seed))
             param_space = None
         else:
-            searcher = None
+            from ray.tune.search.basic_variant import BasicVariantGenerator
+
+            searcher = BasicVariantGenerator(random_state=s.seed)  # seeded like TPE
             param_space = _tune_space(dims)
         scheduler = (ASHAScheduler(time_attr=EPOCH, max_t=max_epochs(cfg),
                                    grace_period=s.grace_period,
@@ -589,17 +728,79 @@ def _run_phase(phase: str, cfg: ExperimentConfig, results_dir: Path, storage_pat
     tuner.fit()
 
 
+def _repair_checkpoints(exp_path: str) -> list[str]:
+    """Point each unfinished trial of a killed run at a checkpoint that is on disk.
+
+    Tune keeps one checkpoint per trial (num_to_keep=1): registering a new one deletes the old
+    one at once, but the experiment state that names the checkpoint a resumed trial restores
+    from is written a moment later and copied into the results folder in the background. A
+    driver killed in that gap leaves a state naming a deleted checkpoint, and Tune fails the
+    trial on resume ("does not exist on storage anymore"). The newer checkpoint that replaced
+    it is on disk: it takes the expected name (the trial resumes from its later epoch; ASHA
+    and progress.csv go by the epoch in the checkpoint, not Tune's iteration count).
+    Returns the checkpoints repaired. Local storage only.
+    """
+    if "://" in exp_path:
+        return []
+    from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
+    from ray.tune.experiment import Trial
+    from ray.tune.utils.serialization import _loads_with_cloudpickle
+
+    state_file = _find_newest_experiment_checkpoint(exp_path)
+    if state_file is None:
+        return []
+    state = _loads_with_cloudpickle(Path(state_file).read_text())
+    repaired = []
+    for json_state, metadata in state["trial_data"]:
+        trial = Trial.from_json_state(json_state, stub=True)
+        trial.restore_run_metadata(metadata)
+        if trial.status == Trial.TERMINATED or trial.checkpoint is None:
+            continue
+        trial_dir = Path(exp_path) / trial.storage.trial_dir_name
+        wanted = trial_dir / Path(trial.checkpoint.path).name
+        if wanted.exists():
+            continue
+        # newest first, skipping one the kill cut short while it was being written
+        for newer in sorted(trial_dir.glob("checkpoint_*"), reverse=True):
+            if newer.name <= wanted.name:
+                break
+            try:
+                torch.load(newer / "state.pt", map_location="cpu", weights_only=True)
+            except Exception:
+                continue
+            os.replace(newer, wanted)
+            repaired.append(str(wanted))
+            break
+    return repaired
+
+
+def _finished_trials(results_dir: Path, phase: str) -> dict[str, dict[str, Any]]:
+    """The final result of every trial of `phase` that trials.csv records as ended."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in _read_csv(results_dir / TRIALS_FILE):
+        if r.get("phase") != phase or r.get("status") != "TERMINATED":
+            continue
+        metrics = {k: _parse(r.get(k)) for k in (VAL_LOSS, TRAIN_LOSS, "params", "node",
+                                                   "gpu_ids", "error")
+                   if r.get(k) not in (None, "")}
+        out[r["trial_id"]] = {**metrics, EPOCH: int(_parse(r.get("epochs") or 0)),
+                              VAL_ACC: float(_parse(r.get("val_acc") or 0.0)),
+                              "diverged": int(_parse(r.get("diverged") or 0))}
+    return out
+
+
 def _execute(cfg: ExperimentConfig, results_dir: Path, run: dict[str, Any], *,
              restore: bool, quiet: bool, report: bool) -> SearchResult:
     import ray
 
-    data, teacher = _prepare(cfg)
+    data, teacher = _prepare(cfg, progress=not quiet)
     run["teacher"] = {"key": teacher.key if teacher else None,
                       "val_acc": teacher.val_acc if teacher else None}
     run["hardware"] = _hardware()
     gpus = run["hardware"]["gpus"]
     online = cfg.training.shift > 0
     payload = {
+        "token": uuid.uuid4().hex,  # names this search's tensors in each trial actor's cache
         "config": _config_dict(cfg),
         "data": data,
         "teacher_logits": teacher.train_logits.cpu() if teacher else None,
@@ -670,7 +871,8 @@ def run_search(space: str | os.PathLike[str] | ExperimentConfig, *,
     else:
         cfg = load_config(space, overrides)
     if not cfg.search.space:
-        raise ConfigError(f"{space}: search.space is empty; give at least one dimension "
+        source = cfg.name if isinstance(space, ExperimentConfig) else space
+        raise ConfigError(f"{source}: search.space is empty; give at least one dimension "
                           f"(temperature, alpha, lr, width, ...)")
     out = _results_dir(cfg, results_dir)
     if out.exists() and any(out.iterdir()):
@@ -686,6 +888,7 @@ def run_search(space: str | os.PathLike[str] | ExperimentConfig, *,
             else str(Path(storage_path) / cfg.name)
     started_ray = _init_ray(address)
     try:
+        _check_resources(cfg)
         if out.exists() and force:
             shutil.rmtree(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -718,6 +921,7 @@ def resume_search(results: str | os.PathLike[str], *, address: str | None = None
         run["storage_path"] = str(out)  # the folder may have moved
     started_ray = _init_ray(address)
     try:
+        _check_resources(cfg)
         return _execute(cfg, out, run, restore=True, quiet=quiet, report=report)
     except KeyboardInterrupt:
         print(f"\nkdsearch: interrupted; continue with: kdsearch resume {out}", file=sys.stderr)

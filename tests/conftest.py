@@ -8,6 +8,11 @@ from pathlib import Path
 
 import pytest
 
+# One intra-op thread, set before torch loads (and inherited by the subprocesses tests start).
+# The models here are tiny: on a 2-core box shared with other jobs, torch's default of one thread
+# per core thrashes (a digits fit ran 10x slower), and the results are bit-identical either way.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 REPO = Path(__file__).resolve().parents[1]
 # The original MNIST / Fashion-MNIST files, beside the checkout (read-only there).
 SHARED_DATASETS = Path(os.environ.get("KDSEARCH_TEST_DATASETS",

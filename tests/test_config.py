@@ -1,4 +1,4 @@
-"""Config files -> ExperimentConfig: every bad value is one ConfigError naming file, key and value."""
+"""Config files -> ExperimentConfig: each bad value is one ConfigError naming file, key, value."""
 
 from __future__ import annotations
 

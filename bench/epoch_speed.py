@@ -1,0 +1,206 @@
+"""Seconds per KD epoch of the width-20 MNIST student: seed 000's loop vs `kdsearch.fit`.
+
+Both run side by side in one process, interleaved repeat by repeat, on the same 55,000-example
+training split (MNIST's 60,000 less kdsearch's 5,000 validation examples):
+
+  seed loop  torchvision MNIST + transforms.ToTensor() + DataLoader(batch_size=32, shuffle=True),
+             a forward of the 784-1200-1200-10 teacher (eval mode) every step, the seed's own loss
+             (KLDivLoss on probabilities, no T^2; T = 10, alpha = 0.3), Adam(lr=1e-4); stopped
+             after 55,000 examples so that it sees as many as an epoch of ours.
+  kdsearch   fit() with the teacher's logits cached once (outside the timing), the data as
+             in-memory tensors, the correct KD loss (T = 4, alpha = 0.3) and every other
+             TrainingConfig default; the wall time of the whole fit(..., epochs=1) call, so it
+             includes the optimizer's creation and the evaluation on the validation split.
+
+Each time is the best of --repeats runs (background load only ever adds time). The accuracy is
+the validation accuracy after that one epoch (deterministic for the seed, the same every repeat);
+"epochs to 0.95" trains on with TrainingConfig defaults until the validation accuracy reaches 0.95.
+
+Usage:
+  .venv/bin/python bench/epoch_speed.py [--data-dir DIR] [--repeats 3] [--quick]
+
+The data folder holds MNIST/raw/*.gz (torchvision layout); it defaults to $KDSEARCH_DATA_DIR,
+else ../shared/datasets beside the repository. The files are copied to a temporary folder,
+because torchvision decompresses next to them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kdsearch.config import DatasetConfig, TrainingConfig
+from kdsearch.data import Dataset, load_dataset
+from kdsearch.distill import VAL_ACC, FitState, fit, predict
+from kdsearch.models import mlp_student, mlp_teacher
+
+REPO = Path(__file__).resolve().parents[1]
+SHAPE = (1, 28, 28)
+TARGET = 0.95  # validation accuracy for "epochs to"
+
+
+def copy_mnist(data_dir: Path, tmp: Path) -> Path:
+    raw = data_dir / "MNIST" / "raw"
+    files = sorted(f for f in raw.glob("*") if f.is_file()) if raw.is_dir() else []
+    if not files:
+        raise SystemExit(f"no MNIST files in {raw}; pass --data-dir or set KDSEARCH_DATA_DIR to a "
+                         f"folder holding MNIST/raw/*.gz")
+    (tmp / "MNIST" / "raw").mkdir(parents=True)
+    for f in files:
+        shutil.copy(f, tmp / "MNIST" / "raw" / f.name)
+    return tmp
+
+
+def seed_loop_epoch(root: Path, teacher: nn.Module, n_examples: int, fraction: float) -> float:
+    """Seconds for n_examples of seed 000's KD loop (scaled up from `fraction` of them)."""
+    import torchvision
+    from torch.utils.data import DataLoader
+    from torchvision import transforms
+
+    batch_size, lr, temp, alpha = 32, 1e-4, 10, 0.3  # the seed's settings
+    train_dataset = torchvision.datasets.MNIST(root=str(root), train=True,
+                                               transform=transforms.ToTensor(), download=True)
+    train_loader = DataLoader(dataset=train_dataset, batch_size=batch_size, shuffle=True)
+    student_model = mlp_student(SHAPE, 10)
+    hard_loss = nn.CrossEntropyLoss()
+    soft_loss = nn.KLDivLoss(reduction="batchmean")
+    optimizer = torch.optim.Adam(student_model.parameters(), lr=lr)
+    teacher.eval()
+    student_model.train()
+    steps = math.ceil(fraction * n_examples / batch_size)
+    start = time.perf_counter()
+    for step, (data, targets) in enumerate(train_loader):  # the seed wraps this in tqdm
+        if step == steps:
+            break
+        with torch.no_grad():
+            teacher_preds = teacher(data)
+        student_preds = student_model(data)
+        student_loss = hard_loss(student_preds, targets)
+        # the seed's loss as written: probabilities where KLDivLoss wants log-probabilities
+        ditillation_loss = soft_loss(F.softmax(student_preds / temp, dim=1),
+                                     F.softmax(teacher_preds / temp, dim=1))
+        loss = alpha * student_loss + (1 - alpha) * ditillation_loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return (time.perf_counter() - start) / fraction
+
+
+def ours_epoch(data: Dataset, logits: torch.Tensor, batch_size: int) -> tuple[float, float]:
+    """(seconds, val accuracy) of one kdsearch epoch at `batch_size`, everything else default."""
+    torch.manual_seed(0)
+    model = mlp_student(SHAPE, 10)
+    start = time.perf_counter()
+    history = fit(model, data, TrainingConfig(batch_size=batch_size, epochs=1),
+                  teacher_logits=logits)
+    return time.perf_counter() - start, history[-1][VAL_ACC]
+
+
+class _Reached(Exception):
+    pass
+
+
+def epochs_to(data: Dataset, training: TrainingConfig, logits: torch.Tensor | None
+              ) -> tuple[int | None, list[float]]:
+    """(first epoch whose val accuracy is >= TARGET, or None; the accuracies on the way)."""
+    accs: list[float] = []
+
+    def report(metrics: dict[str, float], state: FitState) -> None:
+        accs.append(metrics[VAL_ACC])
+        if metrics[VAL_ACC] >= TARGET:
+            raise _Reached  # what an early-stopping scheduler does to a trial
+
+    torch.manual_seed(training.seed)
+    try:
+        fit(mlp_student(SHAPE, 10), data, training, teacher_logits=logits, report=report)
+    except _Reached:
+        return len(accs), accs
+    return None, accs
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    default_dir = os.environ.get("KDSEARCH_DATA_DIR") or str(REPO.parent / "shared" / "datasets")
+    p.add_argument("--data-dir", type=Path, default=Path(default_dir),
+                   help="folder holding MNIST/raw/*.gz (default: $KDSEARCH_DATA_DIR, else "
+                        "../shared/datasets beside the repository)")
+    p.add_argument("--repeats", type=int, default=3, help="best of this many runs per row")
+    p.add_argument("--seed-fraction", type=float, default=1.0,
+                   help="time this fraction of the seed loop's epoch and scale it up")
+    p.add_argument("--batch-sizes", type=int, nargs="+", default=[32, 128, 512])
+    p.add_argument("--teacher-epochs", type=int, default=1,
+                   help="epochs to train the teacher (0: random weights; the timing is the same, "
+                        "the accuracy of our KD runs is not)")
+    p.add_argument("--max-epochs", type=int, default=10, help="cap for 'epochs to 0.95'")
+    p.add_argument("--quick", action="store_true",
+                   help="--repeats 1 --seed-fraction 0.25: a rough table in about half the time")
+    args = p.parse_args()
+    if args.quick:
+        args.repeats, args.seed_fraction = 1, 0.25
+    if not 0 < args.seed_fraction <= 1:
+        raise SystemExit(f"--seed-fraction must be in (0, 1], got {args.seed_fraction}")
+
+    default_bs = TrainingConfig().batch_size
+    sizes = sorted(set(args.batch_sizes) | {default_bs})
+    with tempfile.TemporaryDirectory(prefix="kdsearch-bench-") as tmp:
+        root = copy_mnist(args.data_dir, Path(tmp))
+        data = load_dataset(DatasetConfig(name="mnist"), data_dir=root, cache_dir=Path(tmp))
+        n = len(data.train)
+
+        torch.manual_seed(0)
+        teacher = mlp_teacher(SHAPE, 10)
+        teacher_note = "random weights"
+        if args.teacher_epochs > 0:
+            h = fit(teacher, data, TrainingConfig(alpha=1.0, epochs=args.teacher_epochs, lr=1e-3))
+            teacher_note = f"{args.teacher_epochs} epoch(s), val acc {h[-1][VAL_ACC]:.4f}"
+        teacher.eval()
+        logits = predict(teacher, data.train.x)  # the cache: once, outside every timing
+
+        ours_epoch(data, logits, default_bs)  # warm-up: first-call allocations, thread pool
+        seed_times: list[float] = []
+        ours: dict[int, list[tuple[float, float]]] = {bs: [] for bs in sizes}
+        for _ in range(args.repeats):  # interleaved, so background load hits every row alike
+            seed_times.append(seed_loop_epoch(root, teacher, n, args.seed_fraction))
+            for bs in sizes:
+                ours[bs].append(ours_epoch(data, logits, bs))
+
+        base = TrainingConfig()
+        reach = {label: epochs_to(data, training, lg) for label, training, lg in [
+            (f"alpha=1 (no teacher), batch {default_bs}",
+             TrainingConfig(alpha=1.0, epochs=args.max_epochs), None),
+            (f"KD alpha={base.alpha:g} T={base.temperature:g}, batch {default_bs}",
+             TrainingConfig(epochs=args.max_epochs), logits),
+        ]}
+
+    seed = min(seed_times)
+    scaled = "" if args.seed_fraction == 1 else f" ({args.seed_fraction:g} of it, scaled up)"
+    print(f"One KD epoch of the 784-20-20-10 student on MNIST ({n:,} training examples), "
+          f"{torch.get_num_threads()} threads, torch {torch.__version__}; best of {args.repeats}.")
+    print(f"Teacher 784-1200-1200-10: {teacher_note}.\n")
+    print(f"{'loop':<34} {'batch':>5} {'s/epoch':>8} {'speedup':>8} {'val acc':>8}")
+    print(f"{'seed 000 (DataLoader + teacher fwd)':<34} {32:>5} {seed:>8.3f} {1:>7.1f}x "
+          f"{'-':>8}{scaled}")
+    for bs in sizes:
+        t = min(s for s, _ in ours[bs])
+        acc = ours[bs][0][1]
+        mark = "  (default)" if bs == default_bs else ""
+        print(f"{'kdsearch fit (cached logits)':<34} {bs:>5} {t:>8.3f} {seed / t:>7.1f}x "
+              f"{acc:>8.4f}{mark}")
+    print(f"\nEpochs to val acc {TARGET} at the TrainingConfig defaults "
+          f"(lr {base.lr:g}, seed {base.seed}, at most {args.max_epochs}):")
+    for label, (epochs, accs) in reach.items():
+        got = f"{epochs}" if epochs is not None else f"not within {args.max_epochs}"
+        print(f"  {label:<32} {got:>3}   val acc by epoch: {' '.join(f'{a:.4f}' for a in accs)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""Search throughput: how busy a real search keeps the cores, and what Ray costs.
+
+Runs a search space end to end (default: the quickstart, without the report) in a temporary
+results folder, in this process, and prints, from one run:
+
+  wall time (Ray start included), Ray start, per-phase wall, trial-epochs per minute,
+  core utilisation = sum of trial training time / (wall time x cores),
+  Ray's share = 1 - utilisation, split into start-up, per-phase start-up and per-trial gaps.
+
+Usage:
+  .venv/bin/python bench/search_throughput.py [SPACE.yaml] [--set key=value ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("space", nargs="?", default=str(REPO / "search_spaces" / "quickstart.yaml"))
+    p.add_argument("--set", action="append", default=[])
+    p.add_argument("--cores", type=int, default=os.cpu_count())
+    args = p.parse_args()
+
+    import ray
+
+    from kdsearch.search import _init_ray, run_search
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        _init_ray(None)
+        ray_start = time.perf_counter() - t0
+        run_search(args.space, overrides=args.set, results_dir=tmp, report=False, quiet=True)
+        wall = time.perf_counter() - t0
+        ray.shutdown()
+        out = next(Path(tmp).iterdir())
+        rows = list(csv.DictReader(open(out / "progress.csv")))
+        run = json.loads((out / "run.json").read_text())
+
+    train = sum(float(r["epoch_seconds"]) for r in rows)
+    phases = run["phases"]
+    phase_wall = sum(v["wall_seconds"] for v in phases.values())
+    # phase start-up: from the phase's start to its first reported epoch (actors, imports)
+    startup = 0.0
+    for name, v in phases.items():
+        first = min(float(r["wall_time"]) - float(r["epoch_seconds"]) for r in rows
+                    if r["phase"] == name)
+        startup += first - (v["finished"] - v["wall_seconds"])
+    trials = defaultdict(int)
+    for r in rows:
+        trials[(r["phase"], r["trial_id"])] += 1
+    cores = args.cores
+    util = train / (wall * cores)
+    print(f"space: {args.space} {' '.join(args.set)}")
+    print(f"cores: {cores}; trials: {len(trials)}; trial-epochs: {len(rows)}")
+    print(f"wall time, Ray start included : {wall:7.1f} s")
+    print(f"  Ray start                   : {ray_start:7.1f} s")
+    print(f"  teacher + data (driver)     : {wall - ray_start - phase_wall:7.1f} s")
+    for name, v in phases.items():
+        print(f"  {name:8s} phase              : {v['wall_seconds']:7.1f} s")
+    print(f"  phase start-up (to 1st epoch): {startup:6.1f} s")
+    print(f"sum of trial training time    : {train:7.1f} s")
+    print(f"trial-epochs per minute       : {len(rows) / wall * 60:7.0f}")
+    print(f"core utilisation (target 0.8) : {util:7.2f}  = training / (wall x cores)")
+    print(f"  within the search phases    : {train / (phase_wall * cores):7.2f}")
+    print(f"Ray's share of the wall time  : {1 - util:7.2f}  (start {ray_start / wall:.2f}, "
+          f"phase start-up {startup / wall:.2f})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,393 @@
+"""The final evaluation: the search's best settings, retrained from scratch, tested once.
+
+A search ranks settings by validation accuracy, so its numbers are optimistic and come from one
+seed. Here the best distilled setting and the best baseline setting (alpha = 1) of each student
+width are retrained with `report.seeds` seeds (seed s sets training.seed = s) on the training
+split, for the full epoch budget, and each model is evaluated once on the held-out test split.
+This module is the only caller of `data.load_test`: the search never sees the test split.
+
+The result is `final.json` in the results folder (written atomically). `make_report` reads it;
+`evaluate_final(..., retrain=False)` reuses every row of an existing final.json whose setting and
+seeds are unchanged and trains only what is new (nothing, for an unchanged search).
+
+Measured: the quickstart (digits, 3 widths x 2 kinds x 3 seeds x 20 epochs: 18 retrainings of
+0.2-0.5 s each on one thread) takes 8 s with data and teacher loading on a shared 2-core VM;
+`kdsearch report` on it, start-up included, 14 s.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import tempfile
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+from kdsearch import __version__
+from kdsearch.config import (ExperimentConfig, config_from_dict, config_to_dict,
+                             default_cache_dir, default_data_dir, read_yaml, with_params)
+from kdsearch.data import load_dataset, load_test
+from kdsearch.search import CONFIG_FILE, TRIALS_FILE, SearchError, best_trial, phase_dimensions
+
+FINAL_FILE = "final.json"
+FINAL_FORMAT = 1
+DISTILLED, BASELINE = "distilled", "baseline"
+# trial statuses of a trial that will not run again; anything else (RUNNING, PENDING, PAUSED)
+# means the search stopped while the trial was in flight
+DONE_STATUSES = ("TERMINATED", "ERROR")
+# below this many multiply-adds per batch, one CPU thread beats several (thread hand-off costs
+# more than the work): true of the MLP students on digits, not of CNNs on CIFAR-10
+_SMALL_BATCH_WORK = 5e6
+
+
+class ReportError(SearchError):
+    """A results folder cannot be evaluated or reported: one line that says what to do."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting to retrain: the best of its kind at one student width."""
+
+    kind: str  # DISTILLED or BASELINE
+    width: int
+    settings: dict[str, Any]  # the phase's searched dimensions -> the trial's values
+    tuned: bool  # False: a baseline nobody searched for (the distilled setting with alpha = 1)
+    best: bool  # the best setting of its kind over all widths
+    trial_id: str | None  # the search trial it comes from (None for an untuned baseline)
+    val_acc: float | None  # that trial's validation accuracy at its last epoch
+    search_epochs: int | None  # the epochs that trial ran (fewer if ASHA stopped it)
+
+    def spec(self, cfg: ExperimentConfig) -> dict[str, Any]:
+        """Everything that determines the retrained models, but the seeds."""
+        return {"kind": self.kind, "width": self.width, "tuned": self.tuned,
+                "settings": self.settings, "config": _training_fingerprint(cfg)}
+
+
+@dataclass(frozen=True)
+class Selection:
+    settings: list[Setting]
+    baseline_tuned: bool  # a baseline search ran and has a finished trial
+    baseline_note: str  # why the baseline is untuned, "" when it is tuned
+
+
+def _training_fingerprint(cfg: ExperimentConfig) -> str:
+    """A hash of the config sections a retraining depends on (not search or report)."""
+    d = config_to_dict(cfg)
+    blob = json.dumps({k: d[k] for k in ("dataset", "teacher", "student", "training")},
+                      sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- reading a folder
+def read_csv(path: Path) -> list[dict[str, str]]:
+    if not path.exists():
+        return []
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def read_config(results_dir: Path) -> ExperimentConfig:
+    path = results_dir / CONFIG_FILE
+    if not path.is_file():
+        raise ReportError(f"{results_dir}: no {CONFIG_FILE}; pass the results folder of a search "
+                          f"(results/<name>)")
+    return config_from_dict(read_yaml(path), source=str(path))
+
+
+def read_final(results_dir: Path) -> dict[str, Any] | None:
+    try:
+        final = json.loads((Path(results_dir) / FINAL_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    if not isinstance(final, dict) or final.get("format") != FINAL_FORMAT:
+        return None
+    return final
+
+
+def row_width(row: dict[str, Any], cfg: ExperimentConfig) -> int | None:
+    """The student width a trial trained (the config's width when width was not searched)."""
+    if not any(d.name == "width" for d in cfg.search.space):
+        return cfg.student.width
+    value = row.get("width")
+    if value in (None, ""):
+        return None
+    return int(float(value))
+
+
+def incomplete_trials(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Trials the search left in flight (status RUNNING, PENDING, PAUSED): a killed search."""
+    return [r for r in rows if r.get("status") not in DONE_STATUSES]
+
+
+# --------------------------------------------------------------------------- choosing settings
+def _rank_key(metrics: dict[str, Any]) -> tuple[bool, float]:
+    # the same order as search.best_trial: full-budget trials first, then final val_acc
+    return (not int(metrics.get("stopped_early") or 0), float(metrics["val_acc"]))
+
+
+def _best_by_width(rows: list[dict[str, Any]], cfg: ExperimentConfig, phase: str
+                   ) -> dict[int, tuple[dict[str, Any], dict[str, Any]]]:
+    dims = [d.name for d in phase_dimensions(cfg, phase)]
+    groups: dict[int, list[dict[str, Any]]] = {}
+    for r in rows:
+        w = row_width(r, cfg)
+        if r.get("phase") == phase and w is not None:
+            groups.setdefault(w, []).append(r)
+    out = {}
+    for w, group in groups.items():
+        best = best_trial(group, phase, dims)
+        if best is not None:
+            out[w] = best
+    return out
+
+
+def _overall_width(rows: list[dict[str, Any]], cfg: ExperimentConfig, phase: str) -> int | None:
+    dims = [d.name for d in phase_dimensions(cfg, phase)]
+    best = best_trial([r for r in rows if row_width(r, cfg) is not None], phase, dims)
+    return row_width(best[1], cfg) if best is not None else None
+
+
+def _setting(kind: str, width: int, best: tuple[dict[str, Any], dict[str, Any]],
+             is_best: bool) -> Setting:
+    settings, metrics = best
+    return Setting(kind, width, dict(settings), True, is_best, str(metrics.get("trial_id")),
+                   float(metrics["val_acc"]), int(float(metrics.get("epochs") or 0)))
+
+
+def _untuned(distilled: Setting, cfg: ExperimentConfig, is_best: bool) -> Setting:
+    dims = [d.name for d in phase_dimensions(cfg, "baseline")]
+    settings = {d: distilled.settings[d] for d in dims if d in distilled.settings}
+    return Setting(BASELINE, distilled.width, settings, False, is_best, None, None, None)
+
+
+def select_settings(cfg: ExperimentConfig, rows: list[dict[str, Any]]) -> Selection:
+    """The settings to retrain: per width, the best distilled and the best baseline trial.
+
+    Widths are ranked by their best distilled trial (as `search.best_trial` ranks trials) and
+    the best `report.max_widths` kept, plus the best baseline's width. A width whose baseline
+    has no finished trial gets an untuned baseline: its distilled setting with alpha = 1.
+    """
+    distilled = _best_by_width(rows, cfg, "distill")
+    if not distilled:
+        raise ReportError(f"no distillation trial finished in {TRIALS_FILE}; nothing to evaluate "
+                          f"(continue the search with `kdsearch resume`)")
+    baseline = _best_by_width(rows, cfg, "baseline") if cfg.search.baseline else {}
+    # the overall bests are the trials search.best_trial picks (the search's own summary line)
+    best_distilled = _overall_width(rows, cfg, "distill")
+    best_base = _overall_width(rows, cfg, "baseline") if baseline else None
+    ranked = sorted(distilled, key=lambda w: (w == best_distilled, _rank_key(distilled[w][1])),
+                    reverse=True)
+    widths = set(ranked[:cfg.report.max_widths])
+    if best_base is not None:
+        widths.add(best_base)
+    if not cfg.search.baseline:
+        note = "the baseline was not tuned (search.baseline is false)"
+    elif not baseline:
+        note = "the baseline was not tuned (no baseline trial finished)"
+    else:
+        note = ""
+    out: list[Setting] = []
+    for w in sorted(widths):
+        d = _setting(DISTILLED, w, distilled[w], w == ranked[0]) if w in distilled else None
+        if d is not None:
+            out.append(d)
+        if w in baseline:
+            out.append(_setting(BASELINE, w, baseline[w], w == best_base))
+        elif d is not None:
+            out.append(_untuned(d, cfg, best_base is None and w == ranked[0]))
+    return Selection(out, bool(baseline), note)
+
+
+def training_config(cfg: ExperimentConfig, setting: Setting, seed: int) -> ExperimentConfig:
+    """The config a retraining runs: the setting's values, alpha = 1 for a baseline, the seed."""
+    c = with_params(cfg, {**setting.settings, "width": setting.width})
+    alpha = 1.0 if setting.kind == BASELINE else c.training.alpha
+    return dataclasses.replace(c, training=dataclasses.replace(c.training, seed=seed,
+                                                               alpha=alpha))
+
+
+# --------------------------------------------------------------------------- statistics
+def mean_std(values: list[float]) -> tuple[float | None, float | None]:
+    """Mean and sample standard deviation (ddof = 1; None with fewer than two values)."""
+    if not values:
+        return None, None
+    m = sum(values) / len(values)
+    if len(values) < 2:
+        return m, None
+    return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
+
+
+# --------------------------------------------------------------------------- training
+def _device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+@contextmanager
+def _threads(n: int | None) -> Iterator[None]:
+    import torch
+
+    if n is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, obj: Any) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
+
+
+def _print(msg: str) -> None:
+    print(msg, flush=True)
+
+
+def evaluate_final(results_dir: str | os.PathLike[str], *, retrain: bool = True,
+                   device: str = "auto", quiet: bool = False,
+                   log: Callable[[str], None] = _print) -> dict[str, Any]:
+    """Retrain the best settings of a results folder with K seeds; test once; write final.json.
+
+    With `retrain=False`, rows of an existing final.json with the same setting and seeds are
+    reused and only the rest is trained. Returns what final.json holds.
+    """
+    import torch
+
+    from kdsearch.distill import Diverged, evaluate, train_student
+    from kdsearch.models import build_student, count_parameters
+    from kdsearch.teacher import get_teacher, teacher_key
+
+    results = Path(results_dir)
+    cfg = read_config(results)
+    rows = read_csv(results / TRIALS_FILE)
+    if not rows:
+        raise ReportError(f"{results}: no {TRIALS_FILE} or no trials in it; run the search first "
+                          f"(kdsearch run SPACE.yaml)")
+    selection = select_settings(cfg, rows)
+    seeds = list(range(cfg.report.seeds))
+    key = teacher_key(cfg)
+    previous = None if retrain else read_final(results)
+    reusable: dict[str, dict[str, Any]] = {}
+    if previous is not None and previous.get("seeds") == seeds:
+        for r in previous.get("rows", []):
+            reusable[json.dumps(r.get("spec"), sort_keys=True)] = r
+    old_teacher = (previous or {}).get("teacher") or {}
+    teacher_ok = old_teacher.get("key") == key and old_teacher.get("test_acc") is not None
+
+    todo = [s for s in selection.settings
+            if json.dumps(s.spec(cfg), sort_keys=True) not in reusable]
+    device = _device(device)
+    out_rows: dict[int, dict[str, Any]] = {}
+    for i, s in enumerate(selection.settings):
+        r = reusable.get(json.dumps(s.spec(cfg), sort_keys=True))
+        if r is not None:
+            out_rows[i] = {**r, "best": s.best, "trial_id": s.trial_id, "val_acc": s.val_acc,
+                           "search_epochs": s.search_epochs}
+    teacher_info = old_teacher if teacher_ok else None
+    data_info = (previous or {}).get("data") if previous else None
+    started = time.perf_counter()
+
+    if todo or teacher_info is None:
+        cache_dir = default_cache_dir(cfg)
+        data_dir = default_data_dir(cfg)
+        data = load_dataset(cfg.dataset, data_dir=data_dir, cache_dir=cache_dir, device=device)
+        teacher = get_teacher(cfg, data, cache_dir=cache_dir, progress=not quiet)
+        # the one read of the test split in kdsearch
+        test = load_test(cfg.dataset, data, data_dir=data_dir, cache_dir=cache_dir,
+                         device=device)
+        data_info = {"train": len(data.train), "val": len(data.val), "test": len(test)}
+        teacher_acc = evaluate(teacher.model, test)[0]
+        teacher_info = {"model": cfg.teacher.model, "key": teacher.key,
+                        "params": count_parameters(teacher.model),
+                        "val_acc": teacher.val_acc, "test_acc": teacher_acc}
+        if not quiet:
+            log(f"final: teacher {cfg.teacher.model} test_acc {teacher_acc:.4f} "
+                f"({len(test):,} test examples)")
+        total = len(todo) * len(seeds)
+        done = 0
+        for i, s in enumerate(selection.settings):
+            if i in out_rows:
+                continue
+            student = build_student(cfg.student.model, data.input_shape, data.num_classes,
+                                    width=s.width)
+            n_params = count_parameters(student)
+            c0 = training_config(cfg, s, 0)
+            small = device == "cpu" and n_params * c0.training.batch_size < _SMALL_BATCH_WORK
+            accs: list[float | None] = []
+            val_accs: list[float | None] = []
+            t_row = time.perf_counter()
+            for seed in seeds:
+                c = training_config(cfg, s, seed)
+                t0 = time.perf_counter()
+                try:
+                    with _threads(1 if small else None):
+                        model, history = train_student(
+                            c, data, teacher=teacher if c.training.alpha < 1 else None)
+                        acc = evaluate(model, test)[0]
+                    accs.append(acc)
+                    val_accs.append(history[-1]["val_acc"])
+                    what = f"test_acc {acc:.4f}"
+                except Diverged:
+                    accs.append(None)
+                    val_accs.append(None)
+                    what = "diverged"
+                done += 1
+                if not quiet:
+                    label = s.kind if s.tuned else f"{s.kind} (untuned)"
+                    log(f"final [{done}/{total}] {label} width {s.width} seed {seed}: {what} "
+                        f"({c.training.epochs} epochs, {time.perf_counter() - t0:.1f} s)")
+            ok = [a for a in accs if a is not None]
+            mean, std = mean_std(ok)
+            out_rows[i] = {"kind": s.kind, "tuned": s.tuned, "best": s.best, "width": s.width,
+                           "params": n_params, "settings": s.settings,
+                           "epochs": c0.training.epochs,
+                           "alpha": c0.training.alpha, "trial_id": s.trial_id,
+                           "val_acc": s.val_acc, "search_epochs": s.search_epochs,
+                           "seeds": seeds, "test_accs": accs,
+                           "final_val_accs": val_accs, "mean": mean, "std": std,
+                           "diverged": sum(a is None for a in accs),
+                           "seconds": round(time.perf_counter() - t_row, 3),
+                           "spec": s.spec(cfg)}
+        del data, teacher, test
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    else:
+        device = (previous or {}).get("device", device)  # where the reused rows were trained
+        if not quiet:
+            log(f"final: reusing {FINAL_FILE} (all {len(out_rows)} settings unchanged)")
+
+    final = {"format": FINAL_FORMAT, "kdsearch_version": __version__, "name": cfg.name,
+             "created": time.time(), "device": device, "seeds": seeds,
+             "seconds": round(time.perf_counter() - started, 3),
+             "retrained": len(todo) * len(seeds), "reused": len(out_rows) - len(todo),
+             "data": data_info, "teacher": teacher_info,
+             "student_model": cfg.student.model,
+             "baseline_tuned": selection.baseline_tuned,
+             "baseline_note": selection.baseline_note,
+             "rows": [out_rows[i] for i in range(len(selection.settings))]}
+    write_json(results / FINAL_FILE, final)
+    return final

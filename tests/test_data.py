@@ -1,0 +1,172 @@
+"""Datasets -> normalised in-memory tensors, with a seeded validation split out of the train set."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import pytest
+import torch
+
+from kdsearch.config import DatasetConfig
+from kdsearch.data import DataError, load_dataset, load_test, split_indices
+
+from conftest import SHARED_DATASETS
+
+DIGITS_TRAIN = 1797 - 359  # sklearn's 1,797 images less the fixed 20% test split
+MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte",
+               "t10k-labels-idx1-ubyte")
+
+
+def _digits(tmp_path: Path, **kwargs: object):
+    return load_dataset(DatasetConfig(name="digits", **kwargs), data_dir=tmp_path / "data",
+                        cache_dir=tmp_path / "cache")
+
+
+def _rows(x: torch.Tensor) -> set[bytes]:
+    return {row.numpy().tobytes() for row in x.reshape(len(x), -1)}
+
+
+@pytest.mark.parametrize("n,val", [(10, 3), (1438, 216), (60000, 5000)])
+def test_split_indices_partition_the_set(n: int, val: int) -> None:
+    train, valid = split_indices(n, val, seed=0)
+    assert len(valid) == val and len(train) == n - val
+    assert not set(train.tolist()) & set(valid.tolist())
+    assert sorted(train.tolist() + valid.tolist()) == list(range(n))
+
+
+def test_split_indices_follow_the_seed() -> None:
+    train_a, val_a = split_indices(1000, 150, seed=7)
+    train_b, val_b = split_indices(1000, 150, seed=7)
+    assert torch.equal(train_a, train_b) and torch.equal(val_a, val_b)
+    _, val_c = split_indices(1000, 150, seed=8)
+    assert not torch.equal(val_a, val_c)
+
+
+def test_digits_shapes_and_normalisation(tmp_path: Path) -> None:
+    ds = _digits(tmp_path)
+    assert ds.name == "digits" and ds.num_classes == 10 and ds.input_shape == (1, 8, 8)
+    assert len(ds.val) == round(0.15 * DIGITS_TRAIN)  # the default for small sets
+    assert len(ds.train) + len(ds.val) == DIGITS_TRAIN
+    assert ds.train.x.shape == (len(ds.train), 1, 8, 8) and ds.train.x.dtype == torch.float32
+    assert ds.val.x.shape == (len(ds.val), 1, 8, 8)
+    assert ds.train.y.dtype == torch.int64 and set(ds.train.y.tolist()) == set(range(10))
+    # normalised with the training split's own statistics
+    assert abs(ds.train.x.mean().item()) < 1e-4
+    assert ds.train.x.std().item() == pytest.approx(1.0, abs=1e-3)
+    assert 0.2 < ds.mean[0] < 0.4  # digits' mean ink on the 0..1 scale
+
+
+def test_digits_val_is_disjoint_from_train_and_covers_the_set(tmp_path: Path) -> None:
+    ds = _digits(tmp_path)
+    # back to sklearn's pixel scale (0..16), where every value is an exact integer
+    pixels = lambda x: torch.round((x * ds.std[0] + ds.mean[0]) * 16).to(torch.uint8)  # noqa: E731
+    train, val = pixels(ds.train.x), pixels(ds.val.x)
+    from sklearn.datasets import load_digits
+    everything = torch.from_numpy(load_digits().images.astype(np.uint8))[:, None]
+    all_rows = [r.numpy().tobytes() for r in everything.reshape(len(everything), -1)]
+    assert _rows(train) | _rows(val) <= set(all_rows)
+    # disjoint as examples: count duplicates so that two identical images in sklearn's set
+    # (there are a few) may legitimately fall on both sides
+    counts: dict[bytes, int] = {}
+    for r in all_rows:
+        counts[r] = counts.get(r, 0) + 1
+    shared = _rows(train) & _rows(val)
+    assert all(counts[r] > 1 for r in shared)
+    test = load_test(DatasetConfig(name="digits"), ds, data_dir=tmp_path, cache_dir=tmp_path)
+    assert len(test) == 359
+    assert len(train) + len(val) + len(test) == len(all_rows)
+
+
+def test_digits_split_follows_split_seed(tmp_path: Path) -> None:
+    a, b = _digits(tmp_path, split_seed=0), _digits(tmp_path, split_seed=0)
+    assert torch.equal(a.val.x, b.val.x) and torch.equal(a.train.y, b.train.y)
+    c = _digits(tmp_path, split_seed=1)
+    assert len(c.val) == len(a.val)
+    assert _rows(c.val.x) != _rows(a.val.x)
+    # the test split never moves with split_seed
+    test_a = load_test(DatasetConfig(name="digits", split_seed=0), a, data_dir=tmp_path,
+                       cache_dir=tmp_path)
+    test_c = load_test(DatasetConfig(name="digits", split_seed=1), a, data_dir=tmp_path,
+                       cache_dir=tmp_path)
+    assert torch.equal(test_a.x, test_c.x) and torch.equal(test_a.y, test_c.y)
+
+
+def test_val_size_count_and_fraction(tmp_path: Path) -> None:
+    assert len(_digits(tmp_path, val_size=100).val) == 100
+    assert len(_digits(tmp_path, val_size=0.5).val) == round(0.5 * DIGITS_TRAIN)
+    with pytest.raises(DataError, match=f"has {DIGITS_TRAIN} training examples"):
+        _digits(tmp_path, val_size=DIGITS_TRAIN)
+
+
+def test_mnist_from_the_real_files(datasets_dir: Path, tmp_path: Path) -> None:
+    cfg = DatasetConfig(name="mnist")
+    ds = load_dataset(cfg, data_dir=datasets_dir, cache_dir=tmp_path)
+    assert (len(ds.train), len(ds.val)) == (55_000, 5_000)
+    assert ds.input_shape == (1, 28, 28) and ds.num_classes == 10
+    assert ds.train.x.shape == (55_000, 1, 28, 28) and ds.val.x.shape == (5_000, 1, 28, 28)
+    assert ds.mean[0] == pytest.approx(0.1307, abs=2e-3)  # MNIST's well-known statistics
+    assert ds.std[0] == pytest.approx(0.3081, abs=2e-3)
+    assert np.bincount(ds.val.y.numpy(), minlength=10).min() > 400  # every class in val
+    test = load_test(cfg, ds, data_dir=datasets_dir, cache_dir=tmp_path)
+    assert test.x.shape == (10_000, 1, 28, 28)
+
+
+def test_missing_dataset_is_one_line_naming_the_folder(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    # no files and no network: torchvision's download fails (about 2 s here, no retries)
+    with pytest.raises(DataError) as info:
+        load_dataset(DatasetConfig(name="mnist"), data_dir=empty, cache_dir=tmp_path / "cache")
+    message = str(info.value)
+    assert "\n" not in message
+    assert str(empty / "MNIST") in message
+    assert "data_dir" in message  # says what to do next
+
+
+@contextlib.contextmanager
+def _read_only(folders: list[Path]) -> Iterator[None]:
+    """Make folders unwritable; as root, permission bits do not stop writes, the immutable flag
+    does (chattr +i on ext4 and most Linux filesystems)."""
+    modes = {f: f.stat().st_mode for f in folders}
+    flagged: list[Path] = []
+    try:
+        for f in folders:
+            f.chmod(0o555)
+            if os.access(f, os.W_OK):  # root
+                if shutil.which("chattr") is None or subprocess.run(
+                        ["chattr", "+i", str(f)], capture_output=True).returncode != 0:
+                    pytest.skip("running as root and chattr +i is unavailable: cannot make a "
+                                "folder read-only")
+                flagged.append(f)
+            assert not os.access(f, os.W_OK)
+        yield
+    finally:
+        for f in flagged:
+            subprocess.run(["chattr", "-i", str(f)], check=True)
+        for f, mode in modes.items():
+            f.chmod(mode)
+
+
+@pytest.mark.parametrize("locked", ["data folder", "raw folder only"])
+def test_read_only_mnist_is_decompressed_into_the_cache(tmp_path: Path, locked: str) -> None:
+    src = SHARED_DATASETS / "MNIST" / "raw"
+    if not src.is_dir():
+        pytest.skip(f"no MNIST files at {SHARED_DATASETS}")
+    root, raw, cache = tmp_path / "ro", tmp_path / "ro" / "MNIST" / "raw", tmp_path / "cache"
+    raw.mkdir(parents=True)
+    for f in src.glob("*.gz"):
+        shutil.copy(f, raw / f.name)
+    before = sorted(p.name for p in raw.iterdir())
+    folders = [root, root / "MNIST", raw] if locked == "data folder" else [raw]
+    with _read_only(folders):
+        ds = load_dataset(DatasetConfig(name="mnist"), data_dir=root, cache_dir=cache)
+    assert (len(ds.train), len(ds.val)) == (55_000, 5_000)
+    assert sorted(p.name for p in raw.iterdir()) == before  # nothing written there
+    copied = {p.name for p in (cache / "datasets" / "MNIST" / "raw").iterdir()}
+    assert set(MNIST_FILES) <= copied

@@ -1,0 +1,418 @@
+"""The report: a real small search on digits, the final evaluation, the files and their numbers."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+import kdsearch.data
+import kdsearch.final
+from kdsearch.final import evaluate_final, read_csv
+from kdsearch.report import (PLOT_ALPHA, PLOT_BEST_SO_FAR, PLOT_TEMPERATURE, PLOT_TEST_ACC,
+                             compare, make_report)
+from kdsearch.search import run_search
+
+QUICKSTART = Path(__file__).resolve().parents[1] / "search_spaces" / "quickstart.yaml"
+# a small search: two widths, a small quick teacher, 4-epoch students that ASHA may stop at 2
+SMALL = ["search.num_samples=4", "search.baseline_num_samples=3", "training.epochs=4",
+         "search.grace_period=2", "teacher.epochs=3", "teacher.width=256",
+         "search.space.width.values=[8, 32]", "search.seed=1"]
+PLOTS = (PLOT_TEST_ACC, PLOT_TEMPERATURE, PLOT_ALPHA, PLOT_BEST_SO_FAR)
+WRITTEN = ("report.md", "summary.json", "summary.csv", "final.json")
+_REAL_LOAD_TEST = kdsearch.data.load_test
+
+
+def _guard_hook(folder: str):
+    """A Ray worker set-up hook: it leaves a file per worker, and a call of load_test in a
+    worker leaves another file and fails."""
+
+    def hook() -> None:
+        import os
+
+        import kdsearch.data
+
+        def refuse(*args, **kwargs):
+            Path(folder, "load_test-called").write_text("load_test was called in a Ray worker")
+            raise AssertionError("the search read the test split")
+
+        kdsearch.data.load_test = refuse
+        Path(folder, f"worker-{os.getpid()}").touch()
+
+    return hook
+
+
+@pytest.fixture(scope="module")
+def search(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """One small finished search, shared by the module, run with load_test forbidden.
+
+    The driver's load_test (both names) raises and records the call; Ray's workers get the same
+    refusal through a set-up hook. The search itself must not notice.
+    """
+    import ray
+    import ray.cloudpickle
+
+    guard = tmp_path_factory.mktemp("guard")
+    driver_calls: list = []
+
+    def refuse(*args, **kwargs):
+        driver_calls.append(args)
+        raise AssertionError("the search read the test split")
+
+    # module fixtures run before conftest's per-test environment: set the same cache here
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KDSEARCH_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "kdsearch-cache"))
+        mp.delenv("RAY_ADDRESS", raising=False)
+        mp.setattr(kdsearch.data, "load_test", refuse)
+        mp.setattr(kdsearch.final, "load_test", refuse)
+        # the hook is a closure of this test module, which workers cannot import: send it whole
+        ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 runtime_env={"worker_process_setup_hook": _guard_hook(str(guard))})
+        try:
+            root = tmp_path_factory.mktemp("results")
+            result = run_search(QUICKSTART, overrides=SMALL, results_dir=root, report=False,
+                                quiet=True)
+        finally:
+            ray.shutdown()
+            ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    return {"dir": result.results_dir, "guard": guard, "driver_calls": driver_calls}
+
+
+@pytest.fixture(scope="module")
+def search_dir(search: dict) -> Path:
+    return search["dir"]
+
+
+@pytest.fixture(scope="module")
+def reported(search_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The report of that search, written once; returns the results folder."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KDSEARCH_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "kdsearch-cache"))
+        trials_before = (search_dir / "trials.csv").read_bytes()
+        path = make_report(search_dir, quiet=True)
+        assert path == search_dir / "report.md"
+        assert (search_dir / "trials.csv").read_bytes() == trials_before
+    return search_dir
+
+
+def _summary(folder: Path) -> dict:
+    return json.loads((folder / "summary.json").read_text())
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("distill", "baseline"))
+    return dst
+
+
+# --------------------------------------------------------------------------- files
+@pytest.mark.slow  # a real Ray search (shared by the module)
+def test_report_writes_every_file_without_absolute_paths(reported: Path) -> None:
+    for name in (*WRITTEN, *PLOTS):
+        assert (reported / name).is_file(), name
+    report = (reported / "report.md").read_text()
+    for name in PLOTS:
+        assert f"]({name})" in report  # relative image links
+    for name in WRITTEN:
+        text = (reported / name).read_text()
+        assert str(reported) not in text and str(reported.parent) not in text, name
+    final = json.loads((reported / "final.json").read_text())
+    seeds = final["seeds"]
+    assert seeds == [0, 1, 2]
+    for row in final["rows"]:
+        assert row["kind"] in ("distilled", "baseline")
+        assert len(row["test_accs"]) == len(seeds)
+        assert row["params"] > 0 and row["epochs"] == 4
+        assert row["alpha"] == 1.0 if row["kind"] == "baseline" else row["alpha"] < 1.0
+    assert 0.5 < final["teacher"]["test_acc"] <= 1.0
+    assert final["data"]["test"] == 359  # digits' fixed 20% test split
+
+
+@pytest.mark.slow  # a real Ray search (shared by the module)
+def test_report_trials_csv_keeps_all_trials(reported: Path) -> None:
+    rows = read_csv(reported / "trials.csv")
+    assert {r["phase"] for r in rows} == {"distill", "baseline"}
+    assert len([r for r in rows if r["phase"] == "distill"]) == 4
+    assert len([r for r in rows if r["phase"] == "baseline"]) == 3
+    cost = _summary(reported)["search"]
+    assert cost["phases"]["distill"]["trials"] == 4
+    assert cost["phases"]["distill"]["planned"] == 4
+    assert cost["total"]["trials"] == len(rows)
+    epochs = read_csv(reported / "progress.csv")
+    assert cost["total"]["trial_epochs"] == len(epochs)
+
+
+# --------------------------------------------------------------------------- numbers
+_NUM = r"[+-]?\d[\d,]*\.?\d*"
+
+
+def _close(text: str, value: float | None, scale: float, decimals: int) -> bool:
+    if value is None:
+        return text.strip() == "n/a"
+    return abs(float(text) - scale * value) <= 0.5 * 10 ** -decimals + 1e-9
+
+
+def _pm(cell: str) -> tuple[str, str]:
+    m = re.fullmatch(rf"\s*({_NUM}) ± ({_NUM})%.*", cell)
+    assert m, cell
+    return m.group(1), m.group(2)
+
+
+@pytest.mark.slow  # a real Ray search (shared by the module)
+def test_report_numbers_equal_summary_json(reported: Path) -> None:
+    s = _summary(reported)
+    final = json.loads((reported / "final.json").read_text())
+    lines = (reported / "report.md").read_text().splitlines()
+    assert lines[0] == f"**{s['headline']}**"  # the headline comes first
+
+    # summary.json's statistics are those of final.json's per-seed accuracies
+    for c in s["widths"]:
+        for kind in ("distilled", "baseline"):
+            if c[f"{kind}_width"] is None:
+                continue
+            row = next(r for r in final["rows"]
+                       if r["kind"] == kind and r["width"] == c[f"{kind}_width"])
+            assert c[f"{kind}_accs"] == row["test_accs"]
+            assert c[f"{kind}_mean"] == pytest.approx(np.mean(row["test_accs"]), abs=1e-12)
+            assert c[f"{kind}_std"] == pytest.approx(np.std(row["test_accs"], ddof=1),
+                                                     abs=1e-12)
+
+    # the per-width table: every number equals summary.json's, as rounded for display
+    start = lines.index("## Test accuracy by student width") + 4
+    table = [ln for ln in lines[start:start + len(s["widths"])]]
+    assert len(table) == len(s["widths"])
+    for line, c in zip(table, s["widths"]):
+        cells = [x.strip() for x in line.strip("|").split("|")]
+        assert int(cells[0]) == (c["distilled_width"] or c["baseline_width"])
+        assert int(cells[1].replace(",", "")) == (c["distilled_params"] or c["baseline_params"])
+        if c["compression"] is not None:
+            assert _close(cells[2].rstrip("×").replace(",", ""), c["compression"], 1,
+                          0 if c["compression"] >= 10 else 1)
+        for cell, kind in ((cells[3], "distilled"), (cells[4], "baseline")):
+            if c[f"{kind}_mean"] is None:  # a width where only the other kind finished
+                assert cell.startswith("n/a")
+                continue
+            mean, std = _pm(cell)
+            assert _close(mean, c[f"{kind}_mean"], 100, 2)
+            assert _close(std, c[f"{kind}_std"], 100, 2)
+        assert _close(cells[5], c["difference"], 100, 2)
+        p = c["p_value"]
+        if p is not None and p < 0.01:  # shown as 3.2e-04
+            assert float(cells[6]) == pytest.approx(p, rel=0.05)
+        else:
+            assert _close(cells[6], p, 1, 2)
+        assert _close(cells[7].rstrip("%"), c["gap_recovered"], 100, 0)
+
+    # the headline: distilled, baseline and teacher accuracies of the best settings
+    b = s["best"]
+    pairs = re.findall(rf"({_NUM}) ± ({_NUM})%", s["headline"])
+    assert len(pairs) == 2
+    for (mean, std), kind in zip(pairs, ("distilled", "baseline")):
+        assert _close(mean, b[f"{kind}_mean"], 100, 2) and _close(std, b[f"{kind}_std"], 100, 2)
+    teacher = re.search(rf"teacher ({_NUM})%", s["headline"]).group(1)
+    assert _close(teacher, s["teacher"]["test_acc"], 100, 2)
+    diff = re.search(rf"\(({_NUM}) points", s["headline"]).group(1)
+    assert _close(diff, b["difference"], 100, 2)
+    expected = {"beats": "Distillation beats the baseline:",
+                "not_significant": "Distillation does not beat the baseline significantly:",
+                "does_not_beat": "Distillation does not beat the baseline:"}[b["verdict"]]
+    assert s["headline"].startswith(expected)
+
+    # summary.csv carries the same unrounded values
+    with open(reported / "summary.csv", newline="") as f:
+        header = next(csv.reader(f))
+        f.seek(0)
+        rows = list(csv.DictReader(f))
+    assert len(header) == len(set(header))
+    assert [r["comparison"] for r in rows] == ["best"] + ["width"] * len(s["widths"])
+    for r, c in zip(rows, [b, *s["widths"]]):
+        for key in ("distilled_mean", "baseline_mean", "difference", "teacher_acc"):
+            assert float(r[key]) == c[key]
+        assert (r["p_value"] == "") == (c["p_value"] is None)
+
+
+# --------------------------------------------------------------------------- plots
+@pytest.mark.slow  # a real Ray search (shared by the module)
+def test_plots_are_pngs_with_the_expected_series(reported: Path) -> None:
+    import matplotlib.image
+
+    s = _summary(reported)
+    for name in PLOTS:
+        data = (reported / name).read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n", name
+        img = matplotlib.image.imread(reported / name)
+        assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
+        assert img.std() > 0  # something was drawn
+    plots = s["plots"]
+    assert set(plots) == set(PLOTS)
+
+    final = json.loads((reported / "final.json").read_text())
+    series = plots[PLOT_TEST_ACC]["series"]
+    assert series["distilled"] == sum(r["kind"] == "distilled" for r in final["rows"])
+    tuned = sum(r["kind"] == "baseline" and r["tuned"] for r in final["rows"])
+    untuned = sum(r["kind"] == "baseline" and not r["tuned"] for r in final["rows"])
+    assert series.get("baseline", 0) == tuned and series.get("baseline (untuned)", 0) == untuned
+    assert any(label.startswith("teacher") for label in series)
+
+    trials = read_csv(reported / "trials.csv")
+    done = [r for r in trials if r["phase"] == "distill" and r["status"] == "TERMINATED"
+            and r["diverged"] == "0"]
+    expected = {f"width {w}": sum(int(r["width"]) == w for r in done)
+                for w in sorted({int(r["width"]) for r in done})}
+    assert plots[PLOT_TEMPERATURE]["series"] == expected
+    assert plots[PLOT_ALPHA]["series"] == expected
+    assert plots[PLOT_TEMPERATURE]["xlabel"] == "temperature"
+
+    progress = read_csv(reported / "progress.csv")
+    assert plots[PLOT_BEST_SO_FAR]["series"] == {
+        "distilled": sum(r["phase"] == "distill" for r in progress),
+        "baseline": sum(r["phase"] == "baseline" for r in progress)}
+
+
+# --------------------------------------------------------------------------- statistics
+def _welch(a: list[float], b: list[float]) -> float:
+    """Welch's two-sided p-value by the textbook formula (Welch-Satterthwaite df)."""
+    va, vb = np.var(a, ddof=1) / len(a), np.var(b, ddof=1) / len(b)
+    t = (np.mean(a) - np.mean(b)) / math.sqrt(va + vb)
+    df = (va + vb) ** 2 / (va ** 2 / (len(a) - 1) + vb ** 2 / (len(b) - 1))
+    return float(2 * stats.t.sf(abs(t), df))
+
+
+def test_compare_on_a_hand_made_table() -> None:
+    # means 0.98 and 0.95, both std 0.01, 3 seeds: t = 0.03 / sqrt(2e-4 / 3) = 3.674, df = 4
+    c = compare([0.97, 0.98, 0.99], [0.94, 0.95, 0.96], 0.99)
+    assert c["distilled_mean"] == pytest.approx(0.98) and c["baseline_mean"] == pytest.approx(0.95)
+    assert c["distilled_std"] == pytest.approx(0.01) and c["baseline_std"] == pytest.approx(0.01)
+    assert c["difference"] == pytest.approx(0.03)
+    assert c["p_value"] == pytest.approx(2 * stats.t.sf(0.03 / math.sqrt(2e-4 / 3), 4))
+    assert c["p_value"] == pytest.approx(0.02131, abs=1e-5)
+    assert c["gap_recovered"] == pytest.approx(0.75)  # (0.98 - 0.95) / (0.99 - 0.95)
+    assert c["teacher_acc"] == 0.99 and c["distilled_n"] == c["baseline_n"] == 3
+
+    # unequal sizes and variances: Welch's df, not Student's
+    d, b = [0.90, 0.92, 0.97, 0.95], [0.91, 0.93]
+    c = compare(d, b, 0.99)
+    assert c["p_value"] == pytest.approx(_welch(d, b), rel=1e-9)
+    student = stats.ttest_ind(d, b, equal_var=True).pvalue
+    assert abs(c["p_value"] - student) > 1e-3
+    assert c["gap_recovered"] == pytest.approx((0.935 - 0.92) / (0.99 - 0.92))
+
+    # distillation behind the baseline: a negative difference and a negative fraction
+    c = compare([0.90, 0.91], [0.92, 0.94], 0.98)
+    assert c["difference"] == pytest.approx(-0.025)
+    assert c["gap_recovered"] == pytest.approx(-0.025 / (0.98 - 0.93))
+
+
+def test_compare_undefined_cases() -> None:
+    c = compare([0.9], [0.8], 0.95)  # one seed: no std, no test
+    assert c["distilled_std"] is None and c["p_value"] is None
+    assert c["gap_recovered"] == pytest.approx(0.1 / 0.15)
+    c = compare([0.9, 0.9], [0.8, 0.8], 0.95)  # no variance at all: no test
+    assert c["distilled_std"] == 0 and c["p_value"] is None
+    c = compare([0.9, 0.92], [0.95, 0.96], 0.94)  # the teacher below the baseline: no gap
+    assert c["gap_recovered"] is None
+    assert compare([0.9, 0.92], [0.95, 0.96], None)["gap_recovered"] is None
+
+
+# --------------------------------------------------------------------------- search states
+@pytest.mark.slow  # a real Ray search (shared by the module)
+def test_report_of_an_interrupted_search_names_the_incomplete_trials(
+        reported: Path, tmp_path: Path) -> None:
+    """A copy of the folder edited as a kill leaves it: a trial RUNNING, a phase 'started'."""
+    folder = _copy(reported, tmp_path / "elsewhere" / "copied")
+    best = _summary(reported)["best"]["distilled_trial"]
+    rows = read_csv(folder / "trials.csv")
+    pending = next(r for r in rows if r["phase"] == "baseline")
+    for r in rows:
+        if r["trial_id"] == best:
+            r["status"] = "RUNNING"
+        if r is pending:
+            r["status"], r["val_acc"], r["epochs"] = "PENDING", "", "0"
+    with open(folder / "trials.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    run = json.loads((folder / "run.json").read_text())
+    run["phases"]["baseline"]["status"] = "started"
+    (folder / "run.json").write_text(json.dumps(run))
+
+    make_report(folder, retrain=False, quiet=True)
+    s = _summary(folder)
+    report = (folder / "report.md").read_text()
+    assert s["complete"] is False and s["incomplete_phases"] == ["baseline"]
+    assert {r["trial_id"] for r in s["incomplete_trials"]} == {best, pending["trial_id"]}
+    assert "Incomplete search" in report
+    assert f"`{best}` (distilled, RUNNING)" in report
+    assert f"`{pending['trial_id']}` (baseline, PENDING)" in report
+    # an unfinished trial is never chosen, even the one that was best
+    assert s["best"]["distilled_trial"] != best
+    assert s["search"]["phases"]["distill"]["incomplete"] == 1
+    assert str(tmp_path) not in report
+
+
+@pytest.mark.slow  # a real Ray search (shared by the module)
+def test_report_without_a_baseline_search_trains_an_untuned_one(
+        reported: Path, tmp_path: Path) -> None:
+    folder = _copy(reported, tmp_path / "nobase")
+    config = (folder / "config.yaml").read_text()
+    assert "  baseline: true" in config
+    (folder / "config.yaml").write_text(config.replace("  baseline: true", "  baseline: false"))
+    rows = [r for r in read_csv(folder / "trials.csv") if r["phase"] == "distill"]
+    with open(folder / "trials.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+
+    make_report(folder, retrain=False, quiet=True)  # reuses the distilled rows, trains the rest
+    s = _summary(folder)
+    final = json.loads((folder / "final.json").read_text())
+    assert s["baseline_tuned"] is False and "not tuned" in s["baseline_note"]
+    assert final["reused"] == sum(r["kind"] == "distilled" for r in final["rows"])
+    for c in s["widths"]:
+        assert c["baseline_tuned"] is False and c["baseline_trial"] is None
+        assert c["baseline_settings"]["lr"] == c["distilled_settings"]["lr"]
+        assert c["baseline_settings"]["alpha"] == 1.0
+        assert len(c["baseline_accs"]) == 3
+    report = (folder / "report.md").read_text()
+    assert "the baseline was not tuned" in report.splitlines()[0]
+    assert "(untuned)" in report
+    assert "baseline (untuned)" in s["plots"][PLOT_TEST_ACC]["series"]
+
+
+# --------------------------------------------------------------------------- the test split
+@pytest.mark.slow  # a real Ray search (shared by the module)
+def test_only_the_final_evaluation_reads_the_test_split(search: dict, tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    # the search ran to the end with load_test raising in the driver and in every Ray worker
+    guard: Path = search["guard"]
+    assert list(guard.glob("worker-*")), "the guard hook never ran in a Ray worker"
+    assert not (guard / "load_test-called").exists()
+    assert search["driver_calls"] == []
+    rows = read_csv(search["dir"] / "trials.csv")
+    assert rows and all(r["status"] == "TERMINATED" for r in rows)
+
+    # the report's final evaluation reads it, once
+    folder = _copy(search["dir"], tmp_path / "copy")
+    (folder / "final.json").unlink(missing_ok=True)
+    calls = []
+
+    def counting(*args, **kwargs):
+        calls.append(args)
+        return _REAL_LOAD_TEST(*args, **kwargs)
+
+    monkeypatch.setattr(kdsearch.data, "load_test", counting)
+    monkeypatch.setattr(kdsearch.final, "load_test", counting)
+    make_report(folder, quiet=True)
+    assert len(calls) == 1  # one read of the test split for the whole final evaluation
+    make_report(folder, retrain=False, quiet=True)
+    assert len(calls) == 1  # nothing changed: final.json reused, the test split not read again
+    evaluate_final(folder, quiet=True)
+    assert len(calls) == 2

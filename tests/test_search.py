@@ -1,0 +1,414 @@
+"""Real (small) searches on the bundled digits: the results folder, ASHA, the searcher's seed,
+a diverging trial, GPU shares, and a driver killed with SIGKILL and resumed.
+
+The digits set needs no download and a student epoch takes milliseconds, so most of the time
+here is Ray starting trial actors. The teacher is a small one (64 wide, 3 epochs), cached for
+the whole session by conftest's KDSEARCH_CACHE_DIR.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterator
+
+import pytest
+import torch
+
+from kdsearch.config import load_config
+from kdsearch.data import Dataset, Split
+from kdsearch.search import (PROGRESS_FIELDS, TRIAL_FIELDS, _fit_concurrency, _gpu_fraction,
+                             phase_dimensions)
+
+REPO = Path(__file__).resolve().parents[1]
+QUICKSTART = REPO / "search_spaces" / "quickstart.yaml"
+TINY_TEACHER = ["teacher.width=64", "teacher.epochs=3"]
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _last_results(exp_dir: Path) -> dict[str, dict[str, Any]]:
+    """Ray Tune's own record (its experiment state) of each trial's last report."""
+    state = json.loads(max(exp_dir.glob("experiment_state-*.json")).read_text())
+    out = {}
+    for _, metadata in state["trial_data"]:
+        last = json.loads(metadata)["last_result"]
+        out[last["trial_id"]] = last
+    return out
+
+
+def _first_configs(rows: list[dict[str, str]], dims: list[str], n: int) -> list[tuple]:
+    return [tuple(round(float(r[d]), 9) for d in dims) for r in rows[:n]]
+
+
+# --------------------------------------------------------------------------- resources
+def _fake_data(n: int, shape: tuple[int, int, int]) -> Dataset:
+    x = torch.zeros(1, *shape).expand(n, *shape)  # the size without the memory
+    y = torch.zeros(n, dtype=torch.long)
+    return Dataset("fake", Split(x, y), Split(x[:100], y[:100]), 10, shape, (0.0,), (1.0,))
+
+
+def test_gpu_fraction_packs_small_students_and_gives_cnns_more() -> None:
+    digits = load_config(QUICKSTART)
+    small = _gpu_fraction(digits, _fake_data(1437, (1, 8, 8)))
+    assert small == 1 / 16
+    cifar = load_config(REPO / "search_spaces" / "cifar10_cnn.yaml")
+    big = _gpu_fraction(cifar, _fake_data(45000, (3, 32, 32)))
+    assert 1 / 16 < big <= 1
+    assert (1 / big).is_integer()  # shares tile a GPU: 1/2 fits twice, 0.4 would waste 0.2
+    narrow = load_config(REPO / "search_spaces" / "cifar10_cnn.yaml",
+                         ["search.space.width.values=[8]"])
+    assert _gpu_fraction(narrow, _fake_data(45000, (3, 32, 32))) < big
+    fixed = load_config(QUICKSTART, ["search.gpus_per_trial=0.25"])
+    assert _gpu_fraction(fixed, _fake_data(1437, (1, 8, 8))) == 0.25
+
+
+def test_fit_concurrency_takes_the_scarcer_resource() -> None:
+    assert _fit_concurrency({"cpus": 8, "gpus": 2}, 1.0, 0.5) == 4
+    assert _fit_concurrency({"cpus": 8, "gpus": 2}, 4.0, 0.5) == 2
+    assert _fit_concurrency({"cpus": 2, "gpus": 0}, 1.0, 0.0) == 2
+    assert _fit_concurrency({"cpus": 6, "gpus": 1}, 1.0, 1 / 3) == 3  # 3 * (1/3) is not > 1
+    assert _fit_concurrency({"cpus": 1, "gpus": 0}, 2.0, 0.0) == 1
+
+
+# --------------------------------------------------------------------------- a whole search
+@pytest.fixture(scope="module")
+def digits_search(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Path]]:
+    """One search with its baseline, through the public API, on a Ray it starts itself."""
+    import ray
+
+    from kdsearch import run_search
+
+    cache = tmp_path_factory.getbasetemp() / "kdsearch-cache"
+    old = os.environ.get("KDSEARCH_CACHE_DIR")
+    os.environ["KDSEARCH_CACHE_DIR"] = str(cache)  # module scope: before conftest's monkeypatch
+    try:
+        assert not ray.is_initialized()
+        root = tmp_path_factory.mktemp("results")
+        result = run_search(QUICKSTART, overrides=[
+            "search.num_samples=8", "training.epochs=6", "search.grace_period=1",
+            "search.reduction_factor=3", *TINY_TEACHER], results_dir=root, report=False,
+            quiet=True)
+        yield result, root / "quickstart"
+    finally:
+        if old is None:
+            os.environ.pop("KDSEARCH_CACHE_DIR", None)
+        else:
+            os.environ["KDSEARCH_CACHE_DIR"] = old
+
+
+@pytest.mark.slow
+def test_search_writes_the_results_folder(digits_search: tuple[Any, Path]) -> None:
+    result, out = digits_search
+    for name in ("config.yaml", "run.json", "trials.csv", "progress.csv", "optuna.db"):
+        assert (out / name).is_file(), name
+    for phase in ("distill", "baseline"):
+        assert (out / phase).is_dir() and list((out / phase).glob("experiment_state-*.json"))
+    assert result.results_dir == out
+    assert load_config(out / "config.yaml").search.num_samples == 8  # the resolved config
+    run = json.loads((out / "run.json").read_text())
+    assert {"kdsearch_version", "name", "storage_path", "phases", "teacher", "hardware",
+            "gpus_per_trial", "max_concurrent_trials"} <= set(run)
+    assert all(run["phases"][p]["status"] == "finished" for p in ("distill", "baseline"))
+    assert run["hardware"]["gpus"] == 0 and run["gpus_per_trial"] == 0
+    assert run["max_concurrent_trials"] == max(1, int(run["hardware"]["cpus"]))
+
+
+@pytest.mark.slow
+def test_search_records_every_trial_and_asha_stops_some(
+        digits_search: tuple[Any, Path]) -> None:
+    result, out = digits_search
+    cfg = load_config(out / "config.yaml")
+    trials = _rows(out / "trials.csv")
+    assert list(trials[0])[:len(TRIAL_FIELDS)] == list(TRIAL_FIELDS)
+    progress = _rows(out / "progress.csv")
+    assert list(progress[0]) == list(PROGRESS_FIELDS)
+    for phase in ("distill", "baseline"):
+        rows = [r for r in trials if r["phase"] == phase]
+        assert len(rows) == 8 and {r["status"] for r in rows} == {"TERMINATED"}
+        dims = [d.name for d in phase_dimensions(cfg, phase)]
+        assert all(r[d] != "" for r in rows for d in dims)
+        for r in rows:
+            epochs = [int(p["epoch"]) for p in progress
+                      if p["phase"] == phase and p["trial_id"] == r["trial_id"]]
+            assert epochs == list(range(1, int(r["epochs"]) + 1))  # one row per epoch, in order
+            assert int(r["stopped_early"]) == (int(r["epochs"]) < 6)
+            assert float(r["best_val_acc"]) >= float(r["val_acc"])
+            assert int(r["params"]) > 0 and r["node"].count(":") == 1
+    distill = [r for r in trials if r["phase"] == "distill"]
+    assert any(r["stopped_early"] == "1" for r in distill), "ASHA stopped nothing"
+    assert any(r["stopped_early"] == "0" for r in distill)
+    baseline = [r for r in trials if r["phase"] == "baseline"]
+    assert all(r.get("temperature", "") == "" for r in baseline)  # alpha = 1: no teacher
+    # each trial ran with torch threads = cpus_per_trial (Ray's record of what it reported)
+    reported = _last_results(out / "distill")
+    assert len(reported) == 8 and {r["threads"] for r in reported.values()} == {1}
+
+
+@pytest.mark.slow
+def test_search_result_and_optuna_study(digits_search: tuple[Any, Path]) -> None:
+    import optuna
+
+    result, out = digits_search
+    cfg = load_config(out / "config.yaml")
+    assert set(result.best_config) == {d.name for d in cfg.search.space}
+    full = [r for r in _rows(out / "trials.csv") if r["phase"] == "distill"
+            and r["stopped_early"] == "0"]
+    assert result.best_metrics["val_acc"] == pytest.approx(max(float(r["val_acc"]) for r in full))
+    assert result.best_metrics["val_acc"] > 0.5
+    assert set(result.baseline_config) == {"lr", "width"}
+    table = result.trials
+    assert table.groupby("phase").size().to_dict() == {"baseline": 8, "distill": 8}
+    assert "best distilled: val_acc" in result.summary_line()
+    storage = f"sqlite:///{out / 'optuna.db'}"
+    for phase in ("distill", "baseline"):
+        study = optuna.load_study(study_name=phase, storage=storage)
+        assert len(study.trials) == 8
+    study = optuna.load_study(study_name="distill", storage=storage)
+    assert study.best_value == pytest.approx(result.best_metrics["val_acc"])
+    assert {t.state.name for t in study.trials} <= {"COMPLETE", "PRUNED"}
+
+
+# --------------------------------------------------------------------------- a shared Ray
+@pytest.fixture(scope="module")
+def logical_gpus() -> Iterator[None]:
+    """A local Ray with 8 logical CPUs and 2 logical GPUs; run_search reuses it."""
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+    ray.init(address="local", num_cpus=8, num_gpus=2, include_dashboard=False,
+             log_to_driver=False, logging_level="ERROR")
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _search(tmp_path: Path, *overrides: str, name: str) -> Any:
+    from kdsearch import run_search
+
+    return run_search(QUICKSTART, overrides=[f"name={name}", "search.baseline=false",
+                                             *TINY_TEACHER, *overrides],
+                      results_dir=tmp_path, report=False, quiet=True)
+
+
+@pytest.mark.slow
+def test_run_search_started_and_stopped_its_own_ray(digits_search: tuple[Any, Path]
+                                                    ) -> None:
+    import ray
+
+    _, out = digits_search
+    assert json.loads((out / "run.json").read_text())["hardware"]["gpus"] == 0
+    assert not ray.is_initialized()
+
+
+@pytest.mark.slow
+def test_searcher_seed_makes_suggestions_reproducible(logical_gpus: None, tmp_path: Path
+                                                      ) -> None:
+    common = ["search.num_samples=3", "training.epochs=1", "search.grace_period=1",
+              "search.max_concurrent_trials=1", "search.gpus_per_trial=0"]
+    dims = ["temperature", "alpha", "lr", "width"]
+    firsts = []
+    for name, seed in (("a", 7), ("b", 7), ("c", 8)):
+        result = _search(tmp_path, *common, f"search.seed={seed}", name=name)
+        firsts.append(_first_configs(_rows(result.results_dir / "trials.csv"), dims, 3))
+    assert firsts[0] == firsts[1]
+    assert firsts[0] != firsts[2]
+    assert all(a != c for a, c in zip(firsts[0], firsts[2]))
+
+
+@pytest.mark.slow
+def test_diverging_trial_is_recorded_and_the_search_goes_on(logical_gpus: None,
+                                                           tmp_path: Path) -> None:
+    # plain SGD at lr 1e12 overflows to NaN in the first epoch; 3e-3 trains
+    result = _search(tmp_path, "search.num_samples=4", "training.epochs=2",
+                     "search.grace_period=2", "training.optimizer=sgd",
+                     "search.space={lr: {distribution: choice, values: [0.003, 1.0e+12]}}",
+                     "search.gpus_per_trial=0", "search.seed=1", name="diverge")
+    rows = _rows(result.results_dir / "trials.csv")
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"TERMINATED"}
+    bad = [r for r in rows if r["diverged"] == "1"]
+    good = [r for r in rows if r["diverged"] == "0"]
+    assert bad and good, "the seed should draw both learning rates"
+    for r in bad:
+        assert float(r["lr"]) == 1e12
+        assert "nan" in r["error"] and "lower the learning rate" in r["error"]
+        assert r["stopped_early"] == "0"
+    assert all(float(r["lr"]) == 0.003 and r["error"] == "" for r in good)
+    assert result.best_config == {"lr": 0.003}
+    # a diverged trial's last report is not an epoch: progress.csv holds only real epochs
+    progress = _rows(result.results_dir / "progress.csv")
+    assert not {p["trial_id"] for p in progress} & {r["trial_id"] for r in bad}
+
+
+@pytest.mark.slow
+def test_gpu_shares_pack_trials_and_fall_back_to_cpu(logical_gpus: None, tmp_path: Path
+                                                     ) -> None:
+    import ray
+
+    result = _search(tmp_path, "search.num_samples=8", "training.epochs=3",
+                     "search.grace_period=3", "search.gpus_per_trial=0.5",
+                     "search.cpus_per_trial=2", name="gpus")
+    assert ray.is_initialized(), "run_search must not shut down a Ray it did not start"
+    out = result.results_dir
+    run = json.loads((out / "run.json").read_text())
+    assert run["hardware"]["gpus"] == 2 and run["gpus_per_trial"] == 0.5
+    assert run["max_concurrent_trials"] == 4  # min(8 CPUs / 2, 2 GPUs / 0.5)
+    rows = _rows(out / "trials.csv")
+    assert len(rows) == 8
+    assert {r["gpu_ids"] for r in rows} == {"0", "1"}  # each trial saw one logical GPU
+    last = list(_last_results(out / "distill").values())
+    assert {r["device"] for r in last} == {"cpu"}  # no CUDA here: the trial falls back
+    assert {r["threads"] for r in last} == {2}
+    # trial actors alive at once: reuse_actors keeps one per concurrent slot
+    assert 2 <= len({r["pid"] for r in last}) <= 4
+
+
+def test_auto_gpu_share_on_logical_gpus_is_a_sixteenth_for_digits() -> None:
+    cfg = load_config(QUICKSTART)
+    assert cfg.search.gpus_per_trial is None
+    share = _gpu_fraction(cfg, _fake_data(1437, (1, 8, 8)))
+    assert _fit_concurrency({"cpus": 8, "gpus": 2}, 1.0, share) == 8  # CPU-bound, not GPU
+
+
+# --------------------------------------------------------------------------- kill and resume
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                stat = Path(f"/proc/{d}/stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(d))
+    out, todo = set(), [pid]
+    while todo:
+        for c in children.get(todo.pop(), []):
+            if c not in out:
+                out.add(c)
+                todo.append(c)
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _kill_tree(proc: subprocess.Popen) -> set[int]:
+    """SIGKILL the driver's process group and every process it started (Ray's raylet, GCS,
+    workers: some of them in process groups of their own)."""
+    tree = _descendants(proc.pid)
+    os.killpg(proc.pid, signal.SIGKILL)
+    for pid in tree:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
+    return tree
+
+
+RESUME_ARGS = ["search.num_samples=12", "training.epochs=30", "search.grace_period=5",
+               "search.reduction_factor=3", "search.checkpoint_every_s=0",
+               "search.baseline=false", "search.max_concurrent_trials=2", *TINY_TEACHER]
+
+
+def _simulate_lost_checkpoint(exp_dir: Path) -> bool:
+    """Make the state Tune saved name a checkpoint that was since replaced and deleted, as a
+    kill between Tune deleting it and writing its next experiment state leaves it."""
+    from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
+    from ray.tune.experiment import Trial
+    from ray.tune.utils.serialization import _loads_with_cloudpickle
+
+    state = _loads_with_cloudpickle(Path(_find_newest_experiment_checkpoint(str(exp_dir)))
+                                    .read_text())
+    for json_state, metadata in state["trial_data"]:
+        trial = Trial.from_json_state(json_state, stub=True)
+        trial.restore_run_metadata(metadata)
+        if trial.status == Trial.TERMINATED or trial.checkpoint is None:
+            continue
+        named = exp_dir / trial.storage.trial_dir_name / Path(trial.checkpoint.path).name
+        index = int(named.name.split("_")[1])
+        newer = named.with_name(f"checkpoint_{index + 1:06d}")
+        if named.is_dir() and not newer.exists():
+            named.rename(newer)
+            return True
+    return False
+
+
+@pytest.mark.slow
+def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    cmd = [sys.executable, "-m", "kdsearch"]
+    sets = [a for s in RESUME_ARGS for a in ("--set", s)]
+    with open(tmp_path / "run.out", "w") as out, open(tmp_path / "run.err", "w") as err:
+        proc = subprocess.Popen([*cmd, "run", str(QUICKSTART), "--results-dir", "results",
+                                 "--no-report", *sets], cwd=tmp_path, env=env, stdout=out,
+                                stderr=err, start_new_session=True)
+    folder = tmp_path / "results" / "quickstart"
+    deadline = time.monotonic() + 240
+    try:
+        while True:
+            assert proc.poll() is None, "the search ended before it could be killed"
+            assert time.monotonic() < deadline, "no trial finished in time"
+            if (folder / "trials.csv").exists():
+                rows = _rows(folder / "trials.csv")
+                if sum(r["status"] == "TERMINATED" for r in rows) >= 5 and \
+                        any(r["status"] == "RUNNING" for r in rows):
+                    break
+            time.sleep(0.05)
+    finally:
+        tree = _kill_tree(proc)
+    deadline = time.monotonic() + 30
+    while any(_alive(p) for p in tree) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not any(_alive(p) for p in tree), "Ray processes of the killed driver linger"
+
+    before = {r["trial_id"]: r for r in _rows(folder / "trials.csv")}
+    progress_before = Counter(p["trial_id"] for p in _rows(folder / "progress.csv")
+                              if p["epoch"].isdigit())
+    finished = {t for t, r in before.items() if r["status"] == "TERMINATED"}
+    assert 5 <= len(finished) < 12
+    simulated = _simulate_lost_checkpoint(folder / "distill")
+
+    resumed = subprocess.run([*cmd, "resume", str(folder), "--no-report"], cwd=tmp_path,
+                             env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Traceback" not in resumed.stderr, resumed.stderr[-3000:]
+    assert "distill search resumed:" in resumed.stdout
+    assert "best distilled: val_acc" in resumed.stdout
+
+    trials = _rows(folder / "trials.csv")
+    assert len(trials) == 12, "exactly num_samples trials"
+    assert len({r["trial_id"] for r in trials}) == 12
+    assert {r["status"] for r in trials} == {"TERMINATED"}, (simulated, trials)
+    after = {r["trial_id"]: r for r in trials}
+    progress = _rows(folder / "progress.csv")
+    assert max(Counter((p["trial_id"], p["epoch"]) for p in progress).values()) == 1
+    counts = Counter(p["trial_id"] for p in progress)
+    for t in finished:  # a trial that had ended did not train again, and kept its record
+        if t in after:
+            assert counts[t] == progress_before[t] == int(before[t]["epochs"])
+            for key in ("epochs", "val_acc", "stopped_early", "params"):
+                assert after[t][key] == before[t][key]
+    for t, r in after.items():
+        assert counts[t] == int(r["epochs"])
+        assert [int(p["epoch"]) for p in progress if p["trial_id"] == t] == \
+            list(range(1, int(r["epochs"]) + 1))

@@ -1,0 +1,226 @@
+"""The teacher cache: trained once per setting, keyed by content, checked, safe to load, locked."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import json
+import os
+import pickle
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+
+from kdsearch.config import ExperimentConfig, config_from_dict
+from kdsearch.data import Dataset, load_dataset
+from kdsearch.teacher import get_teacher, teacher_key
+
+
+def _cfg(**teacher: Any) -> ExperimentConfig:
+    return config_from_dict({"dataset": {"name": "digits"},
+                             "teacher": {"width": 64, "epochs": 2, **teacher}})
+
+
+@pytest.fixture(scope="module")
+def digits(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
+    tmp = tmp_path_factory.mktemp("digits")
+    return load_dataset(_cfg().dataset, data_dir=tmp, cache_dir=tmp)
+
+
+def _get(cfg: ExperimentConfig, data: Dataset, cache: Path, log: list[str] | None = None):
+    return get_teacher(cfg, data, cache_dir=cache, progress=False,
+                       log=(log if log is not None else []).append)
+
+
+def _same_state(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_miss_then_hit(digits: Dataset, tmp_path: Path) -> None:
+    cfg, log = _cfg(), []
+    first = _get(cfg, digits, tmp_path, log)
+    assert first.trained_now
+    assert first.path == tmp_path / "teachers" / teacher_key(cfg)
+    assert {"teacher.pt", "manifest.json"} <= {p.name for p in first.path.iterdir()}
+    assert first.train_logits.shape == (len(digits.train), 10)
+    assert first.val_acc > 0.5  # two epochs of a 64-wide MLP on digits
+    second = _get(cfg, digits, tmp_path, log)
+    assert not second.trained_now
+    assert torch.equal(second.train_logits, first.train_logits)
+    assert second.val_acc == first.val_acc
+    assert _same_state(second.model, first.model)
+    assert not second.model.training
+    assert log == []
+    manifest = json.loads((first.path / "manifest.json").read_text())
+    assert manifest["key"] == first.key and manifest["settings"]["teacher"]["width"] == 64
+
+
+CHANGES = {
+    "dataset name": {"dataset": {"name": "mnist"}},
+    "split_seed": {"dataset": {"split_seed": 1}},
+    "val_size": {"dataset": {"val_size": 100}},
+    "teacher model": {"teacher": {"model": "cnn_teacher"}},
+    "teacher width": {"teacher": {"width": 65}},
+    "teacher epochs": {"teacher": {"epochs": 3}},
+    "teacher lr": {"teacher": {"lr": 2e-3}},
+    "teacher seed": {"teacher": {"seed": 1}},
+    "teacher shift": {"teacher": {"shift": 1}},
+    "teacher dropout": {"teacher": {"dropout": 0.2}},
+    "teacher batch_size": {"teacher": {"batch_size": 32}},
+    "teacher weight_decay": {"teacher": {"weight_decay": 1e-4}},
+}
+
+
+def _changed(change: dict[str, dict[str, Any]]) -> ExperimentConfig:
+    cfg = _cfg()
+    return dataclasses.replace(cfg, **{section: dataclasses.replace(getattr(cfg, section), **kv)
+                                       for section, kv in change.items()})
+
+
+@pytest.mark.parametrize("change", list(CHANGES), ids=list(CHANGES))
+def test_key_changes_with_what_makes_the_teacher(change: str) -> None:
+    assert teacher_key(_changed(CHANGES[change])) != teacher_key(_cfg())
+
+
+def test_key_ignores_the_student_training_and_search() -> None:
+    cfg = _cfg()
+    other = dataclasses.replace(
+        cfg, name="other", student=dataclasses.replace(cfg.student, width=99),
+        training=dataclasses.replace(cfg.training, temperature=9.0, alpha=0.9, lr=0.1),
+        search=dataclasses.replace(cfg.search, num_samples=3),
+        dataset=dataclasses.replace(cfg.dataset, data_dir="/elsewhere"))
+    assert teacher_key(other) == teacher_key(cfg)
+
+
+def test_a_changed_setting_misses_the_cache(digits: Dataset, tmp_path: Path) -> None:
+    first = _get(_cfg(), digits, tmp_path)
+    other = _get(_cfg(seed=1), digits, tmp_path)
+    assert first.trained_now and other.trained_now
+    assert other.path != first.path
+    assert not torch.equal(other.train_logits, first.train_logits)
+    assert not _get(_cfg(seed=1), digits, tmp_path).trained_now
+    assert not _get(_cfg(), digits, tmp_path).trained_now
+
+
+def _truncate(path: Path) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+def _flip_a_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def _break_manifest(path: Path) -> None:
+    (path.parent / "manifest.json").write_text("{ not json")
+
+
+@pytest.mark.parametrize("damage", [_truncate, _flip_a_byte, _break_manifest],
+                         ids=["truncated", "flipped byte", "broken manifest"])
+def test_corrupted_entry_is_reported_and_rebuilt(digits: Dataset, tmp_path: Path,
+                                                 damage: Any) -> None:
+    cfg = _cfg()
+    first = _get(cfg, digits, tmp_path)
+    weights = first.path / "teacher.pt"
+    damage(weights)
+    log: list[str] = []
+    rebuilt = _get(cfg, digits, tmp_path, log)
+    assert rebuilt.trained_now
+    assert len(log) == 1 and "\n" not in log[0]
+    assert "corrupted" in log[0] and str(first.path) in log[0]
+    assert torch.equal(rebuilt.train_logits, first.train_logits)  # seeded: the same teacher
+    again = _get(cfg, digits, tmp_path, log)
+    assert not again.trained_now and len(log) == 1  # the rebuilt entry is whole
+
+
+class _Payload:
+    """Unpickling this runs os.mkdir(marker): what a planted teacher.pt could do."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = str(marker)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (os.mkdir, (self.marker,))
+
+
+def _plant_torch_zip(path: Path, marker: Path) -> None:
+    torch.save({"model": _Payload(marker), "train_logits": torch.zeros(1)}, path)
+
+
+def _plant_plain_pickle(path: Path, marker: Path) -> None:
+    path.write_bytes(pickle.dumps({"model": _Payload(marker)}, protocol=2))
+
+
+@pytest.mark.parametrize("plant", [_plant_torch_zip, _plant_plain_pickle],
+                         ids=["torch.save zip", "plain pickle"])
+def test_planted_pickle_does_not_run(digits: Dataset, tmp_path: Path, plant: Any) -> None:
+    cfg = _cfg()
+    entry = _get(cfg, digits, tmp_path / "cache").path
+    assert entry is not None
+    weights, marker = entry / "teacher.pt", tmp_path / "pwned"
+    plant(weights, marker)
+    # the attacker also fixes the checksum, so only the safe loader stands in the way
+    manifest = json.loads((entry / "manifest.json").read_text())
+    manifest["sha256"] = hashlib.sha256(weights.read_bytes()).hexdigest()
+    (entry / "manifest.json").write_text(json.dumps(manifest))
+    planted = weights.read_bytes()
+
+    log: list[str] = []
+    teacher = _get(cfg, digits, tmp_path / "cache", log)
+    assert not marker.exists()
+    assert teacher.trained_now and len(log) == 1 and "does not load" in log[0]
+    assert weights.read_bytes() != planted  # replaced by a real teacher
+
+    # the payload is live: an unsafe load of the planted file would have run it
+    (tmp_path / "planted.pt").write_bytes(planted)
+    with contextlib.suppress(Exception):  # it may fail to load once the payload has run
+        torch.load(tmp_path / "planted.pt", weights_only=False)
+    assert marker.is_dir()
+
+
+_CONCURRENT = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from kdsearch.config import config_from_dict
+    from kdsearch.data import load_dataset
+    from kdsearch.teacher import get_teacher
+
+    cache, me, other = Path(sys.argv[1]), sys.argv[2], sys.argv[3]
+    # long enough (about a second) that two unlocked trainings would overlap
+    cfg = config_from_dict({"dataset": {"name": "digits"},
+                            "teacher": {"width": 128, "epochs": 15}})
+    data = load_dataset(cfg.dataset, data_dir=cache / "data", cache_dir=cache)
+    (cache / me).touch()  # a barrier: both processes ask for the teacher at the same moment
+    deadline = time.monotonic() + 60
+    while not (cache / other).exists():
+        if time.monotonic() > deadline:
+            sys.exit("the other process never got ready")
+        time.sleep(0.005)
+    teacher = get_teacher(cfg, data, cache_dir=cache, progress=False)
+    print(f"trained_now={teacher.trained_now} logits_sum={teacher.train_logits.sum().item()!r}")
+""")
+
+
+@pytest.mark.slow
+def test_two_processes_train_the_teacher_once(tmp_path: Path) -> None:
+    procs = [subprocess.Popen([sys.executable, "-c", _CONCURRENT, str(tmp_path), me, other],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for me, other in (("a", "b"), ("b", "a"))]
+    outs = []
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err
+        outs.append(out.strip())
+    trained = sorted(o.split()[0] for o in outs)
+    assert trained == ["trained_now=False", "trained_now=True"], outs
+    assert outs[0].split()[1] == outs[1].split()[1]  # the same logits
+    assert len(list((tmp_path / "teachers").glob("*/manifest.json"))) == 1
