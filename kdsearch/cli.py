@@ -87,7 +87,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from kdsearch.report import make_report
 
-    out = make_report(args.results, retrain=not args.no_retrain)
+    out = make_report(args.results, retrain=not args.no_retrain, device=_device(args.device))
     print(f"report: {out}")
     return 0
 
@@ -131,7 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     o = sub.add_parser("report", help="write report.md, tables and plots for a search")
     o.add_argument("results", help="the search's results folder, e.g. results/quickstart")
     o.add_argument("--no-retrain", action="store_true",
-                   help="reuse the final evaluation already in the folder, if any")
+                   help="reuse the final evaluation already in the folder where the settings "
+                        "are unchanged")
+    o.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
+                   help="where the final retrainings run")
     o.set_defaults(func=cmd_report)
     return p
 
