@@ -12,12 +12,12 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from kdsearch import __version__
-from kdsearch.config import ConfigError
+from kdsearch.config import UserError
 
 EXIT_USAGE = 2
 
 
-class UsageError(Exception):
+class UsageError(UserError):
     """A user mistake found outside the config (a path, a results folder): exit 2, one line."""
 
 
@@ -34,12 +34,13 @@ def _device(choice: str) -> str:
 def cmd_train(args: argparse.Namespace) -> int:
     """One distillation run without Ray: the way to try a setting before searching."""
     from kdsearch.config import default_cache_dir, default_data_dir, load_config
+
+    cfg = load_config(args.config, args.set)  # bad input fails here, before torch loads
     from kdsearch.data import load_dataset
     from kdsearch.distill import EPOCH, TRAIN_LOSS, VAL_ACC, VAL_LOSS, train_student
     from kdsearch.models import build_student, count_parameters
     from kdsearch.teacher import get_teacher
 
-    cfg = load_config(args.config, args.set)
     device = _device(args.device)
     cache_dir = default_cache_dir(cfg)
     data = load_dataset(cfg.dataset, data_dir=default_data_dir(cfg), cache_dir=cache_dir,
@@ -67,6 +68,9 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from kdsearch.config import load_config
+
+    load_config(args.space, args.set)  # bad input fails here, before torch and Ray load
     from kdsearch.search import run_search
 
     result = run_search(args.space, overrides=args.set, address=args.address,
@@ -139,18 +143,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    from kdsearch.data import DataError
-
-    errors: list[type[BaseException]] = [ConfigError, UsageError, DataError]
-    try:
-        from kdsearch.search import SearchError
-        errors.append(SearchError)
-    except ImportError:
-        pass
-    return tuple(errors)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
@@ -160,7 +152,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("kdsearch: interrupted", file=sys.stderr)
         return 130
     except Exception as e:
-        if isinstance(e, _user_errors()):
+        if isinstance(e, UserError):
             # one line even when a message quotes user text with a line break in it
             print(f"kdsearch: error: {' '.join(str(e).splitlines())}", file=sys.stderr)
             return EXIT_USAGE

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kdsearch.config import DatasetConfig
+from kdsearch.config import DatasetConfig, UserError
 
 # Files torchvision expects under <root>/<folder>/raw, for the error message.
 _TORCHVISION_FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST",
@@ -25,7 +25,7 @@ _DIGITS_TEST_SEED = 20150309  # fixed: the digits test split never moves with sp
 _DIGITS_TEST_FRACTION = 0.2
 
 
-class DataError(RuntimeError):
+class DataError(UserError, RuntimeError):
     """The dataset cannot be had: the message says where we looked and what to do."""
 
 

@@ -37,7 +37,7 @@ from typing import Any
 import torch
 
 from kdsearch import __version__
-from kdsearch.config import (KD_DIMENSIONS, ConfigError, Dimension, ExperimentConfig,
+from kdsearch.config import (KD_DIMENSIONS, ConfigError, UserError, Dimension, ExperimentConfig,
                              config_from_dict, default_cache_dir, default_data_dir, dump_config,
                              load_config, max_epochs, read_yaml, with_params)
 from kdsearch.data import Dataset, load_dataset
@@ -54,7 +54,7 @@ OPTUNA_FILE = "optuna.db"
 CONFIG_FILE = "config.yaml"
 
 
-class SearchError(RuntimeError):
+class SearchError(UserError, RuntimeError):
     """A search cannot start or continue: one line that says what to do."""
 
 
@@ -735,10 +735,12 @@ def _repair_checkpoints(exp_path: str) -> list[str]:
     one at once, but the experiment state that names the checkpoint a resumed trial restores
     from is written a moment later and copied into the results folder in the background. A
     driver killed in that gap leaves a state naming a deleted checkpoint, and Tune fails the
-    trial on resume ("does not exist on storage anymore"). The newer checkpoint that replaced
-    it is on disk: it takes the expected name (the trial resumes from its later epoch; ASHA
-    and progress.csv go by the epoch in the checkpoint, not Tune's iteration count).
-    Returns the checkpoints repaired. Local storage only.
+    trial on resume ("does not exist on storage anymore"). The checkpoint that replaced it is
+    on disk: it takes the expected name (the trial resumes from its later epoch; ASHA and
+    progress.csv go by the epoch in the checkpoint, not Tune's iteration count). That is the
+    oldest newer one: any newer still were written by the trial but never seen by the driver,
+    so their epochs have no rows in progress.csv. Returns the checkpoints repaired. Local
+    storage only.
     """
     if "://" in exp_path:
         return []
@@ -760,11 +762,10 @@ def _repair_checkpoints(exp_path: str) -> list[str]:
         wanted = trial_dir / Path(trial.checkpoint.path).name
         if wanted.exists():
             continue
-        # newest first, skipping one the kill cut short while it was being written
-        for newer in sorted(trial_dir.glob("checkpoint_*"), reverse=True):
+        for newer in sorted(trial_dir.glob("checkpoint_*")):
             if newer.name <= wanted.name:
-                break
-            try:
+                continue
+            try:  # skip one the kill cut short while it was being written
                 torch.load(newer / "state.pt", map_location="cpu", weights_only=True)
             except Exception:
                 continue

@@ -236,7 +236,8 @@ def test_diverging_trial_is_recorded_and_the_search_goes_on(logical_gpus: None,
     result = _search(tmp_path, "search.num_samples=4", "training.epochs=2",
                      "search.grace_period=2", "training.optimizer=sgd",
                      "search.space={lr: {distribution: choice, values: [0.003, 1.0e+12]}}",
-                     "search.gpus_per_trial=0", "search.seed=1", name="diverge")
+                     "search.gpus_per_trial=0", "search.max_concurrent_trials=1",
+                     "search.seed=1", name="diverge")
     rows = _rows(result.results_dir / "trials.csv")
     assert len(rows) == 4 and {r["status"] for r in rows} == {"TERMINATED"}
     bad = [r for r in rows if r["diverged"] == "1"]
@@ -258,8 +259,8 @@ def test_gpu_shares_pack_trials_and_fall_back_to_cpu(logical_gpus: None, tmp_pat
                                                      ) -> None:
     import ray
 
-    result = _search(tmp_path, "search.num_samples=8", "training.epochs=3",
-                     "search.grace_period=3", "search.gpus_per_trial=0.5",
+    result = _search(tmp_path, "search.num_samples=4", "training.epochs=2",
+                     "search.grace_period=2", "search.gpus_per_trial=0.5",
                      "search.cpus_per_trial=2", name="gpus")
     assert ray.is_initialized(), "run_search must not shut down a Ray it did not start"
     out = result.results_dir
@@ -267,7 +268,7 @@ def test_gpu_shares_pack_trials_and_fall_back_to_cpu(logical_gpus: None, tmp_pat
     assert run["hardware"]["gpus"] == 2 and run["gpus_per_trial"] == 0.5
     assert run["max_concurrent_trials"] == 4  # min(8 CPUs / 2, 2 GPUs / 0.5)
     rows = _rows(out / "trials.csv")
-    assert len(rows) == 8
+    assert len(rows) == 4
     assert {r["gpu_ids"] for r in rows} == {"0", "1"}  # each trial saw one logical GPU
     last = list(_last_results(out / "distill").values())
     assert {r["device"] for r in last} == {"cpu"}  # no CUDA here: the trial falls back
@@ -347,6 +348,8 @@ def _simulate_lost_checkpoint(exp_dir: Path) -> bool:
         named = exp_dir / trial.storage.trial_dir_name / Path(trial.checkpoint.path).name
         index = int(named.name.split("_")[1])
         newer = named.with_name(f"checkpoint_{index + 1:06d}")
+        if not named.exists() and newer.is_dir():
+            return True  # the kill itself left it so: common with a checkpoint every epoch
         if named.is_dir() and not newer.exists():
             named.rename(newer)
             return True
@@ -368,10 +371,12 @@ def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
         while True:
             assert proc.poll() is None, "the search ended before it could be killed"
             assert time.monotonic() < deadline, "no trial finished in time"
-            if (folder / "trials.csv").exists():
+            if (folder / "trials.csv").exists() and (folder / "progress.csv").exists():
                 rows = _rows(folder / "trials.csv")
-                if sum(r["status"] == "TERMINATED" for r in rows) >= 5 and \
-                        any(r["status"] == "RUNNING" for r in rows):
+                epochs = Counter(p["trial_id"] for p in _rows(folder / "progress.csv"))
+                # about half done, and a trial halfway through (it has checkpoints to resume)
+                if sum(r["status"] == "TERMINATED" for r in rows) >= 5 and any(
+                        r["status"] == "RUNNING" and epochs[r["trial_id"]] >= 3 for r in rows):
                     break
             time.sleep(0.05)
     finally:
@@ -386,7 +391,7 @@ def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
                               if p["epoch"].isdigit())
     finished = {t for t, r in before.items() if r["status"] == "TERMINATED"}
     assert 5 <= len(finished) < 12
-    simulated = _simulate_lost_checkpoint(folder / "distill")
+    assert _simulate_lost_checkpoint(folder / "distill"), "no unfinished trial to resume"
 
     resumed = subprocess.run([*cmd, "resume", str(folder), "--no-report"], cwd=tmp_path,
                              env=env, capture_output=True, text=True, timeout=300)
@@ -398,7 +403,7 @@ def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
     trials = _rows(folder / "trials.csv")
     assert len(trials) == 12, "exactly num_samples trials"
     assert len({r["trial_id"] for r in trials}) == 12
-    assert {r["status"] for r in trials} == {"TERMINATED"}, (simulated, trials)
+    assert {r["status"] for r in trials} == {"TERMINATED"}, trials
     after = {r["trial_id"]: r for r in trials}
     progress = _rows(folder / "progress.csv")
     assert max(Counter((p["trial_id"], p["epoch"]) for p in progress).values()) == 1

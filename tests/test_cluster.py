@@ -1,0 +1,134 @@
+"""`kdsearch run --address`: a search spread over a two-node Ray cluster on this machine.
+
+The cluster is made with `ray start` (a head and a second node, one CPU each) under a temp dir
+of its own, so its address file does not leak into other Ray users of the machine, and it is
+torn down by killing exactly the processes whose command line names that temp dir (and their
+children): `ray stop` would also stop every other Ray on the machine.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterator
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+QUICKSTART = REPO / "search_spaces" / "quickstart.yaml"
+RAY = Path(sys.executable).with_name("ray")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def _processes() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command line) of every process."""
+    out = {}
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            cmdline = Path(f"/proc/{d}/cmdline").read_bytes().replace(b"\0", b" ").decode(
+                errors="replace")
+            stat = Path(f"/proc/{d}/stat").read_text()
+        except OSError:
+            continue
+        out[int(d)] = (int(stat.rsplit(")", 1)[1].split()[1]), cmdline)
+    return out
+
+
+def _cluster_processes(marker: str) -> set[int]:
+    """Processes whose command line names `marker`, and all their descendants."""
+    procs = _processes()
+    found = {p for p, (_, cmd) in procs.items() if marker in cmd and p != os.getpid()}
+    grew = True
+    while grew:
+        grew = False
+        for p, (parent, _) in procs.items():
+            if parent in found and p not in found:
+                found.add(p)
+                grew = True
+    return found
+
+
+def _stop(marker: str) -> None:
+    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+        pids = _cluster_processes(marker)
+        for p in pids:
+            try:
+                os.kill(p, sig)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline and any(
+                Path(f"/proc/{p}").exists() and "Z" not in _state(p) for p in pids):
+            time.sleep(0.2)
+
+
+def _state(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "Z"
+
+
+@pytest.fixture(scope="module")
+def two_nodes() -> Iterator[str]:
+    """A head and a second node, one CPU each; yields the head's HOST:PORT."""
+    temp = tempfile.mkdtemp(prefix="kdsr")  # short: Ray's socket paths live under it
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}  # a joining node needs no token then
+    env.pop("RAY_ADDRESS", None)
+    port = _free_port()
+    common = ["--num-cpus=1", "--num-gpus=0", f"--temp-dir={temp}", "--disable-usage-stats"]
+    try:
+        subprocess.run([str(RAY), "start", "--head", f"--port={port}",
+                        "--include-dashboard=false", *common], env=env, check=True,
+                       capture_output=True, timeout=120)
+        address = (Path(temp) / "ray_current_cluster").read_text().strip()
+        subprocess.run([str(RAY), "start", f"--address={address}", *common], env=env,
+                       check=True, capture_output=True, timeout=120)
+        yield address
+    finally:
+        _stop(temp)
+        pass  # DEBUG shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.mark.slow
+def test_search_runs_trials_on_both_nodes(two_nodes: str, tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    sets = ["search.num_samples=6", "training.epochs=2", "search.grace_period=2",
+            "search.baseline=false", "search.cpus_per_trial=1", "teacher.width=64",
+            "teacher.epochs=3"]
+    run = subprocess.run([sys.executable, "-m", "kdsearch", "run", str(QUICKSTART),
+                          "--address", two_nodes, "--results-dir", "results", "--no-report",
+                          *[a for s in sets for a in ("--set", s)]],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    with open(tmp_path / "results" / "quickstart" / "trials.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 6 and {r["status"] for r in rows} == {"TERMINATED"}
+    nodes = {r["node"] for r in rows}
+    assert len(nodes) == 2, nodes  # hostname:node-id prefix, one per node
+    assert len({n.split(":")[1] for n in nodes}) == 2
+
+    # the live status: one readable line per finished trial, and none of Ray's chatter
+    lines = run.stdout.splitlines()
+    assert lines[0].startswith("distill search: 6 trials of mlp_student on digits")
+    status = [ln for ln in lines if ln.startswith("[distill ")]
+    assert len(status) == 6 and status[-1].startswith("[distill 6/6]")
+    assert all(" | best " in ln for ln in status)
+    assert lines[-1].startswith("best distilled: val_acc")
+    for noise in ("INFO", "WARNING", "Traceback", "Token authentication", "(raylet)", "Tune"):
+        assert noise not in run.stderr and noise not in run.stdout, noise
