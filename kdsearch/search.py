@@ -508,7 +508,8 @@ def _make_status_callback(results_dir: Path, phase: str, cfg: ExperimentConfig, 
             print(f"[{phase} {finished}/{total}] {what}: val_acc "
                   f"{'-' if acc in (None, '') else f'{float(acc):.4f}'} ({setting}) | running "
                   f"{counts['running']}, done {counts['done']}, stopped early {counts['early']}, "
-                  f"failed {counts['failed']} | best {self.best:.4f}", flush=True)
+                  f"failed {counts['failed']} | best "
+                  f"{'-' if math.isnan(self.best) else f'{self.best:.4f}'}", flush=True)
 
     return StatusCallback()
 
@@ -639,6 +640,22 @@ def _export_optuna(results_dir: Path, cfg: ExperimentConfig) -> None:
 # --------------------------------------------------------------------------- the driver
 def _results_dir(cfg: ExperimentConfig, results_root: str | os.PathLike[str]) -> Path:
     return (Path(results_root) / cfg.name).resolve()
+
+
+def _check_results_dir(out: Path) -> None:
+    """The results folder can be made: checked before Ray starts and before anything is written."""
+    if out.exists() and not out.is_dir():
+        raise SearchError(f"{out} exists and is not a folder; move it away or pick another "
+                          f"--results-dir or --set name=...")
+    parent = out.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise SearchError(f"cannot make {out}: {parent} is a file, not a folder; pick another "
+                          f"--results-dir")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise SearchError(f"cannot make {out}: {parent} is not writable; pick another "
+                          f"--results-dir")
 
 
 def _write_run(results_dir: Path, run: dict[str, Any]) -> None:
@@ -839,8 +856,13 @@ def _execute(cfg: ExperimentConfig, results_dir: Path, run: dict[str, Any], *,
     rows = _read_csv(results_dir / TRIALS_FILE)
     best = best_trial(rows, "distill", [d.name for d in phase_dimensions(cfg, "distill")])
     if best is None:
+        hint = ""
+        if any("never ran" in (r.get("error") or "") for r in rows):
+            # what a driver in token mode sees on a cluster started with RAY_AUTH_MODE=disabled
+            hint = ("; the trial actors never started: if the cluster was started with "
+                    "RAY_AUTH_MODE=disabled, set it for kdsearch too")
         raise SearchError(f"{results_dir}: no distillation trial finished; see {TRIALS_FILE} "
-                          f"for the errors")
+                          f"for the errors{hint}")
     base = best_trial(rows, "baseline", [d.name for d in phase_dimensions(cfg, "baseline")])
     result = SearchResult(results_dir, best[0], best[1], base[0] if base else None,
                           base[1] if base else None)
@@ -876,7 +898,8 @@ def run_search(space: str | os.PathLike[str] | ExperimentConfig, *,
         raise ConfigError(f"{source}: search.space is empty; give at least one dimension "
                           f"(temperature, alpha, lr, width, ...)")
     out = _results_dir(cfg, results_dir)
-    if out.exists() and any(out.iterdir()):
+    _check_results_dir(out)
+    if out.is_dir() and any(out.iterdir()):
         if not force:
             raise SearchError(f"{out} already exists; continue it with `kdsearch resume {out}`, "
                               f"replace it with --force, or pick another --set name=...")

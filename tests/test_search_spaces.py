@@ -128,8 +128,11 @@ BAD_RUNS: dict[str, tuple[str | None, list[str], list[str]]] = {
     "unreachable address": (None, ["--address", "127.0.0.1:1"], ["127.0.0.1:1",
                                                                  "cannot reach"]),
     "results folder exists": (None, [], ["already exists", "resume", "--force"]),
+    "results folder is a file": (None, [], ["quickstart exists and is not a folder"]),
+    "results dir is a file": (None, [], ["results is a file, not a folder", "--results-dir"]),
 }
-FILE_NAMED = {"bad --set", "unreachable address", "results folder exists"}  # not a file's fault
+FILE_NAMED = {"bad --set", "unreachable address", "results folder exists",  # not a file's fault
+              "results folder is a file", "results dir is a file"}
 # run for real as `python -m kdsearch run` (each pays ~3 s of interpreter and torch start-up);
 # every case also runs in-process through the same `cli.main`
 SUBPROCESS = ("unknown key", "bad --set", "unreachable address", "results folder exists")
@@ -142,6 +145,11 @@ def _prepare(name: str, cwd: Path) -> tuple[list[str], Path, list[str]]:
     if name == "results folder exists":
         (cwd / "results" / "quickstart").mkdir(parents=True)
         (cwd / "results" / "quickstart" / "trials.csv").write_text("phase,trial_id\n")
+    elif name == "results folder is a file":
+        (cwd / "results").mkdir()
+        (cwd / "results" / "quickstart").write_text("not a folder\n")
+    elif name == "results dir is a file":
+        (cwd / "results").write_text("not a folder\n")
     argv = ["run", str(space), "--results-dir", "results", "--no-report", *args]
     return argv, space, _listing(cwd)
 
