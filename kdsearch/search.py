@@ -211,8 +211,7 @@ def _gpu_fraction(cfg: ExperimentConfig, data: Dataset) -> float:
     """A GPU share per trial: small students pack many to a GPU (at most 16), CNNs fewer."""
     if cfg.search.gpus_per_trial is not None:
         return cfg.search.gpus_per_trial
-    widest = max(_widths(cfg))
-    model = build_student(cfg.student.model, data.input_shape, data.num_classes, width=widest)
+    model = _shape_only_student(cfg, data, max(_widths(cfg)))
     data_bytes = (data.train.x.numel() + data.val.x.numel()) * 4
     act = cfg.training.batch_size * sum(m.out_channels if hasattr(m, "out_channels") else 0
                                         for m in model.modules()) * math.prod(data.input_shape[1:])
@@ -222,6 +221,14 @@ def _gpu_fraction(cfg: ExperimentConfig, data: Dataset) -> float:
     # rounded up to 1/k so the shares tile a GPU exactly
     share = min(1.0, max(1 / 16, need / (4 * 2**30)))
     return 1.0 / math.floor(1.0 / share)
+
+
+def _shape_only_student(cfg: ExperimentConfig, data: Dataset, width: int) -> torch.nn.Module:
+    """The student of `width` on torch's meta device: its shapes without its memory, so the
+    driver can count the parameters of a width too large to allocate (that trial fails alone,
+    with the allocator's message, instead of the whole search)."""
+    with torch.device("meta"):
+        return build_student(cfg.student.model, data.input_shape, data.num_classes, width=width)
 
 
 def _fit_concurrency(hardware: dict[str, Any], cpus_per_trial: float, gpus_per_trial: float
@@ -742,7 +749,13 @@ def _run_phase(phase: str, cfg: ExperimentConfig, results_dir: Path, storage_pat
         print(f"{phase} search: {total} trials of {cfg.student.model} on {cfg.dataset.name}, "
               f"{s.algorithm.upper()} + {s.scheduler.upper()}, up to {max_epochs(cfg)} epochs "
               f"each", flush=True)
-    tuner.fit()
+    grid = tuner.fit()
+    # Tune catches Ctrl-C (SIGINT) itself: fit() then returns early, with its state saved, as
+    # if the phase had ended. A phase with fewer ended trials than planned was interrupted: it
+    # must not be marked finished, nor the next phase and the report run on half a search.
+    ended = grid.num_terminated + grid.num_errors
+    if ended < total:
+        raise KeyboardInterrupt(f"{phase} search interrupted after {ended} of {total} trials")
 
 
 def _repair_checkpoints(exp_path: str) -> list[str]:
@@ -826,9 +839,8 @@ def _execute(cfg: ExperimentConfig, results_dir: Path, run: dict[str, Any], *,
                           if teacher and online else None),
         "cpus_per_trial": cfg.search.cpus_per_trial,
         "gpus_per_trial": _gpu_fraction(cfg, data) if gpus else 0.0,
-        "params_by_width": {w: count_parameters(build_student(
-            cfg.student.model, data.input_shape, data.num_classes, width=w))
-            for w in _widths(cfg)},
+        "params_by_width": {w: count_parameters(_shape_only_student(cfg, data, w))
+                            for w in _widths(cfg)},
     }
     run["gpus_per_trial"] = payload["gpus_per_trial"]
     # Tune runs an Optuna searcher's trials one at a time unless told how many may run at once

@@ -877,8 +877,6 @@ def test_existing_results_folder_is_refused_with_a_hint(overrides: list[str],
                 for p in folder.rglob("*")} == before
 
 
-@pytest.mark.xfail(strict=True, reason="search.py: run_search calls out.iterdir() on a file "
-                   "(NotADirectoryError traceback); it should refuse in one line")
 def test_results_path_taken_by_a_file_is_refused(capfd: pytest.CaptureFixture[str],
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     with sandbox(monkeypatch) as root:
@@ -887,8 +885,6 @@ def test_results_path_taken_by_a_file_is_refused(capfd: pytest.CaptureFixture[st
         refused(capfd, argv_for("run", QUICKSTART, root), root)
 
 
-@pytest.mark.xfail(strict=True, reason="search.py: run_search does not check that --results-dir "
-                   "can hold a folder before it starts Ray (then mkdir fails with a traceback)")
 def test_results_dir_that_is_a_file_is_refused(capfd: pytest.CaptureFixture[str],
                                                monkeypatch: pytest.MonkeyPatch) -> None:
     with sandbox(monkeypatch) as root:

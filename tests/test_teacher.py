@@ -50,7 +50,7 @@ def test_miss_then_hit(digits: Dataset, tmp_path: Path) -> None:
     assert first.path == tmp_path / "teachers" / teacher_key(cfg)
     assert {"teacher.pt", "manifest.json"} <= {p.name for p in first.path.iterdir()}
     assert first.train_logits.shape == (len(digits.train), 10)
-    assert first.val_acc > 0.5  # two epochs of a 64-wide MLP on digits
+    assert first.val_acc > 0.3  # two epochs of a 64-wide MLP on digits; chance is 0.1
     second = _get(cfg, digits, tmp_path, log)
     assert not second.trained_now
     assert torch.equal(second.train_logits, first.train_logits)
