@@ -37,7 +37,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, args.set)  # bad input fails here, before torch loads
     from kdsearch.data import load_dataset
-    from kdsearch.distill import EPOCH, TRAIN_LOSS, VAL_ACC, VAL_LOSS, train_student
+    from kdsearch.distill import EPOCH, TRAIN_LOSS, VAL_ACC, VAL_LOSS, Diverged, train_student
     from kdsearch.models import build_student, count_parameters
     from kdsearch.teacher import get_teacher
 
@@ -62,7 +62,11 @@ def cmd_train(args: argparse.Namespace) -> int:
               f"val_loss {m[VAL_LOSS]:.4f}  val_acc {m[VAL_ACC]:.4f}  "
               f"({m['epoch_seconds']:.2f} s)", flush=True)
 
-    _, history = train_student(cfg, data, teacher=teacher, report=report)
+    try:
+        _, history = train_student(cfg, data, teacher=teacher, report=report)
+    except Diverged as e:
+        print(f"kdsearch: training diverged: {e}", file=sys.stderr)
+        return 1
     print(f"final val_acc {history[-1][VAL_ACC]:.4f}")
     return 0
 
