@@ -12,10 +12,12 @@ training split (MNIST's 60,000 less kdsearch's 5,000 validation examples):
              TrainingConfig default; the wall time of the whole fit(..., epochs=1) call, so it
              includes the optimizer's creation and the evaluation on the validation split.
 
-Each time is the best of --repeats runs (background load only ever adds time). The accuracy is
-the validation accuracy of that one-epoch run (its cosine schedule spans the one epoch;
-deterministic for the seed, the same every repeat). "Epochs to 0.95" trains with every
-TrainingConfig default (10 epochs, cosine) and stops at the first epoch with val accuracy >= 0.95.
+Each time is the best of --repeats runs (background load only ever adds time). Run it on an
+otherwise idle machine all the same: torch's threads wait for each other, so other busy processes
+slow the rows many-fold, and not evenly. The accuracy is the validation accuracy of that one-epoch
+run (its cosine schedule spans the one epoch; deterministic for the seed, the same every repeat).
+"Epochs to 0.95" trains with every TrainingConfig default (10 epochs, cosine) and stops at the
+first epoch whose validation accuracy is >= 0.95.
 
 Usage:
   .venv/bin/python bench/epoch_speed.py [--data-dir DIR] [--repeats 3] [--quick]
@@ -207,10 +209,11 @@ def main() -> None:
     for label, (epochs, accs) in reach.items():
         got = f"{epochs}" if epochs is not None else f"not within {args.max_epochs}"
         print(f"  {label:<32} {got:>3}   val acc by epoch: {' '.join(f'{a:.4f}' for a in accs)}")
-    if args.teacher_epochs < TeacherConfig().epochs:
-        print(f"  (KD learns from a {args.teacher_epochs}-epoch teacher here, not the default "
-              f"{TeacherConfig().epochs}-epoch one; pass --teacher-epochs {TeacherConfig().epochs} "
-              f"for that)")
+    full = TeacherConfig().epochs
+    if args.teacher_epochs < full:
+        which = "an untrained" if args.teacher_epochs == 0 else f"a {args.teacher_epochs}-epoch"
+        print(f"  (KD learns from {which} teacher here, not the default {full}-epoch one; "
+              f"pass --teacher-epochs {full} for that)")
 
 
 if __name__ == "__main__":

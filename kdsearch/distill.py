@@ -203,7 +203,7 @@ def fit(model: nn.Module, data: Dataset, training: TrainingConfig, *,
     steps_per_epoch = math.ceil(n / bs)
     # the schedule spans training.epochs even when `epochs` stops the run early (a checkpoint
     # taken at epoch 2 of 4 must be the same as the state of a straight 4-epoch run at epoch 2)
-    schedule_steps = training.epochs * steps_per_epoch
+    schedule_steps = max(training.epochs, total_epochs) * steps_per_epoch
     cosine = training.lr_schedule != "constant"
     history: list[dict[str, float]] = []
     model.train()

@@ -115,12 +115,15 @@ def _trainable(params: dict[str, Any], payload: dict[str, Any]) -> None:
     data, _, teacher = _trial_inputs(payload, device)
 
     resume = None
+    resumed_metrics = None
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             # on the CPU: the generator's state must stay a CPU tensor; load_state_dict moves
             # the weights and the optimizer's moments to the model's device
             resume = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)
+            if (Path(d) / "metrics.json").exists():
+                resumed_metrics = json.loads((Path(d) / "metrics.json").read_text())
     extra = {"params": payload["params_by_width"].get(cfg.student.width, 0),
              "device": device, "gpu_ids": ",".join(str(g) for g in gpu_ids), "threads": threads,
              "node": socket.gethostname() + ":" + ray.get_runtime_context().get_node_id()[:8]}
@@ -137,12 +140,18 @@ def _trainable(params: dict[str, Any], payload: dict[str, Any]) -> None:
             return
         with tempfile.TemporaryDirectory() as d:
             torch.save(state.state_dict(), Path(d) / "state.pt")
+            (Path(d) / "metrics.json").write_text(json.dumps(metrics))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
         last_saved = time.perf_counter()
 
     try:
-        train_student(cfg, data, teacher=teacher if cfg.training.alpha < 1 else None,
-                      report=report, resume=resume)
+        _, history = train_student(cfg, data, teacher=teacher if cfg.training.alpha < 1 else None,
+                                   report=report, resume=resume)
+        if not history and resumed_metrics is not None:
+            # resumed from the checkpoint of its last epoch: the trial had ended, but the killed
+            # driver's saved state did not show it (see _repair_checkpoints). Report that epoch
+            # again, or Tune would end the trial on the older result it restored.
+            tune.report({**resumed_metrics, **extra, "diverged": 0})
     except Diverged as e:
         # a diverged setting ends at once, recorded, with the worst score for the searcher:
         # retrying it would diverge again
