@@ -5,7 +5,8 @@ results folder, in this process, and prints, from one run:
 
   wall time (Ray start included), Ray start, per-phase wall, trial-epochs per minute,
   core utilisation = sum of trial training time / (wall time x cores),
-  Ray's share = 1 - utilisation, split into start-up, per-phase start-up and per-trial gaps.
+  the wall not spent training (1 - utilisation), split into Ray's start, the teacher and data
+  (trained in the driver when not cached), per-phase start-up and the rest (gaps between trials).
 
 Usage:
   .venv/bin/python bench/search_throughput.py [SPACE.yaml] [--set key=value ...]
@@ -73,8 +74,11 @@ def main() -> None:
     print(f"trial-epochs per minute       : {len(rows) / wall * 60:7.0f}")
     print(f"core utilisation (target 0.8) : {util:7.2f}  = training / (wall x cores)")
     print(f"  within the search phases    : {train / (phase_wall * cores):7.2f}")
-    print(f"Ray's share of the wall time  : {1 - util:7.2f}  (start {ray_start / wall:.2f}, "
-          f"phase start-up {startup / wall:.2f})")
+    driver = wall - ray_start - phase_wall
+    other = wall - train / cores - ray_start - driver - startup
+    print(f"wall not spent training       : {1 - util:7.2f}  = Ray start {ray_start / wall:.2f} + "
+          f"teacher and data {driver / wall:.2f} + phase start-up {startup / wall:.2f} + "
+          f"the rest (gaps between trials, idle cores) {other / wall:.2f}")
 
 
 if __name__ == "__main__":

@@ -77,9 +77,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     load_config(args.space, args.set)  # bad input fails here, before torch and Ray load
     from kdsearch.search import run_search
 
-    result = run_search(args.space, overrides=args.set, address=args.address,
-                        results_dir=args.results_dir, storage_path=args.storage_path,
-                        force=args.force, report=not args.no_report)
+    try:
+        result = run_search(args.space, overrides=args.set, address=args.address,
+                            results_dir=args.results_dir, storage_path=args.storage_path,
+                            force=args.force, report=not args.no_report)
+    except KeyboardInterrupt:
+        return 130  # run_search has printed the `kdsearch resume` command
     print(result.summary_line())
     return 0
 
@@ -87,7 +90,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_resume(args: argparse.Namespace) -> int:
     from kdsearch.search import resume_search
 
-    result = resume_search(args.results, address=args.address, report=not args.no_report)
+    try:
+        result = resume_search(args.results, address=args.address, report=not args.no_report)
+    except KeyboardInterrupt:
+        return 130  # resume_search has printed the `kdsearch resume` command
     print(result.summary_line())
     return 0
 

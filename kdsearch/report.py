@@ -20,12 +20,14 @@ import csv
 import io
 import json
 import math
+import warnings
 import os
 import time
 from pathlib import Path
 from typing import Any, Sequence
 
 from kdsearch import __version__
+from kdsearch.config import max_epochs
 from kdsearch.final import (BASELINE, DISTILLED, FINAL_FILE, ReportError,
                             write_text_atomic, evaluate_final, incomplete_trials, mean_std,
                             read_config, read_csv, row_width, write_json)
@@ -66,7 +68,10 @@ def compare(distilled_accs: Sequence[float], baseline_accs: Sequence[float],
     if d_std is not None and b_std is not None and (d_std > 0 or b_std > 0):
         from scipy import stats
 
-        p = float(stats.ttest_ind(d, b, equal_var=False).pvalue)
+        with warnings.catch_warnings():
+            # near-identical seeds make scipy warn of precision loss; p is still usable
+            warnings.simplefilter("ignore", RuntimeWarning)
+            p = float(stats.ttest_ind(d, b, equal_var=False).pvalue)
         p = p if math.isfinite(p) else None
     gap = None
     if difference is not None and teacher_acc is not None and teacher_acc > b_mean:
@@ -253,6 +258,12 @@ def summarize(results_dir: Path, final: dict[str, Any]) -> dict[str, Any]:
         "incomplete_phases": open_phases,
         "incomplete_trials": [{"phase": r.get("phase"), "trial_id": r.get("trial_id"),
                                "status": r.get("status")} for r in unfinished],
+        "failed_trials": [{"phase": r.get("phase"), "trial_id": r.get("trial_id"),
+                           "kind": "diverged" if str(r.get("diverged") or "0") not in ("0", "")
+                           else "error", "error": (r.get("error") or "")[:200]}
+                          for r in rows if r.get("status") == "ERROR"
+                          or str(r.get("diverged") or "0") not in ("0", "")],
+        "epoch_budget": max_epochs(cfg),
         "seeds": final["seeds"], "data": final["data"],
         "final_device": final["device"], "final_seconds": final["seconds"],
         "final_retrained": final["retrained"], "final_reused": final["reused"],
@@ -533,6 +544,16 @@ def render(summary: dict[str, Any], plots: dict[str, dict[str, Any]]) -> str:
                      fmt_gap(c["gap_recovered"])])
     out += _table(["width", "parameters", "compression", "distilled", "baseline",
                    "difference (points)", "Welch p", "gap recovered"], rows, "rrrllrrr")
+    budget = s.get("epoch_budget")
+    thin = [str(c["distilled_width"] or c["baseline_width"]) for c in s["widths"]
+            if budget and any((c.get(f"{k}_search_epochs") or budget) < budget
+                              for k in ("distilled", "baseline") if c.get(f"{k}_trial"))]
+    if thin:
+        out += ["", f"Caution: at width{'s' if len(thin) > 1 else ''} {', '.join(thin)} the best setting of one kind comes from "
+                    f"a trial ASHA stopped early (no trial of that kind ran all {budget} epochs "
+                    f"there): the searcher spent its budget on other widths, so that row compares "
+                    f"less-tuned settings. For a fair row, search that width alone, e.g. "
+                    f"`--set search.space.width.values=[{thin[0]}]`."]
     out += ["", f"Teacher ({s['teacher_model']}, {t['params']:,} parameters): "
                 f"{pct(t['test_acc'])}% test accuracy, {pct(t['val_acc'])}% validation. "
                 f"Compression = teacher parameters / student parameters; gap recovered = "
@@ -581,6 +602,10 @@ def render(summary: dict[str, Any], plots: dict[str, dict[str, Any]]) -> str:
                     f"at once."]
     reused = (f"; {s['final_reused']} settings reused from an earlier `{FINAL_FILE}`"
               if s["final_reused"] else "")
+    if s.get("failed_trials"):
+        out += ["", "Failed trials (the search went on without them):", ""]
+        out += [f"- {r['phase']} `{r['trial_id']}` {r['kind']}: {r['error'] or 'no message'}"
+                for r in s["failed_trials"]]
     out += ["", f"Final evaluation: {s['final_retrained']} retrainings on {s['final_device']} "
                 f"in {fmt_seconds(s['final_seconds'])}{reused}."]
 
