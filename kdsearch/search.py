@@ -691,9 +691,17 @@ def read_run(results_dir: Path) -> dict[str, Any]:
 def _prepare(cfg: ExperimentConfig, device: str = "cpu", *, progress: bool = True
              ) -> tuple[Dataset, Teacher | None]:
     cache_dir = default_cache_dir(cfg)
+    # a missing teacher trains on the driver's GPU when it has one; the trials get CPU tensors
+    # through the object store and move them to their own device once
+    train_on = "cuda" if torch.cuda.is_available() else device
     data = load_dataset(cfg.dataset, data_dir=default_data_dir(cfg), cache_dir=cache_dir,
-                        device=device)
+                        device=train_on)
     teacher = get_teacher(cfg, data, cache_dir=cache_dir, progress=progress)
+    if train_on != device:
+        data = data.to(device)
+        if teacher is not None:
+            teacher = dataclasses.replace(teacher, model=teacher.model.to(device),
+                                          train_logits=teacher.train_logits.to(device))
     return data, teacher
 
 
