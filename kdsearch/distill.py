@@ -6,7 +6,10 @@ Ray Tune trial, in `kdsearch train`, in the final evaluation and in a test.
 Speed: the data are tensors already on the device, batches are `randperm` slices (no DataLoader,
 no per-example Python), and with cached teacher logits the teacher's softened log-probabilities
 are computed once per run, not once per step. `bench/epoch_speed.py` measures this loop against
-seed 000's (torchvision dataset + DataLoader(batch_size=32) + a teacher forward every step).
+seed 000's (torchvision dataset + DataLoader(batch_size=32) + a teacher forward every step): on
+2 CPU cores an epoch of the 784-20-20-10 MNIST student takes 0.34 s at batch 128 against the seed
+loop's 9.3 s (27x), 0.19 s at batch 512 (50x). What is left is mostly PyTorch's cost per operator
+(about 230 of them, some 0.55 ms a step whatever the batch size), not arithmetic.
 """
 
 from __future__ import annotations
