@@ -464,6 +464,15 @@ class _SafeLoader(yaml.SafeLoader):
             self._depth -= 1
 
 
+def _safe_load(text: str) -> Any:
+    """yaml.safe_load with the nesting limit of _SafeLoader (plain SafeLoader tags only)."""
+    loader = _SafeLoader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def read_yaml(path: str | os.PathLike[str]) -> Any:
     """Parse a YAML file safely; any problem becomes a one-line ConfigError."""
     p = Path(path)
@@ -482,7 +491,7 @@ def read_yaml(path: str | os.PathLike[str]) -> Any:
     except OSError as e:
         raise ConfigError(f"{p}: cannot read it ({e.strerror})") from None
     try:
-        return yaml.load(text, Loader=_SafeLoader)
+        return _safe_load(text)
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
@@ -509,7 +518,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         raise ConfigError(f"--set {text!r}: the key {key!r} is not a dotted path like "
                           f"training.lr")
     try:
-        parsed = yaml.load(value, Loader=_SafeLoader) if value.strip() else None
+        parsed = _safe_load(value) if value.strip() else None
     except Exception:  # YAMLError, and the constructors' ValueError, KeyError...
         raise ConfigError(f"--set {_show(text)}: the value does not parse as YAML") from None
     return parts, parsed
