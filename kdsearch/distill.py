@@ -7,8 +7,8 @@ Speed: the data are tensors already on the device, batches are `randperm` slices
 no per-example Python), and with cached teacher logits the teacher's softened log-probabilities
 are computed once per run, not once per step. `bench/epoch_speed.py` measures this loop against
 seed 000's (torchvision dataset + DataLoader(batch_size=32) + a teacher forward every step): on
-2 CPU cores an epoch of the 784-20-20-10 MNIST student takes 0.34 s at batch 128 against the seed
-loop's 9.3 s (27x), 0.19 s at batch 512 (50x). What is left is mostly PyTorch's cost per operator
+2 CPU cores an epoch of the 784-20-20-10 MNIST student takes 0.33 s at batch 128 against the seed
+loop's 9.6 s (29x), 0.15 s at batch 512 (64x). What is left is mostly PyTorch's cost per operator
 (about 230 of them, some 0.55 ms a step whatever the batch size), not arithmetic.
 """
 
@@ -205,7 +205,8 @@ def fit(model: nn.Module, data: Dataset, training: TrainingConfig, *,
     bs = training.batch_size
     steps_per_epoch = math.ceil(n / bs)
     # the schedule spans training.epochs even when `epochs` stops the run early (a checkpoint
-    # taken at epoch 2 of 4 must be the same as the state of a straight 4-epoch run at epoch 2)
+    # taken at epoch 2 of 4 must be the state of a straight 4-epoch run at epoch 2); it spans
+    # `epochs` when that runs past training.epochs, rather than stalling at lr 0
     schedule_steps = max(training.epochs, total_epochs) * steps_per_epoch
     cosine = training.lr_schedule != "constant"
     history: list[dict[str, float]] = []

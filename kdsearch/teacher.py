@@ -30,7 +30,7 @@ from kdsearch.data import Dataset
 from kdsearch.distill import VAL_ACC, FitState, fit, predict
 from kdsearch.models import build_teacher
 
-CACHE_FORMAT = 1  # bump when the entry layout or the teacher's training code changes
+CACHE_FORMAT = 2  # bump when the entry layout or the teacher's training code changes (2: cosine lr)
 
 
 @dataclass(frozen=True)
