@@ -5,11 +5,13 @@ Ray Tune trial, in `kdsearch train`, in the final evaluation and in a test.
 
 Speed: the data are tensors already on the device, batches are `randperm` slices (no DataLoader,
 no per-example Python), and with cached teacher logits the teacher's softened log-probabilities
-are computed once per run, not once per step. `bench/epoch_speed.py` measures this loop against
-seed 000's (torchvision dataset + DataLoader(batch_size=32) + a teacher forward every step): on
-2 CPU cores an epoch of the 784-20-20-10 MNIST student takes 0.33 s at batch 128 against the seed
-loop's 9.6 s (29x), 0.15 s at batch 512 (64x). What is left is mostly PyTorch's cost per operator
-(about 230 of them, some 0.55 ms a step whatever the batch size), not arithmetic.
+are computed once per run, not once per step. The seed-000 students (two-hidden-layer MLPs) take
+a written-out step, gradients by hand and the fused Adam kernel called directly: ~35 operators a
+step instead of autograd's ~230 (`_analytic_mlp_step`); every other model takes the autograd step.
+`bench/epoch_speed.py` measures this loop against seed 000's (torchvision dataset +
+DataLoader(batch_size=32) + a teacher forward every step): on 2 CPU cores an epoch of the
+784-20-20-10 MNIST student takes 0.18 s at batch 128 against the seed loop's 10.0 s (56x;
+0.33 s, 30x, through autograd), 0.10 s at batch 512 (96x).
 """
 
 from __future__ import annotations
@@ -146,6 +148,158 @@ def scheduled_lr(training: TrainingConfig, step: int, total_steps: int) -> float
     return training.lr * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+Step = Callable[[torch.Tensor, torch.Tensor], None]
+
+
+def _autograd_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+                   y: torch.Tensor, log_targets: torch.Tensor | None, training: TrainingConfig,
+                   teacher: nn.Module | None, generator: torch.Generator) -> Step:
+    """One optimizer step on the rows `idx` through autograd: any model, online teaching too.
+
+    Adds the batch's summed loss to `loss_sum` (one op; no .item() sync per step).
+    """
+    alpha, temperature = training.alpha, training.temperature
+    needs_teacher = alpha < 1.0
+
+    def step(idx: torch.Tensor, loss_sum: torch.Tensor) -> None:
+        # index_select, not x[idx]: for 128 random MNIST rows advanced indexing takes twice as
+        # long on CPU (84 vs 49 us), and this gather is the step's one large memory read
+        xb, yb = x.index_select(0, idx), y.index_select(0, idx)
+        if training.shift > 0:
+            xb = random_shift(xb, training.shift, generator)
+            targets = None
+            if needs_teacher:
+                assert teacher is not None
+                with torch.no_grad():
+                    targets = F.log_softmax(teacher(xb).float() / temperature, dim=1)
+        else:
+            targets = None if log_targets is None else log_targets.index_select(0, idx)
+        loss = _kd_from_log_targets(model(xb), targets, yb, temperature, alpha)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum.add_(loss.detach(), alpha=len(idx))
+
+    return step
+
+
+def _analytic_mlp_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+                       y: torch.Tensor, log_targets: torch.Tensor | None,
+                       training: TrainingConfig) -> Step | None:
+    """The same step for a dropout-free two-hidden-layer MLP, with its gradients written out.
+
+    None for any other model. This is the search's common case (the seed-000 students) and the
+    one where PyTorch's cost per operator, not arithmetic, sets the speed: autograd records and
+    replays some 230 small operators a step. Written out, a step is ~35 operators:
+
+      z = MLP(x);  dL/dz = (alpha * softmax(z) + (1 - alpha) * T * softmax(z / T) - Q) / B
+
+    with Q = alpha * onehot(y) + (1 - alpha) * T * softmax(teacher / T), fixed per example and
+    so computed once per run, like the teacher's targets; the epoch's train_loss is kd_loss's
+    value, -alpha * log p(y) + (1 - alpha) * T^2 * sum p_t (log p_t - log softmax(z / T)). tests/test_distill.py checks the loss, the gradients and whole
+    runs against the autograd step.
+    """
+    from kdsearch.models import MLP
+
+    if type(model) is not MLP or not isinstance(model.dropout, nn.Identity):
+        return None
+    fc1, fc2, fc3 = model.fc1, model.fc2, model.fc3
+    params = [fc1.weight, fc1.bias, fc2.weight, fc2.bias, fc3.weight, fc3.bias]
+    alpha, temperature = training.alpha, training.temperature
+    kd = log_targets is not None and alpha < 1.0
+    x = x.flatten(1)
+    num_classes = fc3.out_features
+    with torch.no_grad():
+        onehot = F.one_hot(y, num_classes).to(x.dtype)
+        if kd:
+            assert log_targets is not None
+            p_t = log_targets.exp()
+            soft = (1.0 - alpha) * temperature
+            # per example, in one tensor so that a step gathers its rows once: Q, the loss's
+            # weights on log softmax(z) and on log p_t - log softmax(z / T), and log p_t
+            table = torch.cat([onehot * alpha + p_t * soft, onehot * alpha,
+                               p_t * (soft * temperature), log_targets], 1)
+        else:
+            table = onehot
+    k = num_classes
+    threshold_backward = torch.ops.aten.threshold_backward
+
+    def step(idx: torch.Tensor, loss_sum: torch.Tensor) -> None:
+        with torch.no_grad():
+            w1, b1, w2, b2, w3, b3 = params
+            xb = x.index_select(0, idx)
+            h1 = torch.addmm(b1, xb, w1.t()).relu_()
+            h2 = torch.addmm(b2, h1, w2.t()).relu_()
+            z = torch.addmm(b3, h2, w3.t())
+            rows = table.index_select(0, idx)
+            log_p = torch.log_softmax(z, 1)
+            g = log_p.exp()
+            if kd:
+                log_p_s = torch.log_softmax(z * (1.0 / temperature), 1)
+                g.mul_(alpha).add_(log_p_s.exp(), alpha=soft)
+                # the KL term as kl_div computes it, p_t * (log p_t - log p_s) summed, not as a
+                # difference of two sums: at T = 20 those are ~1000 times the KL itself
+                loss_sum.sub_((rows[:, k:2 * k] * log_p).sum())
+                loss_sum.add_((rows[:, 2 * k:3 * k] * log_p_s.neg_().add_(rows[:, 3 * k:])).sum())
+                g.sub_(rows[:, :k])
+            else:
+                loss_sum.sub_((rows * log_p).sum())
+                g.sub_(rows)
+            g.div_(len(idx))
+            grads = [p.grad if p.grad is not None else torch.empty_like(p) for p in params]
+            torch.mm(g.t(), h2, out=grads[4])
+            torch.sum(g, 0, out=grads[5])
+            g2 = threshold_backward(torch.mm(g, w3), h2, 0)
+            torch.mm(g2.t(), h1, out=grads[2])
+            torch.sum(g2, 0, out=grads[3])
+            g1 = threshold_backward(torch.mm(g2, w2), h1, 0)
+            torch.mm(g1.t(), xb, out=grads[0])
+            torch.sum(g1, 0, out=grads[1])
+            for p, grad in zip(params, grads):
+                p.grad = grad
+        update()
+
+    update = _direct_adam(optimizer)
+    return step
+
+
+def _direct_adam(optimizer: torch.optim.Optimizer) -> Callable[[], None]:
+    """`optimizer.step`, or for a plain fused Adam the same kernel called directly.
+
+    Adam.step spends ~130 us a call in Python (grouping tensors by device, bookkeeping) around
+    a ~30 us kernel: a fifth of the written-out MLP step. From the second call on (the first
+    creates the optimizer's state, or a resumed run brings it), this calls what Adam.step calls:
+    `_foreach_add_` on the step counts, then `torch._fused_adam_` on the optimizer's own state
+    tensors, so checkpoints and results are the same (tests/test_distill.py compares runs).
+    Grads must stay the same tensors from call to call, as the MLP step keeps them.
+    """
+    groups = optimizer.param_groups
+    g = groups[0]
+    if (type(optimizer) is not torch.optim.Adam or len(groups) != 1 or not g.get("fused")
+            or g["amsgrad"] or g["maximize"] or g.get("decoupled_weight_decay")
+            or not hasattr(torch, "_fused_adam_")):
+        return optimizer.step
+    bound: list[list[torch.Tensor]] = []
+
+    def update() -> None:
+        if not bound:
+            optimizer.step()
+            params = g["params"]
+            state = [optimizer.state[p] for p in params]
+            bound.extend([params, [p.grad for p in params], [st["exp_avg"] for st in state],
+                          [st["exp_avg_sq"] for st in state], [st["step"] for st in state]])
+            return
+        params, grads, exp_avgs, exp_avg_sqs, steps = bound
+        beta1, beta2 = g["betas"]
+        torch._foreach_add_(steps, 1)
+        torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False,
+                           lr=g["lr"], beta1=beta1, beta2=beta2, weight_decay=g["weight_decay"],
+                           eps=g["eps"], maximize=False, grad_scale=None, found_inf=None)
+
+    return update
+
+
+
 @dataclass
 class FitState:
     """Everything needed to continue a run exactly where it stopped (a trial's checkpoint)."""
@@ -211,6 +365,12 @@ def fit(model: nn.Module, data: Dataset, training: TrainingConfig, *,
     cosine = training.lr_schedule != "constant"
     history: list[dict[str, float]] = []
     model.train()
+    if online:
+        step_fn = _autograd_step(model, optimizer, x, y, None, training, teacher, generator)
+    else:
+        step_fn = (_analytic_mlp_step(model, optimizer, x, y, log_targets, training)
+                   or _autograd_step(model, optimizer, x, y, log_targets, training, None,
+                                     generator))
     while state.epoch < total_epochs:
         start = time.perf_counter()
         perm = torch.randperm(n, generator=generator).to(device)
@@ -219,25 +379,7 @@ def fit(model: nn.Module, data: Dataset, training: TrainingConfig, *,
             if cosine:
                 for group in optimizer.param_groups:
                     group["lr"] = scheduled_lr(training, step, schedule_steps)
-            idx = perm[i:i + bs]
-            # index_select, not x[idx]: for 128 random MNIST rows advanced indexing takes twice
-            # as long on CPU (84 vs 49 us), and this gather is the step's one large memory read
-            xb, yb = x.index_select(0, idx), y.index_select(0, idx)
-            if online:
-                xb = random_shift(xb, training.shift, generator)
-                if needs_teacher:
-                    assert teacher is not None
-                    with torch.no_grad():
-                        targets = F.log_softmax(teacher(xb).float() / temperature, dim=1)
-                else:
-                    targets = None
-            else:
-                targets = None if log_targets is None else log_targets.index_select(0, idx)
-            loss = _kd_from_log_targets(model(xb), targets, yb, temperature, alpha)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum.add_(loss.detach(), alpha=len(idx))  # one op; no .item() sync per step
+            step_fn(perm[i:i + bs], loss_sum)
         train_loss = loss_sum.item() / n
         state.epoch += 1
         if not math.isfinite(train_loss):

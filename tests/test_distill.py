@@ -12,8 +12,9 @@ import torch.nn.functional as F
 
 from kdsearch.config import DatasetConfig, TrainingConfig
 from kdsearch.data import Dataset, load_dataset
-from kdsearch.distill import (EPOCH, TRAIN_LOSS, VAL_ACC, VAL_LOSS, Diverged, FitState, evaluate,
-                              fit, kd_loss, predict, random_shift)
+from kdsearch.distill import (EPOCH, TRAIN_LOSS, VAL_ACC, VAL_LOSS, Diverged, FitState,
+                              _analytic_mlp_step, _direct_adam, evaluate, fit, kd_loss,
+                              make_optimizer, predict, random_shift)
 from kdsearch.models import build_student, build_teacher
 
 # --------------------------------------------------------------------------- kd_loss
@@ -272,7 +273,8 @@ def test_diverged_on_a_huge_learning_rate(digits: Dataset) -> None:
 @pytest.mark.parametrize("training", [
     TrainingConfig(epochs=4, batch_size=64, alpha=1.0, shift=1, seed=5),
     TrainingConfig(epochs=4, batch_size=100, alpha=0.3, optimizer="sgd", lr=0.05, seed=6),
-], ids=["adam-shift", "sgd-momentum-kd"])
+    TrainingConfig(epochs=4, batch_size=64, alpha=0.3, weight_decay=1e-3, seed=7),
+], ids=["adam-shift", "sgd-momentum-kd", "adam-kd-written-out-step"])
 def test_resume_equals_a_straight_run(digits: Dataset, digits_teacher_logits: torch.Tensor,
                                       tmp_path: Path, training: TrainingConfig) -> None:
     checkpoint = tmp_path / "epoch2.pt"
@@ -345,3 +347,85 @@ def test_mnist_student_distilled_from_teacher_logits_alone(
                  == predict(teacher, mnist.val.x).argmax(1)).float().mean().item()
     assert kd[-1][VAL_ACC] > 0.9, (kd[-1][VAL_ACC], history[-1][VAL_ACC])
     assert agreement > 0.93
+
+
+# --------------------------------------------------------------------------- the MLP fast path
+@pytest.mark.parametrize("temperature,alpha", [(4.0, 1.0), (4.0, 0.3), (20.0, 0.0), (1.0, 0.7)])
+def test_written_out_mlp_step_has_kd_loss_and_its_gradients(
+        digits: Dataset, digits_teacher_logits: torch.Tensor, temperature: float,
+        alpha: float) -> None:
+    model = _student(digits, width=12)
+    ref = _student(digits, width=12)
+    training = TrainingConfig(alpha=alpha, temperature=temperature)
+    log_targets = F.log_softmax(digits_teacher_logits / temperature, dim=1)
+    # lr 0: the step leaves the weights as they were and its gradients in .grad
+    optimizer = make_optimizer(model, name="sgd", lr=0.0, weight_decay=0.0)
+    step = _analytic_mlp_step(model, optimizer, digits.train.x, digits.train.y,
+                              log_targets if alpha < 1 else None, training)
+    assert step is not None
+    idx = torch.randperm(len(digits.train.y), generator=torch.Generator().manual_seed(1))[:50]
+    loss_sum = torch.zeros(())
+    step(idx, loss_sum)
+    assert _same_weights(model, ref)
+
+    loss = kd_loss(ref(digits.train.x[idx]), digits_teacher_logits[idx], digits.train.y[idx],
+                   temperature=temperature, alpha=alpha)
+    loss.backward()
+    assert loss_sum.item() / len(idx) == pytest.approx(loss.item(), rel=1e-4)  # float32
+    for (name, p), q in zip(model.named_parameters(), ref.parameters()):
+        assert torch.allclose(p.grad, q.grad, rtol=1e-4, atol=1e-6), name
+
+
+def test_the_fast_path_is_taken_by_the_mlp_student_alone(digits: Dataset) -> None:
+    training = TrainingConfig()
+    for model, expected in [(_student(digits), True),
+                            (torch.nn.Sequential(_student(digits)), False),
+                            (_student(digits, model="cnn_student", width=8), False),
+                            (build_teacher("mlp_teacher", digits.input_shape, 10, width=16), False)]:
+        optimizer = make_optimizer(model, name="adam", lr=1e-3, weight_decay=0.0)
+        step = _analytic_mlp_step(model, optimizer, digits.train.x, digits.train.y, None,
+                                  training)
+        assert (step is not None) == expected, type(model).__name__
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.3])
+def test_fit_with_the_written_out_step_matches_autograd(
+        digits: Dataset, digits_teacher_logits: torch.Tensor, alpha: float) -> None:
+    # the same network, once as the MLP student (written-out step) and once inside
+    # nn.Sequential, which fit trains through autograd
+    training = TrainingConfig(epochs=3, batch_size=64, alpha=alpha, temperature=3.0,
+                              weight_decay=1e-4, seed=2)
+    fast, slow = _student(digits), torch.nn.Sequential(_student(digits))
+    h_fast = fit(fast, digits, training, teacher_logits=digits_teacher_logits)
+    h_slow = fit(slow, digits, training, teacher_logits=digits_teacher_logits)
+    for a, b in zip(h_fast, h_slow):
+        assert a[TRAIN_LOSS] == pytest.approx(b[TRAIN_LOSS], rel=1e-4)
+        assert a[VAL_LOSS] == pytest.approx(b[VAL_LOSS], rel=1e-3)
+        assert abs(a[VAL_ACC] - b[VAL_ACC]) <= 2 / len(digits.val.y)
+    for p, q in zip(fast.parameters(), slow.parameters()):
+        assert torch.allclose(p, q, atol=1e-4)
+    assert not _same_weights(fast, _student(digits))  # it trained
+
+
+def test_direct_adam_is_adam_step(digits: Dataset) -> None:
+    models = [_student(digits), _student(digits)]
+    optimizers = [make_optimizer(m, name="adam", lr=1e-2, weight_decay=1e-3) for m in models]
+    updates = [optimizers[0].step, _direct_adam(optimizers[1])]
+    assert updates[1] != optimizers[1].step  # the direct kernel is in use here
+    gen = torch.Generator().manual_seed(0)
+    grads = [torch.randn(p.shape, generator=gen) for p in models[0].parameters()]
+    for i in range(5):
+        for g in grads:  # new gradients in the same tensors, as the MLP step writes them
+            g.copy_(torch.randn(g.shape, generator=gen))
+        for model, optimizer, update in zip(models, optimizers, updates):
+            for p, g in zip(model.parameters(), grads):
+                p.grad = g.clone() if update is optimizer.step else g
+            optimizer.param_groups[0]["lr"] = 1e-2 / (i + 1)
+            update()
+    assert _same_weights(models[0], models[1])
+    sa, sb = optimizers[0].state_dict()["state"], optimizers[1].state_dict()["state"]
+    assert all(torch.equal(sa[k][f], sb[k][f]) for k in sa for f in ("step", "exp_avg",
+                                                                     "exp_avg_sq"))
+    assert int(sa[0]["step"]) == 5
+    sgd = make_optimizer(models[0], name="sgd", lr=0.1, weight_decay=0.0)
+    assert _direct_adam(sgd) == sgd.step
