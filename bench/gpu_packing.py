@@ -37,17 +37,17 @@ SPACE = REPO / "search_spaces" / "mnist_mlp.yaml"
 
 
 def _rates(out: Path) -> dict[str, float]:
-    """Trial-epochs, the phase's wall, and rates over the phase and over its steady state."""
+    """Trial-epochs, the search's wall, and rates over the search and over its steady state."""
     rows = list(csv.DictReader(open(out / "progress.csv")))
     run = json.loads((out / "run.json").read_text())
-    phase = run["phases"]["distill"]
+    search = run["search"]
     walls = sorted(float(r["wall_time"]) for r in rows)
     first_start = min(float(r["wall_time"]) - float(r["epoch_seconds"]) for r in rows)
     steady = walls[-1] - first_start
     trials = list(csv.DictReader(open(out / "trials.csv")))
     on_gpu = sum(1 for t in trials if (t.get("gpu_ids") or "").strip())
-    return {"epochs": len(rows), "phase_wall": phase["wall_seconds"],
-            "rate": len(rows) / phase["wall_seconds"], "steady_rate": len(rows) / steady,
+    return {"epochs": len(rows), "phase_wall": search["wall_seconds"],
+            "rate": len(rows) / search["wall_seconds"], "steady_rate": len(rows) / steady,
             "trials": len(trials), "on_gpu": on_gpu,
             "mean_epoch_s": sum(float(r["epoch_seconds"]) for r in rows) / len(rows)}
 
@@ -140,9 +140,8 @@ def main() -> None:
               f"{r['rate']:.2f} | {r['steady_rate']:.2f} | {r['mean_epoch_s']:.2f} | {up} |")
     print(f"\nteacher training on the GPU: {teacher_s:.1f} s")
     if full is not None:
-        phases = ", ".join(f"{n} {v['wall_seconds']:.0f} s" for n, v in run["phases"].items())
         print(f"full mnist_mlp search + baseline + final evaluation + report: {full:.0f} s "
-              f"({phases}; kdsearch's own share: gpus_per_trial = {run['gpus_per_trial']:.4g}, "
+              f"(search {run['search']['wall_seconds']:.0f} s; kdsearch's own share: gpus_per_trial = {run['gpus_per_trial']:.4g}, "
               f"{run['max_concurrent_trials']} trials at once)")
 
 

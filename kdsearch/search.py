@@ -47,6 +47,9 @@ from kdsearch.models import build_student, count_parameters
 from kdsearch.teacher import Teacher, get_teacher
 
 PHASES = ("distill", "baseline")
+PHASE_KEY = "phase"  # in a trial's config: the phase (search) it belongs to
+PHASE_LABEL = {"distill": "distilled", "baseline": "baseline"}
+EXPERIMENT = "search"  # Ray Tune's experiment folder, both phases in one
 RUN_FILE = "run.json"
 TRIALS_FILE = "trials.csv"
 PROGRESS_FILE = "progress.csv"
@@ -104,8 +107,10 @@ def _trainable(params: dict[str, Any], payload: dict[str, Any]) -> None:
         # result recorded in trials.csv instead of training it again.
         tune.report({**finished, "replayed": 1})
         return
+    params = dict(params)
+    phase = params.pop(PHASE_KEY, "distill")
     cfg = with_params(config_from_dict(payload["config"]), params)
-    if payload["phase"] == "baseline":
+    if phase == "baseline":
         cfg = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, alpha=1.0))
     # torch threads match this trial's CPU share, so concurrent trials do not oversubscribe
     threads = max(1, int(payload["cpus_per_trial"]))
@@ -175,23 +180,115 @@ def _optuna_space(dims: tuple[Dimension, ...]) -> dict[str, Any]:
     return space
 
 
-def _tune_space(dims: tuple[Dimension, ...]) -> dict[str, Any]:
-    """The same space in Ray Tune's own terms, for random search."""
-    from ray import tune
+def _phase_classes() -> tuple[type, type]:
+    """`_PhaseSearcher` and `_PhaseScheduler`, which subclass Ray Tune's classes.
 
-    space: dict[str, Any] = {}
-    for d in dims:
-        if d.distribution == "choice":
-            space[d.name] = tune.choice(list(d.values or ()))
-        elif d.distribution == "int":
-            step = int(d.step or 1)
-            space[d.name] = tune.qrandint(int(d.low), int(d.high), step) if step > 1 \
-                else tune.randint(int(d.low), int(d.high) + 1)
-        elif d.distribution == "loguniform":
-            space[d.name] = tune.loguniform(float(d.low), float(d.high))
-        else:
-            space[d.name] = tune.uniform(float(d.low), float(d.high))
-    return space
+    Not at import time: importing Ray Tune takes seconds, and `kdsearch report` imports this
+    module without needing Ray. The module's `__getattr__` defines them when unpickling a saved
+    experiment (Tuner.restore) asks for them by name.
+    """
+    if "_PhaseSearcher" in globals():
+        return globals()["_PhaseSearcher"], globals()["_PhaseScheduler"]
+    import pickle
+
+    from ray.tune.schedulers import FIFOScheduler
+    from ray.tune.search import Searcher
+
+    class _PhaseSearcher(Searcher):
+        """Both searches in one Tuner: a searcher per phase, each with its own budget.
+
+        Suggestions alternate so that both phases advance side by side (the phase furthest
+        behind its budget goes next); every trial's config names its phase, and results go
+        back to the searcher that suggested it. One Tuner starts the trial actors once for
+        both phases, and the cores are shared to the end, instead of idling through the tail
+        and start-up between two Tuners.
+        """
+
+        def __init__(self, searchers: dict[str, Any], budgets: dict[str, int]) -> None:
+            super().__init__(metric=VAL_ACC, mode="max")
+            self.searchers = searchers
+            self.budgets = budgets
+            self.suggested = {p: 0 for p in searchers}
+            self.phase_of: dict[str, str] = {}
+
+        def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+            open_ = sorted((self.suggested[p] / self.budgets[p], i, p)
+                           for i, p in enumerate(self.searchers)
+                           if self.suggested[p] < self.budgets[p])
+            if not open_:
+                return Searcher.FINISHED
+            for _, _, phase in open_:
+                config = self.searchers[phase].suggest(trial_id)
+                if isinstance(config, dict):
+                    self.suggested[phase] += 1
+                    self.phase_of[trial_id] = phase
+                    return {**config, PHASE_KEY: phase}
+            return None
+
+        def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+            if trial_id in self.phase_of:
+                self.searchers[self.phase_of[trial_id]].on_trial_result(trial_id, result)
+
+        def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
+                              error: bool = False) -> None:
+            phase = self.phase_of.pop(trial_id, None)
+            if phase is not None:
+                self.searchers[phase].on_trial_complete(trial_id, result=result, error=error)
+
+        def save(self, checkpoint_path: str) -> None:
+            with open(checkpoint_path, "wb") as f:
+                pickle.dump(self.__dict__, f)
+
+        def restore(self, checkpoint_path: str) -> None:
+            with open(checkpoint_path, "rb") as f:  # Ray's own experiment state, as Tune does
+                self.__dict__.update(pickle.load(f))
+
+    class _PhaseScheduler(FIFOScheduler):
+        """A scheduler per phase (ASHA or FIFO): trials are stopped early only by comparison
+        with trials of their own phase, as if each phase ran alone."""
+
+        def __init__(self, schedulers: dict[str, Any]) -> None:
+            super().__init__()
+            self.schedulers = schedulers
+            self._supports_buffered_results = all(
+                s.supports_buffered_results for s in schedulers.values())
+
+        def _of(self, trial: Any) -> Any:
+            return self.schedulers[trial.config.get(PHASE_KEY, "distill")]
+
+        def set_search_properties(self, metric: str | None, mode: str | None,
+                                  **spec: Any) -> bool:
+            return all([s.set_search_properties(metric, mode, **spec)
+                        for s in self.schedulers.values()])
+
+        def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+            self._of(trial).on_trial_add(tune_controller, trial)
+
+        def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
+            self._of(trial).on_trial_error(tune_controller, trial)
+
+        def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+            return self._of(trial).on_trial_result(tune_controller, trial, result)
+
+        def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
+            self._of(trial).on_trial_complete(tune_controller, trial, result)
+
+        def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
+            self._of(trial).on_trial_remove(tune_controller, trial)
+
+        def debug_string(self) -> str:
+            return "\n".join(f"{p}: {s.debug_string()}" for p, s in self.schedulers.items())
+
+    for cls in (_PhaseSearcher, _PhaseScheduler):
+        cls.__qualname__ = cls.__name__  # pickled by reference: kdsearch.search.<name>
+        globals()[cls.__name__] = cls
+    return _PhaseSearcher, _PhaseScheduler
+
+
+def __getattr__(name: str) -> Any:
+    if name in ("_PhaseSearcher", "_PhaseScheduler"):
+        return dict(zip(("_PhaseSearcher", "_PhaseScheduler"), _phase_classes()))[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def phase_dimensions(cfg: ExperimentConfig, phase: str) -> tuple[Dimension, ...]:
@@ -343,11 +440,14 @@ PROGRESS_FIELDS = ("phase", "trial_id", "epoch", "val_acc", "val_loss", "train_l
                    "epoch_seconds", "wall_time")
 
 
-def _make_status_callback(results_dir: Path, phase: str, cfg: ExperimentConfig, total: int,
+def _make_status_callback(results_dir: Path, cfg: ExperimentConfig, budgets: dict[str, int],
                           quiet: bool, *, fresh: bool) -> Any:
     from ray import tune
 
-    dims = [d.name for d in phase_dimensions(cfg, phase)]
+    dims = {p: [d.name for d in phase_dimensions(cfg, p)] for p in budgets}
+
+    def phase_of(trial: Any) -> str:
+        return trial.config.get(PHASE_KEY, "distill")
 
     class StatusCallback(tune.Callback):
         """Prints a live status line per trial and keeps trials.csv / progress.csv current.
@@ -357,35 +457,38 @@ def _make_status_callback(results_dir: Path, phase: str, cfg: ExperimentConfig, 
         replays its result, see `_trainable`), rows of trials that Ray's last experiment state
         never saw are dropped (the searcher suggests new ones in their place), and epochs a
         resumed trial trains again replace the rows they had, so progress.csv holds one row per
-        (phase, trial_id, epoch).
+        (trial_id, epoch).
         """
 
         def __init__(self) -> None:
             self.records: dict[str, dict[str, Any]] = {}
             self.finished: set[str] = set()  # trials that ended before this driver started
             self.epochs: dict[str, dict[int, float]] = {}  # trial -> epoch -> epoch_seconds
-            self.best = float("nan")
+            self.best = {p: float("nan") for p in budgets}
             self._progress = results_dir / PROGRESS_FILE
             self._repaired = fresh
 
         def setup(self, **info: Any) -> None:
             if fresh:
-                # a phase (re)started from scratch: rows of an earlier, killed attempt are void
-                _write_csv_atomic(results_dir / TRIALS_FILE, [
-                    r for r in _read_csv(results_dir / TRIALS_FILE) if r.get("phase") != phase])
-                self._rewrite_progress(lambda r: r["phase"] != phase)
+                # the search (re)started from scratch: rows of an earlier, killed attempt are void
+                _write_csv_atomic(results_dir / TRIALS_FILE, [])
+                self._rewrite_progress(lambda r: False)
                 return
             for row in _read_csv(results_dir / TRIALS_FILE):
-                if row.get("phase") == phase:
-                    self.records[row["trial_id"]] = row
+                self.records[row["trial_id"]] = row
             self.finished = {t for t, r in self.records.items() if r.get("status") == "TERMINATED"}
             for r in self._rewrite_progress(lambda r: True):  # also drops a row torn by a kill
-                if r["phase"] == phase:
-                    self.epochs.setdefault(r["trial_id"], {})[int(r["epoch"])] = \
-                        float(r.get("epoch_seconds") or 0.0)
-            done = [float(r["val_acc"]) for t, r in self.records.items() if t in self.finished
-                    and r.get("val_acc") not in (None, "") and not int(r.get("diverged") or 0)]
-            self.best = max(done, default=float("nan"))
+                self.epochs.setdefault(r["trial_id"], {})[int(r["epoch"])] = \
+                    float(r.get("epoch_seconds") or 0.0)
+            for t in self.finished:
+                r = self.records[t]
+                if r.get("val_acc") not in (None, "") and not int(r.get("diverged") or 0):
+                    self._better(r.get("phase", "distill"), float(r["val_acc"]))
+
+        def _better(self, phase: str, acc: float) -> None:
+            if phase in self.best:
+                best = self.best[phase]
+                self.best[phase] = acc if math.isnan(best) else max(best, acc)
 
         def _rewrite_progress(self, keep: Any) -> list[dict[str, Any]]:
             rows = [r for r in _read_csv(self._progress)
@@ -405,11 +508,11 @@ def _make_status_callback(results_dir: Path, phase: str, cfg: ExperimentConfig, 
                 self.epochs.pop(t, None)
             self.finished -= lost
             if lost:
-                self._rewrite_progress(lambda r: r["phase"] != phase or r["trial_id"] not in lost)
+                self._rewrite_progress(lambda r: r["trial_id"] not in lost)
             self._write()
             if not quiet:
-                print(f"{phase} search resumed: {len(self.finished)} of {total} trials had "
-                      f"finished", flush=True)
+                print(f"search resumed: {len(self.finished)} of {sum(budgets.values())} trials "
+                      f"had finished", flush=True)
 
         def _record(self, trial: Any, status: str, error: str = "") -> dict[str, Any]:
             last = trial.last_result or {}
@@ -421,6 +524,7 @@ def _make_status_callback(results_dir: Path, phase: str, cfg: ExperimentConfig, 
             epochs = int(last.get(EPOCH, 0) or 0)
             diverged = bool(last.get("diverged", 0))
             budget = int(trial.config.get("epochs", cfg.training.epochs))  # epochs may be searched
+            phase = phase_of(trial)
             rec.update({"phase": phase, "trial_id": trial.trial_id, "status": status,
                         "stopped_early": int(status == "TERMINATED" and not diverged
                                              and epochs < budget),
@@ -432,15 +536,13 @@ def _make_status_callback(results_dir: Path, phase: str, cfg: ExperimentConfig, 
                         "params": last.get("params", rec.get("params")),
                         "node": last.get("node", rec.get("node", "")),
                         "gpu_ids": last.get("gpu_ids", rec.get("gpu_ids", ""))})
-            for name in dims:
+            for name in dims.get(phase, []):
                 rec[name] = trial.config.get(name)
             self.records[trial.trial_id] = rec
             return rec
 
         def _write(self) -> None:
-            rows = [r for r in _read_csv(results_dir / TRIALS_FILE) if r.get("phase") != phase]
-            rows += list(self.records.values())
-            _write_csv_atomic(results_dir / TRIALS_FILE, rows)
+            _write_csv_atomic(results_dir / TRIALS_FILE, list(self.records.values()))
 
         def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             if trial.trial_id in self.finished:
@@ -462,15 +564,14 @@ def _make_status_callback(results_dir: Path, phase: str, cfg: ExperimentConfig, 
                 for e in [e for e in seen if e >= epoch]:
                     del seen[e]
                 self._rewrite_progress(lambda r: not (
-                    r["phase"] == phase and r["trial_id"] == trial.trial_id
-                    and int(r["epoch"]) >= epoch))
+                    r["trial_id"] == trial.trial_id and int(r["epoch"]) >= epoch))
             seen[epoch] = float(result.get("epoch_seconds", 0.0))
             self._record(trial, "RUNNING")
             with open(self._progress, "a", newline="") as f:
                 w = csv.DictWriter(f, fieldnames=PROGRESS_FIELDS, extrasaction="ignore")
                 if f.tell() == 0:
                     w.writeheader()
-                w.writerow({"phase": phase, "trial_id": trial.trial_id,
+                w.writerow({"phase": phase_of(trial), "trial_id": trial.trial_id,
                             "wall_time": round(time.time(), 3), **result})
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any,
@@ -479,10 +580,9 @@ def _make_status_callback(results_dir: Path, phase: str, cfg: ExperimentConfig, 
                 return
             rec = self._record(trial, "TERMINATED")
             if not rec["diverged"] and rec["val_acc"] is not None:
-                acc = float(rec["val_acc"])
-                self.best = acc if math.isnan(self.best) else max(self.best, acc)
+                self._better(rec["phase"], float(rec["val_acc"]))
             self._write()
-            self._print(trials, rec)
+            self._print(rec)
 
         def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             if trial.trial_id in self.finished:
@@ -493,7 +593,7 @@ def _make_status_callback(results_dir: Path, phase: str, cfg: ExperimentConfig, 
                 err = lines[-1][:300] if lines else ""
             rec = self._record(trial, "ERROR", err or "the trial raised")
             self._write()
-            self._print(trials, rec)
+            self._print(rec)
 
         def on_experiment_end(self, trials: list, **info: Any) -> None:
             for t in trials:
@@ -503,11 +603,14 @@ def _make_status_callback(results_dir: Path, phase: str, cfg: ExperimentConfig, 
                     self._record(t, t.status)
             self._write()
 
-        def _print(self, trials: list, rec: dict[str, Any]) -> None:
+        def _print(self, rec: dict[str, Any]) -> None:
             if quiet:
                 return
+            phase = rec["phase"]
             counts = {"running": 0, "done": 0, "early": 0, "failed": 0}
             for r in self.records.values():
+                if r.get("phase") != phase:
+                    continue
                 if r["status"] == "RUNNING":
                     counts["running"] += 1
                 elif r["status"] == "ERROR" or int(r.get("diverged") or 0):
@@ -520,12 +623,13 @@ def _make_status_callback(results_dir: Path, phase: str, cfg: ExperimentConfig, 
                     f"stopped at epoch {rec['epochs']}" if int(rec["stopped_early"]) else
                     "done")
             acc = rec.get("val_acc")
-            setting = " ".join(f"{n}={_fmt(rec.get(n))}" for n in dims)
-            print(f"[{phase} {finished}/{total}] {what}: val_acc "
+            setting = " ".join(f"{n}={_fmt(rec.get(n))}" for n in dims.get(phase, []))
+            best = self.best.get(phase, float("nan"))
+            print(f"[{phase} {finished}/{budgets.get(phase, 0)}] {what}: val_acc "
                   f"{'-' if acc in (None, '') else f'{float(acc):.4f}'} ({setting}) | running "
                   f"{counts['running']}, done {counts['done']}, stopped early {counts['early']}, "
                   f"failed {counts['failed']} | best "
-                  f"{'-' if math.isnan(self.best) else f'{self.best:.4f}'}", flush=True)
+                  f"{'-' if math.isnan(best) else f'{best:.4f}'}", flush=True)
 
     return StatusCallback()
 
@@ -705,31 +809,34 @@ def _prepare(cfg: ExperimentConfig, device: str = "cpu", *, progress: bool = Tru
     return data, teacher
 
 
-def _run_phase(phase: str, cfg: ExperimentConfig, results_dir: Path, storage_path: str,
+def _run_tuner(phases: list[str], cfg: ExperimentConfig, results_dir: Path, storage_path: str,
                payload_ref: dict[str, Any], *, restore: bool, quiet: bool) -> None:
+    """Both phases' trials in one Tuner (see `_PhaseSearcher`); returns when all have ended."""
+    import optuna
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search.optuna import OptunaSearch
 
+    phase_searcher, phase_scheduler = _phase_classes()
     s = cfg.search
-    dims = phase_dimensions(cfg, phase)
-    total = phase_samples(cfg, phase)
+    budgets = {p: phase_samples(cfg, p) for p in phases}
+    total = sum(budgets.values())
     local = "://" not in storage_path
-    exp_path = str(Path(storage_path) / phase) if local \
-        else storage_path.rstrip("/") + "/" + phase
+    exp_path = str(Path(storage_path) / EXPERIMENT) if local \
+        else storage_path.rstrip("/") + "/" + EXPERIMENT
     restore = restore and tune.Tuner.can_restore(exp_path)
     if not restore and local:
         shutil.rmtree(exp_path, ignore_errors=True)  # a killed attempt that saved no state yet
-    payload = dict(payload_ref, phase=phase,
-                   finished=_finished_trials(results_dir, phase) if restore else {})
+    payload = dict(payload_ref, finished=_finished_trials(results_dir) if restore else {})
     trainable = tune.with_parameters(_trainable, payload=payload)
     resources = {"cpu": s.cpus_per_trial, "gpu": payload["gpus_per_trial"]}
     trainable = tune.with_resources(trainable, resources)
-    callback = _make_status_callback(results_dir, phase, cfg, total, quiet, fresh=not restore)
+    callback = _make_status_callback(results_dir, cfg, budgets, quiet, fresh=not restore)
     failure = tune.FailureConfig(max_failures=s.max_failures)
-    run_config = tune.RunConfig(name=phase, storage_path=storage_path, verbose=0,
+    run_config = tune.RunConfig(name=EXPERIMENT, storage_path=storage_path, verbose=0,
                                 callbacks=[callback], failure_config=failure,
                                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
     if restore:
         _repair_checkpoints(exp_path)
         tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True,
@@ -738,41 +845,35 @@ def _run_phase(phase: str, cfg: ExperimentConfig, results_dir: Path, storage_pat
         # (Tuner.restore has no argument for them, so they are set on its run config)
         tuner._local_tuner.get_run_config().callbacks = [callback]
     else:
-        if s.algorithm == "tpe":
-            import optuna
-
-            optuna.logging.set_verbosity(optuna.logging.ERROR)
-            searcher = OptunaSearch(_optuna_space(dims), metric=VAL_ACC, mode="max",
-                                    sampler=optuna.samplers.TPESampler(seed=s.seed))
-            param_space = None
-        else:
-            from ray.tune.search.basic_variant import BasicVariantGenerator
-
-            searcher = BasicVariantGenerator(random_state=s.seed)  # seeded like TPE
-            param_space = _tune_space(dims)
-        scheduler = (ASHAScheduler(time_attr=EPOCH, max_t=max_epochs(cfg),
-                                   grace_period=s.grace_period,
-                                   reduction_factor=s.reduction_factor)
-                     if s.scheduler == "asha" else FIFOScheduler())
-        tune_config = tune.TuneConfig(metric=VAL_ACC, mode="max", search_alg=searcher,
-                                      scheduler=scheduler, num_samples=total,
-                                      max_concurrent_trials=payload["concurrency"],
-                                      reuse_actors=True)
-        kwargs: dict[str, Any] = {"tune_config": tune_config, "run_config": run_config}
-        if param_space is not None:
-            kwargs["param_space"] = param_space
-        tuner = tune.Tuner(trainable, **kwargs)
+        searchers, schedulers = {}, {}
+        for phase in phases:
+            # seeded: TPE, or random search (Optuna's RandomSampler) for comparisons
+            sampler = (optuna.samplers.TPESampler(seed=s.seed) if s.algorithm == "tpe"
+                       else optuna.samplers.RandomSampler(seed=s.seed))
+            searchers[phase] = OptunaSearch(_optuna_space(phase_dimensions(cfg, phase)),
+                                            metric=VAL_ACC, mode="max", sampler=sampler)
+            schedulers[phase] = (ASHAScheduler(time_attr=EPOCH, max_t=max_epochs(cfg),
+                                               grace_period=s.grace_period,
+                                               reduction_factor=s.reduction_factor)
+                                 if s.scheduler == "asha" else FIFOScheduler())
+        tune_config = tune.TuneConfig(
+            metric=VAL_ACC, mode="max", search_alg=phase_searcher(searchers, budgets),
+            scheduler=phase_scheduler(schedulers), num_samples=total,
+            max_concurrent_trials=payload["concurrency"], reuse_actors=True)
+        tuner = tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
     if not quiet:
-        print(f"{phase} search: {total} trials of {cfg.student.model} on {cfg.dataset.name}, "
-              f"{s.algorithm.upper()} + {s.scheduler.upper()}, up to {max_epochs(cfg)} epochs "
-              f"each", flush=True)
+        kinds = " and ".join(f"{budgets[p]} {PHASE_LABEL[p]}" for p in phases)
+        print(f"search: {kinds} trials of {cfg.student.model} on {cfg.dataset.name}"
+              f"{', side by side' if len(phases) > 1 else ''}, {s.algorithm.upper()} + "
+              f"{s.scheduler.upper()}, up to {max_epochs(cfg)} epochs each, "
+              f"{payload['concurrency']} at a time", flush=True)
     grid = tuner.fit()
     # Tune catches Ctrl-C (SIGINT) itself: fit() then returns early, with its state saved, as
-    # if the phase had ended. A phase with fewer ended trials than planned was interrupted: it
-    # must not be marked finished, nor the next phase and the report run on half a search.
+    # if the search had ended. Fewer ended trials than planned means it was interrupted: it
+    # must not be marked finished, nor the report run on half a search.
     ended = grid.num_terminated + grid.num_errors
     if ended < total:
-        raise KeyboardInterrupt(f"{phase} search interrupted after {ended} of {total} trials")
+        raise KeyboardInterrupt(f"search interrupted after {ended} of {total} trials")
 
 
 def _repair_checkpoints(exp_path: str) -> list[str]:
@@ -822,11 +923,11 @@ def _repair_checkpoints(exp_path: str) -> list[str]:
     return repaired
 
 
-def _finished_trials(results_dir: Path, phase: str) -> dict[str, dict[str, Any]]:
-    """The final result of every trial of `phase` that trials.csv records as ended."""
+def _finished_trials(results_dir: Path) -> dict[str, dict[str, Any]]:
+    """The final result of every trial that trials.csv records as ended."""
     out: dict[str, dict[str, Any]] = {}
     for r in _read_csv(results_dir / TRIALS_FILE):
-        if r.get("phase") != phase or r.get("status") != "TERMINATED":
+        if r.get("status") != "TERMINATED":
             continue
         metrics = {k: _parse(r.get(k)) for k in (VAL_LOSS, TRAIN_LOSS, "params", "node",
                                                    "gpu_ids", "error")
@@ -839,8 +940,6 @@ def _finished_trials(results_dir: Path, phase: str) -> dict[str, dict[str, Any]]
 
 def _execute(cfg: ExperimentConfig, results_dir: Path, run: dict[str, Any], *,
              restore: bool, quiet: bool, report: bool) -> SearchResult:
-    import ray
-
     data, teacher = _prepare(cfg, progress=not quiet)
     run["teacher"] = {"key": teacher.key if teacher else None,
                       "val_acc": teacher.val_acc if teacher else None}
@@ -865,21 +964,19 @@ def _execute(cfg: ExperimentConfig, results_dir: Path, run: dict[str, Any], *,
         run["hardware"], cfg.search.cpus_per_trial, payload["gpus_per_trial"])
     run["max_concurrent_trials"] = payload["concurrency"]
     phases = [p for p in PHASES if p == "distill" or cfg.search.baseline]
-    for phase in phases:
-        state = run["phases"].get(phase, {})
-        if state.get("status") == "finished":
-            continue
+    state = run.get("search", {})
+    if state.get("status") != "finished":
         started = state.get("status") == "started"
-        run["phases"][phase] = {"status": "started",
-                                "started": state.get("started", time.time()),
-                                "wall_seconds": state.get("wall_seconds", 0.0)}
+        run["search"] = {"status": "started", "started": state.get("started", time.time()),
+                         "wall_seconds": state.get("wall_seconds", 0.0)}
+        run["phases"] = {p: {"status": "started"} for p in phases}
         _write_run(results_dir, run)
         t0 = time.time()
-        _run_phase(phase, cfg, results_dir, run["storage_path"], payload,
+        _run_tuner(phases, cfg, results_dir, run["storage_path"], payload,
                    restore=restore or started, quiet=quiet)
-        run["phases"][phase].update(status="finished", finished=time.time(),
-                                    wall_seconds=run["phases"][phase]["wall_seconds"]
-                                    + time.time() - t0)
+        run["search"].update(status="finished", finished=time.time(),
+                             wall_seconds=run["search"]["wall_seconds"] + time.time() - t0)
+        run["phases"] = {p: {"status": "finished"} for p in phases}
         _write_run(results_dir, run)
         _export_optuna(results_dir, cfg)
     rows = _read_csv(results_dir / TRIALS_FILE)

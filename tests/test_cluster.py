@@ -128,7 +128,7 @@ def test_search_runs_trials_on_both_nodes(two_nodes: str, tmp_path: Path) -> Non
 
     # the live status: one readable line per finished trial, and none of Ray's chatter
     lines = run.stdout.splitlines()
-    assert lines[0].startswith("distill search: 6 trials of mlp_student on digits")
+    assert lines[0].startswith("search: 6 distilled trials of mlp_student on digits")
     status = [ln for ln in lines if ln.startswith("[distill ")]
     assert len(status) == 6 and status[-1].startswith("[distill 6/6]")
     assert all(" | best " in ln for ln in status)

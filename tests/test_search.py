@@ -95,6 +95,57 @@ def _restored_environ() -> Iterator[None]:
         os.environ.update(saved)
 
 
+# --------------------------------------------------------------------------- both phases in one
+def test_each_phase_is_early_stopped_against_its_own_trials() -> None:
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+    from kdsearch.search import _PhaseScheduler
+
+    scheduler = _PhaseScheduler({p: ASHAScheduler(time_attr="epoch", max_t=8, grace_period=1,
+                                                  reduction_factor=2)
+                                 for p in ("distill", "baseline")})
+    assert scheduler.set_search_properties("val_acc", "max")
+    trials = {name: Trial("t", config={"phase": phase}, trial_id=name, stub=True)
+              for name, phase in [("d1", "distill"), ("d2", "distill"), ("d3", "distill"),
+                                  ("b1", "baseline")]}
+    for t in trials.values():
+        scheduler.on_trial_add(None, t)
+
+    def result(name: str, acc: float) -> str:
+        return scheduler.on_trial_result(None, trials[name], {"epoch": 1, "val_acc": acc})
+
+    assert result("d1", 0.9) == result("d2", 0.95) == TrialScheduler.CONTINUE
+    # a baseline trial far below the distilled ones, but first of its kind: it goes on
+    assert result("b1", 0.1) == TrialScheduler.CONTINUE
+    assert result("d3", 0.1) == TrialScheduler.STOP  # below the distilled trials: stopped
+
+
+def test_the_phase_searcher_keeps_each_budget_and_alternates() -> None:
+    import optuna
+    from ray.tune.search import Searcher
+    from ray.tune.search.optuna import OptunaSearch
+
+    from kdsearch.search import _PhaseSearcher
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    spaces = {"distill": {"alpha": optuna.distributions.FloatDistribution(0, 1)},
+              "baseline": {"lr": optuna.distributions.FloatDistribution(1e-3, 1e-1)}}
+    searcher = _PhaseSearcher({p: OptunaSearch(space, metric="val_acc", mode="max",
+                                               sampler=optuna.samplers.RandomSampler(seed=0))
+                               for p, space in spaces.items()}, {"distill": 4, "baseline": 2})
+    configs = [searcher.suggest(f"t{i}") for i in range(6)]
+    assert [c["phase"] for c in configs] == ["distill", "baseline", "distill", "distill",
+                                             "baseline", "distill"]
+    assert all(set(c) == {"phase", *spaces[c["phase"]]} for c in configs)
+    assert searcher.suggest("t6") == Searcher.FINISHED
+    for i, c in enumerate(configs):  # each result reaches the study that suggested it
+        searcher.on_trial_complete(f"t{i}", {"val_acc": 0.5, "phase": c["phase"]})
+    assert [len(searcher.searchers[p]._ot_study.trials) for p in spaces] == [4, 2]
+    assert all(t.state.name == "COMPLETE" for p in spaces
+               for t in searcher.searchers[p]._ot_study.trials)
+
+
 # --------------------------------------------------------------------------- a whole search
 @pytest.fixture(scope="module")
 def digits_search(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Path]]:
@@ -121,14 +172,16 @@ def test_search_writes_the_results_folder(digits_search: tuple[Any, Path]) -> No
     result, out = digits_search
     for name in ("config.yaml", "run.json", "trials.csv", "progress.csv", "optuna.db"):
         assert (out / name).is_file(), name
-    for phase in ("distill", "baseline"):
-        assert (out / phase).is_dir() and list((out / phase).glob("experiment_state-*.json"))
+    # one Ray Tune experiment holds both phases, run side by side
+    assert list((out / "search").glob("experiment_state-*.json"))
+    assert not (out / "distill").exists() and not (out / "baseline").exists()
     assert result.results_dir == out
     assert load_config(out / "config.yaml").search.num_samples == 8  # the resolved config
     run = json.loads((out / "run.json").read_text())
-    assert {"kdsearch_version", "name", "storage_path", "phases", "teacher", "hardware",
-            "gpus_per_trial", "max_concurrent_trials"} <= set(run)
+    assert {"kdsearch_version", "name", "storage_path", "phases", "search", "teacher",
+            "hardware", "gpus_per_trial", "max_concurrent_trials"} <= set(run)
     assert all(run["phases"][p]["status"] == "finished" for p in ("distill", "baseline"))
+    assert run["search"]["status"] == "finished" and run["search"]["wall_seconds"] > 0
     assert run["hardware"]["gpus"] == 0 and run["gpus_per_trial"] == 0
     assert run["max_concurrent_trials"] == max(1, int(run["hardware"]["cpus"]))
 
@@ -160,8 +213,14 @@ def test_search_records_every_trial_and_asha_stops_some(
     baseline = [r for r in trials if r["phase"] == "baseline"]
     assert all(r.get("temperature", "") == "" for r in baseline)  # alpha = 1: no teacher
     # each trial ran with torch threads = cpus_per_trial (Ray's record of what it reported)
-    reported = _last_results(out / "distill")
-    assert len(reported) == 8 and {r["threads"] for r in reported.values()} == {1}
+    reported = _last_results(out / "search")
+    assert len(reported) == 16 and {r["threads"] for r in reported.values()} == {1}
+    # the two phases ran side by side in one Tuner, not one after the other
+    first = {ph: min(float(p["wall_time"]) for p in progress if p["phase"] == ph)
+             for ph in ("distill", "baseline")}
+    last = {ph: max(float(p["wall_time"]) for p in progress if p["phase"] == ph)
+            for ph in ("distill", "baseline")}
+    assert first["baseline"] < last["distill"] and first["distill"] < last["baseline"]
 
 
 @pytest.mark.slow
@@ -279,7 +338,7 @@ def test_gpu_shares_pack_trials_and_fall_back_to_cpu(logical_gpus: None, tmp_pat
     rows = _rows(out / "trials.csv")
     assert len(rows) == 4
     assert {r["gpu_ids"] for r in rows} == {"0", "1"}  # each trial saw one logical GPU
-    last = list(_last_results(out / "distill").values())
+    last = list(_last_results(out / "search").values())
     if not torch.cuda.is_available():
         assert {r["device"] for r in last} == {"cpu"}  # a logical GPU without CUDA: CPU
     assert {r["threads"] for r in last} == {2}
@@ -418,13 +477,13 @@ def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
                               if p["epoch"].isdigit())
     finished = {t for t, r in before.items() if r["status"] == "TERMINATED"}
     assert 5 <= len(finished) < 12
-    assert _simulate_lost_checkpoint(folder / "distill"), "no unfinished trial to resume"
+    assert _simulate_lost_checkpoint(folder / "search"), "no unfinished trial to resume"
 
     resumed = subprocess.run([*cmd, "resume", str(folder), "--no-report"], cwd=tmp_path,
                              env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Traceback" not in resumed.stderr, resumed.stderr[-3000:]
-    assert "distill search resumed:" in resumed.stdout
+    assert "search resumed:" in resumed.stdout
     assert "best distilled: val_acc" in resumed.stdout
 
     trials = _rows(folder / "trials.csv")
