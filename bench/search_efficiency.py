@@ -44,9 +44,10 @@ def main() -> None:
     from kdsearch.search import _init_ray, run_search
 
     _init_ray(None)
+    # one searcher over the joint space (per_width off): TPE against random over the same space
     common = [f"search.num_samples={args.samples}", f"training.epochs={args.epochs}",
               "search.baseline=false", "search.grace_period=1", "search.reduction_factor=3",
-              "search.checkpoint_every_s=60", *args.set]
+              "search.checkpoint_every_s=60", "search.per_width=false", *args.set]
     table = []
     with tempfile.TemporaryDirectory() as tmp:
         for seed in range(args.seeds):

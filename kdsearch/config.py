@@ -185,6 +185,9 @@ class SearchConfig:
     # a trial saves a checkpoint when this many seconds have passed since its last one
     # (0: every epoch); a killed search resumes unfinished trials from their last checkpoint
     checkpoint_every_s: float = _spec(2.0, float, lambda v: v >= 0, "a number >= 0 (seconds)")
+    # when width is searched: each width gets an equal share of the trials, its own searcher,
+    # and is stopped early only against trials of its own width (every width equally tuned)
+    per_width: bool = _spec(False, bool)
     baseline: bool = _spec(True, bool)  # also tune the student alone (alpha = 1)
     # null: the same budget as the distillation search
     baseline_num_samples: int | None = _spec(None, int, _at_least(1), "an integer >= 1",

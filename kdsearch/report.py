@@ -206,8 +206,8 @@ def search_cost(cfg: Any, rows: list[dict[str, Any]], progress: list[dict[str, A
             "max_concurrent_trials": run.get("max_concurrent_trials")}
 
 
-def _headline(best: dict[str, Any], teacher: dict[str, Any], student_model: str,
-              baseline_note: str) -> str:
+def _headline(best: dict[str, Any], widths: list[dict[str, Any]], teacher: dict[str, Any],
+              student_model: str, baseline_note: str) -> str:
     c = best
     student = (f"width-{c['distilled_width']} {student_model} "
                f"({c['distilled_params']:,} parameters)")
@@ -223,6 +223,13 @@ def _headline(best: dict[str, Any], teacher: dict[str, Any], student_model: str,
          f"({points(c['difference'])} points, Welch p = {fmt_p(c['p_value'])}, {n} seeds); "
          f"teacher {pct(teacher['test_acc'])}%; {fmt_ratio(c['compression'])} fewer parameters "
          f"than the teacher.")
+    # the best student is often the widest, where a teacher helps least: say where it helps
+    wins = [w for w in widths if w.get("verdict") == "beats"
+            and w["distilled_width"] != c["distilled_width"]]
+    if wins:
+        s += (" Distillation beats the baseline at "
+              + ", ".join(f"width {w['distilled_width']} ({points(w['difference'])} points, "
+                          f"p = {fmt_p(w['p_value'])})" for w in wins) + ".")
     if not c["baseline_tuned"] and baseline_note:
         s += f" Note: {baseline_note}."
     return s
@@ -256,7 +263,7 @@ def summarize(results_dir: Path, final: dict[str, Any]) -> dict[str, Any]:
         "format": SUMMARY_FORMAT, "kdsearch_version": __version__, "name": cfg.name,
         "created": time.time(), "dataset": cfg.dataset.name,
         "teacher_model": cfg.teacher.model, "student_model": cfg.student.model,
-        "headline": _headline(best, teacher, cfg.student.model, final["baseline_note"]),
+        "headline": _headline(best, widths, teacher, cfg.student.model, final["baseline_note"]),
         "complete": not unfinished and not open_phases,
         "incomplete_phases": open_phases,
         "incomplete_trials": [{"phase": r.get("phase"), "trial_id": r.get("trial_id"),

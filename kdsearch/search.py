@@ -15,6 +15,7 @@ Results folder `results/<name>/` (all paths inside it relative, so it can be cop
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -32,7 +33,7 @@ import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import torch
 
@@ -195,45 +196,51 @@ def _phase_classes() -> tuple[type, type]:
     from ray.tune.search import Searcher
 
     class _PhaseSearcher(Searcher):
-        """Both searches in one Tuner: a searcher per phase, each with its own budget.
+        """Both searches in one Tuner: a searcher per arm (a phase, or a phase and a width with
+        search.per_width), each with its own budget and the values it fixes.
 
-        Suggestions alternate so that both phases advance side by side (the phase furthest
-        behind its budget goes next); every trial's config names its phase, and results go
-        back to the searcher that suggested it. One Tuner starts the trial actors once for
-        both phases, and the cores are shared to the end, instead of idling through the tail
-        and start-up between two Tuners.
+        Suggestions alternate so that the arms advance side by side (the arm furthest behind
+        its budget goes next); every trial's config names its phase, and results go back to
+        the searcher that suggested it. One Tuner starts the trial actors once for both
+        phases, and the cores are shared to the end, instead of idling through the tail and
+        start-up between two Tuners.
         """
 
-        def __init__(self, searchers: dict[str, Any], budgets: dict[str, int]) -> None:
+        def __init__(self, searchers: dict[str, Any], budgets: dict[str, int],
+                     fixed: dict[str, dict[str, Any]]) -> None:
             super().__init__(metric=VAL_ACC, mode="max")
             self.searchers = searchers
             self.budgets = budgets
-            self.suggested = {p: 0 for p in searchers}
-            self.phase_of: dict[str, str] = {}
+            self.fixed = fixed
+            self.suggested = {a: 0 for a in searchers}
+            self.arm_of: dict[str, str] = {}  # trial id -> its arm
 
         def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
-            open_ = sorted((self.suggested[p] / self.budgets[p], i, p)
-                           for i, p in enumerate(self.searchers)
-                           if self.suggested[p] < self.budgets[p])
+            open_ = sorted((self.suggested[a] / self.budgets[a], i, a)
+                           for i, a in enumerate(self.searchers)
+                           if self.suggested[a] < self.budgets[a])
             if not open_:
                 return Searcher.FINISHED
-            for _, _, phase in open_:
-                config = self.searchers[phase].suggest(trial_id)
+            for _, _, arm in open_:
+                searcher = self.searchers[arm]
+                # an arm with nothing left to search (only its width) trains its fixed values
+                config = searcher.suggest(trial_id) if searcher is not None else {}
                 if isinstance(config, dict):
-                    self.suggested[phase] += 1
-                    self.phase_of[trial_id] = phase
-                    return {**config, PHASE_KEY: phase}
+                    self.suggested[arm] += 1
+                    self.arm_of[trial_id] = arm
+                    return {**config, **self.fixed[arm]}
             return None
 
         def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
-            if trial_id in self.phase_of:
-                self.searchers[self.phase_of[trial_id]].on_trial_result(trial_id, result)
+            searcher = self.searchers.get(self.arm_of.get(trial_id, ""))
+            if searcher is not None:
+                searcher.on_trial_result(trial_id, result)
 
         def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None,
                               error: bool = False) -> None:
-            phase = self.phase_of.pop(trial_id, None)
-            if phase is not None:
-                self.searchers[phase].on_trial_complete(trial_id, result=result, error=error)
+            searcher = self.searchers.get(self.arm_of.pop(trial_id, ""))
+            if searcher is not None:
+                searcher.on_trial_complete(trial_id, result=result, error=error)
 
         def save(self, checkpoint_path: str) -> None:
             with open(checkpoint_path, "wb") as f:
@@ -244,17 +251,20 @@ def _phase_classes() -> tuple[type, type]:
                 self.__dict__.update(pickle.load(f))
 
     class _PhaseScheduler(FIFOScheduler):
-        """A scheduler per phase (ASHA or FIFO): trials are stopped early only by comparison
-        with trials of their own phase, as if each phase ran alone."""
+        """A scheduler per arm (ASHA or FIFO): trials are stopped early only by comparison
+        with trials of their own phase (and width, with search.per_width), as if each ran
+        alone."""
 
-        def __init__(self, schedulers: dict[str, Any]) -> None:
+        def __init__(self, schedulers: dict[str, Any], per_width: bool) -> None:
             super().__init__()
             self.schedulers = schedulers
+            self.per_width = per_width
             self._supports_buffered_results = all(
                 s.supports_buffered_results for s in schedulers.values())
 
         def _of(self, trial: Any) -> Any:
-            return self.schedulers[trial.config.get(PHASE_KEY, "distill")]
+            return self.schedulers[_arm(trial.config.get(PHASE_KEY, "distill"),
+                                        trial.config.get("width") if self.per_width else None)]
 
         def set_search_properties(self, metric: str | None, mode: str | None,
                                   **spec: Any) -> bool:
@@ -289,6 +299,44 @@ def __getattr__(name: str) -> Any:
     if name in ("_PhaseSearcher", "_PhaseScheduler"):
         return dict(zip(("_PhaseSearcher", "_PhaseScheduler"), _phase_classes()))[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _arm_seed(seed: int, arm: str) -> int:
+    """A sampler seed per arm, below 2**32 (Optuna's limit), from search.seed and the arm."""
+    import hashlib
+
+    return int(hashlib.sha256(f"{seed}:{arm}".encode()).hexdigest()[:8], 16)
+
+
+def _per_width(cfg: ExperimentConfig) -> bool:
+    """search.per_width, where width is searched (without a searched width it changes nothing)."""
+    return cfg.search.per_width and any(d.name == "width" for d in cfg.search.space)
+
+
+def _arm(phase: str, width: Any) -> str:
+    return phase if width is None else f"{phase}:w{width}"
+
+
+def _arms(cfg: ExperimentConfig, phases: list[str]
+          ) -> dict[str, tuple[tuple[Dimension, ...], int, dict[str, Any]]]:
+    """arm -> (its searched dimensions, its trial budget, the values it fixes).
+
+    An arm is a phase; with search.per_width, a phase and one width, the phase's budget split
+    evenly over the widths (the first widths take the remainder).
+    """
+    out: dict[str, tuple[tuple[Dimension, ...], int, dict[str, Any]]] = {}
+    for phase in phases:
+        dims, budget = phase_dimensions(cfg, phase), phase_samples(cfg, phase)
+        if not _per_width(cfg):
+            out[_arm(phase, None)] = (dims, budget, {PHASE_KEY: phase})
+            continue
+        widths = _widths(cfg)
+        rest = tuple(d for d in dims if d.name != "width")
+        for i, w in enumerate(widths):
+            share = budget // len(widths) + (i < budget % len(widths))
+            if share:
+                out[_arm(phase, w)] = (rest, share, {"width": w, PHASE_KEY: phase})
+    return out
 
 
 def phase_dimensions(cfg: ExperimentConfig, phase: str) -> tuple[Dimension, ...]:
@@ -846,19 +894,24 @@ def _run_tuner(phases: list[str], cfg: ExperimentConfig, results_dir: Path, stor
         tuner._local_tuner.get_run_config().callbacks = [callback]
     else:
         searchers, schedulers = {}, {}
-        for phase in phases:
-            # seeded: TPE, or random search (Optuna's RandomSampler) for comparisons
-            sampler = (optuna.samplers.TPESampler(seed=s.seed) if s.algorithm == "tpe"
-                       else optuna.samplers.RandomSampler(seed=s.seed))
-            searchers[phase] = OptunaSearch(_optuna_space(phase_dimensions(cfg, phase)),
-                                            metric=VAL_ACC, mode="max", sampler=sampler)
-            schedulers[phase] = (ASHAScheduler(time_attr=EPOCH, max_t=max_epochs(cfg),
-                                               grace_period=s.grace_period,
-                                               reduction_factor=s.reduction_factor)
-                                 if s.scheduler == "asha" else FIFOScheduler())
+        arms = _arms(cfg, phases)
+        for arm, (dims, _, _) in arms.items():
+            # seeded: TPE, or random search (Optuna's RandomSampler) for comparisons; each
+            # arm draws its own sequence from search.seed
+            seed = _arm_seed(s.seed, arm) if _per_width(cfg) else s.seed
+            sampler = (optuna.samplers.TPESampler(seed=seed) if s.algorithm == "tpe"
+                       else optuna.samplers.RandomSampler(seed=seed))
+            searchers[arm] = OptunaSearch(_optuna_space(dims), metric=VAL_ACC, mode="max",
+                                          sampler=sampler) if dims else None
+            schedulers[arm] = (ASHAScheduler(time_attr=EPOCH, max_t=max_epochs(cfg),
+                                             grace_period=s.grace_period,
+                                             reduction_factor=s.reduction_factor)
+                               if s.scheduler == "asha" else FIFOScheduler())
         tune_config = tune.TuneConfig(
-            metric=VAL_ACC, mode="max", search_alg=phase_searcher(searchers, budgets),
-            scheduler=phase_scheduler(schedulers), num_samples=total,
+            metric=VAL_ACC, mode="max",
+            search_alg=phase_searcher(searchers, {a: v[1] for a, v in arms.items()},
+                                      {a: v[2] for a, v in arms.items()}),
+            scheduler=phase_scheduler(schedulers, _per_width(cfg)), num_samples=total,
             max_concurrent_trials=payload["concurrency"], reuse_actors=True)
         tuner = tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
     if not quiet:
@@ -866,7 +919,12 @@ def _run_tuner(phases: list[str], cfg: ExperimentConfig, results_dir: Path, stor
         print(f"search: {kinds} trials of {cfg.student.model} on {cfg.dataset.name}"
               f"{', side by side' if len(phases) > 1 else ''}, {s.algorithm.upper()} + "
               f"{s.scheduler.upper()}, up to {max_epochs(cfg)} epochs each, "
-              f"{payload['concurrency']} at a time", flush=True)
+              f"{payload['concurrency']} at a time"
+              f"{f', split evenly over {len(_widths(cfg))} widths' if _per_width(cfg) else ''}",
+              flush=True)
+        if _per_width(cfg) and min(budgets.values()) < len(_widths(cfg)):
+            print(f"note: fewer trials than widths ({len(_widths(cfg))}): only the first "
+                  f"widths get a trial; raise search.num_samples to tune them all", flush=True)
     grid = tuner.fit()
     # Tune catches Ctrl-C (SIGINT) itself: fit() then returns early, with its state saved, as
     # if the search had ended. Fewer ended trials than planned means it was interrupted: it
@@ -1036,8 +1094,7 @@ def run_search(space: str | os.PathLike[str] | ExperimentConfig, *,
     if storage_path is not None:
         storage_path = storage_path.rstrip("/") + "/" + cfg.name if "://" in storage_path \
             else str(Path(storage_path) / cfg.name)
-    started_ray = _init_ray(address)
-    try:
+    with _ray_for(address, out):
         _check_resources(cfg)
         if out.exists() and force:
             shutil.rmtree(out)
@@ -1050,13 +1107,6 @@ def run_search(space: str | os.PathLike[str] | ExperimentConfig, *,
                                "created": time.time(), "phases": {}}
         _write_run(out, run)
         return _execute(cfg, out, run, restore=False, quiet=quiet, report=report)
-    except KeyboardInterrupt:
-        print(f"\nkdsearch: interrupted; continue with: kdsearch resume {out}", file=sys.stderr)
-        raise
-    finally:
-        if started_ray:
-            import ray
-            ray.shutdown()
 
 
 def resume_search(results: str | os.PathLike[str], *, address: str | None = None,
@@ -1069,10 +1119,18 @@ def resume_search(results: str | os.PathLike[str], *, address: str | None = None
     cfg = config_from_dict(read_yaml(out / CONFIG_FILE), source=str(out / CONFIG_FILE))
     if run.get("storage_is_results_dir", True):
         run["storage_path"] = str(out)  # the folder may have moved
-    started_ray = _init_ray(address)
-    try:
+    with _ray_for(address, out):
         _check_resources(cfg)
         return _execute(cfg, out, run, restore=True, quiet=quiet, report=report)
+
+
+@contextlib.contextmanager
+def _ray_for(address: str | None, out: Path) -> Iterator[None]:
+    """Ray for one search of `out`: started here (and shut down after) unless already running;
+    Ctrl-C tells how to continue."""
+    started_ray = _init_ray(address)
+    try:
+        yield
     except KeyboardInterrupt:
         print(f"\nkdsearch: interrupted; continue with: kdsearch resume {out}", file=sys.stderr)
         raise

@@ -8,6 +8,7 @@ children): `ray stop` would also stop every other Ray on the machine.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import os
 import shutil
@@ -84,25 +85,32 @@ def _state(pid: int) -> str:
         return "Z"
 
 
-@pytest.fixture(scope="module")
-def two_nodes() -> Iterator[str]:
-    """A head and a second node, one CPU each; yields the head's HOST:PORT."""
+@contextlib.contextmanager
+def ray_two_nodes(env: dict[str, str]) -> Iterator[tuple[str, str]]:
+    """`ray start --head` plus a second `ray start --address`, one CPU each, with `env`; yields
+    the head's HOST:PORT and the nodes' temp dir, and stops every process of both after."""
     temp = tempfile.mkdtemp(prefix="kdsr")  # short: Ray's socket paths live under it
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}  # a joining node needs no token then
-    env.pop("RAY_ADDRESS", None)
-    port = _free_port()
     common = ["--num-cpus=1", "--num-gpus=0", f"--temp-dir={temp}", "--disable-usage-stats"]
     try:
-        subprocess.run([str(RAY), "start", "--head", f"--port={port}",
+        subprocess.run([str(RAY), "start", "--head", f"--port={_free_port()}",
                         "--include-dashboard=false", *common], env=env, check=True,
                        capture_output=True, timeout=120)
         address = (Path(temp) / "ray_current_cluster").read_text().strip()
         subprocess.run([str(RAY), "start", f"--address={address}", *common], env=env,
                        check=True, capture_output=True, timeout=120)
-        yield address
+        yield address, temp
     finally:
         _stop(temp)
         shutil.rmtree(temp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def two_nodes() -> Iterator[str]:
+    """A head and a second node, one CPU each; yields the head's HOST:PORT."""
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}  # a joining node needs no token then
+    env.pop("RAY_ADDRESS", None)
+    with ray_two_nodes(env) as (address, _):
+        yield address
 
 
 @pytest.mark.slow

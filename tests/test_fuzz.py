@@ -230,6 +230,7 @@ FIELDS: dict[tuple[str, str], tuple[st.SearchStrategy[Any], bool]] = {
     ("search", "gpus_per_trial"): (NON_NEGATIVE, True),
     ("search", "max_failures"): (bad_int(below=0), False),
     ("search", "checkpoint_every_s"): (NON_NEGATIVE, False),
+    ("search", "per_width"): (NOT_BOOL, False),
     ("search", "baseline"): (NOT_BOOL, False),
     ("search", "baseline_num_samples"): (AT_LEAST_1, True),
     ("report", "seeds"): (AT_LEAST_1, False),

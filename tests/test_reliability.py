@@ -8,11 +8,9 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -20,7 +18,7 @@ from typing import Any, Iterator
 
 import pytest
 
-from test_cluster import RAY, _free_port, _processes, _stop
+from test_cluster import _processes, ray_two_nodes
 from test_data import _read_only
 from test_search import TINY_TEACHER, _alive, _descendants, _kill_tree, _restored_environ
 
@@ -61,14 +59,16 @@ def test_crashing_and_diverging_trials_fail_alone_and_the_report_counts_them(
     with _restored_environ():
         if ray.is_initialized():
             ray.shutdown()
-        # seed 4 draws: (0.003, 16), (0.003, 16), (1e12, 16): diverges, (1e12, 200000): OOM
+        # one searcher over both widths (per_width off): seed 4 draws (0.003, 16),
+        # (0.003, 16), (1e12, 16): diverges, (1e12, 200000): OOM
         result = run_search(QUICKSTART, overrides=[
             "name=failing", "search.baseline=false", *TINY_TEACHER, "search.num_samples=4",
             "training.epochs=2", "search.grace_period=2", "training.optimizer=sgd",
             "search.space={lr: {distribution: choice, values: [0.003, 1.0e+12]}, "
             f"width: {{distribution: choice, values: [16, {TOO_WIDE}]}}}}",
             "search.max_failures=1", "search.max_concurrent_trials=2", "search.seed=4",
-            "report.seeds=2"], results_dir=tmp_path, report=False, quiet=True)
+            "search.per_width=false", "report.seeds=2"], results_dir=tmp_path, report=False,
+            quiet=True)
     out = result.results_dir
     rows = _rows(out / "trials.csv")
     assert len(rows) == 4, "every trial recorded; the search went on"
@@ -211,20 +211,8 @@ def test_ctrl_c_then_three_kills_then_resume_gives_one_search(tmp_path: Path) ->
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[tuple[str, str]]:
     """test_cluster's two nodes (one CPU each); yields the head's address and the temp dir."""
-    temp = tempfile.mkdtemp(prefix="kdsr")
-    env = _env(RAY_AUTH_MODE="disabled")
-    common = ["--num-cpus=1", "--num-gpus=0", f"--temp-dir={temp}", "--disable-usage-stats"]
-    try:
-        subprocess.run([str(RAY), "start", "--head", f"--port={_free_port()}",
-                        "--include-dashboard=false", *common], env=env, check=True,
-                       capture_output=True, timeout=120)
-        address = (Path(temp) / "ray_current_cluster").read_text().strip()
-        subprocess.run([str(RAY), "start", f"--address={address}", *common], env=env,
-                       check=True, capture_output=True, timeout=120)
-        yield address, temp
-    finally:
-        _stop(temp)
-        shutil.rmtree(temp, ignore_errors=True)
+    with ray_two_nodes(_env(RAY_AUTH_MODE="disabled")) as nodes:
+        yield nodes
 
 
 def _worker_raylet(temp: str) -> int:

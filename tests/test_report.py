@@ -416,3 +416,23 @@ def test_only_the_final_evaluation_reads_the_test_split(search: dict, tmp_path: 
     assert len(calls) == 1  # nothing changed: final.json reused, the test split not read again
     evaluate_final(folder, quiet=True)
     assert len(calls) == 2
+
+
+def test_headline_names_the_narrower_widths_where_distillation_wins() -> None:
+    from kdsearch.report import _headline, verdict
+
+    def row(width: int, diff: float, p: float) -> dict:
+        c = {"distilled_width": width, "baseline_width": width, "distilled_params": width * 100,
+             "baseline_params": width * 100, "baseline_tuned": True, "distilled_mean": 0.9,
+             "distilled_std": 0.01, "baseline_mean": 0.9 - diff, "baseline_std": 0.01,
+             "distilled_n": 3, "baseline_n": 3, "difference": diff, "p_value": p,
+             "compression": 100.0}
+        return {**c, "verdict": verdict(c)}
+
+    widths = [row(8, 0.0158, 0.04), row(16, 0.0093, 0.3), row(64, -0.001, 0.9)]
+    text = _headline(widths[2], widths, {"test_acc": 0.98}, "mlp_student", "")
+    assert text.startswith("Distillation does not beat the baseline:")
+    assert text.endswith("Distillation beats the baseline at width 8 (+1.58 points, p = 0.04).")
+    # nothing to add when no other width wins
+    assert "at width" not in _headline(widths[2], widths[1:], {"test_acc": 0.98}, "mlp_student",
+                                       "")

@@ -104,7 +104,7 @@ def test_each_phase_is_early_stopped_against_its_own_trials() -> None:
 
     scheduler = _PhaseScheduler({p: ASHAScheduler(time_attr="epoch", max_t=8, grace_period=1,
                                                   reduction_factor=2)
-                                 for p in ("distill", "baseline")})
+                                 for p in ("distill", "baseline")}, per_width=False)
     assert scheduler.set_search_properties("val_acc", "max")
     trials = {name: Trial("t", config={"phase": phase}, trial_id=name, stub=True)
               for name, phase in [("d1", "distill"), ("d2", "distill"), ("d3", "distill"),
@@ -133,7 +133,8 @@ def test_the_phase_searcher_keeps_each_budget_and_alternates() -> None:
               "baseline": {"lr": optuna.distributions.FloatDistribution(1e-3, 1e-1)}}
     searcher = _PhaseSearcher({p: OptunaSearch(space, metric="val_acc", mode="max",
                                                sampler=optuna.samplers.RandomSampler(seed=0))
-                               for p, space in spaces.items()}, {"distill": 4, "baseline": 2})
+                               for p, space in spaces.items()}, {"distill": 4, "baseline": 2},
+                              {p: {"phase": p} for p in spaces})
     configs = [searcher.suggest(f"t{i}") for i in range(6)]
     assert [c["phase"] for c in configs] == ["distill", "baseline", "distill", "distill",
                                              "baseline", "distill"]
@@ -144,6 +145,48 @@ def test_the_phase_searcher_keeps_each_budget_and_alternates() -> None:
     assert [len(searcher.searchers[p]._ot_study.trials) for p in spaces] == [4, 2]
     assert all(t.state.name == "COMPLETE" for p in spaces
                for t in searcher.searchers[p]._ot_study.trials)
+
+
+def test_per_width_arms_split_the_budget_and_stop_within_a_width() -> None:
+    from ray.tune.experiment import Trial
+    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
+
+    from kdsearch.search import _arms, _PhaseScheduler
+
+    cfg = load_config(QUICKSTART, ["search.per_width=true", "search.num_samples=10",
+                                   "search.baseline_num_samples=3"])
+    arms = _arms(cfg, ["distill", "baseline"])
+    widths = [8, 16, 32, 64]
+    assert [a for a in arms] == [f"distill:w{w}" for w in widths] + [
+        f"baseline:w{w}" for w in widths[:3]]  # 3 baseline trials: the fourth width gets none
+    assert [v[1] for v in arms.values()] == [3, 3, 2, 2, 1, 1, 1]
+    assert all(v[2] == {"width": int(a.split(":w")[1]), "phase": a.split(":")[0]}
+               for a, v in arms.items())
+    assert {d.name for d in arms["distill:w8"][0]} == {"temperature", "alpha", "lr"}
+    assert {d.name for d in arms["baseline:w8"][0]} == {"lr"}
+    assert list(_arms(load_config(QUICKSTART, ["search.per_width=false"]), ["distill"])) == [
+        "distill"]
+
+    scheduler = _PhaseScheduler({a: ASHAScheduler(time_attr="epoch", max_t=8, grace_period=1,
+                                                  reduction_factor=2) for a in arms},
+                                per_width=True)
+    assert scheduler.set_search_properties("val_acc", "max")
+    trials = [Trial("t", config={"phase": "distill", "width": w}, trial_id=f"t{i}", stub=True)
+              for i, w in enumerate([64, 64, 8])]
+    for t in trials:
+        scheduler.on_trial_add(None, t)
+    acts = [scheduler.on_trial_result(None, t, {"epoch": 1, "val_acc": acc})
+            for t, acc in zip(trials, [0.95, 0.5, 0.3])]
+    # the narrow student is far below the wide ones, but compared with its own width alone
+    assert acts == [TrialScheduler.CONTINUE, TrialScheduler.STOP, TrialScheduler.CONTINUE]
+
+
+def test_per_width_without_a_searched_width_changes_nothing() -> None:
+    from kdsearch.search import _arms
+
+    cfg = load_config(QUICKSTART, ["search.per_width=true", "search.space={lr: {distribution: "
+                                   "loguniform, low: 0.001, high: 0.1}}"])
+    assert list(_arms(cfg, ["distill", "baseline"])) == ["distill", "baseline"]
 
 
 # --------------------------------------------------------------------------- a whole search
@@ -295,6 +338,21 @@ def test_searcher_seed_makes_suggestions_reproducible(logical_gpus: None, tmp_pa
     assert firsts[0] == firsts[1]
     assert firsts[0] != firsts[2]
     assert all(a != c for a, c in zip(firsts[0], firsts[2]))
+
+
+@pytest.mark.slow
+def test_per_width_search_tunes_every_width(logical_gpus: None, tmp_path: Path) -> None:
+    result = _search(tmp_path, "search.per_width=true", "search.num_samples=6",
+                     "search.space.width.values=[8,32]", "training.epochs=2",
+                     "search.grace_period=1", "search.gpus_per_trial=0", "search.seed=3",
+                     name="per_width")
+    rows = _rows(result.results_dir / "trials.csv")
+    assert Counter(r["width"] for r in rows) == {"8": 3, "32": 3}
+    assert {r["status"] for r in rows} == {"TERMINATED"}
+    # each width's searcher draws its own settings from search.seed
+    by_width = {w: [(r["temperature"], r["alpha"], r["lr"]) for r in rows if r["width"] == w]
+                for w in ("8", "32")}
+    assert not set(by_width["8"]) & set(by_width["32"])
 
 
 @pytest.mark.slow
