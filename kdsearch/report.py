@@ -254,6 +254,14 @@ def summarize(results_dir: Path, final: dict[str, Any]) -> dict[str, Any]:
     best["verdict"] = verdict(best)
     for w in widths:
         w["verdict"] = verdict(w)
+        # how much search stands behind each side of the row
+        width = w["distilled_width"] or w["baseline_width"]
+        for kind, phase in (("distilled", "distill"), ("baseline", "baseline")):
+            ran = [r for r in rows if r.get("phase") == phase and r.get("status") == "TERMINATED"
+                   and str(r.get("width") or cfg.student.width) == str(width)
+                   and not int(r.get("diverged") or 0)]
+            w[f"{kind}_trials"] = len(ran)
+            w[f"{kind}_full_trials"] = sum(not int(r.get("stopped_early") or 0) for r in ran)
     unfinished = incomplete_trials(rows)
     expected = [p for p in PHASES if p == "distill" or cfg.search.baseline]
     phase_states = {p: ((run.get("phases") or {}).get(p) or {}).get("status", "not started")
@@ -274,6 +282,7 @@ def summarize(results_dir: Path, final: dict[str, Any]) -> dict[str, Any]:
                           for r in rows if r.get("status") == "ERROR"
                           or str(r.get("diverged") or "0") not in ("0", "")],
         "epoch_budget": max_epochs(cfg),
+        "per_width": cfg.search.per_width,
         "seeds": final["seeds"], "data": final["data"],
         "final_device": final["device"], "final_seconds": final["seconds"],
         "final_retrained": final["retrained"], "final_reused": final["reused"],
@@ -547,13 +556,16 @@ def render(summary: dict[str, Any], plots: dict[str, dict[str, Any]]) -> str:
         base = pm(c["baseline_mean"], c["baseline_std"])
         if c["baseline_tuned"] is False:
             base += " (untuned)"
+        searched = " / ".join(f"{c.get(f'{k}_trials', 0)} ({c.get(f'{k}_full_trials', 0)})"
+                              for k in ("distilled", "baseline"))
         rows.append([str(c["distilled_width"] or c["baseline_width"]),
                      f"{(c['distilled_params'] or c['baseline_params']):,}",
                      fmt_ratio(c["compression"]), pm(c["distilled_mean"], c["distilled_std"]),
                      base, points(c["difference"]), fmt_p(c["p_value"]),
-                     fmt_gap(c["gap_recovered"])])
+                     fmt_gap(c["gap_recovered"]), searched])
     out += _table(["width", "parameters", "compression", "distilled", "baseline",
-                   "difference (points)", "Welch p", "gap recovered"], rows, "rrrllrrr")
+                   "difference (points)", "Welch p", "gap recovered",
+                   "trials: distilled / baseline (full budget)"], rows, "rrrllrrrr")
     budget = s.get("epoch_budget")
     thin = [str(c["distilled_width"] or c["baseline_width"]) for c in s["widths"]
             if budget and any((c.get(f"{k}_search_epochs") or budget) < budget
@@ -561,9 +573,12 @@ def render(summary: dict[str, Any], plots: dict[str, dict[str, Any]]) -> str:
     if thin:
         out += ["", f"Caution: at width{'s' if len(thin) > 1 else ''} {', '.join(thin)} the best setting of one kind comes from "
                     f"a trial ASHA stopped early (no trial of that kind ran all {budget} epochs "
-                    f"there): the searcher spent its budget on other widths, so that row compares "
-                    f"less-tuned settings. For a fair row, search that width alone, e.g. "
-                    f"`--set search.space.width.values=[{thin[0]}]`."]
+                    f"there), so that row compares less-tuned settings. "
+                    + ("For a fair row, give that width more trials (search.num_samples), or "
+                       f"search it alone: `--set search.space.width.values=[{thin[0]}]`."
+                       if s.get("per_width") else
+                       "The searcher spent its budget on other widths: set "
+                       "`search.per_width: true` to give every width an equal share.")]
     out += ["", f"Teacher ({s['teacher_model']}, {t['params']:,} parameters): "
                 f"{pct(t['test_acc'])}% test accuracy, {pct(t['val_acc'])}% validation. "
                 f"Compression = teacher parameters / student parameters; gap recovered = "

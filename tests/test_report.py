@@ -210,6 +210,17 @@ def test_report_numbers_equal_summary_json(reported: Path) -> None:
         else:
             assert _close(cells[6], p, 1, 2)
         assert _close(cells[7].rstrip("%"), c["gap_recovered"], 100, 0)
+        # the trials behind each side of the row, counted from trials.csv
+        trials = read_csv(reported / "trials.csv")
+        width = str(c["distilled_width"] or c["baseline_width"])
+        counts = []
+        for phase in ("distill", "baseline"):
+            ran = [r for r in trials if r["phase"] == phase and r["width"] == width
+                   and r["status"] == "TERMINATED" and r["diverged"] == "0"]
+            counts.append(f"{len(ran)} ({sum(r['stopped_early'] == '0' for r in ran)})")
+        assert cells[8] == " / ".join(counts)
+        assert (c["distilled_trials"], c["baseline_trials"]) == tuple(
+            int(x.split()[0]) for x in counts)
 
     # the headline: distilled, baseline and teacher accuracies of the best settings
     b = s["best"]
