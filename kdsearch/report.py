@@ -174,7 +174,8 @@ def search_cost(cfg: Any, rows: list[dict[str, Any]], progress: list[dict[str, A
                 run: dict[str, Any]) -> dict[str, Any]:
     """What the search spent, per phase and in total (from trials.csv, progress.csv, run.json)."""
     phases: dict[str, Any] = {}
-    wall = float((run.get("search") or {}).get("wall_seconds") or 0.0)
+    wall = float((run.get("search") or {}).get("wall_seconds") or sum(  # or an older layout's
+        float((v or {}).get("wall_seconds") or 0.0) for v in (run.get("phases") or {}).values()))
     for phase in PHASES:
         on = phase == "distill" or cfg.search.baseline
         pr = [r for r in rows if r.get("phase") == phase]

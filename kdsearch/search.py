@@ -1117,6 +1117,16 @@ def resume_search(results: str | os.PathLike[str], *, address: str | None = None
         raise SearchError(f"{results}: no such results folder; pass results/<name> of a search")
     run = read_run(out)
     cfg = config_from_dict(read_yaml(out / CONFIG_FILE), source=str(out / CONFIG_FILE))
+    if "search" not in run and run.get("phases"):
+        # kdsearch before 2026-11-23 ran each phase in a Tuner of its own (distill/, baseline/)
+        old = run["phases"]
+        if any((old.get(p) or {}).get("status") != "finished" for p in old):
+            raise SearchError(f"{out}: an unfinished search of an older kdsearch (a Tuner per "
+                              f"phase), which this version cannot resume; start it again with "
+                              f"`kdsearch run ... --force`, or `kdsearch report {out}` for what "
+                              f"it has")
+        run["search"] = {"status": "finished", "wall_seconds": sum(
+            float((v or {}).get("wall_seconds") or 0.0) for v in old.values())}
     if run.get("storage_is_results_dir", True):
         run["storage_path"] = str(out)  # the folder may have moved
     with _ray_for(address, out):

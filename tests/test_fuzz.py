@@ -986,3 +986,13 @@ def test_non_results_folder_is_refused(command: str, make: str,
         if make == "no run.json":
             (folder / "config.yaml").write_text(QUICKSTART.read_text())
         refused(capfd, [command, str(folder)], root, names="quickstart")
+
+
+def test_resume_of_an_unfinished_search_of_the_older_layout_is_refused(
+        capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch) -> None:
+    # run.json without "search": a Tuner per phase, which this version cannot restore
+    with sandbox(monkeypatch) as root:
+        folder = root / "results" / "quickstart"
+        _fake_results(folder)
+        line = refused(capfd, ["resume", str(folder)], root, names=str(folder))
+        assert "older kdsearch" in line and "--force" in line and "kdsearch report" in line

@@ -290,6 +290,30 @@ def test_search_result_and_optuna_study(digits_search: tuple[Any, Path]) -> None
     assert {t.state.name for t in study.trials} <= {"COMPLETE", "PRUNED"}
 
 
+@pytest.mark.slow
+def test_resume_of_a_finished_search_of_the_older_layout_trains_nothing(
+        digits_search: tuple[Any, Path], tmp_path: Path) -> None:
+    import ray
+
+    from kdsearch import resume_search
+
+    result, out = digits_search
+    folder = tmp_path / "old" / out.name
+    shutil.copytree(out, folder)
+    run = json.loads((folder / "run.json").read_text())
+    del run["search"]  # kdsearch before 2026-11-23: a Tuner per phase, each with its wall time
+    run["phases"] = {p: {"status": "finished", "wall_seconds": 5.0} for p in run["phases"]}
+    (folder / "run.json").write_text(json.dumps(run))
+    files = ("trials.csv", "progress.csv", "run.json")
+    before = [(folder / f).read_text() for f in files]
+    with _restored_environ():
+        if ray.is_initialized():
+            ray.shutdown()
+        again = resume_search(folder, report=False, quiet=True)
+    assert [(folder / f).read_text() for f in files] == before  # nothing ran again
+    assert again.best_config == result.best_config
+
+
 # --------------------------------------------------------------------------- a shared Ray
 @pytest.fixture(scope="module")
 def logical_gpus() -> Iterator[None]:
