@@ -196,8 +196,8 @@ def _analytic_mlp_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: to
 
     with Q = alpha * onehot(y) + (1 - alpha) * T * softmax(teacher / T), fixed per example and
     so computed once per run, like the teacher's targets; the epoch's train_loss is kd_loss's
-    value, -alpha * log p(y) + (1 - alpha) * T^2 * sum p_t (log p_t - log softmax(z / T)). tests/test_distill.py checks the loss, the gradients and whole
-    runs against the autograd step.
+    value, -alpha * log p(y) + (1 - alpha) * T^2 * sum p_t (log p_t - log softmax(z / T)).
+    tests/test_distill.py checks the loss, the gradients and whole runs against autograd.
     """
     from kdsearch.models import MLP
 

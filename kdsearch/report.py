@@ -572,7 +572,8 @@ def render(summary: dict[str, Any], plots: dict[str, dict[str, Any]]) -> str:
             if budget and any((c.get(f"{k}_search_epochs") or budget) < budget
                               for k in ("distilled", "baseline") if c.get(f"{k}_trial"))]
     if thin:
-        out += ["", f"Caution: at width{'s' if len(thin) > 1 else ''} {', '.join(thin)} the best setting of one kind comes from "
+        out += ["", f"Caution: at width{'s' if len(thin) > 1 else ''} {', '.join(thin)} the "
+                    f"best setting of one kind comes from "
                     f"a trial ASHA stopped early (no trial of that kind ran all {budget} epochs "
                     f"there), so that row compares less-tuned settings. "
                     + ("For a fair row, give that width more trials (search.num_samples), or "

@@ -872,7 +872,15 @@ def _run_tuner(phases: list[str], cfg: ExperimentConfig, results_dir: Path, stor
     local = "://" not in storage_path
     exp_path = str(Path(storage_path) / EXPERIMENT) if local \
         else storage_path.rstrip("/") + "/" + EXPERIMENT
-    restore = restore and tune.Tuner.can_restore(exp_path)
+    if restore and local:
+        torn = _mend_torn_state(exp_path)
+        if torn and not quiet:
+            print(f"note: Ray's saved state of this search (session {torn[0]}) was cut short by "
+                  f"the kill; " + ("taken whole from Ray's staging folder" if torn[1] else
+                                   "continuing from the state saved before it, or from the "
+                                   "start if there is none"), flush=True)
+    restore = restore and tune.Tuner.can_restore(exp_path) and (
+        not local or any(Path(exp_path).glob("experiment_state-*.json")))
     if not restore and local:
         shutil.rmtree(exp_path, ignore_errors=True)  # a killed attempt that saved no state yet
     payload = dict(payload_ref, finished=_finished_trials(results_dir) if restore else {})
@@ -932,6 +940,50 @@ def _run_tuner(phases: list[str], cfg: ExperimentConfig, results_dir: Path, stor
     ended = grid.num_terminated + grid.num_errors
     if ended < total:
         raise KeyboardInterrupt(f"search interrupted after {ended} of {total} trials")
+
+
+def _mend_torn_state(exp_path: str) -> tuple[str, bool] | None:
+    """Mend the newest experiment state if a kill cut it short: (its session, recovered?).
+
+    Tune writes its state (experiment_state-<session>.json, the searcher's, ...) into a staging
+    folder under Ray's temp dir on the driver, and copies that into the results folder in the
+    background, not atomically: a driver killed mid-copy leaves a truncated experiment state,
+    on which Tuner.restore fails. The staging copy is whole (written before the copy began) and
+    outlives a killed driver on the same machine: if it is there, and is this search's (it
+    names trials this folder has), its files replace the torn ones. Otherwise that session's
+    files are renamed `.torn-<name>` (not deleted), and Tune restores the session before it
+    (trials it never saw are dropped and suggested anew, see the status callback) or, if there
+    is none, the search starts over. None when the newest state is whole.
+    """
+    folder = Path(exp_path)
+    states = sorted(folder.glob("experiment_state-*.json"))
+    if not states or _readable_json(states[-1]):
+        return None
+    session = states[-1].name[len("experiment_state-"):-len(".json")]
+    ours = {d.name for d in folder.glob("_trainable_*") if d.is_dir()}
+    ray_tmp = Path(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()) / "ray"
+    pattern = f"session_*/artifacts/*/{folder.name}/driver_artifacts"
+    for staged in sorted(ray_tmp.glob(f"{pattern}/experiment_state-{session}.json"),
+                         reverse=True):
+        theirs = {d.name for d in staged.parent.glob("_trainable_*") if d.is_dir()}
+        if not _readable_json(staged) or not (ours & theirs):
+            continue
+        for f in staged.parent.glob(f"*-{session}.*"):
+            tmp = folder / f".{f.name}.tmp"
+            shutil.copyfile(f, tmp)
+            os.replace(tmp, folder / f.name)
+        return session, True
+    for f in folder.glob(f"*-{session}.*"):
+        os.replace(f, f.with_name(f".torn-{f.name}"))
+    return session, False
+
+
+def _readable_json(path: Path) -> bool:
+    try:
+        json.loads(path.read_text())
+        return True
+    except (OSError, ValueError):
+        return False
 
 
 def _repair_checkpoints(exp_path: str) -> list[str]:

@@ -170,3 +170,23 @@ def test_read_only_mnist_is_decompressed_into_the_cache(tmp_path: Path, locked: 
     assert sorted(p.name for p in raw.iterdir()) == before  # nothing written there
     copied = {p.name for p in (cache / "datasets" / "MNIST" / "raw").iterdir()}
     assert set(MNIST_FILES) <= copied
+
+
+def test_digits_read_from_the_shipped_file_equal_load_digits() -> None:
+    import subprocess
+    import sys
+
+    from sklearn.datasets import load_digits
+
+    from kdsearch.data import _digits_arrays
+
+    images, target = _digits_arrays()
+    bunch = load_digits()
+    assert np.array_equal(images, bunch.images) and np.array_equal(target, bunch.target)
+    # and loading digits does not import scikit-learn (1.3 s a process)
+    code = ("import sys; from pathlib import Path; from kdsearch.config import DatasetConfig; "
+            "from kdsearch.data import load_dataset; "
+            "load_dataset(DatasetConfig(name='digits'), data_dir=Path('.'), cache_dir=Path('.')); "
+            "print('sklearn' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "False", out.stderr[-2000:]

@@ -381,7 +381,8 @@ def test_the_fast_path_is_taken_by_the_mlp_student_alone(digits: Dataset) -> Non
     for model, expected in [(_student(digits), True),
                             (torch.nn.Sequential(_student(digits)), False),
                             (_student(digits, model="cnn_student", width=8), False),
-                            (build_teacher("mlp_teacher", digits.input_shape, 10, width=16), False)]:
+                            (build_teacher("mlp_teacher", digits.input_shape, 10, width=16),
+                             False)]:
         optimizer = make_optimizer(model, name="adam", lr=1e-3, weight_decay=0.0)
         step = _analytic_mlp_step(model, optimizer, digits.train.x, digits.train.y, None,
                                   training)

@@ -189,6 +189,57 @@ def test_per_width_without_a_searched_width_changes_nothing() -> None:
     assert list(_arms(cfg, ["distill", "baseline"])) == ["distill", "baseline"]
 
 
+def _state_files(folder: Path, sessions: list[tuple[str, str]]) -> None:
+    for session, text in sessions:
+        (folder / f"experiment_state-{session}.json").write_text(text)
+        (folder / f"searcher-state-{session}.pkl").write_bytes(text.encode())
+        (folder / f"search_gen_state-{session}.json").write_text("{}")
+
+
+def test_a_torn_experiment_state_is_set_aside_with_its_session(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kdsearch.search import _mend_torn_state
+
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "no-ray-here"))
+    folder = tmp_path / "search"
+    folder.mkdir()
+    old, new = "2026-11-23_01-00-00", "2026-11-23_01-05-00"
+    _state_files(folder, [(old, '{"trial_data": []}'), (new, '{"trial_data": [["a", ')])
+    trial = folder / "_trainable_abc_1_lr=0.1_2026-11-23_01-05-00"
+    trial.mkdir()
+    assert _mend_torn_state(str(folder)) == (new, False)
+    names = {f.name for f in folder.iterdir()}
+    assert {n for n in names if not n.startswith(".torn-")} == {
+        f"experiment_state-{old}.json", f"searcher-state-{old}.pkl",
+        f"search_gen_state-{old}.json", trial.name}  # the older session, the trials untouched
+    assert f".torn-experiment_state-{new}.json" in names  # kept, not deleted
+    assert _mend_torn_state(str(folder)) is None  # the state left is whole
+
+
+def test_a_torn_experiment_state_is_taken_whole_from_rays_staging_folder(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from kdsearch.search import _mend_torn_state
+
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "tmp"))
+    session, whole = "2026-11-23_01-05-00", '{"trial_data": [["a", "b"]]}'
+    folder = tmp_path / "results" / "search"
+    folder.mkdir(parents=True)
+    _state_files(folder, [(session, whole[:12])])
+    (folder / "_trainable_abc_1_lr=0.1").mkdir()
+    staging = (tmp_path / "tmp" / "ray" / "session_2026-11-23_01-04-58_1_2" / "artifacts" /
+               "2026-11-23_01-05-00" / "search" / "driver_artifacts")
+    other = Path(str(staging).replace("session_2026", "session_2027"))  # looked at first
+    for where, trial in ((staging, "_trainable_abc_1_lr=0.1"), (other, "_trainable_zzz_1")):
+        where.mkdir(parents=True)
+        _state_files(where, [(session, whole)])
+        (where / trial).mkdir()  # `other` is another search of the same second: not ours
+    (other / f"experiment_state-{session}.json").write_text('{"trial_data": []}')
+    assert _mend_torn_state(str(folder)) == (session, True)
+    assert (folder / f"experiment_state-{session}.json").read_text() == whole
+    assert (folder / f"searcher-state-{session}.pkl").read_bytes() == whole.encode()
+    assert not list(folder.glob(".*"))
+
+
 # --------------------------------------------------------------------------- a whole search
 @pytest.fixture(scope="module")
 def digits_search(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Any, Path]]:
@@ -524,8 +575,8 @@ def _simulate_lost_checkpoint(exp_dir: Path) -> bool:
     return False
 
 
-@pytest.mark.slow
-def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
+def _run_and_kill(tmp_path: Path) -> tuple[Path, dict[str, str], list[str]]:
+    """`kdsearch run` in a subprocess, SIGKILLed with its Ray about halfway through."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     cmd = [sys.executable, "-m", "kdsearch"]
     sets = [a for s in RESUME_ARGS for a in ("--set", s)]
@@ -553,6 +604,41 @@ def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
     while any(_alive(p) for p in tree) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not any(_alive(p) for p in tree), "Ray processes of the killed driver linger"
+    return folder, env, cmd
+
+
+def _assert_one_whole_search(folder: Path, n: int) -> list[dict[str, str]]:
+    trials = _rows(folder / "trials.csv")
+    assert len(trials) == n, "exactly num_samples trials"
+    assert len({r["trial_id"] for r in trials}) == n
+    assert {r["status"] for r in trials} == {"TERMINATED"}, trials
+    progress = _rows(folder / "progress.csv")
+    assert max(Counter((p["trial_id"], p["epoch"]) for p in progress).values()) == 1
+    for r in trials:
+        assert [int(p["epoch"]) for p in progress if p["trial_id"] == r["trial_id"]] == \
+            list(range(1, int(r["epochs"]) + 1))
+    return trials
+
+
+@pytest.mark.slow
+def test_resume_after_a_kill_that_tore_rays_saved_state(tmp_path: Path) -> None:
+    # Tune copies its experiment state into the results folder in the background: a kill
+    # mid-copy leaves it truncated (seen in CI), and Tuner.restore fails on it
+    folder, env, cmd = _run_and_kill(tmp_path)
+    state = max((folder / "search").glob("experiment_state-*.json"))
+    text = state.read_text()
+    state.write_text(text[:len(text) // 2])
+    resumed = subprocess.run([*cmd, "resume", str(folder), "--no-report"], cwd=tmp_path,
+                             env=env, capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "Traceback" not in resumed.stderr, resumed.stderr[-3000:]
+    assert "cut short by the kill; taken whole from Ray's staging folder" in resumed.stdout
+    _assert_one_whole_search(folder, 12)
+
+
+@pytest.mark.slow
+def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
+    folder, env, cmd = _run_and_kill(tmp_path)
 
     before = {r["trial_id"]: r for r in _rows(folder / "trials.csv")}
     progress_before = Counter(p["trial_id"] for p in _rows(folder / "progress.csv")
