@@ -223,6 +223,10 @@ def _analytic_mlp_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: to
             table = onehot
     k = num_classes
     threshold_backward = torch.ops.aten.threshold_backward
+    # the gradient tensors, made once and written in place every step (`_direct_adam` holds them)
+    grads = [torch.zeros_like(p) for p in params]
+    for p, grad in zip(params, grads):
+        p.grad = grad
 
     def step(idx: torch.Tensor, loss_sum: torch.Tensor) -> None:
         with torch.no_grad():
@@ -246,7 +250,6 @@ def _analytic_mlp_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: to
                 loss_sum.sub_((rows * log_p).sum())
                 g.sub_(rows)
             g.div_(len(idx))
-            grads = [p.grad if p.grad is not None else torch.empty_like(p) for p in params]
             torch.mm(g.t(), h2, out=grads[4])
             torch.sum(g, 0, out=grads[5])
             g2 = threshold_backward(torch.mm(g, w3), h2, 0)
@@ -255,8 +258,6 @@ def _analytic_mlp_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: to
             g1 = threshold_backward(torch.mm(g2, w2), h1, 0)
             torch.mm(g1.t(), xb, out=grads[0])
             torch.sum(g1, 0, out=grads[1])
-            for p, grad in zip(params, grads):
-                p.grad = grad
         update()
 
     update = _direct_adam(optimizer)
@@ -365,12 +366,10 @@ def fit(model: nn.Module, data: Dataset, training: TrainingConfig, *,
     cosine = training.lr_schedule != "constant"
     history: list[dict[str, float]] = []
     model.train()
-    if online:
-        step_fn = _autograd_step(model, optimizer, x, y, None, training, teacher, generator)
-    else:
-        step_fn = (_analytic_mlp_step(model, optimizer, x, y, log_targets, training)
-                   or _autograd_step(model, optimizer, x, y, log_targets, training, None,
-                                     generator))
+    step_fn = ((None if online else
+                _analytic_mlp_step(model, optimizer, x, y, log_targets, training))
+               or _autograd_step(model, optimizer, x, y, log_targets, training, teacher,
+                                 generator))
     while state.epoch < total_epochs:
         start = time.perf_counter()
         perm = torch.randperm(n, generator=generator).to(device)

@@ -32,7 +32,7 @@ from kdsearch.final import (BASELINE, DISTILLED, FINAL_FILE, ReportError,
                             write_text_atomic, evaluate_final, incomplete_trials, mean_std,
                             read_config, read_csv, row_width, write_json)
 from kdsearch.search import (PHASE_LABEL, PHASES, PROGRESS_FILE, RUN_FILE, TRIALS_FILE,
-                             phase_samples)
+                             phase_samples, search_state)
 
 REPORT_FILE = "report.md"
 SUMMARY_JSON = "summary.json"
@@ -174,8 +174,8 @@ def search_cost(cfg: Any, rows: list[dict[str, Any]], progress: list[dict[str, A
                 run: dict[str, Any]) -> dict[str, Any]:
     """What the search spent, per phase and in total (from trials.csv, progress.csv, run.json)."""
     phases: dict[str, Any] = {}
-    wall = float((run.get("search") or {}).get("wall_seconds") or sum(  # or an older layout's
-        float((v or {}).get("wall_seconds") or 0.0) for v in (run.get("phases") or {}).values()))
+    search = search_state(run)  # both phases run side by side: one status, one wall time
+    wall = float(search.get("wall_seconds") or 0.0)
     for phase in PHASES:
         on = phase == "distill" or cfg.search.baseline
         pr = [r for r in rows if r.get("phase") == phase]
@@ -185,9 +185,8 @@ def search_cost(cfg: Any, rows: list[dict[str, Any]], progress: list[dict[str, A
         epochs_rows = [r for r in progress if r.get("phase") == phase]
         trial_epochs = (len(epochs_rows) if progress else
                         sum(int(float(r.get("epochs") or 0)) for r in pr))
-        state = (run.get("phases") or {}).get(phase, {})
         phases[phase] = {
-            "status": state.get("status", "not started") if on else "off",
+            "status": search.get("status", "not started") if on else "off",
             "planned": phase_samples(cfg, phase) if on else 0,
             "trials": len(pr),
             "full_budget": len(done) - len(diverged) - len(early),
@@ -197,7 +196,6 @@ def search_cost(cfg: Any, rows: list[dict[str, Any]], progress: list[dict[str, A
             "incomplete": len(incomplete_trials(pr)),
             "trial_epochs": trial_epochs,
             "training_seconds": sum(float(r.get("training_seconds") or 0) for r in pr),
-            # both phases run side by side in one Tuner: they share one wall time
             "wall_seconds": wall}
     keys = ("planned", "trials", "full_budget", "stopped_early", "failed", "diverged",
             "incomplete", "trial_epochs", "training_seconds")
@@ -265,9 +263,8 @@ def summarize(results_dir: Path, final: dict[str, Any]) -> dict[str, Any]:
             w[f"{kind}_full_trials"] = sum(not int(r.get("stopped_early") or 0) for r in ran)
     unfinished = incomplete_trials(rows)
     expected = [p for p in PHASES if p == "distill" or cfg.search.baseline]
-    phase_states = {p: ((run.get("phases") or {}).get(p) or {}).get("status", "not started")
-                    for p in expected}
-    open_phases = [p for p, s in phase_states.items() if s != "finished"]
+    status = search_state(run).get("status", "not started")
+    open_phases = expected if status != "finished" else []
     return {
         "format": SUMMARY_FORMAT, "kdsearch_version": __version__, "name": cfg.name,
         "created": time.time(), "dataset": cfg.dataset.name,

@@ -297,7 +297,8 @@ def _phase_classes() -> tuple[type, type]:
 
 def __getattr__(name: str) -> Any:
     if name in ("_PhaseSearcher", "_PhaseScheduler"):
-        return dict(zip(("_PhaseSearcher", "_PhaseScheduler"), _phase_classes()))[name]
+        _phase_classes()  # defines both
+        return globals()[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
@@ -832,6 +833,17 @@ def _write_run(results_dir: Path, run: dict[str, Any]) -> None:
     os.replace(tmp, results_dir / RUN_FILE)
 
 
+def search_state(run: dict[str, Any]) -> dict[str, Any]:
+    """run.json's `search` entry: the status ("started", "finished") and wall time of the search,
+    both phases in one. kdsearch before 2026-11-23 ran a Tuner per phase and kept them per phase
+    under `phases`: such a search is finished when every phase is, and took their sum."""
+    if "search" in run or not run.get("phases"):
+        return run.get("search") or {}
+    old = [v or {} for v in run["phases"].values()]
+    return {"status": "finished" if all(v.get("status") == "finished" for v in old)
+            else "started", "wall_seconds": sum(float(v.get("wall_seconds") or 0.0) for v in old)}
+
+
 def read_run(results_dir: Path) -> dict[str, Any]:
     try:
         return json.loads((results_dir / RUN_FILE).read_text())
@@ -867,6 +879,7 @@ def _run_tuner(phases: list[str], cfg: ExperimentConfig, results_dir: Path, stor
 
     phase_searcher, phase_scheduler = _phase_classes()
     s = cfg.search
+    per_width, widths = _per_width(cfg), _widths(cfg)
     budgets = {p: phase_samples(cfg, p) for p in phases}
     total = sum(budgets.values())
     local = "://" not in storage_path
@@ -906,7 +919,7 @@ def _run_tuner(phases: list[str], cfg: ExperimentConfig, results_dir: Path, stor
         for arm, (dims, _, _) in arms.items():
             # seeded: TPE, or random search (Optuna's RandomSampler) for comparisons; each
             # arm draws its own sequence from search.seed
-            seed = _arm_seed(s.seed, arm) if _per_width(cfg) else s.seed
+            seed = _arm_seed(s.seed, arm) if per_width else s.seed
             sampler = (optuna.samplers.TPESampler(seed=seed) if s.algorithm == "tpe"
                        else optuna.samplers.RandomSampler(seed=seed))
             searchers[arm] = OptunaSearch(_optuna_space(dims), metric=VAL_ACC, mode="max",
@@ -919,7 +932,7 @@ def _run_tuner(phases: list[str], cfg: ExperimentConfig, results_dir: Path, stor
             metric=VAL_ACC, mode="max",
             search_alg=phase_searcher(searchers, {a: v[1] for a, v in arms.items()},
                                       {a: v[2] for a, v in arms.items()}),
-            scheduler=phase_scheduler(schedulers, _per_width(cfg)), num_samples=total,
+            scheduler=phase_scheduler(schedulers, per_width), num_samples=total,
             max_concurrent_trials=payload["concurrency"], reuse_actors=True)
         tuner = tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
     if not quiet:
@@ -928,10 +941,10 @@ def _run_tuner(phases: list[str], cfg: ExperimentConfig, results_dir: Path, stor
               f"{', side by side' if len(phases) > 1 else ''}, {s.algorithm.upper()} + "
               f"{s.scheduler.upper()}, up to {max_epochs(cfg)} epochs each, "
               f"{payload['concurrency']} at a time"
-              f"{f', split evenly over {len(_widths(cfg))} widths' if _per_width(cfg) else ''}",
+              f"{f', split evenly over {len(widths)} widths' if per_width else ''}",
               flush=True)
-        if _per_width(cfg) and min(budgets.values()) < len(_widths(cfg)):
-            print(f"note: fewer trials than widths ({len(_widths(cfg))}): only the first "
+        if per_width and min(budgets.values()) < len(widths):
+            print(f"note: fewer trials than widths ({len(widths)}): only the first "
                   f"widths get a trial; raise search.num_samples to tune them all", flush=True)
     grid = tuner.fit()
     # Tune catches Ctrl-C (SIGINT) itself: fit() then returns early, with its state saved, as
@@ -951,9 +964,9 @@ def _mend_torn_state(exp_path: str) -> tuple[str, bool] | None:
     on which Tuner.restore fails. The staging copy is whole (written before the copy began) and
     outlives a killed driver on the same machine: if it is there, and is this search's (it
     names trials this folder has), its files replace the torn ones. Otherwise that session's
-    files are renamed `.torn-<name>` (not deleted), and Tune restores the session before it
-    (trials it never saw are dropped and suggested anew, see the status callback) or, if there
-    is none, the search starts over. None when the newest state is whole.
+    files are renamed `.torn-<name>`, and Tune restores the session before it (trials it never
+    saw are dropped and suggested anew, see the status callback) or, if there is none, the
+    search starts over in a cleared folder. None when the newest state is whole.
     """
     folder = Path(exp_path)
     states = sorted(folder.glob("experiment_state-*.json"))
@@ -1079,14 +1092,12 @@ def _execute(cfg: ExperimentConfig, results_dir: Path, run: dict[str, Any], *,
         started = state.get("status") == "started"
         run["search"] = {"status": "started", "started": state.get("started", time.time()),
                          "wall_seconds": state.get("wall_seconds", 0.0)}
-        run["phases"] = {p: {"status": "started"} for p in phases}
         _write_run(results_dir, run)
         t0 = time.time()
         _run_tuner(phases, cfg, results_dir, run["storage_path"], payload,
                    restore=restore or started, quiet=quiet)
         run["search"].update(status="finished", finished=time.time(),
                              wall_seconds=run["search"]["wall_seconds"] + time.time() - t0)
-        run["phases"] = {p: {"status": "finished"} for p in phases}
         _write_run(results_dir, run)
         _export_optuna(results_dir, cfg)
     rows = _read_csv(results_dir / TRIALS_FILE)
@@ -1156,7 +1167,7 @@ def run_search(space: str | os.PathLike[str] | ExperimentConfig, *,
         run: dict[str, Any] = {"kdsearch_version": __version__, "name": cfg.name,
                                "storage_path": storage_path or str(out),
                                "storage_is_results_dir": storage_path is None,
-                               "created": time.time(), "phases": {}}
+                               "created": time.time()}
         _write_run(out, run)
         return _execute(cfg, out, run, restore=False, quiet=quiet, report=report)
 
@@ -1169,16 +1180,13 @@ def resume_search(results: str | os.PathLike[str], *, address: str | None = None
         raise SearchError(f"{results}: no such results folder; pass results/<name> of a search")
     run = read_run(out)
     cfg = config_from_dict(read_yaml(out / CONFIG_FILE), source=str(out / CONFIG_FILE))
-    if "search" not in run and run.get("phases"):
-        # kdsearch before 2026-11-23 ran each phase in a Tuner of its own (distill/, baseline/)
-        old = run["phases"]
-        if any((old.get(p) or {}).get("status") != "finished" for p in old):
+    if "search" not in run and run.get("phases"):  # the older layout, see search_state
+        run["search"] = search_state(run)
+        if run["search"]["status"] != "finished":
             raise SearchError(f"{out}: an unfinished search of an older kdsearch (a Tuner per "
                               f"phase), which this version cannot resume; start it again with "
                               f"`kdsearch run ... --force`, or `kdsearch report {out}` for what "
                               f"it has")
-        run["search"] = {"status": "finished", "wall_seconds": sum(
-            float((v or {}).get("wall_seconds") or 0.0) for v in old.values())}
     if run.get("storage_is_results_dir", True):
         run["storage_path"] = str(out)  # the folder may have moved
     with _ray_for(address, out):

@@ -352,13 +352,13 @@ def test_report_of_an_interrupted_search_names_the_incomplete_trials(
         w.writeheader()
         w.writerows(rows)
     run = json.loads((folder / "run.json").read_text())
-    run["phases"]["baseline"]["status"] = "started"
+    run["search"]["status"] = "started"  # as a killed search leaves it
     (folder / "run.json").write_text(json.dumps(run))
 
     make_report(folder, retrain=False, quiet=True)
     s = _summary(folder)
     report = (folder / "report.md").read_text()
-    assert s["complete"] is False and s["incomplete_phases"] == ["baseline"]
+    assert s["complete"] is False and s["incomplete_phases"] == ["distill", "baseline"]
     assert {r["trial_id"] for r in s["incomplete_trials"]} == {best, pending["trial_id"]}
     assert "Incomplete search" in report
     assert f"`{best}` (distilled, RUNNING)" in report
@@ -447,3 +447,16 @@ def test_headline_names_the_narrower_widths_where_distillation_wins() -> None:
     # nothing to add when no other width wins
     assert "at width" not in _headline(widths[2], widths[1:], {"test_acc": 0.98}, "mlp_student",
                                        "")
+
+
+def test_search_state_reads_the_older_per_phase_layout() -> None:
+    from kdsearch.search import search_state
+
+    assert search_state({"search": {"status": "started", "wall_seconds": 3.0}}) == {
+        "status": "started", "wall_seconds": 3.0}
+    old = {"phases": {"distill": {"status": "finished", "wall_seconds": 5.0},
+                      "baseline": {"status": "finished", "wall_seconds": 2.5}}}
+    assert search_state(old) == {"status": "finished", "wall_seconds": 7.5}
+    old["phases"]["baseline"]["status"] = "started"
+    assert search_state(old)["status"] == "started"
+    assert search_state({}) == {}
