@@ -8,10 +8,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from kdsearch import __version__
 from kdsearch.config import UserError
+
+if TYPE_CHECKING:
+    from kdsearch.search import SearchResult
 
 EXIT_USAGE = 2
 
@@ -82,7 +85,7 @@ def cmd_run(args: argparse.Namespace) -> int:
                             force=args.force, report=not args.no_report)
     except KeyboardInterrupt:
         return 130  # run_search has printed the `kdsearch resume` command
-    print(result.summary_line())
+    _print_result(result)
     return 0
 
 
@@ -93,8 +96,20 @@ def cmd_resume(args: argparse.Namespace) -> int:
         result = resume_search(args.results, address=args.address, report=not args.no_report)
     except KeyboardInterrupt:
         return 130  # resume_search has printed the `kdsearch resume` command
-    print(result.summary_line())
+    _print_result(result)
     return 0
+
+
+def _print_result(result: "SearchResult") -> None:
+    """The search's best settings, then the report's headline: the test-set verdict."""
+    import json
+
+    from kdsearch.report import SUMMARY_JSON
+
+    print(result.summary_line())
+    if result.report_path is not None:
+        summary = result.report_path.with_name(SUMMARY_JSON)
+        print(json.loads(summary.read_text())["headline"])
 
 
 def cmd_report(args: argparse.Namespace) -> int:
