@@ -121,12 +121,122 @@ def evaluate(model: nn.Module, split: Split) -> tuple[float, float]:
     return acc, loss
 
 
+class FusedAdam:
+    """`torch.optim.Adam(fused=True)`: the same kernel, state and state_dict, in a few lines.
+
+    Two reasons not to use torch's class for the search's default optimizer:
+    - every `torch.optim.Optimizer` method is wrapped to turn off torch.compile, and the first
+      call imports `torch._dynamo`: ~1.9 s of CPU in every process that trains (each trial
+      actor, the driver's final evaluation), a quarter of a quickstart search's start-up;
+    - `Adam.step` spends ~130 us a call in Python (grouping tensors by device, bookkeeping)
+      around a ~30 us kernel: a fifth of the written-out MLP step.
+    `step` calls what `Adam.step` calls for fused parameters on one device, `_foreach_add_` on
+    the step counts then `torch._fused_adam_`, on state laid out as Adam lays it out, so the
+    updates are Adam's bit for bit and a checkpoint of either loads into the other
+    (tests/test_distill.py checks both).
+    """
+
+    def __init__(self, params: list[torch.Tensor], *, lr: float, weight_decay: float,
+                 betas: tuple[float, float] = (0.9, 0.999), eps: float = 1e-8) -> None:
+        self.params = params
+        self.param_groups = [{"params": params, "lr": lr, "betas": betas, "eps": eps,
+                              "weight_decay": weight_decay, "amsgrad": False,
+                              "maximize": False, "foreach": None, "capturable": False,
+                              "differentiable": False, "fused": True,
+                              "decoupled_weight_decay": False}]
+        self.state: dict[torch.Tensor, dict[str, torch.Tensor]] = {}
+        self._bound: list[list[torch.Tensor]] | None = None
+
+    @staticmethod
+    def supports(params: list[torch.Tensor]) -> bool:
+        """One device, CPU or CUDA, floating point: where the fused kernel runs."""
+        return (hasattr(torch, "_fused_adam_") and len({p.device for p in params}) == 1
+                and all(p.device.type in ("cpu", "cuda") and p.is_floating_point()
+                        for p in params))
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            if set_to_none:
+                p.grad = None
+            elif p.grad is not None:
+                p.grad.zero_()
+
+    def _bind(self) -> list[list[torch.Tensor]]:
+        """[params, grads, exp_avgs, exp_avg_sqs, steps] of the parameters with a gradient."""
+        params = [p for p in self.params if p.grad is not None]
+        for p in params:
+            if p not in self.state:  # Adam's lazy state: step count on the device, fp32
+                self.state[p] = {"step": torch.zeros((), dtype=torch.float32, device=p.device),
+                                 "exp_avg": torch.zeros_like(p), "exp_avg_sq": torch.zeros_like(p)}
+        states = [self.state[p] for p in params]
+        return [params, [p.grad for p in params], [st["exp_avg"] for st in states],
+                [st["exp_avg_sq"] for st in states], [st["step"] for st in states]]
+
+    @torch.no_grad()
+    def step(self) -> None:
+        # the lists are kept while the gradients stay the same tensors, as the MLP step keeps
+        # them: building them is a tenth of that step
+        bound = self._bound
+        if bound is None or any(p.grad is not g for p, g in zip(self.params, bound[1])):
+            bound = self._bind()
+            self._bound = bound if len(bound[0]) == len(self.params) else None
+        params, grads, exp_avgs, exp_avg_sqs, steps = bound
+        if not params:
+            return
+        g = self.param_groups[0]
+        beta1, beta2 = g["betas"]
+        torch._foreach_add_(steps, 1)
+        torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False,
+                           lr=g["lr"], beta1=beta1, beta2=beta2, weight_decay=g["weight_decay"],
+                           eps=g["eps"], maximize=False, grad_scale=None, found_inf=None)
+
+    def state_dict(self) -> dict[str, Any]:
+        """As `torch.optim.Adam.state_dict` has it: state and hyperparameters by index."""
+        index = {p: i for i, p in enumerate(self.params)}
+        group = {k: v for k, v in self.param_groups[0].items() if k != "params"}
+        return {"state": {index[p]: dict(st) for p, st in self.state.items()},
+                "param_groups": [{**group, "params": list(range(len(self.params)))}]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """An Adam state_dict, this class's or `torch.optim.Adam`'s (fused or not)."""
+        groups = state["param_groups"]
+        if len(groups) != 1 or len(groups[0]["params"]) != len(self.params):
+            raise ValueError("the optimizer state does not match the model's parameters "
+                             f"({sum(len(g['params']) for g in groups)} saved, "
+                             f"{len(self.params)} here)")
+        saved = groups[0]
+        if saved.get("amsgrad") or saved.get("maximize") or saved.get("decoupled_weight_decay"):
+            raise ValueError("the optimizer state is not plain Adam's (amsgrad, maximize or "
+                             "decoupled weight decay)")
+        g = self.param_groups[0]
+        for k in ("lr", "betas", "eps", "weight_decay"):
+            g[k] = tuple(saved[k]) if k == "betas" else saved[k]
+        self.state, self._bound = {}, None
+        for i, p in zip(saved["params"], self.params):
+            st = state["state"].get(i)
+            if not st:
+                continue
+            if st["exp_avg"].shape != p.shape:
+                raise ValueError(f"the optimizer state does not match the model's parameters "
+                                 f"(shape {tuple(st['exp_avg'].shape)} saved for one of "
+                                 f"shape {tuple(p.shape)})")
+            self.state[p] = {
+                "step": torch.as_tensor(st["step"]).to(device=p.device, dtype=torch.float32),
+                "exp_avg": st["exp_avg"].to(device=p.device, dtype=p.dtype),
+                "exp_avg_sq": st["exp_avg_sq"].to(device=p.device, dtype=p.dtype)}
+
+
+Optimizer = torch.optim.Optimizer | FusedAdam
+
+
 def make_optimizer(model: nn.Module, *, name: str, lr: float, weight_decay: float
-                   ) -> torch.optim.Optimizer:
+                   ) -> Optimizer:
     params = list(model.parameters())
     # fused: the whole update in one kernel. For the 784-20-20-10 student on 2 CPU cores an Adam
     # step takes 58 us fused, 210 us foreach (SGD: 30 vs 48 us), and at batch 128 the foreach
     # step was a quarter of the training step. Other devices keep foreach.
+    if name == "adam" and FusedAdam.supports(params):
+        return FusedAdam(params, lr=lr, weight_decay=weight_decay)
     fused = all(p.device.type in ("cpu", "cuda") for p in params)
     kernel = {"fused": True} if fused else {"foreach": True}
     if name == "adam":
@@ -151,7 +261,7 @@ def scheduled_lr(training: TrainingConfig, step: int, total_steps: int) -> float
 Step = Callable[[torch.Tensor, torch.Tensor], None]
 
 
-def _autograd_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+def _autograd_step(model: nn.Module, optimizer: Optimizer, x: torch.Tensor,
                    y: torch.Tensor, log_targets: torch.Tensor | None, training: TrainingConfig,
                    teacher: nn.Module | None, generator: torch.Generator) -> Step:
     """One optimizer step on the rows `idx` through autograd: any model, online teaching too.
@@ -183,7 +293,7 @@ def _autograd_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.
     return step
 
 
-def _analytic_mlp_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+def _analytic_mlp_step(model: nn.Module, optimizer: Optimizer, x: torch.Tensor,
                        y: torch.Tensor, log_targets: torch.Tensor | None,
                        training: TrainingConfig) -> Step | None:
     """The same step for a dropout-free two-hidden-layer MLP, with its gradients written out.
@@ -223,7 +333,7 @@ def _analytic_mlp_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: to
             table = onehot
     k = num_classes
     threshold_backward = torch.ops.aten.threshold_backward
-    # the gradient tensors, made once and written in place every step (`_direct_adam` holds them)
+    # the gradient tensors, made once and written in place every step (the optimizer reads them)
     grads = [torch.zeros_like(p) for p in params]
     for p, grad in zip(params, grads):
         p.grad = grad
@@ -260,45 +370,8 @@ def _analytic_mlp_step(model: nn.Module, optimizer: torch.optim.Optimizer, x: to
             torch.sum(g1, 0, out=grads[1])
         update()
 
-    update = _direct_adam(optimizer)
+    update = optimizer.step
     return step
-
-
-def _direct_adam(optimizer: torch.optim.Optimizer) -> Callable[[], None]:
-    """`optimizer.step`, or for a plain fused Adam the same kernel called directly.
-
-    Adam.step spends ~130 us a call in Python (grouping tensors by device, bookkeeping) around
-    a ~30 us kernel: a fifth of the written-out MLP step. From the second call on (the first
-    creates the optimizer's state, or a resumed run brings it), this calls what Adam.step calls:
-    `_foreach_add_` on the step counts, then `torch._fused_adam_` on the optimizer's own state
-    tensors, so checkpoints and results are the same (tests/test_distill.py compares runs).
-    Grads must stay the same tensors from call to call, as the MLP step keeps them.
-    """
-    groups = optimizer.param_groups
-    g = groups[0]
-    if (type(optimizer) is not torch.optim.Adam or len(groups) != 1 or not g.get("fused")
-            or g["amsgrad"] or g["maximize"] or g.get("decoupled_weight_decay")
-            or not hasattr(torch, "_fused_adam_")):
-        return optimizer.step
-    bound: list[list[torch.Tensor]] = []
-
-    def update() -> None:
-        if not bound:
-            optimizer.step()
-            params = g["params"]
-            state = [optimizer.state[p] for p in params]
-            bound.extend([params, [p.grad for p in params], [st["exp_avg"] for st in state],
-                          [st["exp_avg_sq"] for st in state], [st["step"] for st in state]])
-            return
-        params, grads, exp_avgs, exp_avg_sqs, steps = bound
-        beta1, beta2 = g["betas"]
-        torch._foreach_add_(steps, 1)
-        torch._fused_adam_(params, grads, exp_avgs, exp_avg_sqs, [], steps, amsgrad=False,
-                           lr=g["lr"], beta1=beta1, beta2=beta2, weight_decay=g["weight_decay"],
-                           eps=g["eps"], maximize=False, grad_scale=None, found_inf=None)
-
-    return update
-
 
 
 @dataclass
@@ -306,7 +379,7 @@ class FitState:
     """Everything needed to continue a run exactly where it stopped (a trial's checkpoint)."""
 
     model: nn.Module
-    optimizer: torch.optim.Optimizer
+    optimizer: Optimizer
     generator: torch.Generator
     epoch: int  # epochs completed
 

@@ -119,7 +119,11 @@ def test_search_runs_trials_on_both_nodes(two_nodes: str, tmp_path: Path) -> Non
     # as the nodes: a driver in token mode (ray.init in this process sets it) cannot run
     # actors on a cluster started without tokens
     env["RAY_AUTH_MODE"] = "disabled"
-    sets = ["search.num_samples=6", "training.epochs=2", "search.grace_period=2",
+    # trials of a few seconds each: a trial that ends before the second node's actor has
+    # started (importing torch takes seconds) lets Tune give the next trial to the first
+    # node's idle actor instead (reuse_actors), and every trial could end up on one node
+    sets = ["search.num_samples=6", "training.epochs=100", "search.grace_period=100",
+            "training.batch_size=8",
             "search.baseline=false", "search.cpus_per_trial=1", "teacher.width=64",
             "teacher.epochs=3"]
     run = subprocess.run([sys.executable, "-m", "kdsearch", "run", str(QUICKSTART),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import io
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import torch.nn.functional as F
 from kdsearch.config import DatasetConfig, TrainingConfig
 from kdsearch.data import Dataset, load_dataset
 from kdsearch.distill import (EPOCH, TRAIN_LOSS, VAL_ACC, VAL_LOSS, Diverged, FitState,
-                              _analytic_mlp_step, _direct_adam, evaluate, fit, kd_loss,
+                              FusedAdam, _analytic_mlp_step, evaluate, fit, kd_loss,
                               make_optimizer, predict, random_shift)
 from kdsearch.models import build_student, build_teacher
 
@@ -408,25 +409,88 @@ def test_fit_with_the_written_out_step_matches_autograd(
     assert not _same_weights(fast, _student(digits))  # it trained
 
 
-def test_direct_adam_is_adam_step(digits: Dataset) -> None:
-    models = [_student(digits), _student(digits)]
-    optimizers = [make_optimizer(m, name="adam", lr=1e-2, weight_decay=1e-3) for m in models]
-    updates = [optimizers[0].step, _direct_adam(optimizers[1])]
-    assert updates[1] != optimizers[1].step  # the direct kernel is in use here
-    gen = torch.Generator().manual_seed(0)
-    grads = [torch.randn(p.shape, generator=gen) for p in models[0].parameters()]
-    for i in range(5):
-        for g in grads:  # new gradients in the same tensors, as the MLP step writes them
-            g.copy_(torch.randn(g.shape, generator=gen))
-        for model, optimizer, update in zip(models, optimizers, updates):
+def _adam_steps(models: list[torch.nn.Module], optimizers: list, steps: range, seed: int
+                ) -> None:
+    """Steps `steps` of a run: every model gets the same gradients (drawn from `seed`, in the
+    same tensors for FusedAdam, as the MLP step writes them; fresh ones for torch's Adam) and a
+    learning rate that changes each step."""
+    gen = torch.Generator().manual_seed(seed)
+    for i in range(steps.stop):
+        grads = [torch.randn(p.shape, generator=gen) for p in models[0].parameters()]
+        if i < steps.start:
+            continue
+        for model, optimizer in zip(models, optimizers):
             for p, g in zip(model.parameters(), grads):
-                p.grad = g.clone() if update is optimizer.step else g
+                if p.grad is None or not isinstance(optimizer, FusedAdam):
+                    p.grad = g.clone()
+                else:
+                    p.grad.copy_(g)
             optimizer.param_groups[0]["lr"] = 1e-2 / (i + 1)
-            update()
-    assert _same_weights(models[0], models[1])
-    sa, sb = optimizers[0].state_dict()["state"], optimizers[1].state_dict()["state"]
-    assert all(torch.equal(sa[k][f], sb[k][f]) for k in sa for f in ("step", "exp_avg",
-                                                                     "exp_avg_sq"))
-    assert int(sa[0]["step"]) == 5
-    sgd = make_optimizer(models[0], name="sgd", lr=0.1, weight_decay=0.0)
-    assert _direct_adam(sgd) == sgd.step
+            optimizer.step()
+
+
+def _same_adam_state(a: dict, b: dict) -> bool:
+    sa, sb = a["state"], b["state"]
+    return sa.keys() == sb.keys() and all(
+        torch.equal(sa[k][f], sb[k][f]) and sa[k][f].dtype == sb[k][f].dtype
+        for k in sa for f in ("step", "exp_avg", "exp_avg_sq"))
+
+
+def test_fused_adam_is_torch_adam_bit_for_bit(digits: Dataset) -> None:
+    models = [_student(digits) for _ in range(3)]
+    optimizers = [torch.optim.Adam(models[0].parameters(), lr=1e-2, weight_decay=1e-3,
+                                   fused=True),
+                  torch.optim.Adam(models[1].parameters(), lr=1e-2, weight_decay=1e-3),
+                  make_optimizer(models[2], name="adam", lr=1e-2, weight_decay=1e-3)]
+    assert isinstance(optimizers[2], FusedAdam)
+    _adam_steps(models, optimizers, range(5), seed=0)
+    assert _same_weights(models[0], models[2])
+    assert not _same_weights(models[0], _student(digits))  # it stepped
+    fused, ours = optimizers[0].state_dict(), optimizers[2].state_dict()
+    assert _same_adam_state(fused, ours)
+    assert int(ours["state"][0]["step"]) == 5
+    assert ours["param_groups"] == fused["param_groups"]
+    for p, q in zip(models[1].parameters(), models[2].parameters()):  # unfused: to rounding
+        assert torch.allclose(p, q, atol=1e-6)
+    # as in torch's Adam, a parameter without a gradient does not step
+    before = models[2].fc3.bias.clone()
+    models[2].fc3.bias.grad = None
+    optimizers[2].step()
+    assert torch.equal(models[2].fc3.bias, before)
+    steps = {k: int(v["step"]) for k, v in optimizers[2].state_dict()["state"].items()}
+    assert steps == {0: 6, 1: 6, 2: 6, 3: 6, 4: 6, 5: 5}
+    assert isinstance(make_optimizer(models[0], name="sgd", lr=0.1, weight_decay=0.0),
+                      torch.optim.SGD)
+
+
+def test_fused_adam_checkpoints_load_both_ways(digits: Dataset) -> None:
+    """A checkpoint of torch's Adam resumes in FusedAdam, and one of FusedAdam in torch's Adam,
+    through torch.save / torch.load(weights_only=True), as a trial's checkpoint does."""
+    make = {"torch": lambda m: torch.optim.Adam(m.parameters(), lr=1e-2, fused=True),
+            "ours": lambda m: FusedAdam(list(m.parameters()), lr=1e-2, weight_decay=0.0)}
+    straight = _student(digits)
+    reference = make["torch"](straight)
+    _adam_steps([straight], [reference], range(6), seed=1)
+    for first, second in [("torch", "ours"), ("ours", "torch")]:
+        model = _student(digits)
+        optimizer = make[first](model)
+        _adam_steps([model], [optimizer], range(3), seed=1)
+        buf = io.BytesIO()
+        torch.save({"model": model.state_dict(), "optimizer": optimizer.state_dict()}, buf)
+        buf.seek(0)
+        checkpoint = torch.load(buf, weights_only=True)
+        resumed = _student(digits, seed=5)
+        optimizer = make[second](resumed)
+        resumed.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        _adam_steps([resumed], [optimizer], range(3, 6), seed=1)
+        assert _same_weights(straight, resumed), (first, second)
+        assert _same_adam_state(reference.state_dict(), optimizer.state_dict()), (first, second)
+
+    other = torch.optim.Adam(_student(digits, width=8).parameters(), lr=1e-2, fused=True)
+    other.zero_grad()
+    for p in other.param_groups[0]["params"]:
+        p.grad = torch.ones_like(p)
+    other.step()
+    with pytest.raises(ValueError, match="does not match the model's parameters"):
+        make["ours"](_student(digits)).load_state_dict(other.state_dict())
