@@ -21,12 +21,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any, Iterator
 
+import numpy as np
 import pytest
 import torch
 
 from kdsearch.config import load_config
 from kdsearch.data import Dataset, Split
-from kdsearch.search import (PROGRESS_FIELDS, TRIAL_FIELDS, _fit_concurrency, _gpu_fraction,
+from kdsearch.search import (PROGRESS_FIELDS, TRIAL_FIELDS, _fit_concurrency,
+                             _for_object_store, _from_object_store, _gpu_fraction,
                              phase_dimensions)
 
 REPO = Path(__file__).resolve().parents[1]
@@ -398,6 +400,29 @@ def test_run_search_started_and_stopped_its_own_ray(digits_search: tuple[Any, Pa
     _, out = digits_search
     assert json.loads((out / "run.json").read_text())["hardware"]["gpus"] == 0
     assert not ray.is_initialized()
+
+
+def test_trial_inputs_cross_the_object_store_without_a_copy(logical_gpus: None) -> None:
+    import ray
+
+    gen = torch.Generator().manual_seed(0)
+    x, y = torch.randn(3000, 1, 28, 28, generator=gen), torch.randint(0, 10, (3000,), generator=gen)
+    data = Dataset("fake", Split(x, y), Split(x[:500], y[:500]), 10, (1, 28, 28), (0.1,), (0.3,))
+    logits = torch.randn(3000, 10, generator=gen)
+    shipped = _for_object_store({"data": data, "logits": logits, "none": None})
+    assert isinstance(shipped["data"].train.x, np.ndarray) and shipped["none"] is None
+    ref = ray.put(shipped)
+    first, second = (_from_object_store(ray.get(ref)) for _ in range(2))
+    for got in (first, second):
+        assert isinstance(got["data"], Dataset) and isinstance(got["data"].val, Split)
+        assert torch.equal(got["data"].train.x, x) and torch.equal(got["data"].val.y, y[:500])
+        assert got["data"].train.y.dtype == torch.int64 and torch.equal(got["logits"], logits)
+        assert got["data"].input_shape == (1, 28, 28) and got["data"].mean == (0.1,)
+    # both reads map the same memory of the object store: no copy per trial
+    assert first["data"].train.x.data_ptr() == second["data"].train.x.data_ptr()
+    # what it replaces: a torch tensor comes back as a new copy on every read
+    tensor_ref = ray.put({"x": x})
+    assert ray.get(tensor_ref)["x"].data_ptr() != ray.get(tensor_ref)["x"].data_ptr()
 
 
 @pytest.mark.slow
