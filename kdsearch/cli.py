@@ -74,9 +74,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from kdsearch.config import load_config
+    from kdsearch.config import check_searchable, load_config
 
-    load_config(args.space, args.set)  # bad input fails here, before torch and Ray load
+    # bad input fails here, before torch and Ray load
+    check_searchable(load_config(args.space, args.set), args.space)
     from kdsearch.search import run_search
 
     try:

@@ -431,6 +431,15 @@ def _check_consistency(cfg: ExperimentConfig, source: str) -> None:
     if cfg.training.shift > 0 and cfg.dataset.name == "digits" and cfg.training.shift > 2:
         raise _fail(source, "training.shift", cfg.training.shift,
                     "at most 2 pixels on 8x8 digits")
+
+
+def check_searchable(cfg: ExperimentConfig, source: str) -> None:
+    """What a search needs beyond a valid config. `kdsearch train` runs one setting without
+    Ray Tune, so it takes a space file whose search part would not run (say with
+    `--set training.epochs=3` under a grace period of 5)."""
+    if not cfg.search.space:
+        raise ConfigError(f"{source}: search.space is empty; give at least one dimension "
+                          f"(temperature, alpha, lr, width, ...)")
     if cfg.search.scheduler == "asha" and cfg.search.grace_period > max_epochs(cfg):
         raise ConfigError(f"{source}: search.grace_period = {cfg.search.grace_period} exceeds "
                           f"the epoch budget {max_epochs(cfg)}; lower it or raise training.epochs")

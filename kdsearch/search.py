@@ -39,9 +39,10 @@ import numpy as np
 import torch
 
 from kdsearch import __version__
-from kdsearch.config import (KD_DIMENSIONS, ConfigError, UserError, Dimension, ExperimentConfig,
-                             config_from_dict, default_cache_dir, default_data_dir, dump_config,
-                             load_config, max_epochs, read_yaml, with_params)
+from kdsearch.config import (KD_DIMENSIONS, UserError, Dimension, ExperimentConfig,
+                             check_searchable, config_from_dict, default_cache_dir,
+                             default_data_dir, dump_config, load_config, max_epochs, read_yaml,
+                             with_params)
 from kdsearch.data import Dataset, load_dataset
 from kdsearch.distill import (EPOCH, TRAIN_LOSS, VAL_ACC, VAL_LOSS, Diverged, FitState,
                               train_student)
@@ -1167,10 +1168,7 @@ def run_search(space: str | os.PathLike[str] | ExperimentConfig, *,
         cfg = space
     else:
         cfg = load_config(space, overrides)
-    if not cfg.search.space:
-        source = cfg.name if isinstance(space, ExperimentConfig) else space
-        raise ConfigError(f"{source}: search.space is empty; give at least one dimension "
-                          f"(temperature, alpha, lr, width, ...)")
+    check_searchable(cfg, cfg.name if isinstance(space, ExperimentConfig) else str(space))
     out = _results_dir(cfg, results_dir)
     _check_results_dir(out)
     if out.is_dir() and any(out.iterdir()):

@@ -89,7 +89,11 @@ def test_train_prints_one_line_per_epoch(tmp_path: Path) -> None:
         "dataset: {name: digits}\n"
         "teacher: {width: 64, epochs: 2}\n"
         "student: {width: 16}\n"
-        "training: {epochs: 2, batch_size: 64, alpha: 0.5, temperature: 4}\n")
+        "training: {epochs: 2, batch_size: 64, alpha: 0.5, temperature: 4}\n"
+        # a search part that `run` refuses (ASHA's grace period beyond the 2 epochs): train
+        # runs one setting without Ray Tune and takes the file
+        "search: {grace_period: 5, space: {lr: {distribution: loguniform, low: 1.0e-4, "
+        "high: 1.0e-2}}}\n")
     proc = _start(cwd, cache, ["tiny.yaml", "--device", "cpu"])
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err

@@ -517,6 +517,7 @@ def m_values_without_choice(draw: Draw, raw: dict[str, Any]) -> set[str]:
 
 
 def m_grace_beyond_budget(draw: Draw, raw: dict[str, Any]) -> set[str]:
+    """Valid for train (it runs no ASHA), an error for run."""
     epochs = draw(st.integers(1, 50))
     _space(raw).pop("epochs", None)
     search = _section(raw, "search")
@@ -546,9 +547,9 @@ MUTATIONS: dict[str, Mutation] = {f.__name__[2:]: f for f in (
     m_bad_name, m_bad_cache_dir, m_space_not_mapping, m_unknown_dimension,
     m_dimension_not_mapping, m_unknown_dimension_key, m_bad_distribution, m_kind_mismatch,
     m_missing_bound, m_reversed_bounds, m_bound_out_of_range, m_loguniform_from_zero,
-    m_bad_step, m_bad_choice, m_values_without_choice, m_grace_beyond_budget,
-    m_shift_on_digits)}
-RUN_ONLY: dict[str, Mutation] = {"empty_space": m_empty_space}
+    m_bad_step, m_bad_choice, m_values_without_choice, m_shift_on_digits)}
+RUN_ONLY: dict[str, Mutation] = {"empty_space": m_empty_space,
+                                 "grace_beyond_budget": m_grace_beyond_budget}
 
 
 @st.composite

@@ -122,6 +122,8 @@ BAD_RUNS: dict[str, tuple[str | None, list[str], list[str]]] = {
     "unknown student model": (_space(student={"model": "resnet18", "width": 16}), [],
                               ["student.model", "resnet18"]),
     "empty space": (_space(search__space=None), [], ["search.space is empty"]),
+    "grace period beyond the budget": (_space(search__grace_period=50), [],
+                                       ["search.grace_period = 50", "epoch budget 40"]),
     "bad --set": (None, ["--set", "search.num_samples"], ["--set", "search.num_samples",
                                                           "KEY=VALUE"]),
     "bad --set value": (None, ["--set", "search.num_samples=0"], ["search.num_samples", "0"]),
