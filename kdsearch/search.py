@@ -1,13 +1,14 @@
 """The search: Ray Tune with Optuna's TPE and ASHA. The only module that imports Ray or Optuna.
 
 Flow: config -> dataset + cached teacher (once, in the driver) -> `tune.with_parameters` puts the
-tensors and the teacher's logits in Ray's object store once -> every trial builds a student from
-its config and runs `distill.fit`, reporting each epoch with a checkpoint -> a baseline search of
-the student alone (alpha = 1) on the same budget -> the results folder -> the report.
+data and the teacher's logits in Ray's object store once, as arrays each trial maps without a
+copy -> every trial builds a student from its config and runs `distill.fit`, reporting each epoch
+(with a checkpoint every few seconds) -> side by side in the same Tuner, a baseline search of the
+student alone (alpha = 1) on the same budget -> the results folder -> the report.
 
 Results folder `results/<name>/` (all paths inside it relative, so it can be copied):
-  config.yaml     the resolved config           run.json     phases, teacher, hardware, version
-  distill/        Ray Tune's experiment          baseline/    the same for the baseline search
+  config.yaml     the resolved config           run.json     search status, teacher, hardware
+  search/         Ray Tune's experiment, both phases' trials
   trials.csv      every trial: config, status, final metrics (updated as trials end)
   progress.csv    every reported epoch of every trial, in the order they arrived
   optuna.db       the Optuna studies ("distill", "baseline"): optuna.load_study / optuna-dashboard
