@@ -141,7 +141,8 @@ def main() -> None:
     print(f"\nteacher training on the GPU: {teacher_s:.1f} s")
     if full is not None:
         print(f"full mnist_mlp search + baseline + final evaluation + report: {full:.0f} s "
-              f"(search {run['search']['wall_seconds']:.0f} s; kdsearch's own share: gpus_per_trial = {run['gpus_per_trial']:.4g}, "
+              f"(search {run['search']['wall_seconds']:.0f} s; kdsearch's own share: "
+              f"gpus_per_trial = {run['gpus_per_trial']:.4g}, "
               f"{run['max_concurrent_trials']} trials at once)")
 
 

@@ -137,8 +137,8 @@ def _trainable(params: dict[str, Any], payload: dict[str, Any]) -> None:
         # result recorded in trials.csv instead of training it again.
         tune.report({**finished, "replayed": 1})
         return
-    params = dict(params)
-    phase = params.pop(PHASE_KEY, "distill")
+    phase = _phase_of(params)
+    params = {k: v for k, v in params.items() if k != PHASE_KEY}
     cfg = with_params(config_from_dict(payload["config"]), params)
     if phase == "baseline":
         cfg = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, alpha=1.0))
@@ -292,7 +292,7 @@ def _phase_classes() -> tuple[type, type]:
                 s.supports_buffered_results for s in schedulers.values())
 
         def _of(self, trial: Any) -> Any:
-            return self.schedulers[_arm(trial.config.get(PHASE_KEY, "distill"),
+            return self.schedulers[_arm(_phase_of(trial.config),
                                         trial.config.get("width") if self.per_width else None)]
 
         def set_search_properties(self, metric: str | None, mode: str | None,
@@ -329,6 +329,11 @@ def __getattr__(name: str) -> Any:
         _phase_classes()  # defines both
         return globals()[name]
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def _phase_of(config: dict[str, Any]) -> str:
+    """The phase a trial's config belongs to (set by `_PhaseSearcher`)."""
+    return config.get(PHASE_KEY, "distill")
 
 
 def _arm_seed(seed: int, arm: str) -> int:
@@ -524,9 +529,6 @@ def _make_status_callback(results_dir: Path, cfg: ExperimentConfig, budgets: dic
 
     dims = {p: [d.name for d in phase_dimensions(cfg, p)] for p in budgets}
 
-    def phase_of(trial: Any) -> str:
-        return trial.config.get(PHASE_KEY, "distill")
-
     class StatusCallback(tune.Callback):
         """Prints a live status line per trial and keeps trials.csv / progress.csv current.
 
@@ -602,7 +604,7 @@ def _make_status_callback(results_dir: Path, cfg: ExperimentConfig, budgets: dic
             epochs = int(last.get(EPOCH, 0) or 0)
             diverged = bool(last.get("diverged", 0))
             budget = int(trial.config.get("epochs", cfg.training.epochs))  # epochs may be searched
-            phase = phase_of(trial)
+            phase = _phase_of(trial.config)
             rec.update({"phase": phase, "trial_id": trial.trial_id, "status": status,
                         "stopped_early": int(status == "TERMINATED" and not diverged
                                              and epochs < budget),
@@ -649,7 +651,7 @@ def _make_status_callback(results_dir: Path, cfg: ExperimentConfig, budgets: dic
                 w = csv.DictWriter(f, fieldnames=PROGRESS_FIELDS, extrasaction="ignore")
                 if f.tell() == 0:
                     w.writeheader()
-                w.writerow({"phase": phase_of(trial), "trial_id": trial.trial_id,
+                w.writerow({"phase": _phase_of(trial.config), "trial_id": trial.trial_id,
                             "wall_time": round(time.time(), 3), **result})
 
         def on_trial_complete(self, iteration: int, trials: list, trial: Any,
