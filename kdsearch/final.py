@@ -10,9 +10,11 @@ The result is `final.json` in the results folder (written atomically). `make_rep
 `evaluate_final(..., retrain=False)` reuses every row of an existing final.json whose setting and
 seeds are unchanged and trains only what is new (nothing, for an unchanged search).
 
-Measured: the quickstart (digits, 3 widths x 2 kinds x 3 seeds x 20 epochs: 18 retrainings of
-0.2-0.5 s each on one thread) takes 8 s with data and teacher loading on a shared 2-core VM;
-`kdsearch report` on it, start-up included, 14 s.
+The retrainings are independent. `evaluate_final` hands them to a `Runner`: by default they
+run one after the other in this process; `kdsearch run` passes one from the search module that
+runs them as Ray tasks, side by side on every CPU and GPU share of the cluster, and returns each
+model's weights here, where the test split is read. Both give the same weights for the same
+setting, seed and thread count.
 """
 
 from __future__ import annotations
@@ -23,18 +25,25 @@ import hashlib
 import json
 import math
 import os
+import socket
 import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 from kdsearch import __version__
 from kdsearch.config import (ExperimentConfig, config_from_dict, config_to_dict,
                              default_cache_dir, default_data_dir, read_yaml, with_params)
 from kdsearch.data import load_dataset, load_test
 from kdsearch.search import CONFIG_FILE, TRIALS_FILE, SearchError, best_trial, phase_dimensions
+
+if TYPE_CHECKING:
+    import torch
+
+    from kdsearch.data import Dataset
+    from kdsearch.teacher import Teacher
 
 FINAL_FILE = "final.json"
 FINAL_FORMAT = 1
@@ -68,6 +77,55 @@ class Setting:
         """Everything that determines the retrained models, but the seeds."""
         return {"kind": self.kind, "width": self.width, "tuned": self.tuned,
                 "settings": self.settings, "config": _training_fingerprint(cfg)}
+
+
+@dataclass(frozen=True)
+class Retraining:
+    """One model of the final evaluation: setting `index` of the selection, with one seed."""
+
+    index: int
+    seed: int
+    config: ExperimentConfig  # the setting's values and training.seed = seed
+    threads: int | None  # torch threads to train with; None: as many as the worker has
+
+
+@dataclass
+class Retrained:
+    """What a retraining gives back: the student's weights on the CPU (None if it diverged)."""
+
+    state: "dict[str, torch.Tensor] | None"
+    val_acc: float | None  # its last epoch's validation accuracy
+    seconds: float
+    device: str
+    worker: str  # host:pid of the process that trained it
+
+
+# runs the retrainings and yields each with its result, in the order they finish
+Runner = Callable[[list[Retraining]], Iterable[tuple[Retraining, Retrained]]]
+
+
+def train_one(job: Retraining, data: "Dataset", teacher: "Teacher | None") -> Retrained:
+    """Train one retraining's student from scratch on data.train (the same in every runner)."""
+    from kdsearch.distill import Diverged, train_student
+
+    t0 = time.perf_counter()
+    kd = job.config.training.alpha < 1
+    where = (data.train.x.device.type, f"{socket.gethostname()}:{os.getpid()}")
+    with _threads(job.threads):
+        try:
+            model, history = train_student(job.config, data, teacher=teacher if kd else None)
+        except Diverged:
+            return Retrained(None, None, time.perf_counter() - t0, *where)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    return Retrained(state, history[-1]["val_acc"], time.perf_counter() - t0, *where)
+
+
+def in_process(data: "Dataset", teacher: "Teacher | None") -> Runner:
+    """The default runner: the retrainings one after the other, here."""
+    def run(jobs: list[Retraining]) -> Iterator[tuple[Retraining, Retrained]]:
+        for job in jobs:
+            yield job, train_one(job, data, teacher)
+    return run
 
 
 @dataclass(frozen=True)
@@ -270,15 +328,17 @@ def _print(msg: str) -> None:
 
 def evaluate_final(results_dir: str | os.PathLike[str], *, retrain: bool = True,
                    device: str = "auto", quiet: bool = False,
-                   log: Callable[[str], None] = _print) -> dict[str, Any]:
+                   log: Callable[[str], None] = _print,
+                   runner: Runner | None = None) -> dict[str, Any]:
     """Retrain the best settings of a results folder with K seeds; test once; write final.json.
 
     With `retrain=False`, rows of an existing final.json with the same setting and seeds are
-    reused and only the rest is trained. Returns what final.json holds.
+    reused and only the rest is trained. `runner` trains the models (default: one after the
+    other in this process); each is tested here. Returns what final.json holds.
     """
     import torch
 
-    from kdsearch.distill import Diverged, evaluate, train_student
+    from kdsearch.distill import evaluate
     from kdsearch.models import build_student, count_parameters
     from kdsearch.teacher import get_teacher, teacher_key
 
@@ -317,6 +377,19 @@ def evaluate_final(results_dir: str | os.PathLike[str], *, retrain: bool = True,
         data_dir = default_data_dir(cfg)
         data = load_dataset(cfg.dataset, data_dir=data_dir, cache_dir=cache_dir, device=device)
         teacher = get_teacher(cfg, data, cache_dir=cache_dir, progress=not quiet)
+        jobs: list[Retraining] = []
+        n_params: dict[int, int] = {}
+        for i, s in enumerate(selection.settings):
+            if i in out_rows:
+                continue
+            n_params[i] = count_parameters(build_student(
+                cfg.student.model, data.input_shape, data.num_classes, width=s.width))
+            c0 = training_config(cfg, s, 0)
+            small = device == "cpu" and n_params[i] * c0.training.batch_size < _SMALL_BATCH_WORK
+            jobs += [Retraining(i, seed, training_config(cfg, s, seed), 1 if small else None)
+                     for seed in seeds]
+        # a runner may start training now, while the test split is read and the teacher tested
+        trained = (runner or in_process(data, teacher))(jobs)
         # the one read of the test split in kdsearch
         test = load_test(cfg.dataset, data, data_dir=data_dir, cache_dir=cache_dir,
                          device=device)
@@ -328,51 +401,44 @@ def evaluate_final(results_dir: str | os.PathLike[str], *, retrain: bool = True,
         if not quiet:
             log(f"final: teacher {cfg.teacher.model} test_acc {teacher_acc:.4f} "
                 f"({len(test):,} test examples)")
-        total = len(todo) * len(seeds)
-        done = 0
-        for i, s in enumerate(selection.settings):
-            if i in out_rows:
-                continue
-            student = build_student(cfg.student.model, data.input_shape, data.num_classes,
-                                    width=s.width)
-            n_params = count_parameters(student)
+        outcomes: dict[tuple[int, int], tuple[Retrained, float | None]] = {}
+        for done, (job, res) in enumerate(trained, 1):
+            s = selection.settings[job.index]
+            acc = None
+            if res.state is not None:
+                model = build_student(cfg.student.model, data.input_shape, data.num_classes,
+                                      width=s.width)
+                model.load_state_dict(res.state)
+                with _threads(job.threads):
+                    acc = evaluate(model.to(device), test)[0]  # the test split is read only here
+            outcomes[(job.index, job.seed)] = (res, acc)
+            if not quiet:
+                label = s.kind if s.tuned else f"{s.kind} (untuned)"
+                what = "diverged" if acc is None else f"test_acc {acc:.4f}"
+                log(f"final [{done}/{len(jobs)}] {label} width {s.width} seed {job.seed}: "
+                    f"{what} ({job.config.training.epochs} epochs, {res.seconds:.1f} s)")
+        trained_on = sorted({res.device for res, _ in outcomes.values()})
+        for i in n_params:
+            s = selection.settings[i]
             c0 = training_config(cfg, s, 0)
-            small = device == "cpu" and n_params * c0.training.batch_size < _SMALL_BATCH_WORK
-            accs: list[float | None] = []
-            val_accs: list[float | None] = []
-            t_row = time.perf_counter()
-            for seed in seeds:
-                c = training_config(cfg, s, seed)
-                t0 = time.perf_counter()
-                try:
-                    with _threads(1 if small else None):
-                        model, history = train_student(
-                            c, data, teacher=teacher if c.training.alpha < 1 else None)
-                        acc = evaluate(model, test)[0]
-                    accs.append(acc)
-                    val_accs.append(history[-1]["val_acc"])
-                    what = f"test_acc {acc:.4f}"
-                except Diverged:
-                    accs.append(None)
-                    val_accs.append(None)
-                    what = "diverged"
-                done += 1
-                if not quiet:
-                    label = s.kind if s.tuned else f"{s.kind} (untuned)"
-                    log(f"final [{done}/{total}] {label} width {s.width} seed {seed}: {what} "
-                        f"({c.training.epochs} epochs, {time.perf_counter() - t0:.1f} s)")
+            accs = [outcomes[(i, seed)][1] for seed in seeds]
+            val_accs = [outcomes[(i, seed)][0].val_acc for seed in seeds]
             ok = [a for a in accs if a is not None]
             mean, std = mean_std(ok)
             out_rows[i] = {"kind": s.kind, "tuned": s.tuned, "best": s.best, "width": s.width,
-                           "params": n_params, "settings": s.settings,
+                           "params": n_params[i], "settings": s.settings,
                            "epochs": c0.training.epochs,
                            "alpha": c0.training.alpha, "trial_id": s.trial_id,
                            "val_acc": s.val_acc, "search_epochs": s.search_epochs,
                            "seeds": seeds, "test_accs": accs,
                            "final_val_accs": val_accs, "mean": mean, "std": std,
                            "diverged": sum(a is None for a in accs),
-                           "seconds": round(time.perf_counter() - t_row, 3),
+                           # training time, summed over the seeds (they may run side by side)
+                           "seconds": round(sum(outcomes[(i, seed)][0].seconds
+                                                for seed in seeds), 3),
                            "spec": s.spec(cfg)}
+        if trained_on:
+            device = "+".join(trained_on)
         del data, teacher, test
         if device == "cuda":
             torch.cuda.empty_cache()

@@ -28,7 +28,7 @@ from typing import Any, Sequence
 
 from kdsearch import __version__
 from kdsearch.config import max_epochs
-from kdsearch.final import (BASELINE, DISTILLED, FINAL_FILE, ReportError,
+from kdsearch.final import (BASELINE, DISTILLED, FINAL_FILE, ReportError, Runner,
                             write_text_atomic, evaluate_final, incomplete_trials, mean_std,
                             read_config, read_csv, row_width, write_json)
 from kdsearch.search import (PHASE_LABEL, PHASES, PROGRESS_FILE, RUN_FILE, TRIALS_FILE,
@@ -652,17 +652,19 @@ def render(summary: dict[str, Any], plots: dict[str, dict[str, Any]]) -> str:
 
 # --------------------------------------------------------------------------- entry point
 def make_report(results_dir: str | os.PathLike[str], *, retrain: bool = True,
-                device: str = "auto", quiet: bool = False) -> Path:
+                device: str = "auto", quiet: bool = False, runner: Runner | None = None) -> Path:
     """Write report.md, summary.json, summary.csv and the plots; return report.md's path.
 
     Runs the final evaluation (final.py) first when `retrain` is true or final.json is missing
-    or out of date; with `retrain=False` an up-to-date final.json is reused as it is.
+    or out of date; with `retrain=False` an up-to-date final.json is reused as it is. `runner`
+    trains its models (default: one after the other in this process).
     """
     results = Path(results_dir)
     if not results.is_dir():
         raise ReportError(f"{results_dir}: no such results folder; pass results/<name> of a "
                           f"search")
-    final = evaluate_final(results, retrain=retrain, device=device, quiet=quiet)
+    final = evaluate_final(results, retrain=retrain, device=device, quiet=quiet,
+                           runner=runner)
     summary = summarize(results, final)
     plots = write_plots(results, final)
     summary["plots"] = plots

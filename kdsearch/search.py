@@ -4,7 +4,8 @@ Flow: config -> dataset + cached teacher (once, in the driver) -> `tune.with_par
 data and the teacher's logits in Ray's object store once, as arrays each trial maps without a
 copy -> every trial builds a student from its config and runs `distill.fit`, reporting each epoch
 (with a checkpoint every few seconds) -> side by side in the same Tuner, a baseline search of the
-student alone (alpha = 1) on the same budget -> the results folder -> the report.
+student alone (alpha = 1) on the same budget -> the results folder -> the report, whose final
+retrainings run as Ray tasks on the same object-store data (`_ray_runner`).
 
 Results folder `results/<name>/` (all paths inside it relative, so it can be copied):
   config.yaml     the resolved config           run.json     search status, teacher, hardware
@@ -192,6 +193,54 @@ def _trainable(params: dict[str, Any], payload: dict[str, Any]) -> None:
         # retrying it would diverge again
         tune.report({EPOCH: max_epochs(cfg), VAL_ACC: 0.0, VAL_LOSS: float("nan"),
                      TRAIN_LOSS: float("nan"), **extra, "diverged": 1, "error": str(e)})
+
+
+def _retrain_task(payload: dict[str, Any], job: Any) -> Any:
+    """A Ray task: one retraining of the final evaluation (`final.train_one`) on this worker's
+    CPUs or GPU share, against the payload's data and teacher; the weights go back as arrays."""
+    import ray
+
+    from kdsearch.final import train_one
+
+    torch.set_num_threads(job.threads or max(1, int(payload["cpus_per_trial"])))
+    device = "cuda" if ray.get_gpu_ids() and torch.cuda.is_available() else "cpu"
+    data, _, teacher = _trial_inputs(payload, device)
+    return _for_object_store(train_one(job, data, teacher))
+
+
+def _ray_runner(payload: dict[str, Any]) -> Any:
+    """A `final.Runner` that trains the final evaluation's models as Ray tasks, side by side on
+    the cluster's CPUs and GPU shares (the trials' resources each), and yields each as it ends.
+
+    The payload (data, teacher logits) goes to the object store once; the test split stays in
+    the driver, which evaluates the weights that come back.
+    """
+    import ray
+
+    task = ray.remote(_retrain_task).options(
+        num_cpus=payload["cpus_per_trial"], num_gpus=payload["gpus_per_trial"], max_retries=0)
+    ref = ray.put({k: payload[k] for k in ("token", "config", "data", "teacher_logits",
+                                           "teacher_state", "cpus_per_trial")})
+
+    def run(jobs: list[Any]) -> Iterator[tuple[Any, Any]]:
+        pending = {task.remote(ref, job): job for job in jobs}  # all submitted at once
+        return _as_they_end(pending)
+
+    def _as_they_end(pending: dict[Any, Any]) -> Iterator[tuple[Any, Any]]:
+        try:
+            while pending:
+                [done], _ = ray.wait(list(pending), num_returns=1)
+                job = pending.pop(done)
+                try:
+                    result = ray.get(done)
+                except ray.exceptions.RayTaskError as e:
+                    raise (e.cause if isinstance(e.cause, Exception) else e) from None
+                yield job, _from_object_store(result)
+        finally:
+            for left in pending:
+                ray.cancel(left, force=True)
+
+    return run
 
 
 # --------------------------------------------------------------------------- the space
@@ -1147,7 +1196,7 @@ def _execute(cfg: ExperimentConfig, results_dir: Path, run: dict[str, Any], *,
     if report:
         from kdsearch.report import make_report
 
-        result.report_path = make_report(results_dir)
+        result.report_path = make_report(results_dir, runner=_ray_runner(payload))
     return result
 
 

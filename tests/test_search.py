@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -522,6 +524,47 @@ def test_auto_gpu_share_on_logical_gpus_is_a_sixteenth_for_digits() -> None:
     assert cfg.search.gpus_per_trial is None
     share = _gpu_fraction(cfg, _fake_data(1437, (1, 8, 8)))
     assert _fit_concurrency({"cpus": 8, "gpus": 2}, 1.0, share) == 8  # CPU-bound, not GPU
+
+
+def test_final_retrainings_run_as_ray_tasks_and_match_in_process(logical_gpus: None) -> None:
+    from kdsearch.config import default_cache_dir, default_data_dir
+    from kdsearch.data import load_dataset
+    from kdsearch.final import BASELINE, DISTILLED, Retraining, Setting, in_process, training_config
+    from kdsearch.search import _ray_runner
+    from kdsearch.teacher import get_teacher
+
+    cfg = load_config(QUICKSTART, [*TINY_TEACHER, "training.epochs=3"])
+    cache = default_cache_dir(cfg)
+    data = load_dataset(cfg.dataset, data_dir=default_data_dir(cfg), cache_dir=cache)
+    teacher = get_teacher(cfg, data, cache_dir=cache, progress=False)
+
+    def setting(kind: str, width: int, **values: Any) -> Setting:
+        return Setting(kind, width, {"lr": 3e-3, **values}, True, False, None, None, None)
+
+    diverging = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training,
+                                                                       optimizer="sgd"))
+    jobs = [Retraining(0, 0, training_config(cfg, setting(DISTILLED, 8, temperature=4.0), 0), 1),
+            Retraining(0, 1, training_config(cfg, setting(DISTILLED, 8, temperature=4.0), 1), 1),
+            Retraining(1, 0, training_config(cfg, setting(BASELINE, 16), 0), None),
+            Retraining(2, 0, training_config(diverging, setting(DISTILLED, 8, lr=1e30), 0), 1)]
+    payload = {"token": "final-test", "config": {}, "data": _for_object_store(data),
+               "teacher_logits": _for_object_store(teacher.train_logits), "teacher_state": None,
+               "cpus_per_trial": 1, "gpus_per_trial": 0}
+    remote = dict(_ray_runner(payload)(jobs))
+    local = dict(in_process(data, teacher)(jobs))
+    assert set(remote) == set(local) == set(jobs)
+    for job in jobs[:3]:
+        assert remote[job].val_acc == local[job].val_acc
+        assert remote[job].state.keys() == local[job].state.keys()
+        # the same weights, bit for bit, trained in a Ray worker as here
+        assert all(torch.equal(remote[job].state[k], v) for k, v in local[job].state.items())
+    assert remote[jobs[0]].val_acc != remote[jobs[1]].val_acc  # the seed matters
+    assert remote[jobs[3]].state is None and local[jobs[3]].state is None  # diverged
+    # trained in Ray's worker processes, side by side, not in this one
+    workers = {r.worker for r in remote.values()}
+    assert all(int(w.rsplit(":", 1)[1]) != os.getpid() for w in workers)
+    assert len(workers) >= 2
+    assert {r.worker for r in local.values()} == {f"{socket.gethostname()}:{os.getpid()}"}
 
 
 # --------------------------------------------------------------------------- kill and resume
