@@ -219,10 +219,12 @@ def _ray_runner(payload: dict[str, Any]) -> Any:
 
     task = ray.remote(_retrain_task).options(
         num_cpus=payload["cpus_per_trial"], num_gpus=payload["gpus_per_trial"], max_retries=0)
-    ref = ray.put({k: payload[k] for k in ("token", "config", "data", "teacher_logits",
-                                           "teacher_state", "cpus_per_trial")})
 
     def run(jobs: list[Any]) -> Iterator[tuple[Any, Any]]:
+        if not jobs:
+            return iter(())
+        ref = ray.put({k: payload[k] for k in ("token", "config", "data", "teacher_logits",
+                                               "teacher_state", "cpus_per_trial")})
         pending = {task.remote(ref, job): job for job in jobs}  # all submitted at once
         return _as_they_end(pending)
 
@@ -1147,24 +1149,8 @@ def _execute(cfg: ExperimentConfig, results_dir: Path, run: dict[str, Any], *,
     run["teacher"] = {"key": teacher.key if teacher else None,
                       "val_acc": teacher.val_acc if teacher else None}
     run["hardware"] = _hardware()
-    gpus = run["hardware"]["gpus"]
-    online = cfg.training.shift > 0
-    payload = {
-        "token": uuid.uuid4().hex,  # names this search's tensors in each trial actor's cache
-        "config": _config_dict(cfg),
-        "data": _for_object_store(data),
-        "teacher_logits": _for_object_store(teacher.train_logits) if teacher else None,
-        "teacher_state": (_for_object_store(teacher.model.state_dict())
-                          if teacher and online else None),
-        "cpus_per_trial": cfg.search.cpus_per_trial,
-        "gpus_per_trial": _gpu_fraction(cfg, data) if gpus else 0.0,
-        "params_by_width": {w: count_parameters(_shape_only_student(cfg, data, w))
-                            for w in _widths(cfg)},
-    }
+    payload = _make_payload(cfg, data, teacher, run["hardware"])
     run["gpus_per_trial"] = payload["gpus_per_trial"]
-    # Tune runs an Optuna searcher's trials one at a time unless told how many may run at once
-    payload["concurrency"] = cfg.search.max_concurrent_trials or _fit_concurrency(
-        run["hardware"], cfg.search.cpus_per_trial, payload["gpus_per_trial"])
     run["max_concurrent_trials"] = payload["concurrency"]
     phases = [p for p in PHASES if p == "distill" or cfg.search.baseline]
     state = run.get("search", {})
@@ -1198,6 +1184,28 @@ def _execute(cfg: ExperimentConfig, results_dir: Path, run: dict[str, Any], *,
 
         result.report_path = make_report(results_dir, runner=_ray_runner(payload))
     return result
+
+
+def _make_payload(cfg: ExperimentConfig, data: Dataset, teacher: Teacher | None,
+                  hardware: dict[str, Any]) -> dict[str, Any]:
+    """What every trial (and final retraining) gets through the object store, once."""
+    online = cfg.training.shift > 0
+    gpus_per_trial = _gpu_fraction(cfg, data) if hardware["gpus"] else 0.0
+    return {
+        "token": uuid.uuid4().hex,  # names this search's tensors in each trial actor's cache
+        "config": _config_dict(cfg),
+        "data": _for_object_store(data),
+        "teacher_logits": _for_object_store(teacher.train_logits) if teacher else None,
+        "teacher_state": (_for_object_store(teacher.model.state_dict())
+                          if teacher and online else None),
+        "cpus_per_trial": cfg.search.cpus_per_trial,
+        "gpus_per_trial": gpus_per_trial,
+        "params_by_width": {w: count_parameters(_shape_only_student(cfg, data, w))
+                            for w in _widths(cfg)},
+        # Tune runs an Optuna searcher's trials one at a time unless told how many may run at once
+        "concurrency": cfg.search.max_concurrent_trials or _fit_concurrency(
+            hardware, cfg.search.cpus_per_trial, gpus_per_trial),
+    }
 
 
 def _config_dict(cfg: ExperimentConfig) -> dict[str, Any]:
