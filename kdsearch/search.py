@@ -27,9 +27,11 @@ import math
 import os
 import platform
 import shutil
+import signal
 import socket
 import sys
 import tempfile
+import threading
 import time
 import uuid
 import warnings
@@ -1028,7 +1030,14 @@ def _run_tuner(phases: list[str], cfg: ExperimentConfig, results_dir: Path, stor
         if per_width and min(budgets.values()) < len(widths):
             print(f"note: fewer trials than widths ({len(widths)}): only the first "
                   f"widths get a trial; raise search.num_samples to tune them all", flush=True)
-    grid = tuner.fit()
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        grid = tuner.fit()
+    finally:
+        # fit() installs Tune's own SIGINT handler and leaves it there when the search ends
+        # without a Ctrl-C: the first Ctrl-C of the final evaluation would be swallowed
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, handler)
     # Tune catches Ctrl-C (SIGINT) itself: fit() then returns early, with its state saved, as
     # if the search had ended. Fewer ended trials than planned means it was interrupted: it
     # must not be marked finished, nor the report run on half a search.
