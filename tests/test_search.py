@@ -258,11 +258,24 @@ def digits_search(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[An
         if ray.is_initialized():  # left by another test: run_search must start its own
             ray.shutdown()
         root = tmp_path_factory.mktemp("results")
+        _SIGINT_HANDLER["before"] = signal.getsignal(signal.SIGINT)
         result = run_search(QUICKSTART, overrides=[
             "search.num_samples=8", "training.epochs=6", "search.grace_period=1",
             "search.reduction_factor=3", *TINY_TEACHER], results_dir=root, report=False,
             quiet=True)
+        _SIGINT_HANDLER["after"] = signal.getsignal(signal.SIGINT)
     yield result, root / "quickstart"
+
+
+_SIGINT_HANDLER: dict[str, Any] = {}  # around digits_search's run_search
+
+
+@pytest.mark.slow
+def test_the_search_leaves_the_ctrl_c_handler_as_it_found_it(
+        digits_search: tuple[Any, Path]) -> None:
+    # Tune's fit() installs its own SIGINT handler and leaves it: a Ctrl-C during the final
+    # evaluation that follows the search would then be swallowed instead of stopping kdsearch
+    assert _SIGINT_HANDLER["after"] is _SIGINT_HANDLER["before"]
 
 
 @pytest.mark.slow
