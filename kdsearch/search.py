@@ -1191,7 +1191,8 @@ def _execute(cfg: ExperimentConfig, results_dir: Path, run: dict[str, Any], *,
     if report:
         from kdsearch.report import make_report
 
-        result.report_path = make_report(results_dir, runner=_ray_runner(payload))
+        result.report_path = make_report(results_dir, runner=_ray_runner(payload),
+                                         quiet=quiet)
     return result
 
 

@@ -580,6 +580,23 @@ def test_final_retrainings_run_as_ray_tasks_and_match_in_process(logical_gpus: N
     assert {r.worker for r in local.values()} == {f"{socket.gethostname()}:{os.getpid()}"}
 
 
+@pytest.mark.slow
+def test_a_quiet_search_with_its_report_prints_nothing(logical_gpus: None, tmp_path: Path,
+                                                        capfd: pytest.CaptureFixture) -> None:
+    from kdsearch import run_search
+
+    capfd.readouterr()
+    result = run_search(QUICKSTART, overrides=["name=quiet", *TINY_TEACHER, "training.epochs=2",
+                                               "search.num_samples=4", "search.grace_period=2",
+                                               "search.gpus_per_trial=0.5", "report.seeds=1"],
+                        results_dir=tmp_path, quiet=True)
+    out, err = capfd.readouterr()
+    assert "final" not in out + err and "search:" not in out + err, (out + err)[-2000:]
+    # the report is still made in full (its retrainings asking for the trials' GPU share)
+    final = json.loads((result.results_dir / "final.json").read_text())
+    assert final["retrained"] == 8 and result.report_path is not None
+
+
 # --------------------------------------------------------------------------- kill and resume
 def _descendants(pid: int) -> set[int]:
     children: dict[int, list[int]] = {}
