@@ -37,7 +37,7 @@ import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 import torch
@@ -52,6 +52,9 @@ from kdsearch.distill import (EPOCH, TRAIN_LOSS, VAL_ACC, VAL_LOSS, Diverged, Fi
                               train_student)
 from kdsearch.models import build_student, count_parameters
 from kdsearch.teacher import Teacher, get_teacher
+
+if TYPE_CHECKING:  # final.py imports this module
+    from kdsearch.final import Retrained, Retraining, Runner
 
 PHASES = ("distill", "baseline")
 PHASE_KEY = "phase"  # in a trial's config: the phase (search) it belongs to
@@ -197,7 +200,7 @@ def _trainable(params: dict[str, Any], payload: dict[str, Any]) -> None:
                      TRAIN_LOSS: float("nan"), **extra, "diverged": 1, "error": str(e)})
 
 
-def _retrain_task(payload: dict[str, Any], job: Any) -> Any:
+def _retrain_task(payload: dict[str, Any], job: Retraining) -> Retrained:
     """A Ray task: one retraining of the final evaluation (`final.train_one`) on this worker's
     CPUs or GPU share, against the payload's data and teacher; the weights go back as arrays."""
     import ray
@@ -210,7 +213,7 @@ def _retrain_task(payload: dict[str, Any], job: Any) -> Any:
     return _for_object_store(train_one(job, data, teacher))
 
 
-def _ray_runner(payload: dict[str, Any]) -> Any:
+def _ray_runner(payload: dict[str, Any]) -> Runner:
     """A `final.Runner` that trains the final evaluation's models as Ray tasks, side by side on
     the cluster's CPUs and GPU shares (the trials' resources each), and yields each as it ends.
 
@@ -222,7 +225,7 @@ def _ray_runner(payload: dict[str, Any]) -> Any:
     task = ray.remote(_retrain_task).options(
         num_cpus=payload["cpus_per_trial"], num_gpus=payload["gpus_per_trial"], max_retries=0)
 
-    def run(jobs: list[Any]) -> Iterator[tuple[Any, Any]]:
+    def run(jobs: list[Retraining]) -> Iterator[tuple[Retraining, Retrained]]:
         if not jobs:
             return iter(())
         ref = ray.put({k: payload[k] for k in ("token", "config", "data", "teacher_logits",
@@ -230,7 +233,7 @@ def _ray_runner(payload: dict[str, Any]) -> Any:
         pending = {task.remote(ref, job): job for job in jobs}  # all submitted at once
         return _as_they_end(pending)
 
-    def _as_they_end(pending: dict[Any, Any]) -> Iterator[tuple[Any, Any]]:
+    def _as_they_end(pending: dict[Any, Retraining]) -> Iterator[tuple[Retraining, Retrained]]:
         try:
             while pending:
                 [done], _ = ray.wait(list(pending), num_returns=1)

@@ -539,11 +539,12 @@ def test_auto_gpu_share_on_logical_gpus_is_a_sixteenth_for_digits() -> None:
     assert _fit_concurrency({"cpus": 8, "gpus": 2}, 1.0, share) == 8  # CPU-bound, not GPU
 
 
+@pytest.mark.slow
 def test_final_retrainings_run_as_ray_tasks_and_match_in_process(logical_gpus: None) -> None:
     from kdsearch.config import default_cache_dir, default_data_dir
     from kdsearch.data import load_dataset
     from kdsearch.final import BASELINE, DISTILLED, Retraining, Setting, in_process, training_config
-    from kdsearch.search import _ray_runner
+    from kdsearch.search import _make_payload, _ray_runner
     from kdsearch.teacher import get_teacher
 
     cfg = load_config(QUICKSTART, [*TINY_TEACHER, "training.epochs=3"])
@@ -560,9 +561,7 @@ def test_final_retrainings_run_as_ray_tasks_and_match_in_process(logical_gpus: N
             Retraining(0, 1, training_config(cfg, setting(DISTILLED, 8, temperature=4.0), 1), 1),
             Retraining(1, 0, training_config(cfg, setting(BASELINE, 16), 0), None),
             Retraining(2, 0, training_config(diverging, setting(DISTILLED, 8, lr=1e30), 0), 1)]
-    payload = {"token": "final-test", "config": {}, "data": _for_object_store(data),
-               "teacher_logits": _for_object_store(teacher.train_logits), "teacher_state": None,
-               "cpus_per_trial": 1, "gpus_per_trial": 0}
+    payload = _make_payload(cfg, data, teacher, {"cpus": 8, "gpus": 0})  # as run_search's
     remote = dict(_ray_runner(payload)(jobs))
     local = dict(in_process(data, teacher)(jobs))
     assert set(remote) == set(local) == set(jobs)
