@@ -169,6 +169,10 @@ class Dimension:
 class SearchConfig:
     space: tuple[Dimension, ...] = ()
     algorithm: str = _spec("tpe", str, *_one_of(SEARCH_ALGORITHMS))
+    # TPE's first trials (per searcher: per width with per_width) are drawn at random; null:
+    # Optuna's 10
+    startup_trials: int | None = _spec(None, int, _at_least(1), "an integer >= 1",
+                                       optional=True)
     scheduler: str = _spec("asha", str, *_one_of(SCHEDULERS))
     num_samples: int = _spec(16, int, _at_least(1), "an integer >= 1")
     # null: as many at once as the resources allow

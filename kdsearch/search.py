@@ -45,7 +45,7 @@ import torch
 
 from kdsearch import __version__
 from kdsearch.config import (KD_DIMENSIONS, UserError, Dimension, ExperimentConfig,
-                             check_searchable, config_from_dict, default_cache_dir,
+                             SearchConfig, check_searchable, config_from_dict, default_cache_dir,
                              default_data_dir, dump_config, load_config, max_epochs, read_yaml,
                              with_params)
 from kdsearch.data import Dataset, load_dataset
@@ -980,6 +980,33 @@ def _prepare(cfg: ExperimentConfig, device: str = "cpu", *, progress: bool = Tru
     return data, teacher
 
 
+TPE_STARTUP_TRIALS = 10  # Optuna's TPESampler's n_startup_trials, kept when it is not set
+
+
+def _random_search_note(cfg: ExperimentConfig, phases: list[str]) -> str | None:
+    """What to tell a user whose TPE budget never gets past TPE's random start-up trials."""
+    s = cfg.search
+    startup = s.startup_trials or TPE_STARTUP_TRIALS
+    least = min(arm[1] for arm in _arms(cfg, phases).values())
+    if s.algorithm != "tpe" or least > startup:
+        return None
+    per = " per width" if _per_width(cfg) else ""
+    return (f"note: TPE draws its first {startup} trials{per} at random, and this search has "
+            f"as few as {least}{per}: random search with {s.scheduler.upper()} there (raise "
+            f"search.num_samples, or lower search.startup_trials, for TPE's own suggestions)")
+
+
+def _sampler(search: SearchConfig, seed: int) -> Any:
+    """The seeded Optuna sampler of one searcher: TPE, whose first `search.startup_trials`
+    (Optuna's 10 when null) are drawn at random, or random search, for comparisons."""
+    import optuna
+
+    if search.algorithm == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(
+        seed=seed, n_startup_trials=search.startup_trials or TPE_STARTUP_TRIALS)
+
+
 def _run_tuner(phases: list[str], cfg: ExperimentConfig, results_dir: Path, storage_path: str,
                payload_ref: dict[str, Any], *, restore: bool, quiet: bool) -> None:
     """Both phases' trials in one Tuner (see `_PhaseSearcher`); returns when all have ended."""
@@ -1031,10 +1058,8 @@ def _run_tuner(phases: list[str], cfg: ExperimentConfig, results_dir: Path, stor
             # seeded: TPE, or random search (Optuna's RandomSampler) for comparisons; each
             # arm draws its own sequence from search.seed
             seed = _arm_seed(s.seed, arm) if per_width else s.seed
-            sampler = (optuna.samplers.TPESampler(seed=seed) if s.algorithm == "tpe"
-                       else optuna.samplers.RandomSampler(seed=seed))
             searchers[arm] = OptunaSearch(_optuna_space(dims), metric=VAL_ACC, mode="max",
-                                          sampler=sampler) if dims else None
+                                          sampler=_sampler(s, seed)) if dims else None
             schedulers[arm] = (ASHAScheduler(time_attr=EPOCH, max_t=max_epochs(cfg),
                                              grace_period=s.grace_period,
                                              reduction_factor=s.reduction_factor)
@@ -1057,6 +1082,9 @@ def _run_tuner(phases: list[str], cfg: ExperimentConfig, results_dir: Path, stor
         if per_width and min(budgets.values()) < len(widths):
             print(f"note: fewer trials than widths ({len(widths)}): only the first "
                   f"widths get a trial; raise search.num_samples to tune them all", flush=True)
+        note = _random_search_note(cfg, phases)
+        if note:
+            print(note, flush=True)
     handler = signal.getsignal(signal.SIGINT)
     try:
         grid = tuner.fit()

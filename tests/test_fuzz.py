@@ -220,6 +220,7 @@ FIELDS: dict[tuple[str, str], tuple[st.SearchStrategy[Any], bool]] = {
     ("training", "shift"): (bad_int(below=0), False),
     ("training", "seed"): (SEED, False),
     ("search", "algorithm"): (bad_name(SEARCH_ALGORITHMS), False),
+    ("search", "startup_trials"): (AT_LEAST_1, True),
     ("search", "scheduler"): (bad_name(SCHEDULERS), False),
     ("search", "num_samples"): (AT_LEAST_1, False),
     ("search", "max_concurrent_trials"): (AT_LEAST_1, True),

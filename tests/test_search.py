@@ -31,7 +31,7 @@ from kdsearch.config import load_config
 from kdsearch.data import Dataset, Split
 from kdsearch.search import (PROGRESS_FIELDS, TRIAL_FIELDS, _fit_concurrency,
                              _for_object_store, _from_object_store, _gpu_fraction, _quiet_ray,
-                             phase_dimensions)
+                             _random_search_note, _sampler, phase_dimensions)
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "search_spaces" / "quickstart.yaml"
@@ -268,6 +268,56 @@ def digits_search(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[An
 
 
 _SIGINT_HANDLER: dict[str, Any] = {}  # around digits_search's run_search
+
+
+def test_tpe_draws_its_first_startup_trials_at_random_then_learns() -> None:
+    # search.startup_trials reaches the sampler of every searcher: TPE draws that many trials as
+    # random search does (the same seed, the same draws), then its own; null keeps Optuna's 10
+    import optuna
+
+    search = load_config(QUICKSTART).search
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+
+    def draws(**changes: Any) -> list[float]:
+        study = optuna.create_study(sampler=_sampler(dataclasses.replace(search, **changes), 7),
+                                    direction="maximize")
+        out = []
+        for _ in range(12):
+            trial = study.ask({"x": optuna.distributions.FloatDistribution(0.0, 1.0)})
+            out.append(trial.params["x"])
+            study.tell(trial, -(trial.params["x"] - 0.3) ** 2)
+        return out
+
+    random = draws(algorithm="random")
+    three, default = draws(startup_trials=3), draws(startup_trials=None)
+    assert three[:3] == random[:3]
+    assert all(a != b for a, b in zip(three[3:], random[3:]))
+    assert default[:10] == random[:10] and default[10:] != random[10:]
+
+
+def test_a_search_too_small_for_tpe_says_it_is_random_search() -> None:
+    def note(*sets: str) -> str | None:
+        cfg = load_config(QUICKSTART, list(sets))
+        return _random_search_note(cfg, ["distill", "baseline"] if cfg.search.baseline
+                                   else ["distill"])
+
+    assert note() is None  # 48 trials over 4 widths: 12 per width, 2 of them TPE's
+    assert note("search.num_samples=32") == (
+        "note: TPE draws its first 10 trials per width at random, and this search has as few "
+        "as 8 per width: random search with ASHA there (raise search.num_samples, or lower "
+        "search.startup_trials, for TPE's own suggestions)")
+    assert note("search.num_samples=32", "search.startup_trials=4") is None
+    assert note("search.num_samples=32", "search.algorithm=random") is None
+    # one searcher over all widths: the phase's whole budget counts
+    assert note("search.num_samples=10", "search.per_width=false") is not None
+    assert note("search.num_samples=11", "search.per_width=false") is None
+    # either kind's searcher: the distilled or the baseline
+    assert "as few as 8:" in note("search.num_samples=8", "search.per_width=false",
+                                  "search.baseline_num_samples=16")
+    assert "as few as 8:" in note("search.num_samples=16", "search.per_width=false",
+                                  "search.baseline_num_samples=8")
+    assert note("search.num_samples=16", "search.per_width=false", "search.baseline=false",
+                "search.baseline_num_samples=8") is None
 
 
 def test_tunes_lost_race_on_a_renamed_temporary_file_is_not_shown(tmp_path: Path) -> None:
