@@ -987,9 +987,10 @@ def _random_search_note(cfg: ExperimentConfig, phases: list[str]) -> str | None:
     """What to tell a user whose TPE budget never gets past TPE's random start-up trials."""
     s = cfg.search
     startup = s.startup_trials or TPE_STARTUP_TRIALS
-    least = min(arm[1] for arm in _arms(cfg, phases).values())
-    if s.algorithm != "tpe" or least > startup:
+    budgets = [n for dims, n, _ in _arms(cfg, phases).values() if dims]  # arms with a searcher
+    if s.algorithm != "tpe" or not budgets or min(budgets) > startup:
         return None
+    least = min(budgets)
     per = " per width" if _per_width(cfg) else ""
     return (f"note: TPE draws its first {startup} trials{per} at random, and this search has "
             f"as few as {least}{per}: random search with {s.scheduler.upper()} there (raise "

@@ -318,6 +318,12 @@ def test_a_search_too_small_for_tpe_says_it_is_random_search() -> None:
                                   "search.baseline_num_samples=8")
     assert note("search.num_samples=16", "search.per_width=false", "search.baseline=false",
                 "search.baseline_num_samples=8") is None
+    # a baseline with nothing to search (width alone, per width) has no searcher to speak of
+    cfg = load_config(QUICKSTART, ["search.baseline_num_samples=4"])
+    no_lr = dataclasses.replace(cfg, search=dataclasses.replace(
+        cfg.search, space=tuple(d for d in cfg.search.space if d.name != "lr")))
+    assert _random_search_note(no_lr, ["distill", "baseline"]) is None
+    assert _random_search_note(cfg, ["distill", "baseline"]) is not None
 
 
 def test_tunes_lost_race_on_a_renamed_temporary_file_is_not_shown(tmp_path: Path) -> None:
