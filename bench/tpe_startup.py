@@ -4,8 +4,8 @@ With `per_width`, each width has its own TPE searcher and an equal share of the 
 `mnist_mlp.yaml`'s 32 per kind over 4 widths gives 8 per width, all inside TPE's 10 random
 start-up trials, so that search is random search with ASHA. This runs the space (report off)
 once per search seed with `search.startup_trials` unset (Optuna's 10) and once with
-`--startup`, and compares, per (seed, kind, width), the best val_acc the search found (among
-the trials that ran the full epoch budget, as the report picks; else any), paired.
+`--startup`, and compares, per (seed, kind, width), the val_acc of the trial the report would
+retrain (`search.best_trial`: full-budget trials first, then the highest val_acc), paired.
 
 Usage (KDSEARCH_DATA_DIR and KDSEARCH_CACHE_DIR as in RESULTS.md):
   .venv/bin/python bench/tpe_startup.py [--space search_spaces/mnist_mlp.yaml] [--startup 3]
@@ -29,6 +29,7 @@ from scipy import stats
 
 from kdsearch import run_search
 from kdsearch.config import load_config
+from kdsearch.search import best_trial
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,14 +40,15 @@ def _finished(folder: Path) -> bool:
         "finished"
 
 
-def _best_by_arm(trials: Path, budget: int) -> tuple[dict[tuple[str, str], float], int]:
+def _best_by_arm(trials: Path) -> tuple[dict[tuple[str, str], float], int]:
+    """(kind, width) -> the val_acc of the trial the report would pick; all trial-epochs."""
     with open(trials, newline="") as f:
-        rows = [r for r in csv.DictReader(f) if r["val_acc"]]
+        rows = list(csv.DictReader(f))
     best = {}
-    for key in sorted({(r["phase"], r["width"]) for r in rows}):
-        arm = [r for r in rows if (r["phase"], r["width"]) == key]
-        full = [float(r["val_acc"]) for r in arm if int(r["epochs"]) == budget]
-        best[key] = max(full or [float(r["val_acc"]) for r in arm])
+    for phase, width in sorted({(r["phase"], r["width"]) for r in rows}):
+        found = best_trial([r for r in rows if r["width"] == width], phase, [])
+        if found is not None:
+            best[(phase, width)] = float(found[1]["val_acc"])
     return best, sum(int(r["epochs"]) for r in rows)
 
 
@@ -59,7 +61,6 @@ def main() -> None:
     args = p.parse_args()
     root = args.results or Path(tempfile.mkdtemp(prefix="kd-tpe-startup-"))
     cfg = load_config(args.space)
-    budget = cfg.training.epochs
     variants = {"default": [], str(args.startup): [f"search.startup_trials={args.startup}"]}
     for seed in args.seeds:  # interleaved, so that a slow hour weighs on both alike
         for name, sets in variants.items():
@@ -78,8 +79,7 @@ def main() -> None:
     for seed in args.seeds:
         best = {}
         for name in variants:
-            best[name], n = _best_by_arm(root / f"{name}_{seed}" / cfg.name / "trials.csv",
-                                         budget)
+            best[name], n = _best_by_arm(root / f"{name}_{seed}" / cfg.name / "trials.csv")
             epochs[name] += n
         for key, acc in best["default"].items():
             other = best[str(args.startup)][key]

@@ -437,11 +437,11 @@ def evaluate_final(results_dir: str | os.PathLike[str], *, retrain: bool = True,
                            "seconds": round(sum(outcomes[(i, seed)][0].seconds
                                                 for seed in seeds), 3),
                            "spec": s.spec(cfg)}
+        del data, teacher, test
+        if device == "cuda":  # the driver's device (the test split, the teacher)
+            torch.cuda.empty_cache()
         if trained_on:
             device = "+".join(trained_on)
-        del data, teacher, test
-        if device == "cuda":
-            torch.cuda.empty_cache()
     else:
         device = (previous or {}).get("device", device)  # where the reused rows were trained
         if not quiet:
