@@ -27,8 +27,12 @@ Measured on an idle 2-core AMD EPYC VM, torch 2.14.1, 2 threads: the seed loop 1
 fit() 0.46 s at batch 32 (22x), 0.18 s at the default 128 (56x), 0.10 s at 512 (96x); the same
 student through autograd (wrapped in nn.Sequential) 0.33 s at 128 (30x).
 
+--compile adds a row: the written-out step compiled whole by torch.compile (`compiled_mlp_step`,
+an experiment that kdsearch does not ship), and how many epochs its compile time takes to pay
+back. bench/RESULTS.md, item 1, has its figures and why it is not kdsearch's step.
+
 Usage:
-  .venv/bin/python bench/epoch_speed.py [--data-dir DIR] [--repeats 3] [--quick]
+  .venv/bin/python bench/epoch_speed.py [--data-dir DIR] [--repeats 3] [--quick] [--compile]
 
 The data folder holds MNIST/raw/*.gz (torchvision layout); it defaults to $KDSEARCH_DATA_DIR,
 else ../shared/datasets beside the repository. The files are copied to a temporary folder,
@@ -126,6 +130,87 @@ def ours_epoch(data: Dataset, logits: torch.Tensor, batch_size: int, *, autograd
     return time.perf_counter() - start, history[-1][VAL_ACC]
 
 
+def compiled_mlp_step(model: nn.Module, optimizer: object, x: torch.Tensor, y: torch.Tensor,
+                      log_targets: torch.Tensor | None, training: TrainingConfig):
+    """The written-out MLP step (`kdsearch.distill._analytic_mlp_step`), compiled whole by
+    torch.compile (inductor): forward, the hand-written gradients and Adam's update in one graph,
+    so inductor can fuse the ~30 small operators around the matmuls into a few C++ loops.
+
+    An experiment, not kdsearch's step: it keeps its own Adam state (Adam's arithmetic, as
+    torch's fused kernel does it), takes alpha and T as constants (a new trial would compile
+    again) and the learning rate as a tensor, which fit's cosine schedule writes every step.
+    """
+    from kdsearch.models import MLP
+
+    assert type(model) is MLP and log_targets is not None
+    params = [p.detach() for p in (model.fc1.weight, model.fc1.bias, model.fc2.weight,
+                                   model.fc2.bias, model.fc3.weight, model.fc3.bias)]
+    alpha, temp, k = training.alpha, training.temperature, model.fc3.out_features
+    soft = (1.0 - alpha) * temp
+    x = x.flatten(1)
+    onehot = F.one_hot(y, k).to(x.dtype)
+    p_t = log_targets.exp()
+    table = torch.cat([onehot * alpha + p_t * soft, onehot * alpha, p_t * (soft * temp),
+                       log_targets], 1)
+    exp_avg = [torch.zeros_like(p) for p in params]
+    exp_avg_sq = [torch.zeros_like(p) for p in params]
+    count = torch.zeros(())
+    lr = torch.zeros(())
+    (beta1, beta2), eps, wd = (0.9, 0.999), 1e-8, training.weight_decay
+
+    def whole_step(w1, b1, w2, b2, w3, b3, exp_avg, exp_avg_sq, count, lr, x, table, idx,
+                   loss_sum):
+        xb = x.index_select(0, idx)
+        h1 = torch.addmm(b1, xb, w1.t()).relu()
+        h2 = torch.addmm(b2, h1, w2.t()).relu()
+        z = torch.addmm(b3, h2, w3.t())
+        rows = table.index_select(0, idx)
+        log_p = torch.log_softmax(z, 1)
+        log_p_s = torch.log_softmax(z * (1.0 / temp), 1)
+        loss_sum.add_(-(rows[:, k:2 * k] * log_p).sum()
+                      + (rows[:, 2 * k:3 * k] * (rows[:, 3 * k:] - log_p_s)).sum())
+        g = (log_p.exp() * alpha + log_p_s.exp() * soft - rows[:, :k]) / idx.shape[0]
+        g2 = (g @ w3) * (h2 > 0)
+        g1 = (g2 @ w2) * (h1 > 0)
+        grads = (g1.t() @ xb, g1.sum(0), g2.t() @ h1, g2.sum(0), g.t() @ h2, g.sum(0))
+        count.add_(1)
+        step_size = lr / (1 - beta1 ** count)
+        root_bc2 = (1 - beta2 ** count).sqrt()
+        for p, grad, m, v in zip((w1, b1, w2, b2, w3, b3), grads, exp_avg, exp_avg_sq):
+            if wd:
+                grad = grad + wd * p
+            m.lerp_(grad, 1 - beta1)
+            v.mul_(beta2).addcmul_(grad, grad, value=1 - beta2)
+            p.sub_(step_size * m / (v.sqrt() / root_bc2 + eps))
+
+    from torch._inductor import config as inductor_config
+
+    # compile in this process: inductor's pool of compile workers would still be busy on the
+    # 2 cores while the next rows are timed
+    inductor_config.compile_threads = 1
+    compiled = torch.compile(whole_step, dynamic=False)
+    group = optimizer.param_groups[0]  # type: ignore[attr-defined]
+
+    def step(idx: torch.Tensor, loss_sum: torch.Tensor) -> None:
+        with torch.no_grad():
+            lr.fill_(group["lr"])
+            compiled(*params, exp_avg, exp_avg_sq, count, lr, x, table, idx, loss_sum)
+
+    return step
+
+
+def compiled_epoch(data: Dataset, logits: torch.Tensor, batch_size: int) -> tuple[float, float]:
+    """`ours_epoch` with `compiled_mlp_step` in place of kdsearch's written-out step."""
+    import kdsearch.distill as distill
+
+    kept = distill._analytic_mlp_step
+    distill._analytic_mlp_step = compiled_mlp_step  # type: ignore[assignment]
+    try:
+        return ours_epoch(data, logits, batch_size)
+    finally:
+        distill._analytic_mlp_step = kept
+
+
 class _Reached(Exception):
     pass
 
@@ -163,6 +248,9 @@ def main() -> None:
                         "default one (0: random weights)")
     p.add_argument("--max-epochs", type=int, default=TrainingConfig().epochs,
                    help="training.epochs for 'epochs to 0.95' (the cosine schedule spans them)")
+    p.add_argument("--compile", action="store_true",
+                   help="add a row: the written-out step compiled by torch.compile (inductor; "
+                        "needs a C++ compiler), with its compile time")
     p.add_argument("--quick", action="store_true",
                    help="defaults of --repeats 1 --seed-fraction 0.25: a rough table in a third "
                         "of the time")
@@ -202,14 +290,18 @@ def main() -> None:
         logits = predict(teacher, data.train.x)  # the cache: once, outside every timing
 
         ours_epoch(data, logits, default_bs)  # warm-up: first-call allocations, thread pool
+        compile_first = compiled_epoch(data, logits, default_bs)[0] if args.compile else 0.0
         seed_times: list[float] = []
         ours: dict[int, list[tuple[float, float]]] = {bs: [] for bs in sizes}
         autograd: list[tuple[float, float]] = []
+        compiled: list[tuple[float, float]] = []
         for _ in range(args.repeats):  # interleaved, so background load hits every row alike
             seed_times.append(seed_loop_epoch(root, teacher, n, args.seed_fraction))
             for bs in sizes:
                 ours[bs].append(ours_epoch(data, logits, bs))
             autograd.append(ours_epoch(data, logits, default_bs, autograd=True))
+            if args.compile:
+                compiled.append(compiled_epoch(data, logits, default_bs))
 
         base = TrainingConfig()
         reach = {label: epochs_to(data, training, lg) for label, training, lg in [
@@ -237,6 +329,14 @@ def main() -> None:
     t = min(s for s, _ in autograd)
     print(f"{'  the same through autograd':<34} {default_bs:>5} {t:>8.3f} {seed / t:>7.1f}x "
           f"{autograd[0][1]:>8.4f}  (the step of CNNs and online teaching)")
+    if compiled:
+        t = min(s for s, _ in compiled)
+        ours_t = min(s for s, _ in ours[default_bs])
+        first = compile_first - t
+        even = f"{first / (ours_t - t):.0f} epochs" if ours_t > t else "never"
+        print(f"{'  the same under torch.compile':<34} {default_bs:>5} {t:>8.3f} {seed / t:>7.1f}x "
+              f"{compiled[0][1]:>8.4f}  (compiling: {first:.1f} s more on the first call; "
+              f"pays for itself after {even})")
     print(f"\nEpochs to val acc {TARGET} at the TrainingConfig defaults (lr {base.lr:g} "
           f"{base.lr_schedule} over {args.max_epochs} epochs, seed {base.seed}):")
     for label, (epochs, accs) in reach.items():

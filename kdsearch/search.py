@@ -557,9 +557,14 @@ def _init_ray(address: str | None) -> bool:
     # `ray start` on this machine left in /tmp/ray/ray_current_cluster, alive or not.
     address = address or os.environ.get("RAY_ADDRESS") or "local"
     _check_reachable(address)
+    # a Ray of our own: no idle workers started for the driver. Tune runs every trial in a
+    # fresh actor process and never takes them, so they only spent ~1 s of CPU importing Ray
+    # while the trial actors started (bench/RESULTS.md, item 3)
+    own = {"_system_config": {"prestart_worker_first_driver": False}} \
+        if address == "local" else {}
     try:
         ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False,
-                 include_dashboard=False, configure_logging=True)
+                 include_dashboard=False, configure_logging=True, **own)
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise SearchError(f"cannot reach the Ray cluster at {address!r}: {first[:160]}; start "

@@ -510,6 +510,44 @@ def test_run_search_started_and_stopped_its_own_ray(digits_search: tuple[Any, Pa
     assert not ray.is_initialized()
 
 
+@pytest.mark.slow
+def test_a_ray_of_our_own_starts_no_idle_workers_and_still_runs_tasks() -> None:
+    # Ray prestarts an idle worker per CPU for the first driver; Tune never gives a trial one
+    # of them, so on 2 cores they only took CPU from the trial actors starting beside them
+    import ray
+
+    from kdsearch.search import _init_ray
+
+    def idle_workers() -> list[int]:
+        found = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                cmd = (stat.parent / "cmdline").read_bytes()
+                ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+                grandparent = int((Path("/proc") / str(ppid) / "stat").read_text()
+                                  .rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            if cmd.startswith(b"ray::IDLE") and grandparent == os.getpid():
+                found.append(int(stat.parent.name))
+        return found
+
+    with _restored_environ():
+        if ray.is_initialized():
+            ray.shutdown()
+        assert _init_ray(None)
+        try:
+            deadline = time.monotonic() + 4.0  # Ray's own start had them up within 2 s here
+            while time.monotonic() < deadline:
+                assert idle_workers() == []
+                time.sleep(0.2)
+            # workers still start on demand: a task runs, in a process under our raylet
+            pid = ray.get(ray.remote(lambda: os.getpid()).remote(), timeout=60)
+            assert pid != os.getpid()
+        finally:
+            ray.shutdown()
+
+
 def test_trial_inputs_cross_the_object_store_without_a_copy(logical_gpus: None) -> None:
     import ray
 
