@@ -1108,39 +1108,88 @@ def _run_tuner(phases: list[str], cfg: ExperimentConfig, results_dir: Path, stor
 
 
 def _mend_torn_state(exp_path: str) -> tuple[str, bool] | None:
-    """Mend the newest experiment state if a kill cut it short: (its session, recovered?).
+    """Mend the newest saved state if a kill cut it short: (its session, recovered?).
 
-    Tune writes its state (experiment_state-<session>.json, the searcher's, ...) into a staging
-    folder under Ray's temp dir on the driver, and copies that into the results folder in the
-    background, not atomically: a driver killed mid-copy leaves a truncated experiment state,
-    on which Tuner.restore fails. The staging copy is whole (written before the copy began) and
-    outlives a killed driver on the same machine: if it is there, and is this search's (it
-    names trials this folder has), its files replace the torn ones. Otherwise that session's
-    files are renamed `.torn-<name>`, and Tune restores the session before it (trials it never
-    saw are dropped and suggested anew, see the status callback) or, if there is none, the
-    search starts over in a cleared folder. None when the newest state is whole.
+    Tune writes its state (experiment_state-<session>.json, the searcher's two pickles,
+    tuner.pkl) into a staging folder under Ray's temp dir on the driver, and copies that whole
+    folder into the results folder in the background, not atomically: a driver killed mid-copy
+    leaves whichever file was being copied truncated (seen: an empty search_gen_state beside a
+    whole experiment state), and Tuner.restore fails on it. The staging copy is whole (written
+    before the copy began) and outlives a killed driver on the same machine: if it is there,
+    and is this search's (it names trials this folder has), its files replace the torn ones.
+    Otherwise that session's files are renamed `.torn-<name>`, and Tune restores the whole
+    session before it (trials it never saw are dropped and suggested anew, see the status
+    callback) or, if there is none, the search starts over in a cleared folder. None when the
+    newest state is whole. Nothing is unpickled: a pickle is checked opcode by opcode.
     """
     folder = Path(exp_path)
-    states = sorted(folder.glob("experiment_state-*.json"))
-    if not states or _readable_json(states[-1]):
+    if not folder.is_dir():
         return None
-    session = states[-1].name[len("experiment_state-"):-len(".json")]
     ours = {d.name for d in folder.glob("_trainable_*") if d.is_dir()}
     ray_tmp = Path(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()) / "ray"
-    pattern = f"session_*/artifacts/*/{folder.name}/driver_artifacts"
-    for staged in sorted(ray_tmp.glob(f"{pattern}/experiment_state-{session}.json"),
-                         reverse=True):
-        theirs = {d.name for d in staged.parent.glob("_trainable_*") if d.is_dir()}
-        if not _readable_json(staged) or not (ours & theirs):
-            continue
-        for f in staged.parent.glob(f"*-{session}.*"):
-            tmp = folder / f".{f.name}.tmp"
-            shutil.copyfile(f, tmp)
-            os.replace(tmp, folder / f.name)
-        return session, True
-    for f in folder.glob(f"*-{session}.*"):
-        os.replace(f, f.with_name(f".torn-{f.name}"))
-    return session, False
+    staging = sorted(ray_tmp.glob(f"session_*/artifacts/*/{folder.name}/driver_artifacts"),
+                     reverse=True)
+    staging = [d for d in staging if ours & {t.name for t in d.glob("_trainable_*") if t.is_dir()}]
+    tuner = folder / "tuner.pkl"
+    if tuner.exists() and not _readable_pickle(tuner):
+        for d in staging:
+            if _readable_pickle(d / tuner.name):
+                _copy_atomic(d / tuner.name, tuner)
+                break
+    mended: tuple[str, bool] | None = None
+    while True:
+        sessions = sorted({m.group(2) for f in folder.iterdir()
+                           if (m := _STATE_FILE.match(f.name))})
+        if not sessions:
+            return mended
+        session = sessions[-1]  # Tune restores the newest state file of each kind
+        if _whole_session(folder, session):
+            return mended
+        for d in staging:
+            if _whole_session(d, session):
+                for f in _session_files(d, session):
+                    _copy_atomic(f, folder / f.name)
+                return mended or (session, True)
+        for f in _session_files(folder, session):
+            os.replace(f, f.with_name(f".torn-{f.name}"))
+        mended = mended or (session, False)
+
+
+_STATE_FILE = re.compile(r"^(experiment_state|search_gen_state|searcher-state)-(.+)\.(json|pkl)$")
+
+
+def _session_files(folder: Path, session: str) -> list[Path]:
+    return [f for f in folder.iterdir()
+            if (m := _STATE_FILE.match(f.name)) and m.group(2) == session and f.is_file()]
+
+
+def _whole_session(folder: Path, session: str) -> bool:
+    """`session` saved an experiment state in `folder`, and each of its files reads whole (the
+    experiment state is JSON; search_gen_state-*.json, despite its name, and
+    searcher-state-*.pkl are pickles)."""
+    files = _session_files(folder, session)
+    return (folder / f"experiment_state-{session}.json").is_file() and all(
+        _readable_json(f) if f.name.startswith("experiment_state-") else _readable_pickle(f)
+        for f in files)
+
+
+def _readable_pickle(path: Path) -> bool:
+    """A whole pickle stream, read opcode by opcode without running it: a truncated or empty
+    file fails (pickletools raises ValueError at the cut), and nothing is imported or built."""
+    import pickletools
+
+    try:
+        for _ in pickletools.genops(path.read_bytes()):
+            pass
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def _copy_atomic(src: Path, dst: Path) -> None:
+    tmp = dst.with_name(f".{dst.name}.tmp")
+    shutil.copyfile(src, tmp)
+    os.replace(tmp, dst)
 
 
 def _readable_json(path: Path) -> bool:

@@ -194,10 +194,14 @@ def test_per_width_without_a_searched_width_changes_nothing() -> None:
 
 
 def _state_files(folder: Path, sessions: list[tuple[str, str]]) -> None:
+    """Tune's saved state of each session: the experiment state (JSON, `text`) and the
+    searcher's two pickles (search_gen_state-*.json is a pickle, despite its name)."""
+    import pickle
+
     for session, text in sessions:
         (folder / f"experiment_state-{session}.json").write_text(text)
-        (folder / f"searcher-state-{session}.pkl").write_bytes(text.encode())
-        (folder / f"search_gen_state-{session}.json").write_text("{}")
+        (folder / f"searcher-state-{session}.pkl").write_bytes(pickle.dumps({"state": text}))
+        (folder / f"search_gen_state-{session}.json").write_bytes(pickle.dumps({"counter": 1}))
 
 
 def test_a_torn_experiment_state_is_set_aside_with_its_session(
@@ -240,8 +244,52 @@ def test_a_torn_experiment_state_is_taken_whole_from_rays_staging_folder(
     (other / f"experiment_state-{session}.json").write_text('{"trial_data": []}')
     assert _mend_torn_state(str(folder)) == (session, True)
     assert (folder / f"experiment_state-{session}.json").read_text() == whole
-    assert (folder / f"searcher-state-{session}.pkl").read_bytes() == whole.encode()
+    assert (folder / f"searcher-state-{session}.pkl").read_bytes() == \
+        (staging / f"searcher-state-{session}.pkl").read_bytes()
     assert not list(folder.glob(".*"))
+
+
+def test_a_torn_searcher_state_beside_a_whole_experiment_state_is_mended(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # seen in a test run: a kill during Tune's copy left search_gen_state empty (its experiment
+    # state whole); that session's before had been torn the same way by a later copy. Tune
+    # failed to restore on the empty pickle
+    from kdsearch.search import _mend_torn_state
+
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "tmp"))
+    first, second, third = "2026-11-23_10-57-36", "2026-11-23_10-57-51", "2026-11-23_10-58-11"
+    folder = tmp_path / "results" / "search"
+    folder.mkdir(parents=True)
+    state = '{"trial_data": []}'
+    _state_files(folder, [(first, state), (second, state), (third, state)])
+    (folder / "_trainable_abc_1_lr=0.1").mkdir()
+    (folder / f"search_gen_state-{third}.json").write_bytes(b"")
+    pickled = (folder / f"searcher-state-{second}.pkl").read_bytes()
+    (folder / f"searcher-state-{second}.pkl").write_bytes(pickled[:len(pickled) // 2])
+    whole_tuner = (folder / f"search_gen_state-{first}.json").read_bytes()
+    (folder / "tuner.pkl").write_bytes(whole_tuner[:5])
+    # no staging folder: both torn sessions are set aside, the whole one before them is kept
+    assert _mend_torn_state(str(folder)) == (third, False)
+    kept = sorted(f.name for f in folder.iterdir() if f.is_file() and not f.name.startswith("."))
+    assert kept == [f"experiment_state-{first}.json", f"search_gen_state-{first}.json",
+                    f"searcher-state-{first}.pkl", "tuner.pkl"]
+    assert (folder / "_trainable_abc_1_lr=0.1").is_dir()
+    assert _mend_torn_state(str(folder)) is None
+
+    # the killed driver's staging folder (same machine) holds the third session whole: taken
+    for f in folder.glob(".torn-*"):
+        os.replace(f, folder / f.name[len(".torn-"):])
+    (folder / f"search_gen_state-{third}.json").write_bytes(b"")
+    staging = (tmp_path / "tmp" / "ray" / "session_2026-11-23_10-58-10_1_2" / "artifacts" /
+               third / "search" / "driver_artifacts")
+    staging.mkdir(parents=True)
+    _state_files(staging, [(third, state)])
+    (staging / "_trainable_abc_1_lr=0.1").mkdir()
+    (staging / "tuner.pkl").write_bytes(whole_tuner)
+    assert _mend_torn_state(str(folder)) == (third, True)
+    for name in (f"search_gen_state-{third}.json", "tuner.pkl"):
+        assert (folder / name).read_bytes() == (staging / name).read_bytes()
+    assert _mend_torn_state(str(folder)) is None
 
 
 # --------------------------------------------------------------------------- a whole search
