@@ -1077,6 +1077,8 @@ def _run_tuner(phases: list[str], cfg: ExperimentConfig, results_dir: Path, stor
             scheduler=phase_scheduler(schedulers, per_width), num_samples=total,
             max_concurrent_trials=payload["concurrency"], reuse_actors=True)
         tuner = tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
+    if local:
+        _keep_tuner_copy(exp_path)
     if not quiet:
         kinds = " and ".join(f"{budgets[p]} {PHASE_LABEL[p]}" for p in phases)
         print(f"search: {kinds} trials of {cfg.student.model} on {cfg.dataset.name}"
@@ -1110,8 +1112,8 @@ def _run_tuner(phases: list[str], cfg: ExperimentConfig, results_dir: Path, stor
 def _mend_torn_state(exp_path: str) -> tuple[str, bool] | None:
     """Mend the newest saved state if a kill cut it short: (its session, recovered?).
 
-    Tune writes its state (experiment_state-<session>.json, the searcher's two pickles,
-    tuner.pkl) into a staging folder under Ray's temp dir on the driver, and copies that whole
+    Tune writes its state (experiment_state-<session>.json, the searcher's two pickles) into a
+    staging folder under Ray's temp dir on the driver, and copies that whole
     folder into the results folder in the background, not atomically: a driver killed mid-copy
     leaves whichever file was being copied truncated (seen: an empty search_gen_state beside a
     whole experiment state), and Tuner.restore fails on it. The staging copy is whole (written
@@ -1120,7 +1122,9 @@ def _mend_torn_state(exp_path: str) -> tuple[str, bool] | None:
     Otherwise that session's files are renamed `.torn-<name>`, and Tune restores the whole
     session before it (trials it never saw are dropped and suggested anew, see the status
     callback) or, if there is none, the search starts over in a cleared folder. None when the
-    newest state is whole. Nothing is unpickled: a pickle is checked opcode by opcode.
+    newest state is whole. A torn tuner.pkl is replaced by kdsearch's copy of it; with no whole
+    copy it is a SearchError, before anything changes. Nothing is unpickled: a pickle is
+    checked opcode by opcode.
     """
     folder = Path(exp_path)
     if not folder.is_dir():
@@ -1132,10 +1136,14 @@ def _mend_torn_state(exp_path: str) -> tuple[str, bool] | None:
     staging = [d for d in staging if ours & {t.name for t in d.glob("_trainable_*") if t.is_dir()}]
     tuner = folder / "tuner.pkl"
     if tuner.exists() and not _readable_pickle(tuner):
-        for d in staging:
-            if _readable_pickle(d / tuner.name):
-                _copy_atomic(d / tuner.name, tuner)
-                break
+        # Tune writes tuner.pkl straight into this folder, again on every restore: kdsearch's
+        # own copy of it (see _keep_tuner_copy) is the one that outlives a torn write
+        whole = folder / TUNER_COPY
+        if not _readable_pickle(whole):  # Tune cannot restore without it; nothing is changed
+            raise SearchError(f"{tuner} was cut short by a kill and kdsearch's copy of it "
+                              f"({whole.name}) is missing or torn too, so this search cannot "
+                              f"be resumed; run it again with kdsearch run --force")
+        _copy_atomic(whole, tuner)
     mended: tuple[str, bool] | None = None
     while True:
         sessions = sorted({m.group(2) for f in folder.iterdir()
@@ -1161,6 +1169,17 @@ _STATE_FILE = re.compile(r"^(experiment_state|search_gen_state|searcher-state)-(
 def _session_files(folder: Path, session: str) -> list[Path]:
     return [f for f in folder.iterdir()
             if (m := _STATE_FILE.match(f.name)) and m.group(2) == session and f.is_file()]
+
+
+TUNER_COPY = ".kdsearch-tuner.pkl"
+
+
+def _keep_tuner_copy(exp_path: str) -> None:
+    """Keep a copy of the tuner.pkl that Tune has just written whole (Tuner created or
+    restored), for _mend_torn_state: a kill during Tune's next write of it would tear it."""
+    tuner = Path(exp_path) / "tuner.pkl"
+    if _readable_pickle(tuner):
+        _copy_atomic(tuner, tuner.with_name(TUNER_COPY))
 
 
 def _whole_session(folder: Path, session: str) -> bool:

@@ -29,7 +29,7 @@ import torch
 
 from kdsearch.config import load_config
 from kdsearch.data import Dataset, Split
-from kdsearch.search import (PROGRESS_FIELDS, TRIAL_FIELDS, _fit_concurrency,
+from kdsearch.search import (PROGRESS_FIELDS, TRIAL_FIELDS, TUNER_COPY, _fit_concurrency,
                              _for_object_store, _from_object_store, _gpu_fraction, _quiet_ray,
                              _random_search_note, _sampler, phase_dimensions)
 
@@ -254,7 +254,7 @@ def test_a_torn_searcher_state_beside_a_whole_experiment_state_is_mended(
     # seen in a test run: a kill during Tune's copy left search_gen_state empty (its experiment
     # state whole); that session's before had been torn the same way by a later copy. Tune
     # failed to restore on the empty pickle
-    from kdsearch.search import _mend_torn_state
+    from kdsearch.search import SearchError, _mend_torn_state
 
     monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "tmp"))
     first, second, third = "2026-11-23_10-57-36", "2026-11-23_10-57-51", "2026-11-23_10-58-11"
@@ -268,8 +268,16 @@ def test_a_torn_searcher_state_beside_a_whole_experiment_state_is_mended(
     (folder / f"searcher-state-{second}.pkl").write_bytes(pickled[:len(pickled) // 2])
     whole_tuner = (folder / f"search_gen_state-{first}.json").read_bytes()
     (folder / "tuner.pkl").write_bytes(whole_tuner[:5])
-    # no staging folder: both torn sessions are set aside, the whole one before them is kept
+    # no staging folder and a torn tuner.pkl: Tune could not restore; refused, nothing changed
+    before = sorted((f.name, f.read_bytes()) for f in folder.iterdir() if f.is_file())
+    with pytest.raises(SearchError, match="tuner.pkl was cut short .* kdsearch run --force"):
+        _mend_torn_state(str(folder))
+    assert sorted((f.name, f.read_bytes()) for f in folder.iterdir() if f.is_file()) == before
+    # kdsearch's copy of tuner.pkl (kept whenever Tune has written it whole) replaces it; both
+    # torn sessions are set aside, the whole one before them is kept
+    (folder / TUNER_COPY).write_bytes(whole_tuner)
     assert _mend_torn_state(str(folder)) == (third, False)
+    assert (folder / "tuner.pkl").read_bytes() == whole_tuner
     kept = sorted(f.name for f in folder.iterdir() if f.is_file() and not f.name.startswith("."))
     assert kept == [f"experiment_state-{first}.json", f"search_gen_state-{first}.json",
                     f"searcher-state-{first}.pkl", "tuner.pkl"]
@@ -285,9 +293,9 @@ def test_a_torn_searcher_state_beside_a_whole_experiment_state_is_mended(
     staging.mkdir(parents=True)
     _state_files(staging, [(third, state)])
     (staging / "_trainable_abc_1_lr=0.1").mkdir()
-    (staging / "tuner.pkl").write_bytes(whole_tuner)
     assert _mend_torn_state(str(folder)) == (third, True)
-    for name in (f"search_gen_state-{third}.json", "tuner.pkl"):
+    for name in (f"experiment_state-{third}.json", f"search_gen_state-{third}.json",
+                 f"searcher-state-{third}.pkl"):
         assert (folder / name).read_bytes() == (staging / name).read_bytes()
     assert _mend_torn_state(str(folder)) is None
 
@@ -426,6 +434,8 @@ def test_search_writes_the_results_folder(digits_search: tuple[Any, Path]) -> No
         assert (out / name).is_file(), name
     # one Ray Tune experiment holds both phases, run side by side
     assert list((out / "search").glob("experiment_state-*.json"))
+    # kdsearch's copy of Tune's tuner.pkl, for a resume after a kill tears that file
+    assert (out / "search" / TUNER_COPY).read_bytes() == (out / "search" / "tuner.pkl").read_bytes()
     assert not (out / "distill").exists() and not (out / "baseline").exists()
     assert result.results_dir == out
     assert load_config(out / "config.yaml").search.num_samples == 8  # the resolved config
