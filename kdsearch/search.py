@@ -52,7 +52,7 @@ from kdsearch.data import Dataset, load_dataset
 from kdsearch.distill import (EPOCH, TRAIN_LOSS, VAL_ACC, VAL_LOSS, Diverged, FitState,
                               train_student)
 from kdsearch.models import build_student, count_parameters
-from kdsearch.teacher import Teacher, get_teacher
+from kdsearch.teacher import Teacher, _atomic_write, get_teacher
 
 if TYPE_CHECKING:  # final.py imports this module
     from kdsearch.final import Retrained, Retraining, Runner
@@ -1129,11 +1129,6 @@ def _mend_torn_state(exp_path: str) -> tuple[str, bool] | None:
     folder = Path(exp_path)
     if not folder.is_dir():
         return None
-    ours = {d.name for d in folder.glob("_trainable_*") if d.is_dir()}
-    ray_tmp = Path(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()) / "ray"
-    staging = sorted(ray_tmp.glob(f"session_*/artifacts/*/{folder.name}/driver_artifacts"),
-                     reverse=True)
-    staging = [d for d in staging if ours & {t.name for t in d.glob("_trainable_*") if t.is_dir()}]
     tuner = folder / "tuner.pkl"
     if tuner.exists() and not _readable_pickle(tuner):
         # Tune writes tuner.pkl straight into this folder, again on every restore: kdsearch's
@@ -1153,7 +1148,7 @@ def _mend_torn_state(exp_path: str) -> tuple[str, bool] | None:
         session = sessions[-1]  # Tune restores the newest state file of each kind
         if _whole_session(folder, session):
             return mended
-        for d in staging:
+        for d in _staging_folders(folder):
             if _whole_session(d, session):
                 for f in _session_files(d, session):
                     _copy_atomic(f, folder / f.name)
@@ -1161,6 +1156,18 @@ def _mend_torn_state(exp_path: str) -> tuple[str, bool] | None:
         for f in _session_files(folder, session):
             os.replace(f, f.with_name(f".torn-{f.name}"))
         mended = mended or (session, False)
+
+
+def _staging_folders(folder: Path) -> Iterator[Path]:
+    """Ray's staging folders on this machine of the search in `folder` (they name trials it
+    has), newest Ray session first. Only looked for when a state is torn: Ray's temp dir keeps
+    every session's folder, hundreds on a machine that has run many searches."""
+    ours = {d.name for d in folder.glob("_trainable_*") if d.is_dir()}
+    ray_tmp = Path(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()) / "ray"
+    for d in sorted(ray_tmp.glob(f"session_*/artifacts/*/{folder.name}/driver_artifacts"),
+                    reverse=True):
+        if ours & {t.name for t in d.glob("_trainable_*") if t.is_dir()}:
+            yield d
 
 
 _STATE_FILE = re.compile(r"^(experiment_state|search_gen_state|searcher-state)-(.+)\.(json|pkl)$")
@@ -1206,9 +1213,8 @@ def _readable_pickle(path: Path) -> bool:
 
 
 def _copy_atomic(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(f".{dst.name}.tmp")
-    shutil.copyfile(src, tmp)
-    os.replace(tmp, dst)
+    data = src.read_bytes()
+    _atomic_write(dst, lambda f: f.write(data))
 
 
 def _readable_json(path: Path) -> bool:
