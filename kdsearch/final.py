@@ -26,14 +26,13 @@ import json
 import math
 import os
 import socket
-import tempfile
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
-from kdsearch import __version__
+from kdsearch import __version__, files
 from kdsearch.config import (ExperimentConfig, config_from_dict, config_to_dict,
                              default_cache_dir, default_data_dir, read_yaml, with_params)
 from kdsearch.data import load_dataset, load_test
@@ -306,20 +305,8 @@ def _threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; the report is for everyone who can read it
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def write_json(path: Path, obj: Any) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
+    files.write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
 
 
 def _print(msg: str) -> None:
@@ -329,12 +316,15 @@ def _print(msg: str) -> None:
 def evaluate_final(results_dir: str | os.PathLike[str], *, retrain: bool = True,
                    device: str = "auto", quiet: bool = False,
                    log: Callable[[str], None] = _print,
-                   runner: Runner | None = None) -> dict[str, Any]:
+                   runner: Runner | None = None,
+                   loaded: "tuple[Dataset, Teacher] | None" = None) -> dict[str, Any]:
     """Retrain the best settings of a results folder with K seeds; test once; write final.json.
 
     With `retrain=False`, rows of an existing final.json with the same setting and seeds are
     reused and only the rest is trained. `runner` trains the models (default: one after the
-    other in this process); each is tested here. Returns what final.json holds.
+    other in this process); each is tested here. `loaded`: the folder's dataset and teacher,
+    already in memory (the search's own), so that they are not read again. Returns what
+    final.json holds.
     """
     import torch
 
@@ -375,8 +365,17 @@ def evaluate_final(results_dir: str | os.PathLike[str], *, retrain: bool = True,
     if todo or teacher_info is None:
         cache_dir = default_cache_dir(cfg)
         data_dir = default_data_dir(cfg)
-        data = load_dataset(cfg.dataset, data_dir=data_dir, cache_dir=cache_dir, device=device)
-        teacher = get_teacher(cfg, data, cache_dir=cache_dir, progress=not quiet)
+        if loaded is not None:
+            data, teacher = loaded
+            if teacher.key != key:
+                raise ValueError(f"evaluate_final: the teacher passed in ({teacher.key}) is not "
+                                 f"{results}'s ({key})")
+            data = data.to(device)
+            teacher = dataclasses.replace(teacher, model=teacher.model.to(device))
+        else:
+            data = load_dataset(cfg.dataset, data_dir=data_dir, cache_dir=cache_dir,
+                                device=device)
+            teacher = get_teacher(cfg, data, cache_dir=cache_dir, progress=not quiet)
         jobs: list[Retraining] = []
         n_params: dict[int, int] = {}
         for i, s in enumerate(selection.settings):

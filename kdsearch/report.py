@@ -24,15 +24,19 @@ import warnings
 import os
 import time
 from pathlib import Path
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
-from kdsearch import __version__
+from kdsearch import __version__, files
 from kdsearch.config import max_epochs
 from kdsearch.final import (BASELINE, DISTILLED, FINAL_FILE, ReportError, Runner,
-                            write_text_atomic, evaluate_final, incomplete_trials, mean_std,
+                            evaluate_final, incomplete_trials, mean_std,
                             read_config, read_csv, row_width, write_json)
 from kdsearch.search import (PHASE_LABEL, PHASES, PROGRESS_FILE, RUN_FILE, TRIALS_FILE,
                              phase_samples, search_state)
+
+if TYPE_CHECKING:
+    from kdsearch.data import Dataset
+    from kdsearch.teacher import Teacher
 
 REPORT_FILE = "report.md"
 SUMMARY_JSON = "summary.json"
@@ -369,9 +373,7 @@ def _figure() -> tuple[Any, Any]:
 def _save(fig: Any, ax: Any, path: Path, title: str) -> dict[str, Any]:
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png")
-    os.replace(tmp, path)
+    files.write_atomic(path, lambda f: fig.savefig(f, format="png"))
     return {"file": path.name, "title": title, "xlabel": ax.get_xlabel(),
             "ylabel": ax.get_ylabel(), "series": _series(ax)}
 
@@ -652,24 +654,26 @@ def render(summary: dict[str, Any], plots: dict[str, dict[str, Any]]) -> str:
 
 # --------------------------------------------------------------------------- entry point
 def make_report(results_dir: str | os.PathLike[str], *, retrain: bool = True,
-                device: str = "auto", quiet: bool = False, runner: Runner | None = None) -> Path:
+                device: str = "auto", quiet: bool = False, runner: Runner | None = None,
+                loaded: "tuple[Dataset, Teacher] | None" = None) -> Path:
     """Write report.md, summary.json, summary.csv and the plots; return report.md's path.
 
     Runs the final evaluation (final.py) first when `retrain` is true or final.json is missing
     or out of date; with `retrain=False` an up-to-date final.json is reused as it is. `runner`
-    trains its models (default: one after the other in this process).
+    trains its models (default: one after the other in this process); `loaded` hands over the
+    dataset and teacher a search already holds (see `evaluate_final`).
     """
     results = Path(results_dir)
     if not results.is_dir():
         raise ReportError(f"{results_dir}: no such results folder; pass results/<name> of a "
                           f"search")
     final = evaluate_final(results, retrain=retrain, device=device, quiet=quiet,
-                           runner=runner)
+                           runner=runner, loaded=loaded)
     summary = summarize(results, final)
     plots = write_plots(results, final)
     summary["plots"] = plots
     write_json(results / SUMMARY_JSON, summary)
-    write_text_atomic(results / SUMMARY_CSV, summary_csv(summary))
+    files.write_text(results / SUMMARY_CSV, summary_csv(summary))
     path = results / REPORT_FILE
-    write_text_atomic(path, render(summary, plots))
+    files.write_text(path, render(summary, plots))
     return path

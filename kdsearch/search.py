@@ -38,12 +38,12 @@ import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 import torch
 
-from kdsearch import __version__
+from kdsearch import __version__, files
 from kdsearch.config import (KD_DIMENSIONS, UserError, Dimension, ExperimentConfig,
                              SearchConfig, check_searchable, config_from_dict, default_cache_dir,
                              default_data_dir, dump_config, load_config, max_epochs, read_yaml,
@@ -52,7 +52,7 @@ from kdsearch.data import Dataset, load_dataset
 from kdsearch.distill import (EPOCH, TRAIN_LOSS, VAL_ACC, VAL_LOSS, Diverged, FitState,
                               train_student)
 from kdsearch.models import build_student, count_parameters
-from kdsearch.teacher import Teacher, _atomic_write, get_teacher
+from kdsearch.teacher import Teacher, get_teacher
 
 if TYPE_CHECKING:  # final.py imports this module
     from kdsearch.final import Retrained, Retraining, Runner
@@ -824,9 +824,7 @@ def _write_csv_atomic(path: Path, rows: list[dict[str, Any]],
     w.writeheader()
     for r in rows:
         w.writerow({k: ("" if v is None else v) for k, v in r.items()})
-    tmp = path.with_suffix(".csv.tmp")
-    tmp.write_text(buf.getvalue())
-    os.replace(tmp, path)
+    files.write_text(path, buf.getvalue())
 
 
 # --------------------------------------------------------------------------- results
@@ -944,9 +942,7 @@ def _check_results_dir(out: Path) -> None:
 
 
 def _write_run(results_dir: Path, run: dict[str, Any]) -> None:
-    tmp = results_dir / (RUN_FILE + ".tmp")
-    tmp.write_text(json.dumps(run, indent=2, default=str))
-    os.replace(tmp, results_dir / RUN_FILE)
+    files.write_text(results_dir / RUN_FILE, json.dumps(run, indent=2, default=str))
 
 
 def search_state(run: dict[str, Any]) -> dict[str, Any]:
@@ -1030,7 +1026,8 @@ def _run_tuner(phases: list[str], cfg: ExperimentConfig, results_dir: Path, stor
     exp_path = str(Path(storage_path) / EXPERIMENT) if local \
         else storage_path.rstrip("/") + "/" + EXPERIMENT
     if restore and local:
-        torn = _mend_torn_state(exp_path)
+        torn = _mend_torn_state(exp_path, log=None if quiet else
+                                lambda line: print(line, flush=True))
         if torn and not quiet:
             print(f"note: Ray's saved state of this search (session {torn[0]}) was cut short by "
                   f"the kill; " + ("taken whole from Ray's staging folder" if torn[1] else
@@ -1109,7 +1106,8 @@ def _run_tuner(phases: list[str], cfg: ExperimentConfig, results_dir: Path, stor
         raise KeyboardInterrupt(f"search interrupted after {ended} of {total} trials")
 
 
-def _mend_torn_state(exp_path: str) -> tuple[str, bool] | None:
+def _mend_torn_state(exp_path: str, log: Callable[[str], None] | None = None
+                     ) -> tuple[str, bool] | None:
     """Mend the newest saved state if a kill cut it short: (its session, recovered?).
 
     Tune writes its state (experiment_state-<session>.json, the searcher's two pickles) into a
@@ -1124,7 +1122,7 @@ def _mend_torn_state(exp_path: str) -> tuple[str, bool] | None:
     callback) or, if there is none, the search starts over in a cleared folder. None when the
     newest state is whole. A torn tuner.pkl is replaced by kdsearch's copy of it; with no whole
     copy it is a SearchError, before anything changes. Nothing is unpickled: a pickle is
-    checked opcode by opcode.
+    checked opcode by opcode. `log` is told when tuner.pkl is replaced.
     """
     folder = Path(exp_path)
     if not folder.is_dir():
@@ -1138,7 +1136,10 @@ def _mend_torn_state(exp_path: str) -> tuple[str, bool] | None:
             raise SearchError(f"{tuner} was cut short by a kill and kdsearch's copy of it "
                               f"({whole.name}) is missing or torn too, so this search cannot "
                               f"be resumed; run it again with kdsearch run --force")
-        _copy_atomic(whole, tuner)
+        files.copy(whole, tuner)
+        if log is not None:
+            log(f"note: {tuner.name} (Ray Tune's saved Tuner) was cut short by the kill; "
+                f"replaced by kdsearch's copy of it, {whole.name}")
     mended: tuple[str, bool] | None = None
     while True:
         sessions = sorted({m.group(2) for f in folder.iterdir()
@@ -1151,7 +1152,7 @@ def _mend_torn_state(exp_path: str) -> tuple[str, bool] | None:
         for d in _staging_folders(folder):
             if _whole_session(d, session):
                 for f in _session_files(d, session):
-                    _copy_atomic(f, folder / f.name)
+                    files.copy(f, folder / f.name)
                 return mended or (session, True)
         for f in _session_files(folder, session):
             os.replace(f, f.with_name(f".torn-{f.name}"))
@@ -1186,17 +1187,17 @@ def _keep_tuner_copy(exp_path: str) -> None:
     restored), for _mend_torn_state: a kill during Tune's next write of it would tear it."""
     tuner = Path(exp_path) / "tuner.pkl"
     if _readable_pickle(tuner):
-        _copy_atomic(tuner, tuner.with_name(TUNER_COPY))
+        files.copy(tuner, tuner.with_name(TUNER_COPY))
 
 
 def _whole_session(folder: Path, session: str) -> bool:
     """`session` saved an experiment state in `folder`, and each of its files reads whole (the
     experiment state is JSON; search_gen_state-*.json, despite its name, and
     searcher-state-*.pkl are pickles)."""
-    files = _session_files(folder, session)
+    state_files = _session_files(folder, session)
     return (folder / f"experiment_state-{session}.json").is_file() and all(
         _readable_json(f) if f.name.startswith("experiment_state-") else _readable_pickle(f)
-        for f in files)
+        for f in state_files)
 
 
 def _readable_pickle(path: Path) -> bool:
@@ -1210,11 +1211,6 @@ def _readable_pickle(path: Path) -> bool:
         return True
     except (OSError, ValueError):
         return False
-
-
-def _copy_atomic(src: Path, dst: Path) -> None:
-    data = src.read_bytes()
-    _atomic_write(dst, lambda f: f.write(data))
 
 
 def _readable_json(path: Path) -> bool:
@@ -1327,7 +1323,7 @@ def _execute(cfg: ExperimentConfig, results_dir: Path, run: dict[str, Any], *,
         from kdsearch.report import make_report
 
         result.report_path = make_report(results_dir, runner=_ray_runner(payload),
-                                         quiet=quiet)
+                                         quiet=quiet, loaded=(data, teacher) if teacher else None)
     return result
 
 

@@ -13,9 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import sys
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -24,7 +22,7 @@ import torch
 from filelock import FileLock
 from torch import nn
 
-from kdsearch import __version__
+from kdsearch import __version__, files
 from kdsearch.config import ExperimentConfig, TrainingConfig
 from kdsearch.data import Dataset
 from kdsearch.distill import VAL_ACC, FitState, fit, predict
@@ -61,19 +59,6 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def _atomic_write(path: Path, write: Callable[[Any], None]) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 class CorruptEntry(Exception):
@@ -172,9 +157,8 @@ def get_teacher(cfg: ExperimentConfig, data: Dataset, *, cache_dir: Path, progre
         (entry / "manifest.json").unlink(missing_ok=True)  # the old manifest must not vouch
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         blob = {"model": state, "train_logits": logits.detach().cpu()}
-        _atomic_write(entry / "teacher.pt", lambda f: torch.save(blob, f))
+        files.write_atomic(entry / "teacher.pt", lambda f: torch.save(blob, f), durable=True)
         manifest = {"key": key, "sha256": _sha256(entry / "teacher.pt"), "val_acc": val_acc,
                     "settings": teacher_settings(cfg), "kdsearch_version": __version__}
-        _atomic_write(entry / "manifest.json",
-                      lambda f: f.write(json.dumps(manifest, indent=2).encode()))
+        files.write_text(entry / "manifest.json", json.dumps(manifest, indent=2), durable=True)
         return Teacher(model, logits, val_acc, key, entry, True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import math
 import re
@@ -460,3 +461,41 @@ def test_search_state_reads_the_older_per_phase_layout() -> None:
     old["phases"]["baseline"]["status"] = "started"
     assert search_state(old)["status"] == "started"
     assert search_state({}) == {}
+
+
+@pytest.mark.slow  # a real Ray search (shared by the module)
+def test_the_final_evaluation_takes_the_searchs_data_and_teacher_instead_of_loading_them(
+        search: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`kdsearch run` hands its data and teacher to the final evaluation: with them, no dataset
+    is read and no teacher loaded or trained again, and the test accuracies are the same."""
+    from kdsearch.config import default_cache_dir, default_data_dir, load_config
+    from kdsearch.data import load_dataset
+    from kdsearch.teacher import get_teacher
+
+    folder = _copy(search["dir"], tmp_path / "copy")
+    (folder / "final.json").unlink(missing_ok=True)
+    cfg = load_config(folder / "config.yaml", [])
+    data = load_dataset(cfg.dataset, data_dir=default_data_dir(cfg),
+                        cache_dir=default_cache_dir(cfg))
+    teacher = get_teacher(cfg, data, cache_dir=default_cache_dir(cfg), progress=False)
+
+    # a fresh cache: a final evaluation that looks for the teacher trains it there again
+    cache = tmp_path / "empty-cache"
+    monkeypatch.setenv("KDSEARCH_CACHE_DIR", str(cache))
+    loads = []
+
+    def counting(*args, **kwargs):
+        loads.append(args)
+        return load_dataset(*args, **kwargs)
+
+    monkeypatch.setattr(kdsearch.final, "load_dataset", counting)
+    handed = evaluate_final(folder, quiet=True, loaded=(data, teacher))
+    assert loads == [] and not (cache / "teachers").exists()
+    again = evaluate_final(folder, quiet=True)  # what `kdsearch report` does
+    assert len(loads) == 1 and (cache / "teachers" / teacher.key / "manifest.json").exists()
+    assert [r["test_accs"] for r in handed["rows"]] == [r["test_accs"] for r in again["rows"]]
+    assert handed["teacher"]["test_acc"] == again["teacher"]["test_acc"]
+
+    other = dataclasses.replace(teacher, key="0" * len(teacher.key))
+    with pytest.raises(ValueError, match="is not"):
+        evaluate_final(folder, quiet=True, loaded=(data, other))

@@ -276,8 +276,10 @@ def test_a_torn_searcher_state_beside_a_whole_experiment_state_is_mended(
     # kdsearch's copy of tuner.pkl (kept whenever Tune has written it whole) replaces it; both
     # torn sessions are set aside, the whole one before them is kept
     (folder / TUNER_COPY).write_bytes(whole_tuner)
-    assert _mend_torn_state(str(folder)) == (third, False)
+    told: list[str] = []
+    assert _mend_torn_state(str(folder), log=told.append) == (third, False)
     assert (folder / "tuner.pkl").read_bytes() == whole_tuner
+    assert len(told) == 1 and "tuner.pkl" in told[0] and TUNER_COPY in told[0]
     kept = sorted(f.name for f in folder.iterdir() if f.is_file() and not f.name.startswith("."))
     assert kept == [f"experiment_state-{first}.json", f"search_gen_state-{first}.json",
                     f"searcher-state-{first}.pkl", "tuner.pkl"]
