@@ -371,7 +371,8 @@ def evaluate_final(results_dir: str | os.PathLike[str], *, retrain: bool = True,
                 raise ValueError(f"evaluate_final: the teacher passed in ({teacher.key}) is not "
                                  f"{results}'s ({key})")
             data = data.to(device)
-            teacher = dataclasses.replace(teacher, model=teacher.model.to(device))
+            teacher = dataclasses.replace(teacher, model=teacher.model.to(device),
+                                          train_logits=teacher.train_logits.to(device))
         else:
             data = load_dataset(cfg.dataset, data_dir=data_dir, cache_dir=cache_dir,
                                 device=device)
