@@ -1,7 +1,8 @@
 """kdsearch: search the hyperparameters of knowledge distillation with Ray Tune.
 
-`run_search`, `resume_search` and `make_report` are the Python API; the CLI (`kdsearch ...`)
-calls the same functions. Importing kdsearch does not import Ray: the search module loads on
+`run_search`, `resume_search`, `report_search` and `make_report` are the Python API; the CLI
+(`kdsearch ...`) calls the same functions (`report_search` runs the final retrainings as Ray
+tasks, `make_report` in this process). Importing kdsearch does not import Ray: the search module loads on
 first use.
 """
 
@@ -11,14 +12,15 @@ from typing import Any
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__", "load_config", "run_search", "resume_search", "make_report"]
+__all__ = ["__version__", "load_config", "run_search", "resume_search", "report_search",
+           "make_report"]
 
 
 def __getattr__(name: str) -> Any:
     if name == "load_config":
         from kdsearch.config import load_config
         return load_config
-    if name in ("run_search", "resume_search"):
+    if name in ("run_search", "resume_search", "report_search"):
         from kdsearch import search
         return getattr(search, name)
     if name == "make_report":

@@ -114,9 +114,20 @@ def _print_result(result: "SearchResult") -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from kdsearch.report import make_report
+    if args.no_retrain or args.in_process:
+        # reused: nothing (or little) to train, so no Ray to start
+        from kdsearch.report import make_report
 
-    out = make_report(args.results, retrain=not args.no_retrain, device=_device(args.device))
+        out = make_report(args.results, retrain=not args.no_retrain,
+                          device=_device(args.device))
+    else:
+        from kdsearch.search import report_search
+
+        try:
+            out = report_search(args.results, address=args.address,
+                                device=_device(args.device))
+        except KeyboardInterrupt:
+            return 130  # report_search has said what to do
     print(f"report: {out}")
     return 0
 
@@ -163,7 +174,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="reuse the final evaluation already in the folder where the settings "
                         "are unchanged")
     o.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
-                   help="where the final retrainings run")
+                   help="where the final retrainings are tested (and run, with --in-process)")
+    o.add_argument("--address", default=None,
+                   help="Ray cluster for the retrainings (as for run; default: $RAY_ADDRESS, "
+                        "else a local Ray)")
+    o.add_argument("--in-process", action="store_true",
+                   help="run the retrainings one after the other in this process, without Ray")
     o.set_defaults(func=cmd_report)
     return p
 

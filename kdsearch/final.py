@@ -158,6 +158,16 @@ def read_config(results_dir: Path) -> ExperimentConfig:
     return config_from_dict(read_yaml(path), source=str(path))
 
 
+def read_searched(results_dir: Path) -> tuple[ExperimentConfig, list[dict[str, str]]]:
+    """The config and trials of a results folder that a search has run in, or a ReportError."""
+    cfg = read_config(results_dir)
+    rows = read_csv(results_dir / TRIALS_FILE)
+    if not rows:
+        raise ReportError(f"{results_dir}: no {TRIALS_FILE} or no trials in it; run the search "
+                          f"first (kdsearch run SPACE.yaml)")
+    return cfg, rows
+
+
 def read_final(results_dir: Path) -> dict[str, Any] | None:
     try:
         final = json.loads((Path(results_dir) / FINAL_FILE).read_text())
@@ -333,11 +343,7 @@ def evaluate_final(results_dir: str | os.PathLike[str], *, retrain: bool = True,
     from kdsearch.teacher import get_teacher, teacher_key
 
     results = Path(results_dir)
-    cfg = read_config(results)
-    rows = read_csv(results / TRIALS_FILE)
-    if not rows:
-        raise ReportError(f"{results}: no {TRIALS_FILE} or no trials in it; run the search first "
-                          f"(kdsearch run SPACE.yaml)")
+    cfg, rows = read_searched(results)
     selection = select_settings(cfg, rows)
     seeds = list(range(cfg.report.seeds))
     key = teacher_key(cfg)
@@ -433,6 +439,8 @@ def evaluate_final(results_dir: str | os.PathLike[str], *, retrain: bool = True,
                            "seeds": seeds, "test_accs": accs,
                            "final_val_accs": val_accs, "mean": mean, "std": std,
                            "diverged": sum(a is None for a in accs),
+                           # host:pid of the process that trained each seed
+                           "workers": [outcomes[(i, seed)][0].worker for seed in seeds],
                            # training time, summed over the seeds (they may run side by side)
                            "seconds": round(sum(outcomes[(i, seed)][0].seconds
                                                 for seed in seeds), 3),

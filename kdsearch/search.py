@@ -1420,15 +1420,37 @@ def resume_search(results: str | os.PathLike[str], *, address: str | None = None
         return _execute(cfg, out, run, restore=True, quiet=quiet, report=report)
 
 
+def report_search(results: str | os.PathLike[str], *, address: str | None = None,
+                  device: str = "auto", quiet: bool = False) -> Path:
+    """`kdsearch report`: retrain the best settings of a results folder and write its report,
+    the retrainings as Ray tasks side by side, as `run` does (`report.make_report` alone runs
+    them one after the other in this process). Returns report.md's path."""
+    from kdsearch.final import ReportError, read_searched
+    from kdsearch.report import make_report
+
+    out = Path(results).resolve()
+    if not out.is_dir():
+        raise ReportError(f"{results}: no such results folder; pass results/<name> of a search")
+    cfg, _ = read_searched(out)  # refused here, before Ray starts
+    again = f"the report was not written; run kdsearch report {out} again"
+    with _ray_for(address, out, interrupted=again):
+        _check_resources(cfg)
+        data, teacher = _prepare(cfg, progress=not quiet)
+        payload = _make_payload(cfg, data, teacher, _hardware())
+        return make_report(out, quiet=quiet, device=device, runner=_ray_runner(payload),
+                           loaded=(data, teacher) if teacher else None)
+
+
 @contextlib.contextmanager
-def _ray_for(address: str | None, out: Path) -> Iterator[None]:
+def _ray_for(address: str | None, out: Path, interrupted: str = "") -> Iterator[None]:
     """Ray for one search of `out`: started here (and shut down after) unless already running;
-    Ctrl-C tells how to continue."""
+    Ctrl-C tells how to continue (`interrupted`, else with kdsearch resume)."""
     started_ray = _init_ray(address)
     try:
         yield
     except KeyboardInterrupt:
-        print(f"\nkdsearch: interrupted; continue with: kdsearch resume {out}", file=sys.stderr)
+        print(f"\nkdsearch: interrupted; {interrupted or f'continue with: kdsearch resume {out}'}",
+              file=sys.stderr)
         raise
     finally:
         if started_ray:

@@ -499,3 +499,29 @@ def test_the_final_evaluation_takes_the_searchs_data_and_teacher_instead_of_load
     other = dataclasses.replace(teacher, key="0" * len(teacher.key))
     with pytest.raises(ValueError, match="is not"):
         evaluate_final(folder, quiet=True, loaded=(data, other))
+
+
+@pytest.mark.slow  # a real Ray search (shared by the module), then a Ray of its own
+def test_kdsearch_report_retrains_as_ray_tasks_and_in_process_on_request(
+        search: dict, tmp_path: Path) -> None:
+    import os
+    import socket
+
+    import ray
+
+    from kdsearch.cli import main
+
+    here = f"{socket.gethostname()}:{os.getpid()}"
+    folder = _copy(search["dir"], tmp_path / "copy")
+    (folder / "final.json").unlink(missing_ok=True)
+    assert main(["report", str(folder)]) == 0
+    assert not ray.is_initialized()  # the Ray it started is shut down
+    final = json.loads((folder / "final.json").read_text())
+    workers = {w for r in final["rows"] for w in r["workers"]}
+    assert here not in workers and len(workers) >= 2  # Ray's workers, side by side
+    assert (folder / "report.md").is_file()
+    assert main(["report", str(folder), "--in-process"]) == 0
+    again = json.loads((folder / "final.json").read_text())
+    assert {w for r in again["rows"] for w in r["workers"]} == {here}
+    # the same models, trained here or in Ray's workers (one thread each, as in the search)
+    assert [r["test_accs"] for r in again["rows"]] == [r["test_accs"] for r in final["rows"]]
