@@ -2,8 +2,8 @@
 
 `run_search`, `resume_search`, `report_search` and `make_report` are the Python API; the CLI
 (`kdsearch ...`) calls the same functions (`report_search` runs the final retrainings as Ray
-tasks, `make_report` in this process). Importing kdsearch does not import Ray: the search module loads on
-first use.
+tasks, `make_report` in this process). Importing kdsearch does not import Ray: the search module
+loads on first use.
 """
 
 from __future__ import annotations

@@ -1388,8 +1388,8 @@ def run_search(space: str | os.PathLike[str] | ExperimentConfig, *,
         if out.exists() and force:
             shutil.rmtree(out)
         out.mkdir(parents=True, exist_ok=True)
-        (out / CONFIG_FILE).write_text(f"# kdsearch {__version__}: resolved config\n"
-                                       + dump_config(cfg))
+        files.write_text(out / CONFIG_FILE,
+                         f"# kdsearch {__version__}: resolved config\n" + dump_config(cfg))
         run: dict[str, Any] = {"kdsearch_version": __version__, "name": cfg.name,
                                "storage_path": storage_path or str(out),
                                "storage_is_results_dir": storage_path is None,
