@@ -328,6 +328,47 @@ def digits_search(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[An
 _SIGINT_HANDLER: dict[str, Any] = {}  # around digits_search's run_search
 
 
+@pytest.mark.slow  # the real search of digits_search
+def test_a_searcher_state_older_than_the_experiment_state_keeps_the_budget(
+        digits_search: tuple[Any, Path], tmp_path: Path) -> None:
+    # Tune saves the experiment state, then the searcher's: a kill between the two left a
+    # searcher that had not seen the newest trial, and the resumed search ran 13 trials of 12
+    import shutil
+
+    from ray.tune.search import Searcher
+
+    from kdsearch.search import PHASES, _arms, _PhaseSearcher
+
+    _, folder = digits_search
+    cfg = load_config(folder / "config.yaml")
+    arms = _arms(cfg, list(PHASES))
+    state = max((folder / "search").glob("experiment_state-*.json"))
+    session = state.name[len("experiment_state-"):-len(".json")]
+    shutil.copy(state, tmp_path / state.name)
+    n_trials = len(_rows(folder / "trials.csv"))
+
+    def fresh() -> Any:  # arms with nothing to search: each suggests its fixed values
+        return _PhaseSearcher(dict.fromkeys(arms), {a: v[1] for a, v in arms.items()},
+                              {a: v[2] for a, v in arms.items()})
+
+    stale = fresh()
+    for i in range(3):  # as saved a few trials before the end
+        stale.suggest(f"never-in-the-experiment-{i}")
+    saved = tmp_path / f"searcher-state-{session}.pkl"
+    stale.save(str(saved))
+    restored = fresh()
+    restored.restore(str(saved))
+    assert sum(restored.suggested.values()) == n_trials == sum(v[1] for v in arms.values())
+    assert restored.arm_of == {}
+    assert restored.suggest("one-more") == Searcher.FINISHED
+
+    # no experiment state beside it (a layout Tune may change): the searcher's own counts
+    (tmp_path / state.name).unlink()
+    alone = fresh()
+    alone.restore(str(saved))
+    assert sum(alone.suggested.values()) == 3
+
+
 def test_tpe_draws_its_first_startup_trials_at_random_then_learns() -> None:
     # search.startup_trials reaches the sampler of every searcher: TPE draws that many trials as
     # random search does (the same seed, the same draws), then its own; null keeps Optuna's 10
