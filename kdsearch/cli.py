@@ -175,11 +175,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "are unchanged")
     o.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto",
                    help="where the final retrainings are tested (and run, with --in-process)")
-    o.add_argument("--address", default=None,
-                   help="Ray cluster for the retrainings (as for run; default: $RAY_ADDRESS, "
-                        "else a local Ray)")
-    o.add_argument("--in-process", action="store_true",
-                   help="run the retrainings one after the other in this process, without Ray")
+    where = o.add_mutually_exclusive_group()
+    where.add_argument("--address", default=None,
+                       help="Ray cluster for the retrainings (as for run; default: "
+                            "$RAY_ADDRESS, else a local Ray; not used with --no-retrain)")
+    where.add_argument("--in-process", action="store_true",
+                       help="run the retrainings one after the other in this process, without "
+                            "Ray (faster for a small search on a few cores)")
     o.set_defaults(func=cmd_report)
     return p
 

@@ -160,6 +160,9 @@ def read_config(results_dir: Path) -> ExperimentConfig:
 
 def read_searched(results_dir: Path) -> tuple[ExperimentConfig, list[dict[str, str]]]:
     """The config and trials of a results folder that a search has run in, or a ReportError."""
+    if not Path(results_dir).is_dir():
+        raise ReportError(f"{results_dir}: no such results folder; pass results/<name> of a "
+                          f"search")
     cfg = read_config(results_dir)
     rows = read_csv(results_dir / TRIALS_FILE)
     if not rows:

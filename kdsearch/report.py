@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from kdsearch import __version__, files
 from kdsearch.config import max_epochs
-from kdsearch.final import (BASELINE, DISTILLED, FINAL_FILE, ReportError, Runner,
+from kdsearch.final import (BASELINE, DISTILLED, FINAL_FILE, Runner,
                             evaluate_final, incomplete_trials, mean_std,
                             read_config, read_csv, row_width, write_json)
 from kdsearch.search import (PHASE_LABEL, PHASES, PROGRESS_FILE, RUN_FILE, TRIALS_FILE,
@@ -664,9 +664,6 @@ def make_report(results_dir: str | os.PathLike[str], *, retrain: bool = True,
     dataset and teacher a search already holds (see `evaluate_final`).
     """
     results = Path(results_dir)
-    if not results.is_dir():
-        raise ReportError(f"{results_dir}: no such results folder; pass results/<name> of a "
-                          f"search")
     final = evaluate_final(results, retrain=retrain, device=device, quiet=quiet,
                            runner=runner, loaded=loaded)
     summary = summarize(results, final)

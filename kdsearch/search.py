@@ -1464,13 +1464,11 @@ def report_search(results: str | os.PathLike[str], *, address: str | None = None
     """`kdsearch report`: retrain the best settings of a results folder and write its report,
     the retrainings as Ray tasks side by side, as `run` does (`report.make_report` alone runs
     them one after the other in this process). Returns report.md's path."""
-    from kdsearch.final import ReportError, read_searched
+    from kdsearch.final import read_searched
     from kdsearch.report import make_report
 
     out = Path(results).resolve()
-    if not out.is_dir():
-        raise ReportError(f"{results}: no such results folder; pass results/<name> of a search")
-    cfg, _ = read_searched(out)  # refused here, before Ray starts
+    cfg, _ = read_searched(out)  # a folder that is not a search's is refused before Ray starts
     again = f"the report was not written; run kdsearch report {out} again"
     with _ray_for(address, out, interrupted=again):
         _check_resources(cfg)
