@@ -643,6 +643,9 @@ def _check_resources(cfg: ExperimentConfig) -> None:
 TRIAL_FIELDS = ("phase", "trial_id", "status", "stopped_early", "diverged", "error", "epochs",
                 "val_acc", "best_val_acc", "val_loss", "train_loss", "training_seconds",
                 "params", "node", "gpu_ids")
+# columns that hold text even when they look like numbers: Tune's trial ids are 8 hex digits, so
+# "76e61933" would read as a float (inf) and "01234567" as an int without its leading 0
+TEXT_FIELDS = frozenset({"phase", "trial_id", "status", "error", "node", "gpu_ids"})
 PROGRESS_FIELDS = ("phase", "trial_id", "epoch", "val_acc", "val_loss", "train_loss",
                    "epoch_seconds", "wall_time")
 
@@ -883,7 +886,7 @@ class SearchResult:
         """All trials (distilled and baseline) as a pandas DataFrame."""
         import pandas as pd
 
-        return pd.read_csv(self.results_dir / TRIALS_FILE)
+        return pd.read_csv(self.results_dir / TRIALS_FILE, dtype=dict.fromkeys(TEXT_FIELDS, str))
 
     def summary_line(self) -> str:
         acc = self.best_metrics.get(VAL_ACC)
@@ -905,7 +908,8 @@ def best_trial(rows: list[dict[str, Any]], phase: str, dims: list[str]
         return None
     # prefer trials that ran the full budget; among them the highest final val_acc
     top = max(ok, key=lambda r: (not int(r.get("stopped_early") or 0), float(r["val_acc"])))
-    return {d: _parse(top.get(d)) for d in dims}, {k: _parse(v) for k, v in top.items()}
+    return ({d: _parse(top.get(d)) for d in dims},
+            {k: v if k in TEXT_FIELDS else _parse(v) for k, v in top.items()})
 
 
 def _parse(v: Any) -> Any:
@@ -1313,8 +1317,8 @@ def _finished_trials(results_dir: Path) -> dict[str, dict[str, Any]]:
     for r in _read_csv(results_dir / TRIALS_FILE):
         if r.get("status") != "TERMINATED":
             continue
-        metrics = {k: _parse(r.get(k)) for k in (VAL_LOSS, TRAIN_LOSS, "params", "node",
-                                                   "gpu_ids", "error")
+        metrics = {k: r[k] if k in TEXT_FIELDS else _parse(r[k])
+                   for k in (VAL_LOSS, TRAIN_LOSS, "params", "node", "gpu_ids", "error")
                    if r.get(k) not in (None, "")}
         out[r["trial_id"]] = {**metrics, EPOCH: int(_parse(r.get("epochs") or 0)),
                               VAL_ACC: float(_parse(r.get("val_acc") or 0.0)),

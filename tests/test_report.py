@@ -525,3 +525,34 @@ def test_kdsearch_report_retrains_as_ray_tasks_and_in_process_on_request(
     assert {w for r in again["rows"] for w in r["workers"]} == {here}
     # the same models, trained here or in Ray's workers (one thread each, as in the search)
     assert [r["test_accs"] for r in again["rows"]] == [r["test_accs"] for r in final["rows"]]
+
+
+def test_trial_ids_that_look_like_numbers_are_kept_as_written(tmp_path: Path) -> None:
+    """Tune's trial ids are 8 hex digits: "76e61933" reads as a float (inf) and "01234567" as an
+    int without its 0. The report must name the trials it retrains as trials.csv wrote them."""
+    from kdsearch.config import load_config
+    from kdsearch.final import select_settings
+
+    cfg = load_config(QUICKSTART, ["search.space.width.values=[8, 32]"])
+
+    def row(phase: str, trial_id: str, width: int, val_acc: float) -> dict[str, str]:
+        return {"phase": phase, "trial_id": trial_id, "status": "TERMINATED",
+                "stopped_early": "0", "diverged": "0", "error": "", "epochs": "40",
+                "val_acc": str(val_acc), "node": "10.0.0.1:1e5", "gpu_ids": "",
+                "temperature": "4.0" if phase == "distill" else "",
+                "alpha": "0.3" if phase == "distill" else "", "lr": "0.003", "width": str(width)}
+
+    rows = [row("distill", "76e61933", 8, 0.95), row("distill", "01234567", 32, 0.97),
+            row("distill", "12345678", 32, 0.96), row("baseline", "1e000000", 8, 0.94),
+            row("baseline", "00000000", 32, 0.96)]
+    chosen = {(s.kind, s.width): s.trial_id for s in select_settings(cfg, rows).settings}
+    assert chosen == {("distilled", 8): "76e61933", ("distilled", 32): "01234567",
+                      ("baseline", 8): "1e000000", ("baseline", 32): "00000000"}
+
+    # the same ids in the Python API's table of all trials
+    from kdsearch.search import SearchResult, _write_csv_atomic
+
+    _write_csv_atomic(tmp_path / "trials.csv", [r for r in rows if r["trial_id"] != "12345678"])
+    table = SearchResult(tmp_path, {}, {}, None, None).trials
+    assert list(table["trial_id"]) == ["76e61933", "01234567", "1e000000", "00000000"]
+    assert list(table["node"]) == ["10.0.0.1:1e5"] * 4 and list(table["val_acc"])[0] == 0.95

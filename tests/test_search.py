@@ -742,7 +742,9 @@ def test_gpu_shares_pack_trials_and_fall_back_to_cpu(logical_gpus: None, tmp_pat
     assert run["max_concurrent_trials"] == 4  # min(8 CPUs / 2, 2 GPUs / 0.5)
     rows = _rows(out / "trials.csv")
     assert len(rows) == 4
-    assert {r["gpu_ids"] for r in rows} == {"0", "1"}  # each trial saw one logical GPU
+    # each trial saw one logical GPU (which one, Ray decides: when trials end before the next
+    # start, Ray packs them all onto GPU 0, so the test does not require both to be used)
+    assert {r["gpu_ids"] for r in rows} <= {"0", "1"} and all(r["gpu_ids"] for r in rows)
     last = list(_last_results(out / "search").values())
     if not torch.cuda.is_available():
         assert {r["device"] for r in last} == {"cpu"}  # a logical GPU without CUDA: CPU
