@@ -277,6 +277,8 @@ def _coerce(value: Any, kind: type | tuple[type, ...]) -> tuple[bool, Any]:
         return ok, int(value) if ok else value
     if isinstance(value, float) and not math.isfinite(value):
         return False, value
+    if int in kinds and isinstance(value, float) and value >= 1 and value.is_integer():
+        return True, int(value)  # a count: 5000.0 is 5000 (the teacher cache's key hashes it)
     return isinstance(value, kinds), value
 
 

@@ -87,8 +87,11 @@ def compare(distilled_accs: Sequence[float], baseline_accs: Sequence[float],
 
 
 def verdict(c: dict[str, Any]) -> str:
-    """'beats', 'not_significant' (ahead, but p >= 0.05 or unknown) or 'does_not_beat'."""
-    if c["difference"] is None or c["difference"] <= 0:
+    """'beats', 'not_significant' (ahead, but p >= 0.05 or unknown), 'does_not_beat', or
+    'no_comparison' (every retraining of one side diverged: there is nothing to compare)."""
+    if c["distilled_mean"] is None or c["baseline_mean"] is None:
+        return "no_comparison"
+    if c["difference"] <= 0:
         return "does_not_beat"
     if c["p_value"] is not None and c["p_value"] < SIGNIFICANCE:
         return "beats"
@@ -114,7 +117,13 @@ def points(diff: float | None) -> str:
 def fmt_p(p: float | None) -> str:
     if p is None:
         return "n/a"
-    return f"{p:.2f}" if p >= 0.01 else f"{p:.1e}"
+    if p < 0.01:
+        return f"{p:.1e}"
+    text = f"{p:.2f}"
+    # never round across the significance level: 0.0496 is not "0.05" beside "beats"
+    if float(text) == SIGNIFICANCE or (float(text) < SIGNIFICANCE) != (p < SIGNIFICANCE):
+        text = f"{p:.3g}"
+    return text
 
 
 def fmt_gap(g: float | None) -> str:
@@ -219,7 +228,10 @@ def _headline(best: dict[str, Any], widths: list[dict[str, Any]], teacher: dict[
         base += f" (width {c['baseline_width']}, {c['baseline_params']:,} parameters)"
     lead = {"beats": "Distillation beats the baseline",
             "not_significant": "Distillation does not beat the baseline significantly",
-            "does_not_beat": "Distillation does not beat the baseline"}[verdict(c)]
+            "does_not_beat": "Distillation does not beat the baseline",
+            "no_comparison": "No comparison: every retraining of the "
+                             + ("distilled" if c["distilled_mean"] is None else "baseline")
+                             + " setting diverged"}[verdict(c)]
     n = min(c["distilled_n"], c["baseline_n"])
     s = (f"{lead}: distilled {student} {pm(c['distilled_mean'], c['distilled_std'])} test "
          f"accuracy vs {pm(c['baseline_mean'], c['baseline_std'])} for {base} "
@@ -567,17 +579,22 @@ def render(summary: dict[str, Any], plots: dict[str, dict[str, Any]]) -> str:
                    "difference (points)", "Welch p", "gap recovered",
                    "trials: distilled / baseline (full budget)"], rows, "rrrllrrrr")
     budget = s.get("epoch_budget")
+
+    def stopped_early(c: dict[str, Any], kind: str) -> bool:
+        # the trial's own budget: `epochs` may be searched, and a 5-epoch trial that ran 5 is whole
+        own = (c.get(f"{kind}_settings") or {}).get("epochs") or budget
+        return bool(c.get(f"{kind}_trial")) and (c.get(f"{kind}_search_epochs") or own) < own
+
     thin = [str(c["distilled_width"] or c["baseline_width"]) for c in s["widths"]
-            if budget and any((c.get(f"{k}_search_epochs") or budget) < budget
-                              for k in ("distilled", "baseline") if c.get(f"{k}_trial"))]
+            if budget and any(stopped_early(c, k) for k in ("distilled", "baseline"))]
     if thin:
         out += ["", f"Caution: at width{'s' if len(thin) > 1 else ''} {', '.join(thin)} the "
                     f"best setting of one kind comes from "
-                    f"a trial ASHA stopped early (no trial of that kind ran all {budget} epochs "
-                    f"there), so that row compares less-tuned settings. "
+                    f"a trial ASHA stopped early (no trial of that kind ran its full epoch "
+                    f"budget there), so that row compares less-tuned settings. "
                     + ("For a fair row, give that width more trials (search.num_samples), or "
-                       f"search it alone: `--set search.space.width.values=[{thin[0]}]`."
-                       if s.get("per_width") else
+                       "search it alone (that width only in `search.space.width`)."
+                       if s.get("per_width") or len(s["widths"]) == 1 else
                        "The searcher spent its budget on other widths: set "
                        "`search.per_width: true` to give every width an equal share.")]
     out += ["", f"Teacher ({s['teacher_model']}, {t['params']:,} parameters): "

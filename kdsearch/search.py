@@ -641,8 +641,19 @@ def _check_resources(cfg: ExperimentConfig) -> None:
 
 # --------------------------------------------------------------------------- trial records
 TRIAL_FIELDS = ("phase", "trial_id", "status", "stopped_early", "diverged", "error", "epochs",
+                "epoch_budget",
                 "val_acc", "best_val_acc", "val_loss", "train_loss", "training_seconds",
                 "params", "node", "gpu_ids")
+# "epochs" in trials.csv is the epochs a trial ran; a searched `epochs` (its budget) goes to
+# "epoch_budget", which every trial has
+EPOCH_BUDGET = "epoch_budget"
+
+
+def dim_column(name: str) -> str:
+    """The trials.csv column that holds the searched dimension `name`."""
+    return EPOCH_BUDGET if name == "epochs" else name
+
+
 # columns that hold text even when they look like numbers: Tune's trial ids are 8 hex digits, so
 # "76e61933" would read as a float (inf) and "01234567" as an int without its leading 0
 TEXT_FIELDS = frozenset({"phase", "trial_id", "status", "error", "node", "gpu_ids"})
@@ -737,14 +748,16 @@ def _make_status_callback(results_dir: Path, cfg: ExperimentConfig, budgets: dic
                                              and epochs < budget),
                         "diverged": int(diverged),
                         "error": error or last.get("error", "") or "",
-                        "epochs": epochs, "val_acc": acc, "best_val_acc": best,
+                        "epochs": epochs, EPOCH_BUDGET: budget,
+                        "val_acc": acc, "best_val_acc": best,
                         "val_loss": last.get(VAL_LOSS), "train_loss": last.get(TRAIN_LOSS),
                         "training_seconds": sum(self.epochs.get(trial.trial_id, {}).values()),
                         "params": last.get("params", rec.get("params")),
                         "node": last.get("node", rec.get("node", "")),
                         "gpu_ids": last.get("gpu_ids", rec.get("gpu_ids", ""))})
             for name in dims.get(phase, []):
-                rec[name] = trial.config.get(name)
+                if dim_column(name) == name:
+                    rec[name] = trial.config.get(name)
             self.records[trial.trial_id] = rec
             return rec
 
@@ -908,7 +921,7 @@ def best_trial(rows: list[dict[str, Any]], phase: str, dims: list[str]
         return None
     # prefer trials that ran the full budget; among them the highest final val_acc
     top = max(ok, key=lambda r: (not int(r.get("stopped_early") or 0), float(r["val_acc"])))
-    return ({d: _parse(top.get(d)) for d in dims},
+    return ({d: _parse(top.get(dim_column(d))) for d in dims},
             {k: v if k in TEXT_FIELDS else _parse(v) for k, v in top.items()})
 
 
@@ -942,7 +955,7 @@ def _export_optuna(results_dir: Path, cfg: ExperimentConfig) -> None:
             continue
         study = optuna.create_study(study_name=phase, storage=storage, direction="maximize")
         for r in phase_rows:
-            params = {d.name: _parse(r.get(d.name)) for d in dims}
+            params = {d.name: _parse(r.get(dim_column(d.name))) for d in dims}
             if any(v in (None, "") for v in params.values()):
                 continue
             done = r.get("status") == "TERMINATED" and not int(r.get("diverged") or 0)
@@ -1343,8 +1356,14 @@ def _execute(cfg: ExperimentConfig, results_dir: Path, run: dict[str, Any], *,
                          "wall_seconds": state.get("wall_seconds", 0.0)}
         _write_run(results_dir, run)
         t0 = time.time()
-        _run_tuner(phases, cfg, results_dir, run["storage_path"], payload,
-                   restore=restore or started, quiet=quiet)
+        try:
+            _run_tuner(phases, cfg, results_dir, run["storage_path"], payload,
+                       restore=restore or started, quiet=quiet)
+        except BaseException:
+            # Ctrl-C or an error: the search stays "started", and a resume adds to its time
+            run["search"]["wall_seconds"] += time.time() - t0
+            _write_run(results_dir, run)
+            raise
         run["search"].update(status="finished", finished=time.time(),
                              wall_seconds=run["search"]["wall_seconds"] + time.time() - t0)
         _write_run(results_dir, run)

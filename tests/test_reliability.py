@@ -158,6 +158,7 @@ def test_ctrl_c_then_three_kills_then_resume_gives_one_search(tmp_path: Path) ->
     assert f"kdsearch resume {folder}" in stderr
     run = json.loads((folder / "run.json").read_text())
     assert run["search"]["status"] == "started"  # not marked done by Tune's early exit
+    assert run["search"]["wall_seconds"] > 0  # the interrupted attempt's time is kept
     assert not (folder / "report.md").exists()
 
     # three SIGKILLs of the resumed driver, each after at least one more trial ended

@@ -1002,3 +1002,33 @@ def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
         assert counts[t] == int(r["epochs"])
         assert [int(p["epoch"]) for p in progress if p["trial_id"] == t] == \
             list(range(1, int(r["epochs"]) + 1))
+
+
+def test_a_searched_epoch_budget_does_not_overwrite_the_epochs_a_trial_ran(tmp_path: Path
+                                                                           ) -> None:
+    """trials.csv's `epochs` is the epochs run; a searched `epochs` goes to `epoch_budget`. The
+    resume replays the epochs run to ASHA, and the retraining takes the searched budget."""
+    from types import SimpleNamespace
+
+    from kdsearch.config import config_from_dict
+    from kdsearch.search import _finished_trials, _make_status_callback, best_trial
+
+    cfg = config_from_dict({"training": {"epochs": 10}, "search": {"space": {
+        "lr": {"distribution": "loguniform", "low": 1e-3, "high": 1e-1},
+        "epochs": {"distribution": "choice", "values": [5, 20]}}}})
+    callback = _make_status_callback(tmp_path, cfg, {"distill": 2}, True, fresh=True)
+    callback.setup()
+    for trial_id, budget, ran, acc in (("a0000001", 20, 2, 0.8), ("a0000002", 5, 5, 0.7)):
+        trial = SimpleNamespace(trial_id=trial_id, config={"phase": "distill", "lr": 0.01,
+                                                           "epochs": budget},
+                                last_result={"epoch": ran, "val_acc": acc, "val_loss": 0.5,
+                                             "train_loss": 0.4, "diverged": 0})
+        callback._record(trial, "TERMINATED")
+    callback._write()
+    rows = _rows(tmp_path / "trials.csv")
+    assert [(r["epochs"], r["epoch_budget"], r["stopped_early"]) for r in rows] == [
+        ("2", "20", "1"), ("5", "5", "0")]
+    assert {k: v["epoch"] for k, v in _finished_trials(tmp_path).items()} == {
+        "a0000001": 2, "a0000002": 5}
+    settings, metrics = best_trial(rows, "distill", ["lr", "epochs"])
+    assert settings["epochs"] == 5 and metrics["trial_id"] == "a0000002"  # full budget first

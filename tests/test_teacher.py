@@ -99,6 +99,16 @@ def test_key_ignores_the_student_training_and_search() -> None:
     assert teacher_key(other) == teacher_key(cfg)
 
 
+def test_the_same_count_written_as_a_float_is_the_same_teacher() -> None:
+    def cfg(val_size: Any) -> ExperimentConfig:
+        return config_from_dict({"dataset": {"name": "mnist", "val_size": val_size}})
+
+    assert cfg(5000.0).dataset.val_size == 5000 and type(cfg(5000.0).dataset.val_size) is int
+    assert teacher_key(cfg(5000.0)) == teacher_key(cfg(5000)) == teacher_key(cfg("5e3"))
+    assert cfg(0.1).dataset.val_size == 0.1  # a fraction stays a fraction
+    assert teacher_key(cfg(0.1)) != teacher_key(cfg(5000))
+
+
 def test_a_changed_setting_misses_the_cache(digits: Dataset, tmp_path: Path) -> None:
     first = _get(_cfg(), digits, tmp_path)
     other = _get(_cfg(seed=1), digits, tmp_path)
