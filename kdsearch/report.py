@@ -608,11 +608,17 @@ def render(summary: dict[str, Any], plots: dict[str, dict[str, Any]]) -> str:
                 f"{b['baseline_width']} {pm(b['baseline_mean'], b['baseline_std'])} "
                 f"({points(b['difference'])} points, Welch p = {fmt_p(b['p_value'])}).", ""]
     out += ["Per-seed test accuracies (%):", ""]
+    n_seeds = len(s.get("seeds") or [])
     for c in s["widths"]:
         for kind in ("distilled", "baseline"):
-            if c[f"{kind}_accs"]:
-                out.append(f"- width {c[f'{kind}_width']}, {kind}: "
-                           + ", ".join(pct(a) for a in c[f"{kind}_accs"]))
+            accs = c[f"{kind}_accs"]
+            if c[f"{kind}_width"] is None or not (accs or n_seeds):
+                continue
+            lost = n_seeds - len(accs)  # a retraining whose loss diverged has no accuracy
+            text = ", ".join(pct(a) for a in accs) if accs else "none"
+            if lost > 0:
+                text += f" ({lost} of {n_seeds} seeds diverged)"
+            out.append(f"- width {c[f'{kind}_width']}, {kind}: {text}")
     out += ["", "## Best hyperparameters", "",
             "The best trial of each kind at each width (full-budget trials first, then final "
             "validation accuracy), as retrained.", ""]

@@ -558,50 +558,71 @@ def test_trial_ids_that_look_like_numbers_are_kept_as_written(tmp_path: Path) ->
     assert list(table["node"]) == ["10.0.0.1:1e5"] * 4 and list(table["val_acc"])[0] == 0.95
 
 
-@pytest.mark.parametrize("ran, caution", [(5, False), (3, True)])
-def test_the_stopped_early_caution_weighs_a_trial_against_its_own_searched_budget(
-        tmp_path: Path, ran: int, caution: bool) -> None:
-    """`epochs` searched in [5, 10]: a best trial of budget 5 that ran 5 epochs is whole (no
-    caution, although 5 < the 10 of the budget's top); one that ran 3 was stopped early."""
+def _crafted_report(folder: Path, ran: int, accs: dict[str, list[float | None]]) -> str:
+    """report.md of a hand-made search: `epochs` searched in [5, 10], one distilled and one
+    baseline trial of budget 5 that ran `ran` epochs, retrained with the given accuracies."""
     from kdsearch.config import config_from_dict, dump_config
-    from kdsearch.final import read_searched, select_settings, training_config
+    from kdsearch.final import mean_std, read_searched, select_settings, training_config
     from kdsearch.report import render, summarize
 
     cfg = config_from_dict({"name": "own", "training": {"epochs": 10}, "search": {
         "num_samples": 2, "space": {
             "lr": {"distribution": "loguniform", "low": 0.001, "high": 0.1},
             "epochs": {"distribution": "choice", "values": [5, 10]}}}})
-    (tmp_path / "config.yaml").write_text(dump_config(cfg))
-    (tmp_path / "run.json").write_text(json.dumps({"search": {"status": "finished",
-                                                              "wall_seconds": 12.0}}))
+    (folder / "config.yaml").write_text(dump_config(cfg))
+    (folder / "run.json").write_text(json.dumps({"search": {"status": "finished",
+                                                            "wall_seconds": 12.0}}))
     rows = [dict(phase=p, trial_id=t, status="TERMINATED", stopped_early=int(ran < 5),
                  diverged=0, epochs=ran, epoch_budget=5, val_acc=a, lr=0.01,
                  training_seconds=1.0)
             for p, t, a in [("distill", "aaaa0001", 0.95), ("baseline", "bbbb0001", 0.94)]]
-    with open(tmp_path / "trials.csv", "w", newline="") as f:
+    with open(folder / "trials.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
         w.writerows(rows)
-    cfg, read = read_searched(tmp_path)
+    cfg, read = read_searched(folder)
     final_rows = []
     for s in select_settings(cfg, read).settings:
         c = training_config(cfg, s, 0)
-        accs = [0.9, 0.91] if s.kind == "distilled" else [0.88, 0.885]
+        assert c.training.epochs == 5  # the retraining takes the searched budget
+        got = accs[s.kind]
+        mean, std = mean_std([a for a in got if a is not None])
         final_rows.append({"kind": s.kind, "tuned": s.tuned, "best": s.best, "width": s.width,
                            "params": 1000, "settings": s.settings,
                            "epochs": c.training.epochs, "alpha": c.training.alpha,
                            "trial_id": s.trial_id, "val_acc": s.val_acc,
-                           "search_epochs": s.search_epochs, "seeds": [0, 1],
-                           "test_accs": accs, "mean": sum(accs) / 2, "std": 0.007,
-                           "diverged": 0})
-        assert c.training.epochs == 5  # the retraining takes the searched budget
+                           "search_epochs": s.search_epochs, "seeds": [0, 1, 2],
+                           "test_accs": got, "mean": mean, "std": std,
+                           "diverged": sum(a is None for a in got)})
     final = {"teacher": {"test_acc": 0.97, "val_acc": 0.97, "params": 100000},
-             "rows": final_rows, "baseline_note": "", "baseline_tuned": True, "seeds": [0, 1],
-             "data": {"train": 1, "val": 1, "test": 1}, "device": "cpu", "seconds": 1.0,
-             "retrained": 4, "reused": 0}
-    report = render(summarize(tmp_path, final), {})
+             "rows": final_rows, "baseline_note": "", "baseline_tuned": True,
+             "seeds": [0, 1, 2], "data": {"train": 1, "val": 1, "test": 1}, "device": "cpu",
+             "seconds": 1.0, "retrained": 6, "reused": 0}
+    return render(summarize(folder, final), {})
+
+
+ACCS: dict[str, list[float | None]] = {"distilled": [0.9, 0.91, 0.905],
+                                       "baseline": [0.88, 0.885, 0.87]}
+
+
+@pytest.mark.parametrize("ran, caution", [(5, False), (3, True)])
+def test_the_stopped_early_caution_weighs_a_trial_against_its_own_searched_budget(
+        tmp_path: Path, ran: int, caution: bool) -> None:
+    """A best trial of searched budget 5 that ran 5 epochs is whole (no caution, although 5 is
+    below the budget's top of 10); one that ran 3 was stopped early."""
+    report = _crafted_report(tmp_path, ran, ACCS)
     assert ("Caution" in report) is caution
     assert "per_width" not in report  # one width: nothing to share out
+
+
+def test_diverged_retrainings_are_counted_and_a_side_with_none_left_is_no_comparison(
+        tmp_path: Path) -> None:
+    report = _crafted_report(tmp_path, 5, {"distilled": [0.9, None, 0.905],
+                                           "baseline": [None, None, None]})
+    assert report.startswith("**No comparison: every retraining of the baseline setting "
+                             "diverged")
+    assert "- width 20, distilled: 90.00, 90.50 (1 of 3 seeds diverged)" in report
+    assert "- width 20, baseline: none (3 of 3 seeds diverged)" in report
 
 
 def test_p_values_are_never_rounded_across_the_significance_level_and_a_side_with_no_result_is_no_comparison(
