@@ -1089,8 +1089,21 @@ def _run_tuner(phases: list[str], cfg: ExperimentConfig, results_dir: Path, stor
                   f"the kill; " + ("taken whole from Ray's staging folder" if torn[1] else
                                    "continuing from the state saved before it, or from the "
                                    "start if there is none"), flush=True)
+    wanted = restore
     restore = restore and tune.Tuner.can_restore(exp_path) and (
         not local or any(Path(exp_path).glob("experiment_state-*.json")))
+    if wanted and not restore:
+        ended = [r for r in _read_csv(results_dir / TRIALS_FILE)
+                 if r.get("status") in ("TERMINATED", "ERROR")]
+        if ended:  # starting over would drop them from trials.csv
+            raise SearchError(f"{results_dir}: Ray Tune's saved state of this search is not in "
+                              f"{exp_path}, so its {len(ended)} ended trials cannot be resumed; "
+                              f"put the folder (or --storage-path) back, `kdsearch report "
+                              f"{results_dir}` what it has, or start over with `kdsearch run "
+                              f"... --force`")
+        if not quiet:
+            print("note: the interrupted attempt saved no search state and ended no trial; "
+                  "starting the search from the beginning", flush=True)
     if not restore and local:
         shutil.rmtree(exp_path, ignore_errors=True)  # a killed attempt that saved no state yet
     payload = dict(payload_ref, finished=_finished_trials(results_dir) if restore else {})
@@ -1339,13 +1352,31 @@ def _finished_trials(results_dir: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _execute(cfg: ExperimentConfig, results_dir: Path, run: dict[str, Any], *,
-             restore: bool, quiet: bool, report: bool) -> SearchResult:
+@dataclass
+class _Prepared:
+    """What a search needs before its first trial: loaded (and checked) before anything is
+    written, so that bad input (a missing dataset, a val_size too large) leaves no folder."""
+
+    data: Dataset
+    teacher: Teacher | None
+    hardware: dict[str, Any]
+    payload: dict[str, Any]
+
+
+def _prepare_search(cfg: ExperimentConfig, quiet: bool) -> _Prepared:
     data, teacher = _prepare(cfg, progress=not quiet)
+    hardware = _hardware()
+    return _Prepared(data, teacher, hardware, _make_payload(cfg, data, teacher, hardware))
+
+
+def _execute(cfg: ExperimentConfig, results_dir: Path, run: dict[str, Any], *,
+             restore: bool, quiet: bool, report: bool,
+             prepared: _Prepared | None = None) -> SearchResult:
+    prepared = prepared or _prepare_search(cfg, quiet)
+    data, teacher, payload = prepared.data, prepared.teacher, prepared.payload
     run["teacher"] = {"key": teacher.key if teacher else None,
                       "val_acc": teacher.val_acc if teacher else None}
-    run["hardware"] = _hardware()
-    payload = _make_payload(cfg, data, teacher, run["hardware"])
+    run["hardware"] = prepared.hardware
     run["gpus_per_trial"] = payload["gpus_per_trial"]
     run["max_concurrent_trials"] = payload["concurrency"]
     phases = [p for p in PHASES if p == "distill" or cfg.search.baseline]
@@ -1445,8 +1476,10 @@ def run_search(space: str | os.PathLike[str] | ExperimentConfig, *,
     if storage_path is not None:
         storage_path = storage_path.rstrip("/") + "/" + cfg.name if "://" in storage_path \
             else str(Path(storage_path) / cfg.name)
+    _check_storage(storage_path)
     with _ray_for(address, out):
         _check_resources(cfg)
+        prepared = _prepare_search(cfg, quiet)  # data and teacher: before a file is touched
         if out.exists() and force:
             shutil.rmtree(out)
         out.mkdir(parents=True, exist_ok=True)
@@ -1457,7 +1490,23 @@ def run_search(space: str | os.PathLike[str] | ExperimentConfig, *,
                                "storage_is_results_dir": storage_path is None,
                                "created": time.time()}
         _write_run(out, run)
-        return _execute(cfg, out, run, restore=False, quiet=quiet, report=report)
+        return _execute(cfg, out, run, restore=False, quiet=quiet, report=report,
+                        prepared=prepared)
+
+
+def _check_storage(storage_path: str | None) -> None:
+    """A local storage path must be a folder, or one that can be made: not under a file."""
+    if storage_path is None or "://" in storage_path:
+        return
+    for p in (Path(storage_path), *Path(storage_path).parents):
+        if p.exists():
+            if not p.is_dir():
+                raise SearchError(f"--storage-path {storage_path}: {p} is a file, not a folder; "
+                                  f"pass a folder (or an URI such as s3://bucket/path)")
+            if not os.access(p, os.W_OK | os.X_OK):
+                raise SearchError(f"--storage-path {storage_path}: {p} is not writable; pass a "
+                                  f"folder you can write to")
+            return
 
 
 def resume_search(results: str | os.PathLike[str], *, address: str | None = None,
@@ -1509,8 +1558,10 @@ def _ray_for(address: str | None, out: Path, interrupted: str = "") -> Iterator[
     try:
         yield
     except KeyboardInterrupt:
-        print(f"\nkdsearch: interrupted; {interrupted or f'continue with: kdsearch resume {out}'}",
-              file=sys.stderr)
+        if not interrupted:
+            interrupted = (f"continue with: kdsearch resume {out}" if (out / RUN_FILE).exists()
+                           else "nothing was written; run the same command again")
+        print(f"\nkdsearch: interrupted; {interrupted}", file=sys.stderr)
         raise
     finally:
         if started_ray:

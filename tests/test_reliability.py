@@ -317,3 +317,33 @@ def test_two_searches_sharing_a_cache_train_the_teacher_once(tmp_path: Path) -> 
     runs = [json.loads((tmp_path / "results" / n / "run.json").read_text()) for n in "ab"]
     assert runs[0]["teacher"] == runs[1]["teacher"]
     assert len(list((cache / "teachers").glob("*/manifest.json"))) == 1
+
+
+# --------------------------------------------------------------------------- bad input found late
+@pytest.mark.slow  # starts Ray
+@pytest.mark.parametrize("case", ["val_size too large", "dataset missing", "storage is a file"])
+def test_bad_input_found_after_ray_starts_writes_nothing_and_force_keeps_the_old_folder(
+        case: str, tmp_path: Path) -> None:
+    """The data and teacher are loaded, and the storage path checked, before --force empties an
+    old results folder or a new one is made: a missing dataset must not cost an earlier search."""
+    space, extra = QUICKSTART, ["--set", "dataset.val_size=100000"]
+    name = "quickstart"
+    if case == "dataset missing":
+        space, extra, name = REPO / "search_spaces" / "mnist_mlp.yaml", [], "mnist_mlp"
+    elif case == "storage is a file":
+        (tmp_path / "afile").write_text("a file\n")
+        extra = ["--storage-path", str(tmp_path / "afile")]
+    folder = tmp_path / "results" / name
+    folder.mkdir(parents=True)
+    (folder / "trials.csv").write_text("phase,trial_id,status\ndistill,t0,TERMINATED\n")
+    (folder / "run.json").write_text('{"search": {"status": "finished"}}')
+    before = sorted((p.name, p.read_bytes()) for p in folder.iterdir())
+    proc = subprocess.run([*KDSEARCH, "run", str(space), "--results-dir", "results", "--force",
+                           *extra], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+                          env=_env(KDSEARCH_DATA_DIR=str(tmp_path / "no-data"),
+                                   KDSEARCH_CACHE_DIR=str(tmp_path / "cache")))
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert proc.returncode == 2 and len(lines) == 1, proc.stderr[-3000:]
+    assert {"val_size too large": "val_size", "dataset missing": "mnist",
+            "storage is a file": "is a file"}[case] in lines[0], lines[0]
+    assert sorted((p.name, p.read_bytes()) for p in folder.iterdir()) == before

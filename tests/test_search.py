@@ -576,6 +576,33 @@ def test_resume_of_a_finished_search_of_the_older_layout_trains_nothing(
     assert again.best_config == result.best_config
 
 
+@pytest.mark.slow  # the real search of digits_search
+def test_resume_without_rays_saved_state_refuses_to_drop_the_ended_trials(
+        digits_search: tuple[Any, Path], tmp_path: Path) -> None:
+    """A started search whose Tune state is gone (a shared mount not there, a deleted search/)
+    must not start over: that would empty trials.csv of the trials that had ended."""
+    import ray
+
+    from kdsearch import resume_search
+    from kdsearch.search import SearchError
+
+    _, out = digits_search
+    folder = tmp_path / out.name
+    shutil.copytree(out, folder)
+    run = json.loads((folder / "run.json").read_text())
+    run["search"]["status"] = "started"
+    (folder / "run.json").write_text(json.dumps(run))
+    shutil.rmtree(folder / "search")
+    before = [(folder / f).read_bytes() for f in ("trials.csv", "progress.csv")]
+    with _restored_environ():
+        if ray.is_initialized():
+            ray.shutdown()
+        with pytest.raises(SearchError, match=r"saved state of this search is not in .*"
+                                              r"its 16 ended trials cannot be resumed"):
+            resume_search(folder, report=False, quiet=True)
+    assert [(folder / f).read_bytes() for f in ("trials.csv", "progress.csv")] == before
+
+
 # --------------------------------------------------------------------------- a shared Ray
 @pytest.fixture(scope="module")
 def logical_gpus() -> Iterator[None]:
