@@ -17,6 +17,7 @@ from typing import Any, Callable
 
 import yaml
 from yaml.composer import ComposerError
+from yaml.constructor import ConstructorError
 
 DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10")
 TEACHER_MODELS = ("mlp_teacher", "cnn_teacher")
@@ -52,6 +53,9 @@ class ConfigError(UserError, ValueError):
 # --------------------------------------------------------------------------- field checks
 Check = Callable[[Any], bool]
 MAX_INT = 2**63 - 1  # torch's int64: counts, sizes and widths beyond it cannot be used
+# a width of 2**20 units is a 2**40-weight layer, already far beyond any machine; wider ones
+# overflow torch's size arithmetic even on the meta device (an error with no trial to fail)
+MAX_WIDTH = 2**20
 MAX_SEED = 2**32 - 1  # Optuna's TPE seeds numpy's RandomState, which takes 32 bits
 MAX_FILE_BYTES = 1 << 16  # a space file is a few kB; PyYAML reads 1 MB in 10 s to minutes
 MAX_DEPTH = 16  # a config nests 6 deep; PyYAML slows down with depth and recurses per level
@@ -84,7 +88,7 @@ VALUE_RULES: dict[str, tuple[type, Check, str]] = {
     "temperature": (float, _positive, "a number > 0"),
     "alpha": (float, _in_unit, "a number in [0, 1] (the weight of the hard-label loss)"),
     "lr": (float, _positive, "a number > 0"),
-    "width": (int, _at_least(1), "an integer >= 1"),
+    "width": (int, lambda v: 1 <= v <= MAX_WIDTH, f"an integer in [1, {MAX_WIDTH}]"),
     "batch_size": (int, _at_least(1), "an integer >= 1"),
     "weight_decay": (float, lambda v: v >= 0, "a number >= 0"),
     "epochs": (int, _at_least(1), "an integer >= 1"),
@@ -117,7 +121,8 @@ class DatasetConfig:
 @dataclass(frozen=True)
 class TeacherConfig:
     model: str = _spec("mlp_teacher", str, *_one_of(TEACHER_MODELS))
-    width: int | None = _spec(None, int, _at_least(1), "an integer >= 1 (null: the seed's width)",
+    width: int | None = _spec(None, int, lambda v: 1 <= v <= MAX_WIDTH,
+                              f"an integer in [1, {MAX_WIDTH}] (null: the seed's width)",
                               optional=True)
     dropout: float = _spec(0.5, float, lambda v: 0 <= v < 1, "a number in [0, 1)")
     epochs: int = _rule("epochs", 10)
@@ -478,6 +483,20 @@ class _SafeLoader(yaml.SafeLoader):
         finally:
             self._depth -= 1
 
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        # PyYAML keeps the last of two equal keys: a second `lr:` would silently win
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
+                continue  # `<<: *anchor` may be overridden by the section's own keys
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, (str, int, float, bool)) or key is None:
+                if key in seen:
+                    raise ConstructorError(None, None, f"the key {key!r} appears twice in one "
+                                           f"section; keep one", key_node.start_mark)
+                seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
 
 def _safe_load(text: str) -> Any:
     """yaml.safe_load with the nesting limit of _SafeLoader (plain SafeLoader tags only)."""
@@ -564,7 +583,17 @@ def load_config(path: str | os.PathLike[str], overrides: list[str] | tuple[str, 
                 ) -> ExperimentConfig:
     """Read, override and validate a config / search-space file."""
     raw = apply_overrides(read_yaml(path), overrides)
-    return config_from_dict(raw, source=str(path))
+    try:
+        return config_from_dict(raw, source=str(path))
+    except ConfigError as e:
+        # a value the command line set is named as the user wrote it, not as the file's
+        rest = str(e).removeprefix(f"{path}: ")
+        for text in reversed(overrides):  # the last --set of a key is the one that holds
+            key = text.partition("=")[0].strip()
+            if key and rest.removeprefix("unknown key ").startswith(
+                    (f"{key} ", f"{key}.", f"{key}:", f"{key};")):
+                raise ConfigError(f"--set {_show(text)}: {rest}") from None
+        raise
 
 
 def config_to_dict(cfg: ExperimentConfig) -> dict[str, Any]:

@@ -692,8 +692,10 @@ def make_report(results_dir: str | os.PathLike[str], *, retrain: bool = True,
     summary = summarize(results, final)
     plots = write_plots(results, final)
     summary["plots"] = plots
+    # everything rendered before anything is written: a failure leaves the three files as they were
+    table, text = summary_csv(summary), render(summary, plots)
     write_json(results / SUMMARY_JSON, summary)
-    files.write_text(results / SUMMARY_CSV, summary_csv(summary))
+    files.write_text(results / SUMMARY_CSV, table)
     path = results / REPORT_FILE
-    files.write_text(path, render(summary, plots))
+    files.write_text(path, text)
     return path

@@ -572,9 +572,13 @@ def _host_port(address: str) -> tuple[str, int] | None:
 
 def _check_reachable(address: str, timeout: float = 5.0) -> None:
     """Fail in seconds on an address nothing listens at: ray.init retries one for minutes."""
-    hp = _host_port(address)
-    if hp is None:
+    if address in ("auto", "local"):
         return
+    hp = _host_port(address)
+    if hp is None or not 0 < hp[1] < 65536:
+        raise SearchError(f"Ray cluster address {address!r} is not auto, HOST:PORT or "
+                          f"ray://HOST:PORT (a port in 1-65535); pass the address printed by "
+                          f"`ray start --head`, or omit --address for a local Ray")
     try:
         with socket.create_connection(hp, timeout=timeout):
             pass

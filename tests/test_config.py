@@ -124,6 +124,16 @@ def test_unparsable_yaml_names_the_line(tmp_path: Path) -> None:
     assert "line" in message
 
 
+def test_a_key_written_twice_is_refused_and_merge_keys_still_load(tmp_path: Path) -> None:
+    message = _error(_write(tmp_path, "training:\n  lr: 3.0e-3\n  epochs: 4\n  lr: 5.0\n"))
+    assert "'lr' appears twice" in message and "line 4" in message
+    merged = _write(tmp_path, "base: &b {epochs: 4, lr: 1.0e-3}\n", "merge.yaml")
+    merged.write_text(merged.read_text() + "training:\n  <<: *b\n  lr: 3.0e-3\n")
+    from kdsearch.config import read_yaml
+
+    assert read_yaml(merged)["training"] == {"epochs": 4, "lr": 3.0e-3}
+
+
 def test_yaml_cannot_construct_objects(tmp_path: Path) -> None:
     # PyYAML's unsafe loader would run this; the safe loader refuses the tag
     marker = tmp_path / "ran"
@@ -237,3 +247,14 @@ def test_the_readmes_config_reference_loads_and_names_every_key() -> None:
     assert set(raw) == set(TOP_LEVEL)
     for section, cls in SECTIONS.items():
         assert set(raw[section]) == {f.name for f in dataclasses.fields(cls)}, section
+
+
+def test_widths_beyond_any_machine_are_refused_when_read() -> None:
+    """A width of 10**12 passed validation and then overflowed torch's size arithmetic in the
+    driver (a traceback, no trial to fail alone); 2**20 units is the most a config takes."""
+    quickstart = Path(__file__).resolve().parents[1] / "search_spaces" / "quickstart.yaml"
+    assert load_config(quickstart, [f"student.width={2**20}"]).student.width == 2**20
+    for override in (f"student.width={2**20 + 1}", "teacher.width=1000000000000",
+                     "search.space.width.values=[8, 1000000000000]"):
+        with pytest.raises(ConfigError, match=r"expected an integer in \[1, 1048576\]"):
+            load_config(quickstart, [override])

@@ -73,6 +73,10 @@ def test_unreachable_address_fails_in_seconds() -> None:
         _check_reachable(f"ray://127.0.0.1:{port}")
     assert time.perf_counter() - start < 5
     _check_reachable("auto")  # nothing to probe: Ray looks the cluster up itself
+    for malformed in (":99999", "foo", "localhost:0", "localhost:99999", "host:port"):
+        # Ray's own parser prints a traceback for these before raising
+        with pytest.raises(SearchError, match="is not auto, HOST:PORT or ray://HOST:PORT"):
+            _check_reachable(malformed)
 
 
 # --------------------------------------------------------------------------- the CLI
@@ -126,14 +130,16 @@ BAD_RUNS: dict[str, tuple[str | None, list[str], list[str]]] = {
                                        ["search.grace_period = 50", "epoch budget 40"]),
     "bad --set": (None, ["--set", "search.num_samples"], ["--set", "search.num_samples",
                                                           "KEY=VALUE"]),
-    "bad --set value": (None, ["--set", "search.num_samples=0"], ["search.num_samples", "0"]),
+    # named as typed on the command line, not as the file's (which holds another value)
+    "bad --set value": (None, ["--set", "search.num_samples=0"],
+                        ["--set 'search.num_samples=0'", "search.num_samples = 0"]),
     "unreachable address": (None, ["--address", "127.0.0.1:1"], ["127.0.0.1:1",
                                                                  "cannot reach"]),
     "results folder exists": (None, [], ["already exists", "resume", "--force"]),
     "results folder is a file": (None, [], ["quickstart exists and is not a folder"]),
     "results dir is a file": (None, [], ["results is a file, not a folder", "--results-dir"]),
 }
-FILE_NAMED = {"bad --set", "unreachable address", "results folder exists",  # not a file's fault
+FILE_NAMED = {"bad --set", "bad --set value", "unreachable address", "results folder exists",  # not a file's fault
               "results folder is a file", "results dir is a file"}
 # run for real as `python -m kdsearch run` (each pays ~3 s of interpreter and torch start-up);
 # every case also runs in-process through the same `cli.main`
