@@ -69,8 +69,10 @@ def _val_count(val_size: float | int | None, n: int, name: str) -> int:
     else:
         count = int(val_size)
     if not 1 <= count < n:
-        raise DataError(f"dataset.val_size = {val_size!r} leaves no training data: {name} has "
-                        f"{n} training examples; use a count below {n} or a fraction in (0, 1)")
+        what = "no validation example" if count < 1 else "no training data"
+        raise DataError(f"dataset.val_size = {val_size!r} leaves {what}: {name} has {n} "
+                        f"training examples; use a count in [1, {n - 1}] or a fraction of at "
+                        f"least {1 / n:.2g} in (0, 1)")
     return count
 
 

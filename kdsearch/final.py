@@ -19,7 +19,6 @@ setting, seed and thread count.
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import hashlib
 import json
@@ -36,7 +35,9 @@ from kdsearch import __version__, files
 from kdsearch.config import (ExperimentConfig, config_from_dict, config_to_dict,
                              default_cache_dir, default_data_dir, read_yaml, with_params)
 from kdsearch.data import load_dataset, load_test
-from kdsearch.search import CONFIG_FILE, TRIALS_FILE, SearchError, best_trial, phase_dimensions
+from kdsearch.search import (CONFIG_FILE, PROGRESS_FILE, TRIALS_FILE, SearchError, best_trial,
+                             dim_column, phase_dimensions)
+from kdsearch.tables import REQUIRED, REQUIRED_PROGRESS, read_table
 
 if TYPE_CHECKING:
     import torch
@@ -144,10 +145,8 @@ def _training_fingerprint(cfg: ExperimentConfig) -> str:
 
 # --------------------------------------------------------------------------- reading a folder
 def read_csv(path: Path) -> list[dict[str, str]]:
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+    """A results table's rows, its columns checked (tables.read_table)."""
+    return read_table(path, REQUIRED_PROGRESS if path.name == PROGRESS_FILE else REQUIRED)
 
 
 def read_config(results_dir: Path) -> ExperimentConfig:
@@ -168,6 +167,16 @@ def read_searched(results_dir: Path) -> tuple[ExperimentConfig, list[dict[str, s
     if not rows:
         raise ReportError(f"{results_dir}: no {TRIALS_FILE} or no trials in it; run the search "
                           f"first (kdsearch run SPACE.yaml)")
+    path = results_dir / TRIALS_FILE
+    for phase in ("distill", "baseline"):  # what the config searched, every ended trial holds
+        for d in phase_dimensions(cfg, phase):
+            column = dim_column(d.name)
+            for line, r in enumerate(rows, start=2):
+                if r.get("phase") == phase and r.get("status") == "TERMINATED" \
+                        and r.get(column) in (None, ""):
+                    raise ReportError(f"{path}: line {line}: no {column}, which {CONFIG_FILE} "
+                                      f"searches; the two files are not of one search: restore "
+                                      f"them from a copy of the folder")
     return cfg, rows
 
 
@@ -178,7 +187,39 @@ def read_final(results_dir: Path) -> dict[str, Any] | None:
         return None
     if not isinstance(final, dict) or final.get("format") != FINAL_FORMAT:
         return None
-    return final
+    return final if _well_formed(final) else None  # a damaged file: retrain what it held
+
+
+def _well_formed(final: dict[str, Any]) -> bool:
+    """final.json holds what evaluate_final reuses and the report reads, with those types."""
+    def number(v: Any, optional: bool = False) -> bool:
+        if v is None:
+            return optional
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+    def count(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
+
+    seeds, teacher, rows = final.get("seeds"), final.get("teacher"), final.get("rows")
+    if not (isinstance(seeds, list) and all(count(x) for x in seeds) and isinstance(rows, list)):
+        return False
+    if teacher is not None and not (isinstance(teacher, dict) and count(teacher.get("params"))
+                                    and number(teacher.get("test_acc"), True)
+                                    and number(teacher.get("val_acc"), True)):
+        return False
+    data = final.get("data")
+    if data is not None and not (isinstance(data, dict) and all(count(v) for v in data.values())):
+        return False
+    for r in rows:
+        if not (isinstance(r, dict) and r.get("kind") in (DISTILLED, BASELINE)
+                and count(r.get("width")) and count(r.get("params")) and count(r.get("epochs"))
+                and isinstance(r.get("settings"), dict) and isinstance(r.get("spec"), dict)
+                and number(r.get("alpha")) and number(r.get("mean"), True)
+                and number(r.get("std"), True) and count(r.get("diverged"))
+                and isinstance(r.get("test_accs"), list) and len(r["test_accs"]) == len(seeds)
+                and all(number(a, True) for a in r["test_accs"])):
+            return False
+    return True
 
 
 def row_width(row: dict[str, Any], cfg: ExperimentConfig) -> int | None:

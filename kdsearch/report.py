@@ -32,7 +32,7 @@ from kdsearch.final import (BASELINE, DISTILLED, FINAL_FILE, Runner,
                             evaluate_final, incomplete_trials, mean_std,
                             read_config, read_csv, row_width, write_json)
 from kdsearch.search import (PHASE_LABEL, PHASES, PROGRESS_FILE, RUN_FILE, TRIALS_FILE,
-                             phase_samples, search_state)
+                             check_run, phase_samples, search_state)
 
 if TYPE_CHECKING:
     from kdsearch.data import Dataset
@@ -313,7 +313,7 @@ def _read_run(results_dir: Path) -> dict[str, Any]:
         run = json.loads((results_dir / RUN_FILE).read_text())
     except (OSError, ValueError):
         return {}  # the report still has trials.csv; the cost table says "not started"
-    return run if isinstance(run, dict) else {}
+    return check_run(run, results_dir / RUN_FILE)
 
 
 # --------------------------------------------------------------------------- summary.csv

@@ -52,6 +52,7 @@ from kdsearch.data import Dataset, load_dataset
 from kdsearch.distill import (EPOCH, TRAIN_LOSS, VAL_ACC, VAL_LOSS, Diverged, FitState,
                               train_student)
 from kdsearch.models import build_student, count_parameters
+from kdsearch.tables import REQUIRED, REQUIRED_PROGRESS, read_table
 from kdsearch.teacher import Teacher, get_teacher
 
 if TYPE_CHECKING:  # final.py imports this module
@@ -865,10 +866,7 @@ def _fmt(v: Any) -> str:
 
 
 def _read_csv(path: Path) -> list[dict[str, Any]]:
-    if not path.exists():
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+    return read_table(path, REQUIRED_PROGRESS if path.name == PROGRESS_FILE else REQUIRED)
 
 
 def _write_csv_atomic(path: Path, rows: list[dict[str, Any]],
@@ -1016,12 +1014,51 @@ def search_state(run: dict[str, Any]) -> dict[str, Any]:
             else "started", "wall_seconds": sum(float(v.get("wall_seconds") or 0.0) for v in old)}
 
 
+_NUMBER = ((int, float), "a number")
+_RUN_SHAPE: dict[str, tuple[type | tuple[type, ...], str]] = {
+    "storage_path": (str, "a path"), "storage_is_results_dir": (bool, "true or false"),
+    "max_concurrent_trials": _NUMBER, "gpus_per_trial": _NUMBER,
+    "search.status": (str, "a status"), "search.wall_seconds": _NUMBER,
+    "search.started": _NUMBER, "search.finished": _NUMBER,
+    "hardware.cpus": _NUMBER, "hardware.gpus": _NUMBER, "hardware.nodes": _NUMBER}
+
+
+def check_run(run: Any, path: Path) -> dict[str, Any]:
+    """run.json's contents with the types kdsearch reads from it checked, or a SearchError."""
+    damaged = "kdsearch writes this file; restore it from a copy of the folder"
+    if not isinstance(run, dict):
+        raise SearchError(f"{path}: not a JSON object; {damaged}")
+    for section in ("search", "hardware", "teacher", "phases"):
+        if section in run and not isinstance(run[section], dict):
+            raise SearchError(f"{path}: {section} = {_short(run[section])} is not an object; "
+                              f"{damaged}")
+    for phase, state in (run.get("phases") or {}).items():  # the older layout
+        if not isinstance(state, dict) or not isinstance(state.get("wall_seconds", 0),
+                                                         (int, float)):
+            raise SearchError(f"{path}: phases.{phase} = {_short(state)} is not a phase's "
+                              f"state; {damaged}")
+    for key, (kinds, what) in _RUN_SHAPE.items():
+        section, _, name = key.rpartition(".")
+        holder = run.get(section) if section else run
+        value = holder.get(name) if isinstance(holder, dict) else None
+        if value is not None and (not isinstance(value, kinds) or (
+                kinds is _NUMBER[0] and isinstance(value, bool))):
+            raise SearchError(f"{path}: {key} = {_short(value)} is not {what}; {damaged}")
+    return run
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value) if not isinstance(value, str) else repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def read_run(results_dir: Path) -> dict[str, Any]:
     try:
-        return json.loads((results_dir / RUN_FILE).read_text())
+        run = json.loads((results_dir / RUN_FILE).read_text())
     except (OSError, ValueError):
         raise SearchError(f"{results_dir}: no readable {RUN_FILE}; this is not a kdsearch "
                           f"results folder (pass results/<name> of a search)") from None
+    return check_run(run, results_dir / RUN_FILE)
 
 
 def _prepare(cfg: ExperimentConfig, device: str = "cpu", *, progress: bool = True
@@ -1085,6 +1122,7 @@ def _run_tuner(phases: list[str], cfg: ExperimentConfig, results_dir: Path, stor
     local = "://" not in storage_path
     exp_path = str(Path(storage_path) / EXPERIMENT) if local \
         else storage_path.rstrip("/") + "/" + EXPERIMENT
+    torn = None
     if restore and local:
         torn = _mend_torn_state(exp_path, log=None if quiet else
                                 lambda line: print(line, flush=True))
@@ -1096,7 +1134,7 @@ def _run_tuner(phases: list[str], cfg: ExperimentConfig, results_dir: Path, stor
     wanted = restore
     restore = restore and tune.Tuner.can_restore(exp_path) and (
         not local or any(Path(exp_path).glob("experiment_state-*.json")))
-    if wanted and not restore:
+    if wanted and not restore and torn is None:  # (a torn state set aside was noted above)
         ended = [r for r in _read_csv(results_dir / TRIALS_FILE)
                  if r.get("status") in ("TERMINATED", "ERROR")]
         if ended:  # starting over would drop them from trials.csv
@@ -1521,6 +1559,8 @@ def resume_search(results: str | os.PathLike[str], *, address: str | None = None
         raise SearchError(f"{results}: no such results folder; pass results/<name> of a search")
     run = read_run(out)
     cfg = config_from_dict(read_yaml(out / CONFIG_FILE), source=str(out / CONFIG_FILE))
+    for table in (TRIALS_FILE, PROGRESS_FILE):  # damaged tables: refused before Ray starts
+        _read_csv(out / table)
     if "search" not in run and run.get("phases"):  # the older layout, see search_state
         run["search"] = search_state(run)
         if run["search"]["status"] != "finished":

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +74,8 @@ def _load_entry(entry: Path, cfg: ExperimentConfig, data: Dataset) -> Teacher:
         val_acc = float(manifest["val_acc"])
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise CorruptEntry(f"unreadable manifest ({type(e).__name__})") from None
+    if not 0.0 <= val_acc <= 1.0:  # NaN too
+        raise CorruptEntry(f"the manifest's val_acc {val_acc!r} is not an accuracy")
     if not weights_path.is_file():
         raise CorruptEntry("teacher.pt is missing")
     if _sha256(weights_path) != expected:
@@ -87,8 +90,22 @@ def _load_entry(entry: Path, cfg: ExperimentConfig, data: Dataset) -> Teacher:
     if tuple(logits.shape) != (len(data.train), data.num_classes):
         raise CorruptEntry(f"cached logits have shape {tuple(logits.shape)}, expected "
                            f"{(len(data.train), data.num_classes)}")
+    if not torch.isfinite(logits).all():
+        raise CorruptEntry("cached logits hold NaN or inf")
     device = data.train.x.device
     return Teacher(model.to(device).eval(), logits.to(device), val_acc, entry.name, entry, False)
+
+
+def _clear(entry: Path) -> None:
+    """Make way for a new entry: a file where the entry's folder goes, or a folder where one of
+    its files goes, is removed; and the old manifest, which must not vouch for new weights."""
+    if entry.is_symlink() or (entry.exists() and not entry.is_dir()):
+        entry.unlink()
+    for name in ("manifest.json", "teacher.pt"):
+        path = entry / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+    (entry / "manifest.json").unlink(missing_ok=True)
 
 
 def _new_teacher(cfg: ExperimentConfig, data: Dataset) -> nn.Module:
@@ -153,8 +170,8 @@ def get_teacher(cfg: ExperimentConfig, data: Dataset, *, cache_dir: Path, progre
             except CorruptEntry:
                 pass
         model, logits, val_acc = train_teacher(cfg, data, progress=progress)
+        _clear(entry)
         entry.mkdir(parents=True, exist_ok=True)
-        (entry / "manifest.json").unlink(missing_ok=True)  # the old manifest must not vouch
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
         blob = {"model": state, "train_logits": logits.detach().cpu()}
         files.write_atomic(entry / "teacher.pt", lambda f: torch.save(blob, f), durable=True)

@@ -134,8 +134,25 @@ def _break_manifest(path: Path) -> None:
     (path.parent / "manifest.json").write_text("{ not json")
 
 
-@pytest.mark.parametrize("damage", [_truncate, _flip_a_byte, _break_manifest],
-                         ids=["truncated", "flipped byte", "broken manifest"])
+def _nan_accuracy(path: Path) -> None:
+    manifest = json.loads((path.parent / "manifest.json").read_text())
+    (path.parent / "manifest.json").write_text(json.dumps({**manifest, "val_acc": float("nan")}))
+
+
+def _weights_a_folder(path: Path) -> None:
+    path.unlink()
+    (path / "inside").mkdir(parents=True)
+
+
+def _manifest_a_folder(path: Path) -> None:
+    (path.parent / "manifest.json").unlink()
+    (path.parent / "manifest.json" / "inside").mkdir(parents=True)
+
+
+@pytest.mark.parametrize("damage", [_truncate, _flip_a_byte, _break_manifest, _nan_accuracy,
+                                    _weights_a_folder, _manifest_a_folder],
+                         ids=["truncated", "flipped byte", "broken manifest", "NaN accuracy",
+                              "weights a folder", "manifest a folder"])
 def test_corrupted_entry_is_reported_and_rebuilt(digits: Dataset, tmp_path: Path,
                                                  damage: Any) -> None:
     cfg = _cfg()
@@ -234,3 +251,12 @@ def test_two_processes_train_the_teacher_once(tmp_path: Path) -> None:
     assert trained == ["trained_now=False", "trained_now=True"], outs
     assert outs[0].split()[1] == outs[1].split()[1]  # the same logits
     assert len(list((tmp_path / "teachers").glob("*/manifest.json"))) == 1
+
+
+def test_a_file_where_the_entry_folder_goes_is_replaced(digits: Dataset, tmp_path: Path) -> None:
+    cfg = _cfg()
+    (tmp_path / "teachers").mkdir(parents=True)
+    (tmp_path / "teachers" / teacher_key(cfg)).write_text("not a folder\n")
+    built = _get(cfg, digits, tmp_path)
+    assert built.trained_now and (built.path / "manifest.json").is_file()
+    assert not _get(cfg, digits, tmp_path).trained_now
