@@ -199,8 +199,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             # one line even when a message quotes user text with a line break in it
             print(f"kdsearch: error: {' '.join(str(e).splitlines())}", file=sys.stderr)
             return EXIT_USAGE
-        if os.environ.get("KDSEARCH_DEBUG"):
-            raise
+        if isinstance(e, OSError) and e.strerror and not os.environ.get("KDSEARCH_DEBUG"):
+            # the file system said no (a folder where a file goes, a full disk, no permission):
+            # the file and the reason, not a traceback
+            where = f"{e.filename}: " if e.filename else ""
+            print(f"kdsearch: error: {where}{e.strerror}; fix that path or its permissions and "
+                  f"run the command again", file=sys.stderr)
+            return 1
         raise
 
 

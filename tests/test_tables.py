@@ -121,3 +121,24 @@ def test_a_trials_table_without_a_searched_column_is_refused(tmp_path: Path) -> 
     (tmp_path / "trials.csv").write_text(HEADER + GOOD)  # no batch_size column
     with pytest.raises(ReportError, match=r"line 2: no batch_size, which config.yaml searches"):
         read_searched(tmp_path)
+
+
+def test_a_folder_where_the_report_writes_a_file_is_one_line(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KDSEARCH_CACHE_DIR", str(tmp_path / "cache"))
+    cfg = config_from_dict({"name": "blocked", "teacher": {"epochs": 1, "width": 32},
+                            "training": {"epochs": 2}, "report": {"seeds": 2},
+                            "search": {"space": {"lr": {"distribution": "loguniform",
+                                                        "low": 1e-3, "high": 1e-1}}}})
+    folder = tmp_path / "blocked"
+    folder.mkdir()
+    (folder / "config.yaml").write_text(dump_config(cfg))
+    (folder / "trials.csv").write_text(
+        "phase,trial_id,status,stopped_early,diverged,epochs,val_acc,lr\n"
+        "distill,a1,TERMINATED,0,0,2,0.9,0.003\nbaseline,b1,TERMINATED,0,0,2,0.8,0.003\n")
+    (folder / "summary.json").mkdir()  # where the report writes a file
+    assert main(["report", str(folder), "--in-process"]) == 1
+    err = [line for line in capsys.readouterr().err.splitlines()
+           if line.startswith("kdsearch:")]
+    assert len(err) == 1 and "summary.json" in err[0] and "Traceback" not in err[0], err
