@@ -988,15 +988,18 @@ def _check_results_dir(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise SearchError(f"{out} exists and is not a folder; move it away or pick another "
                           f"--results-dir or --set name=...")
-    parent = out.parent
+    _check_makeable(out.parent, f"cannot make {out}", "pick another --results-dir")
+
+
+def _check_makeable(folder: Path, what: str, fix: str) -> None:
+    """`folder` is one, or can be made: its nearest existing ancestor is a writable folder."""
+    parent = folder
     while not parent.exists():
         parent = parent.parent
     if not parent.is_dir():
-        raise SearchError(f"cannot make {out}: {parent} is a file, not a folder; pick another "
-                          f"--results-dir")
+        raise SearchError(f"{what}: {parent} is a file, not a folder; {fix}")
     if not os.access(parent, os.W_OK | os.X_OK):
-        raise SearchError(f"cannot make {out}: {parent} is not writable; pick another "
-                          f"--results-dir")
+        raise SearchError(f"{what}: {parent} is not writable; {fix}")
 
 
 def _write_run(results_dir: Path, run: dict[str, Any]) -> None:
@@ -1538,17 +1541,9 @@ def run_search(space: str | os.PathLike[str] | ExperimentConfig, *,
 
 def _check_storage(storage_path: str | None) -> None:
     """A local storage path must be a folder, or one that can be made: not under a file."""
-    if storage_path is None or "://" in storage_path:
-        return
-    for p in (Path(storage_path), *Path(storage_path).parents):
-        if p.exists():
-            if not p.is_dir():
-                raise SearchError(f"--storage-path {storage_path}: {p} is a file, not a folder; "
-                                  f"pass a folder (or an URI such as s3://bucket/path)")
-            if not os.access(p, os.W_OK | os.X_OK):
-                raise SearchError(f"--storage-path {storage_path}: {p} is not writable; pass a "
-                                  f"folder you can write to")
-            return
+    if storage_path is not None and "://" not in storage_path:
+        _check_makeable(Path(storage_path), f"--storage-path {storage_path}",
+                        "pass a folder you can write to (or a URI such as s3://bucket/path)")
 
 
 def resume_search(results: str | os.PathLike[str], *, address: str | None = None,
