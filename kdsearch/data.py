@@ -110,6 +110,15 @@ def _load_torchvision(name: str, root: Path, fallback: Path
             test = cls(str(use_root), train=False, download=True)
     except Exception as e:  # torchvision raises URLError, RuntimeError, OSError...
         where = use_root / _TORCHVISION_FOLDERS[name]
+        present = sorted(f.name for f in (where / "raw").glob("*")) if (where / "raw").is_dir() \
+            else []
+        if present:  # the files are there: torchvision could not read them (or a download ran)
+            raise DataError(
+                f"{name}: the files under {where / 'raw'} ({', '.join(present[:4])}"
+                f"{', ...' if len(present) > 4 else ''}) do not load ({type(e).__name__}: "
+                f"{str(e).splitlines()[0][:120] if str(e) else ''}); one may be truncated or "
+                f"missing: replace them with the original files (delete the decompressed ones "
+                f"beside them too)") from None
         raise DataError(
             f"{name}: files not found under {where} and the download failed "
             f"({type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}); put the "

@@ -35,8 +35,8 @@ from kdsearch import __version__, files
 from kdsearch.config import (ExperimentConfig, config_from_dict, config_to_dict,
                              default_cache_dir, default_data_dir, read_yaml, with_params)
 from kdsearch.data import load_dataset, load_test
-from kdsearch.search import (CONFIG_FILE, PROGRESS_FILE, TRIALS_FILE, SearchError, best_trial,
-                             dim_column, phase_dimensions)
+from kdsearch.search import (CONFIG_FILE, PROGRESS_FILE, RUN_FILE, TRIALS_FILE, SearchError,
+                             best_trial, dim_column, phase_dimensions)
 from kdsearch.tables import REQUIRED, REQUIRED_PROGRESS, read_table
 
 if TYPE_CHECKING:
@@ -167,17 +167,43 @@ def read_searched(results_dir: Path) -> tuple[ExperimentConfig, list[dict[str, s
     if not rows:
         raise ReportError(f"{results_dir}: no {TRIALS_FILE} or no trials in it; run the search "
                           f"first (kdsearch run SPACE.yaml)")
-    path = results_dir / TRIALS_FILE
-    for phase in ("distill", "baseline"):  # what the config searched, every ended trial holds
-        for d in phase_dimensions(cfg, phase):
-            column = dim_column(d.name)
-            for line, r in enumerate(rows, start=2):
-                if r.get("phase") == phase and r.get("status") == "TERMINATED" \
-                        and r.get(column) in (None, ""):
-                    raise ReportError(f"{path}: line {line}: no {column}, which {CONFIG_FILE} "
-                                      f"searches; the two files are not of one search: restore "
-                                      f"them from a copy of the folder")
+    check_consistent(cfg, rows, results_dir)
     return cfg, rows
+
+
+def check_consistent(cfg: ExperimentConfig, rows: list[dict[str, str]], results_dir: Path
+                     ) -> None:
+    """config.yaml is the one the search ran with: every ended trial holds exactly the
+    dimensions it searches, and its teacher is run.json's. A ReportError names what differs."""
+    from kdsearch.config import VALUE_RULES
+    from kdsearch.teacher import teacher_key
+
+    path = results_dir / TRIALS_FILE
+    restore = (f"the two files are not of one search: restore {CONFIG_FILE} from a copy of the "
+               f"folder (the search's own config)")
+    for phase in ("distill", "baseline"):
+        searched = {dim_column(d.name) for d in phase_dimensions(cfg, phase)}
+        known = {dim_column(name) for name in VALUE_RULES} - {dim_column("epochs")}
+        for line, r in enumerate(rows, start=2):
+            if r.get("phase") != phase or r.get("status") != "TERMINATED":
+                continue
+            for column in sorted(searched):
+                if r.get(column) in (None, ""):
+                    raise ReportError(f"{path}: line {line}: no {column}, which {CONFIG_FILE} "
+                                      f"searches; {restore}")
+            for column in sorted(known - searched):
+                if r.get(column) not in (None, ""):
+                    raise ReportError(f"{path}: line {line}: the trial searched {column}, which "
+                                      f"{CONFIG_FILE} does not; {restore}")
+    try:
+        run = json.loads((results_dir / RUN_FILE).read_text())
+        ran_with = run["teacher"]["key"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # no record of the teacher (a search killed early, an older folder)
+    if ran_with and ran_with != teacher_key(cfg):
+        raise ReportError(f"{results_dir / CONFIG_FILE}: its dataset or teacher settings differ "
+                          f"from those the search ran with (teacher {ran_with} in {RUN_FILE}); "
+                          f"{restore}")
 
 
 def read_final(results_dir: Path) -> dict[str, Any] | None:
@@ -212,6 +238,10 @@ def _well_formed(final: dict[str, Any]) -> bool:
         return False
     for r in rows:
         if not (isinstance(r, dict) and r.get("kind") in (DISTILLED, BASELINE)
+                and isinstance(r.get("tuned"), bool) and isinstance(r.get("best"), bool)
+                and isinstance(r.get("trial_id"), (str, type(None)))
+                and number(r.get("val_acc"), True)
+                and (r.get("search_epochs") is None or count(r.get("search_epochs")))
                 and count(r.get("width")) and count(r.get("params")) and count(r.get("epochs"))
                 and isinstance(r.get("settings"), dict) and isinstance(r.get("spec"), dict)
                 and number(r.get("alpha")) and number(r.get("mean"), True)

@@ -30,7 +30,7 @@ from kdsearch import __version__, files
 from kdsearch.config import max_epochs
 from kdsearch.final import (BASELINE, DISTILLED, FINAL_FILE, Runner,
                             evaluate_final, incomplete_trials, mean_std,
-                            read_config, read_csv, row_width, write_json)
+                            read_config, read_csv, read_searched, row_width, write_json)
 from kdsearch.search import (PHASE_LABEL, PHASES, PROGRESS_FILE, RUN_FILE, TRIALS_FILE,
                              check_run, phase_samples, search_state)
 
@@ -687,6 +687,9 @@ def make_report(results_dir: str | os.PathLike[str], *, retrain: bool = True,
     dataset and teacher a search already holds (see `evaluate_final`).
     """
     results = Path(results_dir)
+    read_searched(results)  # the folder and its tables checked before final.json is written
+    read_csv(results / PROGRESS_FILE)
+    _read_run(results)
     final = evaluate_final(results, retrain=retrain, device=device, quiet=quiet,
                            runner=runner, loaded=loaded)
     summary = summarize(results, final)

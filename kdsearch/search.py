@@ -1358,11 +1358,20 @@ def _repair_checkpoints(exp_path: str) -> list[str]:
     state_file = _find_newest_experiment_checkpoint(exp_path)
     if state_file is None:
         return []
-    state = _loads_with_cloudpickle(Path(state_file).read_text())
+    try:
+        state = _loads_with_cloudpickle(Path(state_file).read_text())
+        trials = []
+        for json_state, metadata in state["trial_data"]:
+            trial = Trial.from_json_state(json_state, stub=True)
+            trial.restore_run_metadata(metadata)
+            trials.append(trial)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:  # JSON of another shape
+        raise SearchError(f"{state_file}: Ray Tune's saved state of this search is damaged "
+                          f"({type(e).__name__}); restore the folder from a copy, `kdsearch "
+                          f"report` what it has, or start over with `kdsearch run ... --force`"
+                          ) from None
     repaired = []
-    for json_state, metadata in state["trial_data"]:
-        trial = Trial.from_json_state(json_state, stub=True)
-        trial.restore_run_metadata(metadata)
+    for trial in trials:
         if trial.status == Trial.TERMINATED or trial.checkpoint is None:
             continue
         trial_dir = Path(exp_path) / trial.storage.trial_dir_name
@@ -1443,6 +1452,7 @@ def _execute(cfg: ExperimentConfig, results_dir: Path, run: dict[str, Any], *,
         run["search"].update(status="finished", finished=time.time(),
                              wall_seconds=run["search"]["wall_seconds"] + time.time() - t0)
         _write_run(results_dir, run)
+    if not (results_dir / OPTUNA_FILE).exists():  # (a kill may have come before the export)
         _export_optuna(results_dir, cfg)
     rows = _read_csv(results_dir / TRIALS_FILE)
     best = best_trial(rows, "distill", [d.name for d in phase_dimensions(cfg, "distill")])
@@ -1525,18 +1535,29 @@ def run_search(space: str | os.PathLike[str] | ExperimentConfig, *,
     with _ray_for(address, out):
         _check_resources(cfg)
         prepared = _prepare_search(cfg, quiet)  # data and teacher: before a file is touched
-        if out.exists() and force:
-            shutil.rmtree(out)
-        out.mkdir(parents=True, exist_ok=True)
-        files.write_text(out / CONFIG_FILE,
-                         f"# kdsearch {__version__}: resolved config\n" + dump_config(cfg))
-        run: dict[str, Any] = {"kdsearch_version": __version__, "name": cfg.name,
-                               "storage_path": storage_path or str(out),
-                               "storage_is_results_dir": storage_path is None,
-                               "created": time.time()}
-        _write_run(out, run)
-        return _execute(cfg, out, run, restore=False, quiet=quiet, report=report,
-                        prepared=prepared)
+        with _exclusive(out):
+            if out.is_dir() and any(out.iterdir()) and not force:  # made while we prepared
+                raise SearchError(f"{out} already exists; continue it with `kdsearch resume "
+                                  f"{out}`, replace it with --force, or pick another --set "
+                                  f"name=...")
+            return _start(cfg, out, storage_path, force, prepared, quiet=quiet, report=report)
+
+
+def _start(cfg: ExperimentConfig, out: Path, storage_path: str | None, force: bool,
+           prepared: _Prepared, *, quiet: bool, report: bool) -> SearchResult:
+    """Make the results folder (emptied first with --force) and run the search in it."""
+    if out.exists() and force:
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    files.write_text(out / CONFIG_FILE,
+                     f"# kdsearch {__version__}: resolved config\n" + dump_config(cfg))
+    run: dict[str, Any] = {"kdsearch_version": __version__, "name": cfg.name,
+                           "storage_path": storage_path or str(out),
+                           "storage_is_results_dir": storage_path is None,
+                           "created": time.time()}
+    _write_run(out, run)
+    return _execute(cfg, out, run, restore=False, quiet=quiet, report=report,
+                    prepared=prepared)
 
 
 def _check_storage(storage_path: str | None) -> None:
@@ -1554,8 +1575,11 @@ def resume_search(results: str | os.PathLike[str], *, address: str | None = None
         raise SearchError(f"{results}: no such results folder; pass results/<name> of a search")
     run = read_run(out)
     cfg = config_from_dict(read_yaml(out / CONFIG_FILE), source=str(out / CONFIG_FILE))
+    from kdsearch.final import check_consistent
+
     for table in (TRIALS_FILE, PROGRESS_FILE):  # damaged tables: refused before Ray starts
         _read_csv(out / table)
+    check_consistent(cfg, _read_csv(out / TRIALS_FILE), out)
     if "search" not in run and run.get("phases"):  # the older layout, see search_state
         run["search"] = search_state(run)
         if run["search"]["status"] != "finished":
@@ -1564,10 +1588,40 @@ def resume_search(results: str | os.PathLike[str], *, address: str | None = None
                               f"`kdsearch run ... --force`, or `kdsearch report {out}` for what "
                               f"it has")
     if run.get("storage_is_results_dir", True):
-        run["storage_path"] = str(out)  # the folder may have moved
-    with _ray_for(address, out):
+        ran_in = run.get("storage_path")
+        if search_state(run).get("status") != "finished" and ran_in \
+                and Path(ran_in).resolve() != out:
+            # Tune's saved state names the folder it ran in: resumed elsewhere, its trials
+            # would write their checkpoints there (or fail where it is gone)
+            raise SearchError(f"{out}: this search ran in {ran_in}, and Ray Tune's saved state "
+                              f"names that folder, so it resumes only there: move it back and "
+                              f"`kdsearch resume {ran_in}` (`kdsearch report {out}` works "
+                              f"anywhere)")
+        run["storage_path"] = str(out)  # a finished search, reported from where it is now
+    with _ray_for(address, out), _exclusive(out):
         _check_resources(cfg)
         return _execute(cfg, out, run, restore=True, quiet=quiet, report=report)
+
+
+@contextlib.contextmanager
+def _exclusive(out: Path) -> Iterator[None]:
+    """One kdsearch at a time runs or resumes the search in `out` (a lock beside the folder,
+    held while it runs): two at once would write their trials into one folder."""
+    from filelock import FileLock, Timeout
+
+    path = out.parent / f".{out.name}.kdsearch-lock"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(path))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        raise SearchError(f"another kdsearch is running the search in {out} (it holds {path}); "
+                          f"wait for it to end, or pick another --set name=...") from None
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+        lock.release()
 
 
 def report_search(results: str | os.PathLike[str], *, address: str | None = None,

@@ -129,6 +129,25 @@ def test_missing_dataset_is_one_line_naming_the_folder(tmp_path: Path) -> None:
     assert "data_dir" in message  # says what to do next
 
 
+def test_a_truncated_dataset_file_is_named_as_damaged_not_missing(tmp_path: Path) -> None:
+    from conftest import SHARED_DATASETS
+
+    if not (SHARED_DATASETS / "MNIST" / "raw").is_dir():
+        pytest.skip(f"no MNIST files at {SHARED_DATASETS}")
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for f in (SHARED_DATASETS / "MNIST" / "raw").glob("*.gz"):
+        shutil.copy(f, raw / f.name)
+    images = raw / "train-images-idx3-ubyte.gz"
+    images.write_bytes(images.read_bytes()[:1_000_000])
+    with pytest.raises(DataError) as info:
+        load_dataset(DatasetConfig(name="mnist"), data_dir=tmp_path / "data",
+                     cache_dir=tmp_path / "cache")
+    message = str(info.value)
+    assert "\n" not in message and str(raw) in message and "truncated" in message, message
+    assert "not found" not in message
+
+
 @contextlib.contextmanager
 def _read_only(folders: list[Path]) -> Iterator[None]:
     """Make folders unwritable; as root, permission bits do not stop writes, the immutable flag

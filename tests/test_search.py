@@ -568,12 +568,14 @@ def test_resume_of_a_finished_search_of_the_older_layout_trains_nothing(
     (folder / "run.json").write_text(json.dumps(run))
     files = ("trials.csv", "progress.csv", "run.json")
     before = [(folder / f).read_text() for f in files]
+    (folder / "optuna.db").unlink()  # a kill after the search ended, before the export
     with _restored_environ():
         if ray.is_initialized():
             ray.shutdown()
         again = resume_search(folder, report=False, quiet=True)
     assert [(folder / f).read_text() for f in files] == before  # nothing ran again
     assert again.best_config == result.best_config
+    assert (folder / "optuna.db").is_file()  # exported by the resume
 
 
 @pytest.mark.slow  # the real search of digits_search
@@ -592,11 +594,17 @@ def test_resume_without_rays_saved_state_refuses_to_drop_the_ended_trials(
     run = json.loads((folder / "run.json").read_text())
     run["search"]["status"] = "started"
     (folder / "run.json").write_text(json.dumps(run))
-    shutil.rmtree(folder / "search")
     before = [(folder / f).read_bytes() for f in ("trials.csv", "progress.csv")]
     with _restored_environ():
         if ray.is_initialized():
             ray.shutdown()
+        # a started search copied elsewhere: Tune's state names the first folder
+        with pytest.raises(SearchError, match=f"this search ran in {out}, .* resumes only "
+                                              f"there"):
+            resume_search(folder, report=False, quiet=True)
+        run["storage_path"] = str(folder)  # as if it had run here
+        (folder / "run.json").write_text(json.dumps(run))
+        shutil.rmtree(folder / "search")
         with pytest.raises(SearchError, match=r"saved state of this search is not in .*"
                                               r"its 16 ended trials cannot be resumed"):
             resume_search(folder, report=False, quiet=True)
@@ -1059,3 +1067,36 @@ def test_a_searched_epoch_budget_does_not_overwrite_the_epochs_a_trial_ran(tmp_p
         "a0000001": 2, "a0000002": 5}
     settings, metrics = best_trial(rows, "distill", ["lr", "epochs"])
     assert settings["epochs"] == 5 and metrics["trial_id"] == "a0000002"  # full budget first
+
+
+def test_one_kdsearch_at_a_time_runs_a_search_folder(tmp_path: Path) -> None:
+    """Two `kdsearch run`s of one name at once wrote their trials into one folder."""
+    from kdsearch.search import SearchError, _exclusive
+
+    out = tmp_path / "results" / "quickstart"
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from pathlib import Path; from kdsearch.search import _exclusive\n"
+        f"with _exclusive(Path({str(out)!r})):\n"
+        "    print('held', flush=True); time.sleep(60)\n")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(SearchError, match="another kdsearch is running the search in"):
+            with _exclusive(out):
+                pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with _exclusive(out):  # free again once the holder is gone
+        pass
+    assert list((tmp_path / "results").iterdir()) == []  # and the lock file is gone with it
+
+
+@pytest.mark.parametrize("text", ["{}", '{"trial_data": 5, "runner_data": []}',
+                                  '{"trial_data": [[1, 2]]}'])
+def test_a_saved_experiment_state_of_another_shape_is_one_line(tmp_path: Path, text: str
+                                                               ) -> None:
+    from kdsearch.search import SearchError, _repair_checkpoints
+
+    (tmp_path / "experiment_state-2026-11-23_00-00-00.json").write_text(text)
+    with pytest.raises(SearchError, match="saved state of this search is damaged"):
+        _repair_checkpoints(str(tmp_path))

@@ -74,7 +74,8 @@ def test_run_json_of_the_wrong_shape_is_refused(run: object, message: str) -> No
 
 
 def _final(**edit: object) -> dict:
-    row = {"kind": "distilled", "width": 16, "params": 1000, "epochs": 4, "settings": {},
+    row = {"kind": "distilled", "tuned": True, "best": True, "trial_id": "a1", "val_acc": 0.9,
+           "search_epochs": 4, "width": 16, "params": 1000, "epochs": 4, "settings": {},
            "spec": {}, "alpha": 0.3, "mean": 0.9, "std": 0.01, "diverged": 0,
            "test_accs": [0.9, None]}
     return {"format": 1, "seeds": [0, 1], "teacher": {"params": 10, "test_acc": 0.97,
@@ -84,7 +85,8 @@ def _final(**edit: object) -> dict:
 
 @pytest.mark.parametrize("edit", [{"rows": "abc"}, {"rows": [1, 2]}, {"teacher": "abc"},
                                   {"data": "abc"}, {"seeds": "0"},
-                                  {"rows": [{"kind": "distilled"}]}])
+                                  {"rows": [{"kind": "distilled"}]},
+                                  {"rows": [{**_final()["rows"][0], "tuned": None}]}])
 def test_a_final_json_of_the_wrong_shape_is_retrained_not_read(tmp_path: Path,
                                                               edit: dict) -> None:
     from kdsearch.final import FINAL_FORMAT
@@ -142,3 +144,41 @@ def test_a_folder_where_the_report_writes_a_file_is_one_line(
     err = [line for line in capsys.readouterr().err.splitlines()
            if line.startswith("kdsearch:")]
     assert len(err) == 1 and "summary.json" in err[0] and "Traceback" not in err[0], err
+
+
+def test_a_config_edited_away_from_its_search_is_refused(tmp_path: Path) -> None:
+    """A width dropped from config.yaml would retrain a width-64 trial's settings at the
+    config's width; another dataset would compare against another teacher."""
+    from kdsearch.final import ReportError, read_searched
+    from kdsearch.teacher import teacher_key
+
+    space = {"lr": {"distribution": "loguniform", "low": 1e-3, "high": 1e-1}}
+    cfg = config_from_dict({"name": "x", "search": {"space": space}})
+    (tmp_path / "config.yaml").write_text(dump_config(cfg))
+    (tmp_path / "trials.csv").write_text(HEADER + GOOD)  # its trials searched width
+    with pytest.raises(ReportError, match=r"line 2: the trial searched width, which "
+                                          r"config.yaml does not"):
+        read_searched(tmp_path)
+    cfg = config_from_dict({"name": "x", "search": {"space": {
+        **space, "width": {"distribution": "choice", "values": [16, 32]}}}})
+    (tmp_path / "config.yaml").write_text(dump_config(cfg))
+    (tmp_path / "run.json").write_text(json.dumps({"teacher": {"key": teacher_key(cfg)}}))
+    assert read_searched(tmp_path)[1][0]["trial_id"] == "76e61933"
+    (tmp_path / "run.json").write_text(json.dumps({"teacher": {"key": "0123456789abcdef"}}))
+    with pytest.raises(ReportError, match="dataset or teacher settings differ"):
+        read_searched(tmp_path)
+
+
+def test_a_damaged_progress_table_is_refused_before_final_json_is_rewritten(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    cfg = config_from_dict({"name": "damaged", "search": {"space": {
+        "lr": {"distribution": "loguniform", "low": 1e-3, "high": 1e-1},
+        "width": {"distribution": "choice", "values": [16, 32]}}}})
+    (tmp_path / "config.yaml").write_text(dump_config(cfg))
+    (tmp_path / "trials.csv").write_text(HEADER + GOOD)
+    (tmp_path / "progress.csv").write_text("phase,trial_id,epoch,val_acc\ndistill,a1,1,nan\n")
+    (tmp_path / "final.json").write_text('{"format": "an older one"}')
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert main(["report", str(tmp_path), "--no-retrain", "--in-process"]) == 2
+    assert "progress.csv: line 2: val_acc = 'nan'" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before
