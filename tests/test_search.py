@@ -918,6 +918,11 @@ def _simulate_lost_checkpoint(exp_dir: Path) -> bool:
     from ray.tune.experiment import Trial
     from ray.tune.utils.serialization import _loads_with_cloudpickle
 
+    from kdsearch.search import _mend_torn_state
+
+    # the kill may have torn the newest saved state (seen: an empty experiment_state-*.json):
+    # mend it as the resume would, then simulate on the state the resume restores
+    _mend_torn_state(str(exp_dir))
     state = _loads_with_cloudpickle(Path(_find_newest_experiment_checkpoint(str(exp_dir)))
                                     .read_text())
     for json_state, metadata in state["trial_data"]:
