@@ -35,9 +35,9 @@ from kdsearch import __version__, files
 from kdsearch.config import (ExperimentConfig, config_from_dict, config_to_dict,
                              default_cache_dir, default_data_dir, read_yaml, with_params)
 from kdsearch.data import load_dataset, load_test
-from kdsearch.search import (CONFIG_FILE, PROGRESS_FILE, RUN_FILE, TRIALS_FILE, SearchError,
-                             best_trial, dim_column, phase_dimensions)
-from kdsearch.tables import REQUIRED, REQUIRED_PROGRESS, read_table
+from kdsearch.search import (CONFIG_FILE, RUN_FILE, TRIALS_FILE, SearchError, best_trial,
+                             dim_column, phase_dimensions)
+from kdsearch.tables import read_table
 
 if TYPE_CHECKING:
     import torch
@@ -146,7 +146,7 @@ def _training_fingerprint(cfg: ExperimentConfig) -> str:
 # --------------------------------------------------------------------------- reading a folder
 def read_csv(path: Path) -> list[dict[str, str]]:
     """A results table's rows, its columns checked (tables.read_table)."""
-    return read_table(path, REQUIRED_PROGRESS if path.name == PROGRESS_FILE else REQUIRED)
+    return read_table(path)
 
 
 def read_config(results_dir: Path) -> ExperimentConfig:
@@ -181,9 +181,9 @@ def check_consistent(cfg: ExperimentConfig, rows: list[dict[str, str]], results_
     path = results_dir / TRIALS_FILE
     restore = (f"the two files are not of one search: restore {CONFIG_FILE} from a copy of the "
                f"folder (the search's own config)")
+    known = {dim_column(name) for name in VALUE_RULES} - {dim_column("epochs")}
     for phase in ("distill", "baseline"):
         searched = {dim_column(d.name) for d in phase_dimensions(cfg, phase)}
-        known = {dim_column(name) for name in VALUE_RULES} - {dim_column("epochs")}
         for line, r in enumerate(rows, start=2):
             if r.get("phase") != phase or r.get("status") != "TERMINATED":
                 continue

@@ -52,7 +52,7 @@ from kdsearch.data import Dataset, load_dataset
 from kdsearch.distill import (EPOCH, TRAIN_LOSS, VAL_ACC, VAL_LOSS, Diverged, FitState,
                               train_student)
 from kdsearch.models import build_student, count_parameters
-from kdsearch.tables import REQUIRED, REQUIRED_PROGRESS, read_table
+from kdsearch.tables import read_table
 from kdsearch.teacher import Teacher, get_teacher
 
 if TYPE_CHECKING:  # final.py imports this module
@@ -866,7 +866,7 @@ def _fmt(v: Any) -> str:
 
 
 def _read_csv(path: Path) -> list[dict[str, Any]]:
-    return read_table(path, REQUIRED_PROGRESS if path.name == PROGRESS_FILE else REQUIRED)
+    return read_table(path)
 
 
 def _write_csv_atomic(path: Path, rows: list[dict[str, Any]],
@@ -1470,7 +1470,9 @@ def _execute(cfg: ExperimentConfig, results_dir: Path, run: dict[str, Any], *,
     if report:
         from kdsearch.report import make_report
 
-        result.report_path = make_report(results_dir, runner=_ray_runner(payload),
+        # retrain=False: a resume of a search already reported reuses final.json's retrainings
+        # of the settings that did not change (they are keyed by setting, seeds and teacher)
+        result.report_path = make_report(results_dir, retrain=False, runner=_ray_runner(payload),
                                          quiet=quiet, loaded=(data, teacher) if teacher else None)
     return result
 
@@ -1520,10 +1522,7 @@ def run_search(space: str | os.PathLike[str] | ExperimentConfig, *,
     check_searchable(cfg, cfg.name if isinstance(space, ExperimentConfig) else str(space))
     out = _results_dir(cfg, results_dir)
     _check_results_dir(out)
-    if out.is_dir() and any(out.iterdir()):
-        if not force:
-            raise SearchError(f"{out} already exists; continue it with `kdsearch resume {out}`, "
-                              f"replace it with --force, or pick another --set name=...")
+    _refuse_existing(out, force)
     # everything that can fail on bad input fails before anything is written
     if storage_path is not None and "://" not in storage_path and \
             not Path(storage_path).is_absolute():
@@ -1536,11 +1535,14 @@ def run_search(space: str | os.PathLike[str] | ExperimentConfig, *,
         _check_resources(cfg)
         prepared = _prepare_search(cfg, quiet)  # data and teacher: before a file is touched
         with _exclusive(out):
-            if out.is_dir() and any(out.iterdir()) and not force:  # made while we prepared
-                raise SearchError(f"{out} already exists; continue it with `kdsearch resume "
-                                  f"{out}`, replace it with --force, or pick another --set "
-                                  f"name=...")
+            _refuse_existing(out, force)  # another kdsearch may have made it while we prepared
             return _start(cfg, out, storage_path, force, prepared, quiet=quiet, report=report)
+
+
+def _refuse_existing(out: Path, force: bool) -> None:
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise SearchError(f"{out} already exists; continue it with `kdsearch resume {out}`, "
+                          f"replace it with --force, or pick another --set name=...")
 
 
 def _start(cfg: ExperimentConfig, out: Path, storage_path: str | None, force: bool,
@@ -1577,8 +1579,7 @@ def resume_search(results: str | os.PathLike[str], *, address: str | None = None
     cfg = config_from_dict(read_yaml(out / CONFIG_FILE), source=str(out / CONFIG_FILE))
     from kdsearch.final import check_consistent
 
-    for table in (TRIALS_FILE, PROGRESS_FILE):  # damaged tables: refused before Ray starts
-        _read_csv(out / table)
+    _read_csv(out / PROGRESS_FILE)  # damaged tables: refused before Ray starts
     check_consistent(cfg, _read_csv(out / TRIALS_FILE), out)
     if "search" not in run and run.get("phases"):  # the older layout, see search_state
         run["search"] = search_state(run)

@@ -54,8 +54,11 @@ REQUIRED = ("phase", "trial_id", "status")
 REQUIRED_PROGRESS = ("phase", "trial_id", "epoch")
 
 
-def read_table(path: Path, required: tuple[str, ...] = REQUIRED) -> list[dict[str, str]]:
-    """The rows of a results table ([] when the file is missing), or a TableError."""
+def read_table(path: Path, required: tuple[str, ...] | None = None) -> list[dict[str, str]]:
+    """The rows of a results table ([] when the file is missing), or a TableError. The columns
+    every row needs: `required`, else progress.csv's or trials.csv's by the file's name."""
+    if required is None:
+        required = REQUIRED_PROGRESS if path.name == "progress.csv" else REQUIRED
     if not path.exists():
         return []
     damaged = ("kdsearch writes this file; restore it from a copy of the folder, or run the "
