@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import re
 import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -588,12 +589,26 @@ def load_config(path: str | os.PathLike[str], overrides: list[str] | tuple[str, 
     except ConfigError as e:
         # a value the command line set is named as the user wrote it, not as the file's
         rest = str(e).removeprefix(f"{path}: ")
+        named = re.match(r"[^ :;]*", rest.removeprefix("unknown key ")).group(0)
         for text in reversed(overrides):  # the last --set of a key is the one that holds
             key = text.partition("=")[0].strip()
-            if key and rest.removeprefix("unknown key ").startswith(
-                    (f"{key} ", f"{key}.", f"{key}:", f"{key};")):
+            if key and (named == key or named.startswith(f"{key}.") or (
+                    rest.startswith("unknown key ") and key.startswith(f"{named}."))):
                 raise ConfigError(f"--set {_show(text)}: {rest}") from None
+        for text in reversed(overrides):
+            # a dimension's keys are checked together (low below high, values with choice
+            # only): an error there comes from the file and the --set of that dimension
+            key = text.partition("=")[0].strip()
+            if key.startswith("search.space.") and \
+                    _dimension_of(named) == _dimension_of(key) is not None:
+                raise ConfigError(f"{path} with --set {_show(text)}: {rest}") from None
         raise
+
+
+def _dimension_of(key: str) -> str | None:
+    """`search.space.<name>` of a key under a searched dimension, else None."""
+    parts = key.split(".")
+    return ".".join(parts[:3]) if len(parts) >= 3 and parts[:2] == ["search", "space"] else None
 
 
 def config_to_dict(cfg: ExperimentConfig) -> dict[str, Any]:

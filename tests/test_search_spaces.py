@@ -133,13 +133,21 @@ BAD_RUNS: dict[str, tuple[str | None, list[str], list[str]]] = {
     # named as typed on the command line, not as the file's (which holds another value)
     "bad --set value": (None, ["--set", "search.num_samples=0"],
                         ["--set 'search.num_samples=0'", "search.num_samples = 0"]),
+    # a dimension's keys are checked together: the file and the --set are both named
+    "bad --set in a dimension": (None, ["--set", "search.space.alpha.low=0.9", "--set",
+                                        "search.space.alpha.high=0.5"],
+                                 ["with --set 'search.space.alpha.high=0.5'",
+                                  "search.space.alpha: low = 0.9 must be below high = 0.5"]),
+    "--set of an unknown dimension": (None, ["--set", "search.space.dropout.low=0"],
+                                      ["--set 'search.space.dropout.low=0'",
+                                       "unknown key search.space.dropout"]),
     "unreachable address": (None, ["--address", "127.0.0.1:1"], ["127.0.0.1:1",
                                                                  "cannot reach"]),
     "results folder exists": (None, [], ["already exists", "resume", "--force"]),
     "results folder is a file": (None, [], ["quickstart exists and is not a folder"]),
     "results dir is a file": (None, [], ["results is a file, not a folder", "--results-dir"]),
 }
-FILE_NAMED = {"bad --set", "bad --set value", "unreachable address", "results folder exists",  # not a file's fault
+FILE_NAMED = {"bad --set", "bad --set value", "--set of an unknown dimension", "unreachable address", "results folder exists",  # not a file's fault
               "results folder is a file", "results dir is a file"}
 # run for real as `python -m kdsearch run` (each pays ~3 s of interpreter and torch start-up);
 # every case also runs in-process through the same `cli.main`
