@@ -117,7 +117,9 @@ def evaluate(model: nn.Module, split: Split) -> tuple[float, float]:
     """(accuracy, mean cross-entropy) of `model` on `split`."""
     logits = predict(model, split.x)
     loss = F.cross_entropy(logits, split.y).item()
-    acc = (logits.argmax(1) == split.y).float().mean().item()
+    # counted, then divided in double precision: a float32 mean of two equal counts can differ
+    # in the last bit, and the report would read a tie as "-0.00 points"
+    acc = int((logits.argmax(1) == split.y).sum().item()) / len(split.y)
     return acc, loss
 
 
@@ -431,7 +433,13 @@ def fit(model: nn.Module, data: Dataset, training: TrainingConfig, *,
         state.load_state_dict(resume)
     total_epochs = epochs if epochs is not None else training.epochs
     bs = training.batch_size
-    steps_per_epoch = math.ceil(n / bs)
+    starts = list(range(0, n, bs))
+    if n % bs == 1 and len(starts) > 1 and any(
+            isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        # BatchNorm cannot train on a batch of one example: it joins the batch before
+        starts.pop()
+    batches = list(zip(starts, starts[1:] + [n]))
+    steps_per_epoch = len(batches)
     # the schedule spans training.epochs even when `epochs` stops the run early (a checkpoint
     # taken at epoch 2 of 4 must be the state of a straight 4-epoch run at epoch 2); it spans
     # `epochs` when that runs past training.epochs, rather than stalling at lr 0
@@ -447,11 +455,11 @@ def fit(model: nn.Module, data: Dataset, training: TrainingConfig, *,
         start = time.perf_counter()
         perm = torch.randperm(n, generator=generator).to(device)
         loss_sum = torch.zeros((), device=device)
-        for step, i in enumerate(range(0, n, bs), start=state.epoch * steps_per_epoch):
+        for step, (i, j) in enumerate(batches, start=state.epoch * steps_per_epoch):
             if cosine:
                 for group in optimizer.param_groups:
                     group["lr"] = scheduled_lr(training, step, schedule_steps)
-            step_fn(perm[i:i + bs], loss_sum)
+            step_fn(perm[i:j], loss_sum)
         train_loss = loss_sum.item() / n
         state.epoch += 1
         if not math.isfinite(train_loss):

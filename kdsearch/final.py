@@ -36,7 +36,7 @@ from kdsearch.config import (ExperimentConfig, config_from_dict, config_to_dict,
                              default_cache_dir, default_data_dir, read_yaml, with_params)
 from kdsearch.data import load_dataset, load_test
 from kdsearch.search import (CONFIG_FILE, RUN_FILE, TRIALS_FILE, SearchError, best_trial,
-                             dim_column, phase_dimensions)
+                             dim_column, phase_dimensions, rank_key)
 from kdsearch.tables import read_table
 
 if TYPE_CHECKING:
@@ -268,11 +268,6 @@ def incomplete_trials(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 # --------------------------------------------------------------------------- choosing settings
-def _rank_key(metrics: dict[str, Any]) -> tuple[bool, float]:
-    # the same order as search.best_trial: full-budget trials first, then final val_acc
-    return (not int(metrics.get("stopped_early") or 0), float(metrics["val_acc"]))
-
-
 def _best_by_width(rows: list[dict[str, Any]], cfg: ExperimentConfig, phase: str
                    ) -> dict[int, tuple[dict[str, Any], dict[str, Any]]]:
     dims = [d.name for d in phase_dimensions(cfg, phase)]
@@ -323,8 +318,8 @@ def select_settings(cfg: ExperimentConfig, rows: list[dict[str, Any]]) -> Select
     # the overall bests are the trials search.best_trial picks (the search's own summary line)
     best_distilled = _overall_width(rows, cfg, "distill")
     best_base = _overall_width(rows, cfg, "baseline") if baseline else None
-    ranked = sorted(distilled, key=lambda w: (w == best_distilled, _rank_key(distilled[w][1])),
-                    reverse=True)
+    ranked = sorted(distilled, reverse=True,
+                    key=lambda w: (w == best_distilled, rank_key(distilled[w][1])))
     widths = set(ranked[:cfg.report.max_widths])
     if best_base is not None:
         widths.add(best_base)

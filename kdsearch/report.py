@@ -238,13 +238,21 @@ def _headline(best: dict[str, Any], widths: list[dict[str, Any]], teacher: dict[
          f"({points(c['difference'])} points, Welch p = {fmt_p(c['p_value'])}, {n} seeds); "
          f"teacher {pct(teacher['test_acc'])}%; {fmt_ratio(c['compression'])} fewer parameters "
          f"than the teacher.")
-    # the best student is often the widest, where a teacher helps least: say where it helps
-    wins = [w for w in widths if w.get("verdict") == "beats"
-            and w["distilled_width"] != c["distilled_width"]]
-    if wins:
-        s += (" Distillation beats the baseline at "
-              + ", ".join(f"width {w['distilled_width']} ({points(w['difference'])} points, "
-                          f"p = {fmt_p(w['p_value'])})" for w in wins) + ".")
+    # the best student is often the widest, where a teacher helps least: say where it helps,
+    # and where the baseline is significantly ahead (the widths' own comparisons, same width)
+    others = [w for w in widths if (w["distilled_width"], w["baseline_width"])
+              != (c["distilled_width"], c["baseline_width"])]
+    losses = [w for w in others if verdict(w) == "does_not_beat" and w["difference"] < 0
+              and w["p_value"] is not None and w["p_value"] < SIGNIFICANCE]
+    for words, group in (("Distillation beats the baseline at ",
+                          [w for w in others if verdict(w) == "beats"]),
+                         ("The baseline beats distillation at ", losses)):
+        if group:
+            s += " " + words + ", ".join(
+                f"width {w['distilled_width']} ({points(w['difference'])} points, "
+                f"p = {fmt_p(w['p_value'])}"
+                + ("" if w["baseline_tuned"] else ", against an untuned baseline") + ")"
+                for w in group) + "."
     if not c["baseline_tuned"] and baseline_note:
         s += f" Note: {baseline_note}."
     return s

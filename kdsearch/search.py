@@ -921,10 +921,25 @@ def best_trial(rows: list[dict[str, Any]], phase: str, dims: list[str]
           and not int(r.get("diverged") or 0) and r.get("val_acc") not in (None, "")]
     if not ok:
         return None
-    # prefer trials that ran the full budget; among them the highest final val_acc
-    top = max(ok, key=lambda r: (not int(r.get("stopped_early") or 0), float(r["val_acc"])))
+    top = max(ok, key=rank_key)
     return ({d: _parse(top.get(dim_column(d))) for d in dims},
             {k: v if k in TEXT_FIELDS else _parse(v) for k, v in top.items()})
+
+
+def rank_key(row: dict[str, Any]) -> tuple[bool, float, float, float, str]:
+    """How trials are ranked (the best is the largest): those that ran their full budget first;
+    then the highest final val_acc; among equal val_acc (common: a val split of a few hundred
+    examples moves in steps of 1/n) the lower val_loss, then the smaller student, then the
+    trial id, so the pick never depends on the order trials ended in."""
+    def number(key: str) -> float:
+        try:
+            v = float(row.get(key))  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            return math.inf
+        return v if math.isfinite(v) else math.inf
+
+    return (not int(row.get("stopped_early") or 0), float(row["val_acc"]), -number("val_loss"),
+            -number("params"), str(row.get("trial_id") or ""))
 
 
 def _parse(v: Any) -> Any:

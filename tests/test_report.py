@@ -448,6 +448,20 @@ def test_headline_names_the_narrower_widths_where_distillation_wins() -> None:
     # nothing to add when no other width wins
     assert "at width" not in _headline(widths[2], widths[1:], {"test_acc": 0.98}, "mlp_student",
                                        "")
+    # the best comparison spans two widths: the best distilled width's own comparison is named
+    across = {**row(64, -0.001, 0.9), "baseline_width": 32, "baseline_params": 3200}
+    across["verdict"] = verdict(across)
+    same = row(64, 0.0065, 0.02)
+    text = _headline(across, [row(32, 0.001, 0.5), same], {"test_acc": 0.98}, "mlp_student", "")
+    assert text.startswith("Distillation does not beat the baseline:")
+    assert text.endswith("Distillation beats the baseline at width 64 (+0.65 points, p = 0.02).")
+    # a width compared with an untuned baseline says so; a width the baseline wins is named
+    untuned = {**row(8, 0.0158, 0.04), "baseline_tuned": False}
+    text = _headline(widths[2], [untuned, row(30, -0.0055, 0.03), widths[2]],
+                     {"test_acc": 0.98}, "mlp_student", "")
+    assert text.endswith("Distillation beats the baseline at width 8 (+1.58 points, p = 0.04, "
+                         "against an untuned baseline). The baseline beats distillation at "
+                         "width 30 (-0.55 points, p = 0.03)."), text
 
 
 def test_search_state_reads_the_older_per_phase_layout() -> None:
