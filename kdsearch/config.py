@@ -21,6 +21,7 @@ from yaml.composer import ComposerError
 from yaml.constructor import ConstructorError
 
 DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10")
+IMAGE_SIDE = {"digits": 8, "mnist": 28, "fashion_mnist": 28, "cifar10": 32}
 TEACHER_MODELS = ("mlp_teacher", "cnn_teacher")
 STUDENT_MODELS = ("mlp_student", "cnn_student", "cnn_student2")
 OPTIMIZERS = ("adam", "sgd")
@@ -57,6 +58,7 @@ MAX_INT = 2**63 - 1  # torch's int64: counts, sizes and widths beyond it cannot 
 # a width of 2**20 units is a 2**40-weight layer, already far beyond any machine; wider ones
 # overflow torch's size arithmetic even on the meta device (an error with no trial to fail)
 MAX_WIDTH = 2**20
+MAX_TEMPERATURE = 1000.0  # Hinton et al. used up to 20
 MAX_SEED = 2**32 - 1  # Optuna's TPE seeds numpy's RandomState, which takes 32 bits
 MAX_FILE_BYTES = 1 << 16  # a space file is a few kB; PyYAML reads 1 MB in 10 s to minutes
 MAX_DEPTH = 16  # a config nests 6 deep; PyYAML slows down with depth and recurses per level
@@ -86,7 +88,9 @@ def _one_of(names: tuple[str, ...]) -> tuple[Check, str]:
 
 # Rules for a searched dimension's values, shared by the fixed config fields and the space bounds.
 VALUE_RULES: dict[str, tuple[type, Check, str]] = {
-    "temperature": (float, _positive, "a number > 0"),
+    # above ~1e4 the softened targets are uniform to float32 and the KD loss loses its digits
+    "temperature": (float, lambda v: 0 < v <= MAX_TEMPERATURE,
+                    f"a number in (0, {MAX_TEMPERATURE:g}]"),
     "alpha": (float, _in_unit, "a number in [0, 1] (the weight of the hard-label loss)"),
     "lr": (float, _positive, "a number > 0"),
     "width": (int, lambda v: 1 <= v <= MAX_WIDTH, f"an integer in [1, {MAX_WIDTH}]"),
@@ -440,9 +444,13 @@ def config_from_dict(raw: Any, *, source: str = "<config>") -> ExperimentConfig:
 
 def _check_consistency(cfg: ExperimentConfig, source: str) -> None:
     # any teacher can teach any student (only the logits are shared): no family check
-    if cfg.training.shift > 0 and cfg.dataset.name == "digits" and cfg.training.shift > 2:
-        raise _fail(source, "training.shift", cfg.training.shift,
-                    "at most 2 pixels on 8x8 digits")
+    side = IMAGE_SIDE.get(cfg.dataset.name)
+    for key, shift in (("training.shift", cfg.training.shift),
+                       ("teacher.shift", cfg.teacher.shift)):
+        # a shift past a quarter of the image moves most of a digit out of the frame
+        if side is not None and shift > side // 4:
+            raise _fail(source, key, shift, f"at most {side // 4} pixels on the {side}x{side} "
+                                            f"images of {cfg.dataset.name}")
 
 
 def check_searchable(cfg: ExperimentConfig, source: str) -> None:

@@ -83,9 +83,25 @@ def _writable(path: Path) -> bool:
     return os.access(probe, os.W_OK)
 
 
+def _files_folder(name: str, root: Path) -> Path:
+    """Where torchvision keeps a dataset's files under `root`: `<Name>/raw/` for MNIST and
+    Fashion-MNIST, `cifar-10-batches-py/` (extracted from cifar-10-python.tar.gz) for CIFAR-10."""
+    folder = root / _TORCHVISION_FOLDERS[name]
+    return folder if name == "cifar10" else folder / "raw"
+
+
 def _torchvision_root(name: str, root: Path, fallback: Path) -> Path:
-    """torchvision decompresses next to the .gz files; use a writable copy if root is read-only."""
-    folder = root / _TORCHVISION_FOLDERS[name] / "raw"
+    """torchvision decompresses next to the .gz files (and extracts CIFAR-10's archive into
+    root); use a writable copy if it would write into a read-only folder."""
+    folder = _files_folder(name, root)
+    if name == "cifar10":
+        archive = root / "cifar-10-python.tar.gz"
+        if folder.is_dir() or not archive.is_file() or _writable(root):
+            return root  # extracted batches are only read
+        fallback.mkdir(parents=True, exist_ok=True)
+        if not (fallback / archive.name).exists():
+            shutil.copy2(archive, fallback / archive.name)
+        return fallback
     if not folder.is_dir() or _writable(folder):  # torchvision writes into raw/, not root
         return root
     target = fallback / _TORCHVISION_FOLDERS[name] / "raw"
@@ -110,11 +126,11 @@ def _load_torchvision(name: str, root: Path, fallback: Path
             test = cls(str(use_root), train=False, download=True)
     except Exception as e:  # torchvision raises URLError, RuntimeError, OSError...
         where = use_root / _TORCHVISION_FOLDERS[name]
-        present = sorted(f.name for f in (where / "raw").glob("*")) if (where / "raw").is_dir() \
-            else []
+        files_at = _files_folder(name, use_root)
+        present = sorted(f.name for f in files_at.glob("*")) if files_at.is_dir() else []
         if present:  # the files are there: torchvision could not read them (or a download ran)
             raise DataError(
-                f"{name}: the files under {where / 'raw'} ({', '.join(present[:4])}"
+                f"{name}: the files under {files_at} ({', '.join(present[:4])}"
                 f"{', ...' if len(present) > 4 else ''}) do not load ({type(e).__name__}: "
                 f"{str(e).splitlines()[0][:120] if str(e) else ''}); one may be truncated or "
                 f"missing: replace them with the original files (delete the decompressed ones "

@@ -152,6 +152,12 @@ def get_teacher(cfg: ExperimentConfig, data: Dataset, *, cache_dir: Path, progre
         with lock:
             pass
     except OSError as e:
+        # a shared read-only cache: its whole entry is used as it is
+        if (entry / "manifest.json").exists():
+            try:
+                return _load_entry(entry, cfg, data)
+            except CorruptEntry:
+                pass
         log(f"kdsearch: teacher cache {cache_dir} is not writable ({e.strerror}); training the "
             f"teacher in memory without caching it (set KDSEARCH_CACHE_DIR to a writable folder)")
         model, logits, val_acc = train_teacher(cfg, data, progress=progress)

@@ -50,6 +50,13 @@ BAD_VALUES = {
     "negative split seed": ("dataset: {split_seed: -1}", "dataset.split_seed", "-1"),
     "section not a mapping": ("training: 3", "training", "3"),
     "shift too large for digits": ("training: {shift: 3}", "training.shift", "3"),
+    # the teacher's shift too: 100 px blanked 99% of its training images
+    "teacher shift too large": ("teacher: {shift: 100}", "teacher.shift", "100"),
+    "shift too large for mnist": ("dataset: {name: mnist}\nteacher: {shift: 8}", "teacher.shift",
+                                  "8"),
+    # float32 softened targets are uniform at such temperatures
+    "temperature too high": ("training: {temperature: 1.0e+5}", "training.temperature",
+                             "100000"),
 }
 
 

@@ -209,3 +209,17 @@ def test_digits_read_from_the_shipped_file_equal_load_digits() -> None:
             "print('sklearn' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "False", out.stderr[-2000:]
+
+
+def test_damaged_cifar10_files_are_named_as_damaged_not_missing(tmp_path: Path) -> None:
+    """CIFAR-10's files lie in cifar-10-batches-py/ itself (no raw/ as for MNIST)."""
+    batches = tmp_path / "data" / "cifar-10-batches-py"
+    batches.mkdir(parents=True)
+    for name in ("data_batch_1", "test_batch", "batches.meta"):
+        (batches / name).write_bytes(b"not a pickle")
+    with pytest.raises(DataError) as info:
+        load_dataset(DatasetConfig(name="cifar10"), data_dir=tmp_path / "data",
+                     cache_dir=tmp_path / "cache")
+    message = str(info.value)
+    assert "\n" not in message and str(batches) in message and "truncated" in message, message
+    assert "not found" not in message

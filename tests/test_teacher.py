@@ -260,3 +260,23 @@ def test_a_file_where_the_entry_folder_goes_is_replaced(digits: Dataset, tmp_pat
     built = _get(cfg, digits, tmp_path)
     assert built.trained_now and (built.path / "manifest.json").is_file()
     assert not _get(cfg, digits, tmp_path).trained_now
+
+
+def test_a_cache_that_cannot_be_locked_still_serves_its_whole_entries(digits: Dataset,
+                                                                       tmp_path: Path) -> None:
+    """A shared read-only cache: the lock cannot be taken (here a folder where the lock file
+    goes), but a whole entry is loaded, not trained again; a missing one is trained in memory."""
+    cfg = _cfg()
+    first = _get(cfg, digits, tmp_path)
+    lock = tmp_path / "teachers" / f"{teacher_key(cfg)}.lock"
+    lock.unlink(missing_ok=True)
+    lock.mkdir()
+    log: list[str] = []
+    again = _get(cfg, digits, tmp_path, log)
+    assert not again.trained_now and again.path == first.path and log == []
+    assert torch.equal(again.train_logits, first.train_logits)
+    other = _cfg(epochs=1)
+    (tmp_path / "teachers" / f"{teacher_key(other)}.lock").mkdir()
+    fresh = _get(other, digits, tmp_path, log)
+    assert fresh.trained_now and fresh.path is None
+    assert len(log) == 1 and "is not writable" in log[0]
