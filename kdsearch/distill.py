@@ -466,6 +466,9 @@ def fit(model: nn.Module, data: Dataset, training: TrainingConfig, *,
             raise Diverged(f"training loss became {train_loss} in epoch {state.epoch} "
                            f"(lr={training.lr:g}); lower the learning rate")
         val_acc, val_loss = evaluate(model, data.val)
+        if not math.isfinite(val_loss):  # the epoch's last steps broke the weights
+            raise Diverged(f"validation loss became {val_loss} after epoch {state.epoch} "
+                           f"(lr={training.lr:g}); lower the learning rate")
         model.train()
         metrics = {EPOCH: state.epoch, TRAIN_LOSS: train_loss, VAL_LOSS: val_loss,
                    VAL_ACC: val_acc, "epoch_seconds": time.perf_counter() - start}

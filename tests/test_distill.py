@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import math
 from pathlib import Path
 
 import numpy as np
@@ -518,3 +519,12 @@ def test_a_batchnorm_model_trains_when_the_last_batch_would_hold_one_example(
     model = build_student("cnn_student", digits.input_shape, digits.num_classes, width=8)
     history = fit(model, digits, TrainingConfig(epochs=1, batch_size=11, alpha=1.0))
     assert len(history) == 1 and 0.0 <= history[0][VAL_ACC] <= 1.0
+
+
+def test_weights_broken_by_an_epochs_last_steps_count_as_diverged(digits: Dataset) -> None:
+    """The epoch's summed loss was finite, but the model now gives NaN: a diverged run, not an
+    epoch reported with a NaN val_loss and chance accuracy."""
+    model = _student(digits)
+    model.register_forward_hook(lambda m, args, out: out if m.training else out * math.nan)
+    with pytest.raises(Diverged, match="validation loss became nan after epoch 1"):
+        fit(model, digits, TrainingConfig(epochs=2, alpha=1.0))
