@@ -433,6 +433,7 @@ def evaluate_final(results_dir: str | os.PathLike[str], *, retrain: bool = True,
         if r is not None:
             out_rows[i] = {**r, "best": s.best, "trial_id": s.trial_id, "val_acc": s.val_acc,
                            "search_epochs": s.search_epochs}
+    reused_rows = list(out_rows.values())
     teacher_info = old_teacher if teacher_ok else None
     data_info = (previous or {}).get("data") if previous else None
     started = time.perf_counter()
@@ -528,6 +529,9 @@ def evaluate_final(results_dir: str | os.PathLike[str], *, retrain: bool = True,
              "created": time.time(), "device": device, "seeds": seeds,
              "seconds": round(time.perf_counter() - started, 3),
              "retrained": len(todo) * len(seeds), "reused": len(out_rows) - len(todo),
+             # the reused settings' training time when they were trained, summed over seeds
+             "reused_training_seconds": round(sum(float(r.get("seconds") or 0)
+                                                  for r in reused_rows), 3),
              "data": data_info, "teacher": teacher_info,
              "student_model": cfg.student.model,
              "baseline_tuned": selection.baseline_tuned,

@@ -235,7 +235,7 @@ def _headline(best: dict[str, Any], widths: list[dict[str, Any]], teacher: dict[
     n = min(c["distilled_n"], c["baseline_n"])
     s = (f"{lead}: distilled {student} {pm(c['distilled_mean'], c['distilled_std'])} test "
          f"accuracy vs {pm(c['baseline_mean'], c['baseline_std'])} for {base} "
-         f"({points(c['difference'])} points, Welch p = {fmt_p(c['p_value'])}, {n} seeds); "
+         f"({points(c['difference'])} points, Welch p = {fmt_p(c['p_value'])}, {n} seed{'' if n == 1 else 's'}); "
          f"teacher {pct(teacher['test_acc'])}%; {fmt_ratio(c['compression'])} fewer parameters "
          f"than the teacher.")
     # the best student is often the widest, where a teacher helps least: say where it helps,
@@ -308,6 +308,7 @@ def summarize(results_dir: Path, final: dict[str, Any]) -> dict[str, Any]:
         "seeds": final["seeds"], "data": final["data"],
         "final_device": final["device"], "final_seconds": final["seconds"],
         "final_retrained": final["retrained"], "final_reused": final["reused"],
+        "final_reused_training_seconds": final.get("reused_training_seconds"),
         "teacher": {"test_acc": teacher["test_acc"], "val_acc": teacher["val_acc"],
                     "params": teacher["params"]},
         "baseline_tuned": final["baseline_tuned"], "baseline_note": final["baseline_note"],
@@ -629,7 +630,8 @@ def render(summary: dict[str, Any], plots: dict[str, dict[str, Any]]) -> str:
             out.append(f"- width {c[f'{kind}_width']}, {kind}: {text}")
     out += ["", "## Best hyperparameters", "",
             "The best trial of each kind at each width (full-budget trials first, then final "
-            "validation accuracy), as retrained.", ""]
+            "validation accuracy; equal accuracies by the lower validation loss), as retrained.",
+            ""]
     out += _setting_table(s)
 
     cost = s["search"]
@@ -658,14 +660,21 @@ def render(summary: dict[str, Any], plots: dict[str, dict[str, Any]]) -> str:
                     f"{hw.get('nodes', 1)} node(s); driver {hw.get('driver', '?')}; torch "
                     f"{hw.get('torch', '?')}; up to {cost.get('max_concurrent_trials')} trials "
                     f"at once."]
-    reused = (f"; {s['final_reused']} settings reused from an earlier `{FINAL_FILE}`"
-              if s["final_reused"] else "")
+    reused = ""
+    if s["final_reused"]:
+        reused = f"; {s['final_reused']} settings reused from an earlier `{FINAL_FILE}`"
+        if s.get("final_reused_training_seconds"):
+            reused += (f" (trained then in {fmt_seconds(s['final_reused_training_seconds'])}, "
+                       f"summed over seeds)")
     if s.get("failed_trials"):
         out += ["", "Failed trials (the search went on without them):", ""]
         out += [f"- {r['phase']} `{r['trial_id']}` {r['kind']}: {r['error'] or 'no message'}"
                 for r in s["failed_trials"]]
-    out += ["", f"Final evaluation: {s['final_retrained']} retrainings on {s['final_device']} "
-                f"in {fmt_seconds(s['final_seconds'])}{reused}."]
+    if s["final_retrained"] or not reused:
+        out += ["", f"Final evaluation: {s['final_retrained']} retrainings on "
+                    f"{s['final_device']} in {fmt_seconds(s['final_seconds'])}{reused}."]
+    else:  # nothing retrained: a report of retrainings done before
+        out += ["", f"Final evaluation: all{reused.removeprefix(';')} on {s['final_device']}."]
 
     out += ["", "## Plots", ""]
     for name, rec in plots.items():

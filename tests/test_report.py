@@ -424,8 +424,18 @@ def test_only_the_final_evaluation_reads_the_test_split(search: dict, tmp_path: 
     monkeypatch.setattr(kdsearch.final, "load_test", counting)
     make_report(folder, quiet=True)
     assert len(calls) == 1  # one read of the test split for the whole final evaluation
+    trained = json.loads((folder / "final.json").read_text())
     make_report(folder, retrain=False, quiet=True)
     assert len(calls) == 1  # nothing changed: final.json reused, the test split not read again
+    reused = json.loads((folder / "final.json").read_text())
+    assert (reused["retrained"], reused["reused"]) == (0, len(trained["rows"]))
+    # what the reused retrainings cost is kept, not lost to the report that reused them
+    assert reused["reused_training_seconds"] > 0
+    assert reused["reused_training_seconds"] == pytest.approx(
+        sum(r["seconds"] for r in trained["rows"]), abs=0.01)
+    assert f"Final evaluation: all {len(trained['rows'])} settings reused from an earlier " \
+           f"`final.json` (trained then in " in \
+        (folder / "report.md").read_text()
     evaluate_final(folder, quiet=True)
     assert len(calls) == 2
 
