@@ -61,6 +61,22 @@ def default_val_size(n_train: int) -> int:
     return 5000 if n_train >= 20000 else max(1, round(0.15 * n_train))
 
 
+# training examples before the val split (the test split held out), per dataset
+TRAIN_SIZES = {"digits": 1438, "mnist": 60000, "fashion_mnist": 60000, "cifar10": 50000}
+
+
+def resolved_val_size(name: str, val_size: float | int | None) -> float | int | None:
+    """`val_size` as it names a split: None when it is the dataset's default count (so
+    `val_size: 5000` on MNIST is the same split, and the same teacher, as leaving it out)."""
+    n = TRAIN_SIZES.get(name)
+    if val_size is None or n is None:
+        return val_size
+    try:
+        return None if _val_count(val_size, n, name) == default_val_size(n) else val_size
+    except DataError:
+        return val_size  # refused when the data is loaded
+
+
 def _val_count(val_size: float | int | None, n: int, name: str) -> int:
     if val_size is None:
         return default_val_size(n)

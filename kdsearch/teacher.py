@@ -25,7 +25,7 @@ from torch import nn
 
 from kdsearch import __version__, files
 from kdsearch.config import ExperimentConfig, TrainingConfig
-from kdsearch.data import Dataset
+from kdsearch.data import Dataset, resolved_val_size
 from kdsearch.distill import VAL_ACC, FitState, fit, predict
 from kdsearch.models import build_teacher
 
@@ -45,7 +45,8 @@ class Teacher:
 def teacher_settings(cfg: ExperimentConfig) -> dict[str, Any]:
     """Everything that determines the teacher (and nothing about the student or the search)."""
     d = cfg.dataset
-    return {"format": CACHE_FORMAT, "dataset": d.name, "val_size": d.val_size,
+    return {"format": CACHE_FORMAT, "dataset": d.name,
+            "val_size": resolved_val_size(d.name, d.val_size),
             "split_seed": d.split_seed, "teacher": dataclasses.asdict(cfg.teacher)}
 
 

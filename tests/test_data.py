@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from kdsearch.config import DatasetConfig
-from kdsearch.data import DataError, load_dataset, load_test, split_indices
+from kdsearch.data import TRAIN_SIZES, DataError, load_dataset, load_test, split_indices
 
 from conftest import SHARED_DATASETS
 
@@ -108,6 +108,7 @@ def test_mnist_from_the_real_files(datasets_dir: Path, tmp_path: Path) -> None:
     cfg = DatasetConfig(name="mnist")
     ds = load_dataset(cfg, data_dir=datasets_dir, cache_dir=tmp_path)
     assert (len(ds.train), len(ds.val)) == (55_000, 5_000)
+    assert len(ds.train) + len(ds.val) == TRAIN_SIZES["mnist"]  # (the teacher cache's key)
     assert ds.input_shape == (1, 28, 28) and ds.num_classes == 10
     assert ds.train.x.shape == (55_000, 1, 28, 28) and ds.val.x.shape == (5_000, 1, 28, 28)
     assert ds.mean[0] == pytest.approx(0.1307, abs=2e-3)  # MNIST's well-known statistics

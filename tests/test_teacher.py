@@ -107,6 +107,23 @@ def test_the_same_count_written_as_a_float_is_the_same_teacher() -> None:
     assert teacher_key(cfg(5000.0)) == teacher_key(cfg(5000)) == teacher_key(cfg("5e3"))
     assert cfg(0.1).dataset.val_size == 0.1  # a fraction stays a fraction
     assert teacher_key(cfg(0.1)) != teacher_key(cfg(5000))
+    # the default count written out is the default split, and the same teacher
+    assert teacher_key(cfg(5000)) == teacher_key(cfg(None))
+    assert teacher_key(cfg(4999)) != teacher_key(cfg(None))
+
+
+def test_the_default_val_size_written_out_is_the_same_teacher_on_digits(digits: Dataset
+                                                                         ) -> None:
+    from kdsearch.data import TRAIN_SIZES, default_val_size
+
+    n = len(digits.train) + len(digits.val)
+    assert n == TRAIN_SIZES["digits"] and len(digits.val) == default_val_size(n)
+
+    def cfg(val_size: Any) -> ExperimentConfig:
+        return config_from_dict({"dataset": {"name": "digits", "val_size": val_size}})
+
+    assert teacher_key(cfg(len(digits.val))) == teacher_key(cfg(0.15)) == teacher_key(cfg(None))
+    assert teacher_key(cfg(0.2)) != teacher_key(cfg(None))
 
 
 def test_a_changed_setting_misses_the_cache(digits: Dataset, tmp_path: Path) -> None:
