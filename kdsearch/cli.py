@@ -111,6 +111,9 @@ def _print_result(result: "SearchResult") -> None:
     if result.report_path is not None:
         summary = result.report_path.with_name(SUMMARY_JSON)
         print(json.loads(summary.read_text())["headline"])
+    else:  # --no-report
+        print(f"no report written (--no-report); write it with: kdsearch report "
+              f"{result.results_dir}")
 
 
 def cmd_report(args: argparse.Namespace) -> int:

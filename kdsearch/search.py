@@ -560,6 +560,9 @@ def _quiet_ray() -> None:
         state_logger.addFilter(_DropTmpFileRace())
     warnings.filterwarnings("ignore", module="ray")
     warnings.filterwarnings("ignore", category=DeprecationWarning)
+    # a resumed trial reports again the epochs after its checkpoint, which the restored Optuna
+    # study has (OptunaSearch passes them on): Optuna keeps the first and warns, harmlessly
+    warnings.filterwarnings("ignore", message="The reported value is ignored because this")
 
 
 def _host_port(address: str) -> tuple[str, int] | None:
@@ -1088,6 +1091,11 @@ def _prepare(cfg: ExperimentConfig, device: str = "cpu", *, progress: bool = Tru
     data = load_dataset(cfg.dataset, data_dir=default_data_dir(cfg), cache_dir=cache_dir,
                         device=train_on)
     teacher = get_teacher(cfg, data, cache_dir=cache_dir, progress=progress)
+    if progress and teacher is not None:
+        print(f"teacher: {cfg.teacher.model} on {cfg.dataset.name}, val_acc "
+              f"{teacher.val_acc:.4f} ({'trained now' if teacher.trained_now else 'cached'}); "
+              f"{len(data.train):,} training and {len(data.val):,} validation examples",
+              flush=True)
     if train_on != device:
         data = data.to(device)
         if teacher is not None:
@@ -1219,6 +1227,8 @@ def _run_tuner(phases: list[str], cfg: ExperimentConfig, results_dir: Path, stor
         note = _random_search_note(cfg, phases)
         if note:
             print(note, flush=True)
+        print("search: starting the trial workers (each imports torch and Ray first)",
+              flush=True)
     handler = signal.getsignal(signal.SIGINT)
     try:
         grid = tuner.fit()
@@ -1539,14 +1549,15 @@ def run_search(space: str | os.PathLike[str] | ExperimentConfig, *,
     _check_results_dir(out)
     _refuse_existing(out, force)
     # everything that can fail on bad input fails before anything is written
+    typed = storage_path
     if storage_path is not None and "://" not in storage_path and \
             not Path(storage_path).is_absolute():
         storage_path = str(Path(storage_path).resolve())
     if storage_path is not None:
         storage_path = storage_path.rstrip("/") + "/" + cfg.name if "://" in storage_path \
             else str(Path(storage_path) / cfg.name)
-    _check_storage(storage_path)
-    with _ray_for(address, out):
+    _check_storage(storage_path, typed)
+    with _ray_for(address, out, quiet=quiet):
         _check_resources(cfg)
         prepared = _prepare_search(cfg, quiet)  # data and teacher: before a file is touched
         with _exclusive(out):
@@ -1577,10 +1588,11 @@ def _start(cfg: ExperimentConfig, out: Path, storage_path: str | None, force: bo
                     prepared=prepared)
 
 
-def _check_storage(storage_path: str | None) -> None:
-    """A local storage path must be a folder, or one that can be made: not under a file."""
+def _check_storage(storage_path: str | None, typed: str | None = None) -> None:
+    """A local storage path must be a folder, or one that can be made: not under a file.
+    `typed`: the --storage-path the user gave (the search's name is added to it)."""
     if storage_path is not None and "://" not in storage_path:
-        _check_makeable(Path(storage_path), f"--storage-path {storage_path}",
+        _check_makeable(Path(storage_path), f"--storage-path {typed or storage_path}",
                         "pass a folder you can write to (or a URI such as s3://bucket/path)")
 
 
@@ -1614,7 +1626,12 @@ def resume_search(results: str | os.PathLike[str], *, address: str | None = None
                               f"`kdsearch resume {ran_in}` (`kdsearch report {out}` works "
                               f"anywhere)")
         run["storage_path"] = str(out)  # a finished search, reported from where it is now
-    with _ray_for(address, out), _exclusive(out):
+    if search_state(run).get("status") == "finished" and not quiet:
+        print(f"note: this search had finished ({len(_read_csv(out / TRIALS_FILE))} trials); "
+              f"nothing to resume" + (", the report is written again (its retrainings reused "
+                                      "where the settings are unchanged)" if report else ""),
+              flush=True)
+    with _ray_for(address, out, quiet=quiet), _exclusive(out):
         _check_resources(cfg)
         return _execute(cfg, out, run, restore=True, quiet=quiet, report=report)
 
@@ -1651,7 +1668,7 @@ def report_search(results: str | os.PathLike[str], *, address: str | None = None
     out = Path(results).resolve()
     cfg, _ = read_searched(out)  # a folder that is not a search's is refused before Ray starts
     again = f"the report was not written; run kdsearch report {out} again"
-    with _ray_for(address, out, interrupted=again):
+    with _ray_for(address, out, interrupted=again, quiet=quiet):
         _check_resources(cfg)
         data, teacher = _prepare(cfg, progress=not quiet)
         payload = _make_payload(cfg, data, teacher, _hardware())
@@ -1660,9 +1677,16 @@ def report_search(results: str | os.PathLike[str], *, address: str | None = None
 
 
 @contextlib.contextmanager
-def _ray_for(address: str | None, out: Path, interrupted: str = "") -> Iterator[None]:
+def _ray_for(address: str | None, out: Path, interrupted: str = "", *, quiet: bool = True
+             ) -> Iterator[None]:
     """Ray for one search of `out`: started here (and shut down after) unless already running;
     Ctrl-C tells how to continue (`interrupted`, else with kdsearch resume)."""
+    import ray
+
+    if not quiet and not ray.is_initialized():  # a few seconds with nothing else to show
+        where = address or os.environ.get("RAY_ADDRESS") or "local"
+        print("ray: starting a local Ray" if where == "local" else f"ray: connecting to {where}",
+              flush=True)
     started_ray = _init_ray(address)
     try:
         yield

@@ -38,6 +38,8 @@ def _flag(v: str) -> bool:
     return v in ("0", "1")
 
 
+TRIAL_STATUSES = ("PENDING", "RUNNING", "PAUSED", "TERMINATED", "ERROR")  # Ray Tune's
+
 # column -> (check, what it holds); empty cells are allowed (not yet known, not searched)
 _FINITE = (_number(True), "a finite number")
 _ANY = (_number(False), "a number")
@@ -49,7 +51,10 @@ COLUMNS: dict[str, tuple[Callable[[str], bool], str]] = {
     "val_loss": _ANY, "train_loss": _ANY,  # a diverged trial's loss is NaN or inf
     "training_seconds": _FINITE, "epoch_seconds": _FINITE, "wall_time": _FINITE,
     "params": _COUNT, "temperature": _FINITE, "alpha": _FINITE, "lr": _FINITE,
-    "weight_decay": _FINITE, "width": _COUNT, "batch_size": _COUNT}
+    "weight_decay": _FINITE, "width": _COUNT, "batch_size": _COUNT,
+    # a misspelt status would count a finished trial as interrupted
+    "status": (lambda v: v in TRIAL_STATUSES, "one of " + ", ".join(TRIAL_STATUSES)),
+    "phase": (lambda v: v in ("distill", "baseline"), "distill or baseline")}
 REQUIRED = ("phase", "trial_id", "status")
 REQUIRED_PROGRESS = ("phase", "trial_id", "epoch")
 

@@ -140,10 +140,16 @@ def test_search_runs_trials_on_both_nodes(two_nodes: str, tmp_path: Path) -> Non
 
     # the live status: one readable line per finished trial, and none of Ray's chatter
     lines = run.stdout.splitlines()
-    assert lines[0].startswith("search: 6 distilled trials of mlp_student on digits")
+    # what the first seconds are spent on, then the search
+    assert lines[0] == f"ray: connecting to {two_nodes}"
+    assert lines[1].startswith("teacher: mlp_teacher on digits, val_acc ")
+    assert lines[2].startswith("search: 6 distilled trials of mlp_student on digits")
+    assert "search: starting the trial workers" in lines[3] + lines[4]  # (after a note)
     status = [ln for ln in lines if ln.startswith("[distill ")]
     assert len(status) == 6 and status[-1].startswith("[distill 6/6]")
     assert all(" | best " in ln for ln in status)
-    assert lines[-1].startswith("best distilled: val_acc")
+    assert lines[-2].startswith("best distilled: val_acc")
+    assert lines[-1] == ("no report written (--no-report); write it with: kdsearch report "
+                         f"{tmp_path / 'results' / 'quickstart'}")
     for noise in ("INFO", "WARNING", "Traceback", "Token authentication", "(raylet)", "Tune"):
         assert noise not in run.stderr and noise not in run.stdout, noise

@@ -372,7 +372,7 @@ def test_report_of_an_interrupted_search_names_the_incomplete_trials(
 
 @pytest.mark.slow  # a real Ray search (shared by the module)
 def test_report_without_a_baseline_search_trains_an_untuned_one(
-        reported: Path, tmp_path: Path) -> None:
+        reported: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     folder = _copy(reported, tmp_path / "nobase")
     config = (folder / "config.yaml").read_text()
     assert "  baseline: true" in config
@@ -383,9 +383,12 @@ def test_report_without_a_baseline_search_trains_an_untuned_one(
         w.writeheader()
         w.writerows(rows)
 
-    make_report(folder, retrain=False, quiet=True)  # reuses the distilled rows, trains the rest
+    make_report(folder, retrain=False)  # reuses the distilled rows, trains the rest
     s = _summary(folder)
     final = json.loads((folder / "final.json").read_text())
+    trained = len(final["rows"]) - final["reused"]
+    assert (f"final: reusing {final['reused']} unchanged settings of final.json; retraining "
+            f"{trained} settings x {len(final['seeds'])} seeds") in capsys.readouterr().out
     assert s["baseline_tuned"] is False and "not tuned" in s["baseline_note"]
     assert final["reused"] == sum(r["kind"] == "distilled" for r in final["rows"])
     for c in s["widths"]:

@@ -554,7 +554,8 @@ def test_search_result_and_optuna_study(digits_search: tuple[Any, Path]) -> None
 
 @pytest.mark.slow
 def test_resume_of_a_finished_search_of_the_older_layout_trains_nothing(
-        digits_search: tuple[Any, Path], tmp_path: Path) -> None:
+        digits_search: tuple[Any, Path], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
     import ray
 
     from kdsearch import resume_search
@@ -573,8 +574,9 @@ def test_resume_of_a_finished_search_of_the_older_layout_trains_nothing(
     with _restored_environ():
         if ray.is_initialized():
             ray.shutdown()
-        again = resume_search(folder, report=False, quiet=True)
+        again = resume_search(folder, report=False)
     assert [(folder / f).read_text() for f in files] == before  # nothing ran again
+    assert "note: this search had finished (" in capsys.readouterr().out  # and it says so
     assert again.best_config == result.best_config
     assert (folder / "optuna.db").is_file()  # exported by the resume
 
@@ -1034,6 +1036,7 @@ def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
                              env=env, capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "Traceback" not in resumed.stderr, resumed.stderr[-3000:]
+    assert "Warning" not in resumed.stderr, resumed.stderr[-3000:]  # (Optuna's, on re-reports)
     assert "search resumed:" in resumed.stdout
     assert "best distilled: val_acc" in resumed.stdout
 
@@ -1139,3 +1142,23 @@ def test_the_best_trial_does_not_depend_on_the_order_trials_ended_in() -> None:
     for order in itertools.permutations(rows):
         settings, metrics = best_trial(list(order), "distill", ["width"])
         assert settings == {"width": 16} and metrics["trial_id"] == "a0000002"
+
+
+def test_optuna_does_not_warn_about_the_epochs_a_resumed_trial_reports_again() -> None:
+    """A trial resumed from a checkpoint older than its last report (checkpoints are taken every
+    few seconds) reports those epochs again, which the restored study has: Optuna's warning for
+    each filled a resume's output."""
+    import warnings
+
+    import optuna
+
+    from kdsearch.search import _quiet_ray
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        _quiet_ray()
+        trial = optuna.create_study(direction="maximize").ask()
+        trial.report(0.5, 1)
+        trial.report(0.6, 1)  # the same step again
+    assert [str(w.message) for w in caught] == []

@@ -26,6 +26,9 @@ GOOD = "distill,76e61933,TERMINATED,0,0,4,0.95,nan,0.003,16\n"
     ("distill,a1,TERMINATED,0,0,4,0.9,0.5,abc,16", "line 3: lr = 'abc' is not a finite"),
     (",a1,TERMINATED,0,0,4,0.9,0.5,0.003,16", "line 3: phase is empty"),
     ("distill,a1,TERMINATED,0,0,4,0.9,0.5,0.003,16,extra", "line 3 has more cells"),
+    # a misspelt status read as an interrupted trial, a misspelt phase as neither kind
+    ("distill,a1,TERMINATD,0,0,4,0.9,0.5,0.003,16", "line 3: status = 'TERMINATD' is not one of"),
+    ("distil,a1,TERMINATED,0,0,4,0.9,0.5,0.003,16", "line 3: phase = 'distil' is not distill or"),
 ])
 def test_a_damaged_trials_table_is_named_by_line_column_and_value(
         tmp_path: Path, row: str, message: str) -> None:
