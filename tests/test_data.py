@@ -141,11 +141,16 @@ def test_a_truncated_dataset_file_is_named_as_damaged_not_missing(tmp_path: Path
         shutil.copy(f, raw / f.name)
     images = raw / "train-images-idx3-ubyte.gz"
     images.write_bytes(images.read_bytes()[:1_000_000])
+    _assert_named_as_damaged("mnist", tmp_path, raw)
+
+
+def _assert_named_as_damaged(name: str, tmp_path: Path, folder: Path) -> None:
+    """Loading fails in one line that names the files' folder as damaged, not as missing."""
     with pytest.raises(DataError) as info:
-        load_dataset(DatasetConfig(name="mnist"), data_dir=tmp_path / "data",
+        load_dataset(DatasetConfig(name=name), data_dir=tmp_path / "data",
                      cache_dir=tmp_path / "cache")
     message = str(info.value)
-    assert "\n" not in message and str(raw) in message and "truncated" in message, message
+    assert "\n" not in message and str(folder) in message and "truncated" in message, message
     assert "not found" not in message
 
 
@@ -218,9 +223,4 @@ def test_damaged_cifar10_files_are_named_as_damaged_not_missing(tmp_path: Path) 
     batches.mkdir(parents=True)
     for name in ("data_batch_1", "test_batch", "batches.meta"):
         (batches / name).write_bytes(b"not a pickle")
-    with pytest.raises(DataError) as info:
-        load_dataset(DatasetConfig(name="cifar10"), data_dir=tmp_path / "data",
-                     cache_dir=tmp_path / "cache")
-    message = str(info.value)
-    assert "\n" not in message and str(batches) in message and "truncated" in message, message
-    assert "not found" not in message
+    _assert_named_as_damaged("cifar10", tmp_path, batches)
