@@ -78,6 +78,10 @@ def _in_unit(v: float) -> bool:
     return 0.0 <= v <= 1.0
 
 
+def _gpu_share(v: float) -> bool:
+    return 0 <= v <= 1 or (v > 1 and float(v).is_integer())
+
+
 def _at_least(n: int) -> Check:
     return lambda v: v >= n
 
@@ -193,7 +197,9 @@ class SearchConfig:
     seed: int = _seed_spec()
     cpus_per_trial: float = _spec(1.0, float, _positive, "a number > 0")
     # null: a fraction of a GPU worked out from the model and data size when the cluster has GPUs
-    gpus_per_trial: float | None = _spec(None, float, lambda v: 0 <= v, "a number >= 0",
+    # (Ray takes a share of one GPU, or whole GPUs: 1.5 is refused inside Tune)
+    gpus_per_trial: float | None = _spec(None, float, _gpu_share,
+                                         "a number in [0, 1], or a whole number of GPUs",
                                          optional=True)
     max_failures: int = _spec(1, int, _at_least(0), "an integer >= 0 (retries of a crashing trial)")
     # a trial saves a checkpoint when this many seconds have passed since its last one
@@ -465,12 +471,23 @@ def check_searchable(cfg: ExperimentConfig, source: str) -> None:
                           f"the epoch budget {max_epochs(cfg)}; lower it or raise training.epochs")
 
 
+def largest(cfg: ExperimentConfig, name: str, fixed: Any) -> Any:
+    """The largest value a searched dimension can take (`fixed` when it is not searched). An int
+    with a step stops at the last step below high, as Optuna's suggestions do."""
+    for d in cfg.search.space:
+        if d.name == name:
+            if d.values is not None:
+                return max(d.values)
+            if d.distribution == "int":
+                step = int(d.step or 1)
+                return int(d.low) + (int(d.high) - int(d.low)) // step * step
+            return d.high
+    return fixed
+
+
 def max_epochs(cfg: ExperimentConfig) -> int:
     """The most epochs any trial can run: ASHA's max_t."""
-    for d in cfg.search.space:
-        if d.name == "epochs":
-            return int(d.high if d.values is None else max(d.values))
-    return cfg.training.epochs
+    return int(largest(cfg, "epochs", cfg.training.epochs))
 
 
 # --------------------------------------------------------------------------- files

@@ -46,8 +46,8 @@ import torch
 from kdsearch import __version__, files
 from kdsearch.config import (KD_DIMENSIONS, UserError, Dimension, ExperimentConfig,
                              SearchConfig, check_searchable, config_from_dict, default_cache_dir,
-                             default_data_dir, dump_config, load_config, max_epochs, read_yaml,
-                             with_params)
+                             default_data_dir, dump_config, largest, load_config, max_epochs,
+                             read_yaml, with_params)
 from kdsearch.data import Dataset, load_dataset
 from kdsearch.distill import (EPOCH, TRAIN_LOSS, VAL_ACC, VAL_LOSS, Diverged, FitState,
                               train_student)
@@ -173,9 +173,11 @@ def _trainable(params: dict[str, Any], payload: dict[str, Any]) -> None:
 
     every = cfg.search.checkpoint_every_s
     last_saved = time.perf_counter()
+    last_epoch = int(resume["epoch"]) if resume is not None else 0  # the last reported
 
     def report(metrics: dict[str, float], state: FitState) -> None:
-        nonlocal last_saved
+        nonlocal last_saved, last_epoch
+        last_epoch = int(metrics[EPOCH])
         metrics = {**metrics, **extra, "diverged": 0}
         # a checkpoint costs more than a small student's epoch: save one every few seconds
         if time.perf_counter() - last_saved < every:
@@ -198,8 +200,11 @@ def _trainable(params: dict[str, Any], payload: dict[str, Any]) -> None:
     except Diverged as e:
         # a diverged setting ends at once, recorded, with the worst score for the searcher:
         # retrying it would diverge again
-        tune.report({EPOCH: max_epochs(cfg), VAL_ACC: 0.0, VAL_LOSS: float("nan"),
-                     TRAIN_LOSS: float("nan"), **extra, "diverged": 1, "error": str(e)})
+        # (EPOCH at the budget's end, so ASHA takes it as the trial's final score; trials.csv
+        # records the epochs it completed, `epochs_run`)
+        tune.report({EPOCH: max_epochs(cfg), "epochs_run": last_epoch, VAL_ACC: 0.0,
+                     VAL_LOSS: float("nan"), TRAIN_LOSS: float("nan"), **extra, "diverged": 1,
+                     "error": str(e)})
 
 
 def _retrain_task(payload: dict[str, Any], job: Retraining) -> Retrained:
@@ -445,6 +450,13 @@ def _restored_trial_configs(searcher_state: Path) -> dict[str, dict[str, Any]] |
         return None
 
 
+def _searcher_seed(seed: int, arm: str, per_width: bool) -> int:
+    """Each arm draws its own sequence from search.seed. With one searcher over all widths the
+    distilled arm takes search.seed itself (as Optuna's own seed would), and the baseline its
+    own: the same seed would give its first draws the distilled arm's random numbers."""
+    return _arm_seed(seed, arm) if per_width or arm != _arm("distill", None) else seed
+
+
 def _arm(phase: str, width: Any) -> str:
     return phase if width is None else f"{phase}:w{width}"
 
@@ -499,8 +511,9 @@ def _gpu_fraction(cfg: ExperimentConfig, data: Dataset) -> float:
         return cfg.search.gpus_per_trial
     model = _shape_only_student(cfg, data, max(_widths(cfg)))
     data_bytes = (data.train.x.numel() + data.val.x.numel()) * 4
-    act = cfg.training.batch_size * sum(m.out_channels if hasattr(m, "out_channels") else 0
-                                        for m in model.modules()) * math.prod(data.input_shape[1:])
+    batch = int(largest(cfg, "batch_size", cfg.training.batch_size))  # the largest searched
+    act = batch * sum(m.out_channels if hasattr(m, "out_channels") else 0
+                      for m in model.modules()) * math.prod(data.input_shape[1:])
     # bytes: the data, weights + grads + Adam's two moments, activations (forward, backward)
     need = data_bytes + count_parameters(model) * 16 + act * 4 * 3
     # a trial that needs 4 GiB gets a whole GPU (its kernels fill it), a small one 1/16;
@@ -670,7 +683,8 @@ PROGRESS_FIELDS = ("phase", "trial_id", "epoch", "val_acc", "val_loss", "train_l
 
 
 def _make_status_callback(results_dir: Path, cfg: ExperimentConfig, budgets: dict[str, int],
-                          quiet: bool, *, fresh: bool) -> Any:
+                          quiet: bool, *, fresh: bool,
+                          params_by_width: dict[int, int] | None = None) -> Any:
     from ray import tune
 
     dims = {p: [d.name for d in phase_dimensions(cfg, p)] for p in budgets}
@@ -747,8 +761,9 @@ def _make_status_callback(results_dir: Path, cfg: ExperimentConfig, budgets: dic
             acc = last.get(VAL_ACC)
             if acc is not None:
                 best = max(float(best), float(acc)) if best not in (None, "") else float(acc)
-            epochs = int(last.get(EPOCH, 0) or 0)
             diverged = bool(last.get("diverged", 0))
+            # a diverged trial reports the budget's end to Tune but ran only `epochs_run`
+            epochs = int(last.get("epochs_run", last.get(EPOCH, 0)) or 0)
             budget = int(trial.config.get("epochs", cfg.training.epochs))  # epochs may be searched
             phase = _phase_of(trial.config)
             rec.update({"phase": phase, "trial_id": trial.trial_id, "status": status,
@@ -760,7 +775,10 @@ def _make_status_callback(results_dir: Path, cfg: ExperimentConfig, budgets: dic
                         "val_acc": acc, "best_val_acc": best,
                         "val_loss": last.get(VAL_LOSS), "train_loss": last.get(TRAIN_LOSS),
                         "training_seconds": sum(self.epochs.get(trial.trial_id, {}).values()),
-                        "params": last.get("params", rec.get("params")),
+                        # (a trial that failed before its first report: its width's count)
+                        "params": last.get("params", rec.get("params")) or
+                        (params_by_width or {}).get(
+                            int(trial.config.get("width", cfg.student.width))),
                         "node": last.get("node", rec.get("node", "")),
                         "gpu_ids": last.get("gpu_ids", rec.get("gpu_ids", ""))})
             for name in dims.get(phase, []):
@@ -851,7 +869,7 @@ def _make_status_callback(results_dir: Path, cfg: ExperimentConfig, budgets: dic
                     f"stopped at epoch {rec['epochs']}" if int(rec["stopped_early"]) else
                     "done")
             acc = rec.get("val_acc")
-            setting = " ".join(f"{n}={_fmt(rec.get(n))}" for n in dims.get(phase, []))
+            setting = " ".join(f"{n}={_fmt(rec.get(dim_column(n)))}" for n in dims.get(phase, []))
             best = self.best.get(phase, float("nan"))
             print(f"[{phase} {finished}/{budgets.get(phase, 0)}] {what}: val_acc "
                   f"{'-' if acc in (None, '') else f'{float(acc):.4f}'} ({setting}) | running "
@@ -1178,7 +1196,8 @@ def _run_tuner(phases: list[str], cfg: ExperimentConfig, results_dir: Path, stor
     trainable = tune.with_parameters(_trainable, payload=payload)
     resources = {"cpu": s.cpus_per_trial, "gpu": payload["gpus_per_trial"]}
     trainable = tune.with_resources(trainable, resources)
-    callback = _make_status_callback(results_dir, cfg, budgets, quiet, fresh=not restore)
+    callback = _make_status_callback(results_dir, cfg, budgets, quiet, fresh=not restore,
+                                     params_by_width=payload["params_by_width"])
     failure = tune.FailureConfig(max_failures=s.max_failures)
     run_config = tune.RunConfig(name=EXPERIMENT, storage_path=storage_path, verbose=0,
                                 callbacks=[callback], failure_config=failure,
@@ -1195,9 +1214,8 @@ def _run_tuner(phases: list[str], cfg: ExperimentConfig, results_dir: Path, stor
         searchers, schedulers = {}, {}
         arms = _arms(cfg, phases)
         for arm, (dims, _, _) in arms.items():
-            # seeded: TPE, or random search (Optuna's RandomSampler) for comparisons; each
-            # arm draws its own sequence from search.seed
-            seed = _arm_seed(s.seed, arm) if per_width else s.seed
+            # seeded: TPE, or random search (Optuna's RandomSampler) for comparisons
+            seed = _searcher_seed(s.seed, arm, per_width)
             searchers[arm] = OptunaSearch(_optuna_space(dims), metric=VAL_ACC, mode="max",
                                           sampler=_sampler(s, seed)) if dims else None
             schedulers[arm] = (ASHAScheduler(time_attr=EPOCH, max_t=max_epochs(cfg),

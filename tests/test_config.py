@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -54,6 +55,8 @@ BAD_VALUES = {
     "teacher shift too large": ("teacher: {shift: 100}", "teacher.shift", "100"),
     "shift too large for mnist": ("dataset: {name: mnist}\nteacher: {shift: 8}", "teacher.shift",
                                   "8"),
+    # Ray takes a share of one GPU or whole GPUs: 1.5 failed inside Tune
+    "gpus per trial 1.5": ("search: {gpus_per_trial: 1.5}", "search.gpus_per_trial", "1.5"),
     # float32 softened targets are uniform at such temperatures
     "temperature too high": ("training: {temperature: 1.0e+5}", "training.temperature",
                              "100000"),
@@ -265,3 +268,24 @@ def test_widths_beyond_any_machine_are_refused_when_read() -> None:
                      "search.space.width.values=[8, 1000000000000]"):
         with pytest.raises(ConfigError, match=r"expected an integer in \[1, 1048576\]"):
             load_config(quickstart, [override])
+
+
+def test_the_largest_value_of_a_dimension_is_one_optuna_can_suggest() -> None:
+    """An int with a step stops at the last step below high (Optuna suggests 2, 4, 6 for
+    low 2, high 7, step 2): ASHA's max_t and the grace-period check take 6, not 7."""
+    from kdsearch.config import check_searchable, largest, max_epochs
+
+    def cfg(**space: Any) -> Any:
+        return config_from_dict({"training": {"epochs": 10, "batch_size": 32},
+                                 "search": {"space": space, "grace_period": 1}})
+
+    stepped = cfg(epochs={"distribution": "int", "low": 2, "high": 7, "step": 2})
+    assert max_epochs(stepped) == 6
+    assert max_epochs(cfg(epochs={"distribution": "choice", "values": [3, 9, 5]})) == 9
+    assert max_epochs(cfg(lr={"distribution": "loguniform", "low": 1e-3, "high": 1e-1})) == 10
+    assert largest(cfg(batch_size={"distribution": "choice", "values": [128, 1024]}),
+                   "batch_size", 32) == 1024
+    with pytest.raises(ConfigError, match="grace_period = 7 exceeds"):
+        check_searchable(dataclasses.replace(
+            stepped, search=dataclasses.replace(stepped.search, grace_period=7)), "space.yaml")
+    assert config_from_dict({"search": {"gpus_per_trial": 2}}).search.gpus_per_trial == 2

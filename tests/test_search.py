@@ -12,6 +12,7 @@ import contextlib
 import csv
 import dataclasses
 import json
+import math
 import os
 import shutil
 import signal
@@ -78,6 +79,12 @@ def test_gpu_fraction_packs_small_students_and_gives_cnns_more() -> None:
     assert _gpu_fraction(narrow, _fake_data(45000, (3, 32, 32))) < big
     fixed = load_config(QUICKSTART, ["search.gpus_per_trial=0.25"])
     assert _gpu_fraction(fixed, _fake_data(1437, (1, 8, 8))) == 0.25
+    # a searched batch size: the share fits the largest batch, as a fixed one of that size
+    cifar_data = _fake_data(45000, (3, 32, 32))
+    searched = load_config(REPO / "search_spaces" / "cifar10_cnn.yaml", [
+        "search.space.batch_size={distribution: choice, values: [128, 1024]}"])
+    large = load_config(REPO / "search_spaces" / "cifar10_cnn.yaml", ["training.batch_size=1024"])
+    assert _gpu_fraction(searched, cifar_data) == _gpu_fraction(large, cifar_data) > big
 
 
 def test_fit_concurrency_takes_the_scarcer_resource() -> None:
@@ -1162,3 +1169,49 @@ def test_optuna_does_not_warn_about_the_epochs_a_resumed_trial_reports_again() -
         trial.report(0.5, 1)
         trial.report(0.6, 1)  # the same step again
     assert [str(w.message) for w in caught] == []
+
+
+def test_trials_csv_and_the_live_status_record_what_each_trial_ran(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The status line shows a searched epoch budget, not the epochs run; a diverged trial
+    records the epochs it completed (it reports the budget's end to Tune so ASHA ends it); a
+    trial that failed before its first report still has its width's parameter count."""
+    from types import SimpleNamespace
+
+    from kdsearch.config import config_from_dict
+    from kdsearch.search import _make_status_callback
+
+    cfg = config_from_dict({"training": {"epochs": 10}, "student": {"width": 16},
+                            "search": {"space": {
+                                "lr": {"distribution": "loguniform", "low": 1e-3, "high": 1e-1},
+                                "epochs": {"distribution": "choice", "values": [5, 20]}}}})
+    callback = _make_status_callback(tmp_path, cfg, {"distill": 3}, False, fresh=True,
+                                     params_by_width={16: 1530})
+    callback.setup()
+
+    def trial(trial_id: str, last: dict[str, Any] | None) -> SimpleNamespace:
+        return SimpleNamespace(trial_id=trial_id, config={"phase": "distill", "lr": 0.01,
+                                                          "epochs": 20},
+                               last_result=last, error_file=None)
+
+    callback.on_trial_complete(0, [], trial("a0000001", {
+        "epoch": 2, "val_acc": 0.8, "val_loss": 0.5, "train_loss": 0.4, "diverged": 0,
+        "params": 1530}))
+    assert "stopped at epoch 2: val_acc 0.8000 (lr=0.01 epochs=20)" in capsys.readouterr().out
+    callback.on_trial_complete(0, [], trial("a0000002", {
+        "epoch": 20, "epochs_run": 1, "val_acc": 0.0, "val_loss": math.nan,
+        "train_loss": math.nan, "diverged": 1, "error": "training loss became nan"}))
+    callback.on_trial_error(0, [], trial("a0000003", None))
+    rows = {r["trial_id"]: r for r in _rows(tmp_path / "trials.csv")}
+    assert (rows["a0000002"]["epochs"], rows["a0000002"]["diverged"]) == ("1", "1")
+    assert rows["a0000003"]["status"] == "ERROR" and rows["a0000003"]["params"] == "1530"
+
+
+def test_each_searcher_draws_its_own_random_numbers() -> None:
+    from kdsearch.search import _searcher_seed
+
+    assert _searcher_seed(7, "distill", False) == 7  # Optuna's own seed, as before
+    one = {_searcher_seed(7, arm, False) for arm in ("distill", "baseline")}
+    per_width = {_searcher_seed(7, arm, True)
+                 for arm in ("distill:w8", "distill:w16", "baseline:w8", "baseline:w16")}
+    assert len(one) == 2 and len(per_width) == 4
