@@ -116,6 +116,11 @@ def test_mnist_from_the_real_files(datasets_dir: Path, tmp_path: Path) -> None:
     assert np.bincount(ds.val.y.numpy(), minlength=10).min() > 400  # every class in val
     test = load_test(cfg, ds, data_dir=datasets_dir, cache_dir=tmp_path)
     assert test.x.shape == (10_000, 1, 28, 28)
+    # normalised with the training split's statistics: undone with them, pixels are k/255
+    pixels = test.x * ds.std[0] + ds.mean[0]
+    assert torch.allclose(pixels * 255, (pixels * 255).round(), atol=1e-3)
+    assert float(pixels.min()) == pytest.approx(0.0, abs=1e-5)
+    assert float(pixels.max()) == pytest.approx(1.0, abs=1e-5)
 
 
 def test_missing_dataset_is_one_line_naming_the_folder(tmp_path: Path) -> None:

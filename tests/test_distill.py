@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import io
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -399,8 +401,12 @@ def test_fit_with_the_written_out_step_matches_autograd(
     training = TrainingConfig(epochs=3, batch_size=64, alpha=alpha, temperature=3.0,
                               weight_decay=1e-4, seed=2)
     fast, slow = _student(digits), torch.nn.Sequential(_student(digits))
+    through_autograd: set[str] = set()  # which took a backward pass through its first layer
+    fast.fc1.weight.register_hook(lambda g: through_autograd.add("fast"))
+    slow[0].fc1.weight.register_hook(lambda g: through_autograd.add("slow"))
     h_fast = fit(fast, digits, training, teacher_logits=digits_teacher_logits)
     h_slow = fit(slow, digits, training, teacher_logits=digits_teacher_logits)
+    assert through_autograd == {"slow"}  # the MLP student took the written-out step
     for a, b in zip(h_fast, h_slow):
         assert a[TRAIN_LOSS] == pytest.approx(b[TRAIN_LOSS], rel=1e-4)
         assert a[VAL_LOSS] == pytest.approx(b[VAL_LOSS], rel=1e-3)
@@ -528,3 +534,54 @@ def test_weights_broken_by_an_epochs_last_steps_count_as_diverged(digits: Datase
     model.register_forward_hook(lambda m, args, out: out if m.training else out * math.nan)
     with pytest.raises(Diverged, match="validation loss became nan after epoch 1"):
         fit(model, digits, TrainingConfig(epochs=2, alpha=1.0))
+
+
+def test_the_online_teacher_scores_the_same_shifted_images_as_the_student(
+        digits: Dataset, digits_teacher: torch.nn.Module) -> None:
+    """One batch of the whole training split: the epoch's loss is the KD loss of the student
+    (before its update) and the teacher on the same shifted images, drawn as fit draws them."""
+    training = TrainingConfig(epochs=1, batch_size=len(digits.train), alpha=0.3,
+                              temperature=4.0, shift=1, seed=5)
+    student = _student(digits)
+    before = copy.deepcopy(student)
+    history = fit(student, digits, training, teacher=digits_teacher)
+    generator = torch.Generator().manual_seed(5)
+    perm = torch.randperm(len(digits.train), generator=generator)
+    shifted = random_shift(digits.train.x[perm], 1, generator)
+    with torch.no_grad():
+        expected = kd_loss(before(shifted), digits_teacher.eval()(shifted),
+                           digits.train.y[perm], temperature=4.0, alpha=0.3).item()
+        unshifted = kd_loss(before(shifted), digits_teacher(digits.train.x[perm]),
+                            digits.train.y[perm], temperature=4.0, alpha=0.3).item()
+    assert history[0][TRAIN_LOSS] == pytest.approx(expected, rel=1e-5)
+    assert abs(unshifted - expected) > 1e-3  # (the check can tell the two apart)
+
+
+def test_the_cosine_schedule_runs_from_lr_to_zero_over_the_epoch_budget(
+        digits: Dataset, monkeypatch: pytest.MonkeyPatch) -> None:
+    import kdsearch.distill
+    from kdsearch.distill import scheduled_lr
+
+    cosine = TrainingConfig(lr=0.01, lr_schedule="cosine")
+    assert [scheduled_lr(cosine, s, 100) for s in (0, 50, 100)] == pytest.approx(
+        [0.01, 0.005, 0.0], abs=1e-12)
+    assert scheduled_lr(TrainingConfig(lr=0.01, lr_schedule="constant"), 99, 100) == 0.01
+    # fit follows it: each optimizer step of the run takes the schedule's rate for that step
+    used: list[float] = []
+    real = kdsearch.distill.make_optimizer
+
+    def watched(*args: Any, **kwargs: Any) -> Any:
+        optimizer = real(*args, **kwargs)
+        step = optimizer.step
+
+        def recorded() -> None:
+            used.append(optimizer.param_groups[0]["lr"])
+            step()
+        optimizer.step = recorded
+        return optimizer
+
+    monkeypatch.setattr(kdsearch.distill, "make_optimizer", watched)
+    training = TrainingConfig(epochs=2, batch_size=256, lr=0.01, alpha=1.0)
+    fit(_student(digits), digits, training)
+    steps = 2 * math.ceil(len(digits.train) / 256)
+    assert used == pytest.approx([scheduled_lr(training, s, steps) for s in range(steps)])

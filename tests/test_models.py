@@ -49,6 +49,12 @@ def test_cnn_width_is_the_first_conv_and_scales_the_rest(name: str) -> None:
     narrow, wide = MODELS[name](MNIST, 10, width=24), MODELS[name](MNIST, 10, width=48)
     first = next(m for m in narrow.modules() if isinstance(m, torch.nn.Conv2d))
     assert first.out_channels == 24
+
+    def channels(model: torch.nn.Module) -> list[int]:
+        return [m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+
+    # every conv layer scales with the width, not the first alone
+    assert [2 * c for c in channels(narrow)] == channels(wide)
     assert count_parameters(narrow) < count_parameters(wide)
 
 

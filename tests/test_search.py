@@ -765,6 +765,7 @@ def test_diverging_trial_is_recorded_and_the_search_goes_on(logical_gpus: None,
         assert float(r["lr"]) == 1e12
         assert "nan" in r["error"] and "lower the learning rate" in r["error"]
         assert r["stopped_early"] == "0"
+        assert r["epochs"] == "0"  # it completed none (it diverged in its first)
     assert all(float(r["lr"]) == 0.003 and r["error"] == "" for r in good)
     assert result.best_config == {"lr": 0.003}
     # a diverged trial's last report is not an epoch: progress.csv holds only real epochs
@@ -815,6 +816,7 @@ def test_auto_gpu_share_on_logical_gpus_is_a_sixteenth_for_digits() -> None:
     cfg = load_config(QUICKSTART)
     assert cfg.search.gpus_per_trial is None
     share = _gpu_fraction(cfg, _fake_data(1437, (1, 8, 8)))
+    assert share == 1 / 16
     assert _fit_concurrency({"cpus": 8, "gpus": 2}, 1.0, share) == 8  # CPU-bound, not GPU
 
 
