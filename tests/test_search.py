@@ -733,6 +733,25 @@ def test_searcher_seed_makes_suggestions_reproducible(logical_gpus: None, tmp_pa
 
 
 @pytest.mark.slow
+def test_the_baseline_searcher_does_not_replay_the_distilled_ones_random_numbers(
+        logical_gpus: None, tmp_path: Path) -> None:
+    """One searcher over all widths per phase: with one seed for both, the baseline's first lr
+    sat at the same point of its range as the distilled trial's first temperature."""
+    result = _search(tmp_path, "search.baseline=true", "search.per_width=false",
+                     "search.num_samples=2", "training.epochs=1", "search.grace_period=1",
+                     "search.max_concurrent_trials=1", "search.gpus_per_trial=0",
+                     "search.seed=7", name="phases")
+    rows = _rows(result.results_dir / "trials.csv")
+    first = {phase: next(r for r in rows if r["phase"] == phase)
+             for phase in ("distill", "baseline")}
+    # where each first draw sits in its loguniform range (quickstart: T in [1, 20], lr in
+    # [3e-4, 3e-2]): the same random number would put both at one point
+    t = math.log(float(first["distill"]["temperature"])) / math.log(20.0)
+    lr = math.log(float(first["baseline"]["lr"]) / 3e-4) / math.log(100.0)
+    assert abs(t - lr) > 1e-6, (t, lr)
+
+
+@pytest.mark.slow
 def test_per_width_search_tunes_every_width(logical_gpus: None, tmp_path: Path) -> None:
     result = _search(tmp_path, "search.per_width=true", "search.num_samples=6",
                      "search.space.width.values=[8,32]", "training.epochs=2",
