@@ -664,3 +664,55 @@ def test_p_values_are_never_rounded_across_the_significance_level_and_a_side_wit
     assert verdict(c) == "no_comparison"
     text = _headline(c, [c], {"test_acc": 0.97}, "mlp_student", "")
     assert text.startswith("No comparison: every retraining of the baseline setting diverged")
+
+
+def test_the_search_cost_counts_each_kind_of_trial_ending() -> None:
+    from kdsearch.config import config_from_dict
+    from kdsearch.report import search_cost
+
+    cfg = config_from_dict({"search": {"space": {
+        "lr": {"distribution": "loguniform", "low": 1e-3, "high": 1e-1}}}})
+
+    def row(phase: str, status: str, early: int = 0, diverged: int = 0, epochs: int = 4,
+            seconds: float = 1.0) -> dict[str, str]:
+        return {"phase": phase, "trial_id": f"t{len(rows)}", "status": status,
+                "stopped_early": str(early), "diverged": str(diverged), "epochs": str(epochs),
+                "training_seconds": str(seconds)}
+
+    rows: list[dict[str, str]] = []
+    for spec in (("distill", "TERMINATED"), ("distill", "TERMINATED", 1, 0, 1),
+                 ("distill", "TERMINATED", 1, 0, 2), ("distill", "TERMINATED", 0, 1, 0),
+                 ("distill", "ERROR", 0, 0, 0), ("distill", "RUNNING", 0, 0, 3),
+                 ("baseline", "TERMINATED"), ("baseline", "TERMINATED", 1, 0, 1)):
+        rows.append(row(*spec))
+    cost = search_cost(cfg, rows, [], {"search": {"status": "started", "wall_seconds": 9.0}})
+    d, b = cost["phases"]["distill"], cost["phases"]["baseline"]
+    assert (d["trials"], d["full_budget"], d["stopped_early"], d["diverged"], d["failed"],
+            d["incomplete"]) == (6, 1, 2, 1, 1, 1)
+    assert d["trial_epochs"] == 4 + 1 + 2 + 0 + 0 + 3  # the epochs each ran, from trials.csv
+    assert (b["trials"], b["full_budget"], b["stopped_early"]) == (2, 1, 1)
+    assert cost["total"]["full_budget"] == 2 and cost["total"]["training_seconds"] == 8.0
+    assert cost["total"]["wall_seconds"] == 9.0  # the phases run side by side: one wall
+
+
+def test_the_final_evaluation_keeps_the_best_max_widths_and_the_best_baselines_width() -> None:
+    from kdsearch.config import config_from_dict
+    from kdsearch.final import select_settings
+
+    cfg = config_from_dict({"report": {"max_widths": 2}, "search": {"space": {
+        "lr": {"distribution": "loguniform", "low": 1e-3, "high": 1e-1},
+        "width": {"distribution": "choice", "values": [8, 16, 32, 64]}}}})
+
+    def row(phase: str, width: int, acc: float) -> dict[str, str]:
+        return {"phase": phase, "trial_id": f"{phase[0]}{width}", "status": "TERMINATED",
+                "stopped_early": "0", "diverged": "0", "epochs": "40", "val_acc": str(acc),
+                "val_loss": "0.1", "lr": "0.01", "width": str(width), "params": str(width)}
+
+    distilled = {8: 0.90, 16: 0.97, 32: 0.95, 64: 0.96}
+    rows = [row("distill", w, a) for w, a in distilled.items()]
+    rows += [row("baseline", w, a) for w, a in {8: 0.99, 16: 0.90, 32: 0.91, 64: 0.92}.items()]
+    chosen = select_settings(cfg, rows)
+    kept = sorted({s.width for s in chosen.settings})
+    assert kept == [8, 16, 64]  # the two best distilled widths, and the best baseline's (8)
+    best = [s for s in chosen.settings if s.best]
+    assert {(s.kind, s.width) for s in best} == {("distilled", 16), ("baseline", 8)}
