@@ -754,8 +754,10 @@ def _make_status_callback(results_dir: Path, cfg: ExperimentConfig, budgets: dic
                 print(f"search resumed: {len(self.finished)} of {sum(budgets.values())} trials "
                       f"had finished", flush=True)
 
-        def _record(self, trial: Any, status: str, error: str = "") -> dict[str, Any]:
-            last = trial.last_result or {}
+        def _record(self, trial: Any, status: str, error: str = "",
+                    last: dict[str, Any] | None = None) -> dict[str, Any]:
+            # `last`: the result being processed (Tune sets trial.last_result after callbacks)
+            last = last if last is not None else (trial.last_result or {})
             rec = self.records.get(trial.trial_id, {})
             best = rec.get("best_val_acc")
             acc = last.get(VAL_ACC)
@@ -812,7 +814,7 @@ def _make_status_callback(results_dir: Path, cfg: ExperimentConfig, budgets: dic
                 self._rewrite_progress(lambda r: not (
                     r["trial_id"] == trial.trial_id and int(r["epoch"]) >= epoch))
             seen[epoch] = float(result.get("epoch_seconds", 0.0))
-            self._record(trial, "RUNNING")
+            self._record(trial, "RUNNING", last=result)
             with open(self._progress, "a", newline="") as f:
                 w = csv.DictWriter(f, fieldnames=PROGRESS_FIELDS, extrasaction="ignore")
                 if f.tell() == 0:

@@ -45,9 +45,12 @@ class Teacher:
 def teacher_settings(cfg: ExperimentConfig) -> dict[str, Any]:
     """Everything that determines the teacher (and nothing about the student or the search)."""
     d = cfg.dataset
+    teacher = dataclasses.asdict(cfg.teacher)
+    if cfg.teacher.model != "mlp_teacher":  # the only teacher with dropout (build_teacher)
+        teacher["dropout"] = None
     return {"format": CACHE_FORMAT, "dataset": d.name,
             "val_size": resolved_val_size(d.name, d.val_size),
-            "split_seed": d.split_seed, "teacher": dataclasses.asdict(cfg.teacher)}
+            "split_seed": d.split_seed, "teacher": teacher}
 
 
 def teacher_key(cfg: ExperimentConfig) -> str:

@@ -1223,6 +1223,11 @@ def test_trials_csv_and_the_live_status_record_what_each_trial_ran(
         "epoch": 20, "epochs_run": 1, "val_acc": 0.0, "val_loss": math.nan,
         "train_loss": math.nan, "diverged": 1, "error": "training loss became nan"}))
     callback.on_trial_error(0, [], trial("a0000003", None))
+    # a running trial's row follows the result being reported (Tune updates last_result after)
+    running = trial("a0000004", {"epoch": 1, "val_acc": 0.5, "diverged": 0})
+    callback.on_trial_result(0, [], running, {"epoch": 2, "val_acc": 0.6, "diverged": 0})
+    assert (callback.records["a0000004"]["epochs"], callback.records["a0000004"]["val_acc"]) == \
+        (2, 0.6)
     rows = {r["trial_id"]: r for r in _rows(tmp_path / "trials.csv")}
     assert (rows["a0000002"]["epochs"], rows["a0000002"]["diverged"]) == ("1", "1")
     assert rows["a0000003"]["status"] == "ERROR" and rows["a0000003"]["params"] == "1530"

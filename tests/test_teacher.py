@@ -89,6 +89,13 @@ def test_key_changes_with_what_makes_the_teacher(change: str) -> None:
     assert teacher_key(_changed(CHANGES[change])) != teacher_key(_cfg())
 
 
+def test_a_cnn_teachers_key_ignores_the_dropout_it_does_not_have() -> None:
+    cnn = _changed({"teacher": {"model": "cnn_teacher"}})
+    other = dataclasses.replace(cnn, teacher=dataclasses.replace(cnn.teacher, dropout=0.1))
+    assert teacher_key(other) == teacher_key(cnn)
+    assert teacher_key(_changed({"teacher": {"dropout": 0.1}})) != teacher_key(_cfg())  # MLP
+
+
 def test_key_ignores_the_student_training_and_search() -> None:
     cfg = _cfg()
     other = dataclasses.replace(
