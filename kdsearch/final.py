@@ -144,11 +144,6 @@ def _training_fingerprint(cfg: ExperimentConfig) -> str:
 
 
 # --------------------------------------------------------------------------- reading a folder
-def read_csv(path: Path) -> list[dict[str, str]]:
-    """A results table's rows, its columns checked (tables.read_table)."""
-    return read_table(path)
-
-
 def read_config(results_dir: Path) -> ExperimentConfig:
     path = results_dir / CONFIG_FILE
     if not path.is_file():
@@ -163,7 +158,7 @@ def read_searched(results_dir: Path) -> tuple[ExperimentConfig, list[dict[str, s
         raise ReportError(f"{results_dir}: no such results folder; pass results/<name> of a "
                           f"search")
     cfg = read_config(results_dir)
-    rows = read_csv(results_dir / TRIALS_FILE)
+    rows = read_table(results_dir / TRIALS_FILE)
     if not rows:
         raise ReportError(f"{results_dir}: no {TRIALS_FILE} or no trials in it; run the search "
                           f"first (kdsearch run SPACE.yaml)")
@@ -534,7 +529,7 @@ def evaluate_final(results_dir: str | os.PathLike[str], *, retrain: bool = True,
     final = {"format": FINAL_FORMAT, "kdsearch_version": __version__, "name": cfg.name,
              "created": time.time(), "device": device, "seeds": seeds,
              "seconds": round(time.perf_counter() - started, 3),
-             "retrained": len(todo) * len(seeds), "reused": len(out_rows) - len(todo),
+             "retrained": len(todo) * len(seeds), "reused": len(reused_rows),
              # the reused settings' training time when they were trained, summed over seeds
              "reused_training_seconds": round(sum(float(r.get("seconds") or 0)
                                                   for r in reused_rows), 3),

@@ -103,10 +103,13 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
 assert set(MODELS) == set(TEACHER_MODELS) | set(STUDENT_MODELS)
 
 
+TEACHERS_WITH_DROPOUT = frozenset({"mlp_teacher"})  # the others take no dropout setting
+
+
 def build_teacher(name: str, shape: InputShape, num_classes: int, *, width: int | None = None,
                   dropout: float = 0.5) -> nn.Module:
     kwargs: dict[str, float] = {} if width is None else {"width": width}
-    if name == "mlp_teacher":
+    if name in TEACHERS_WITH_DROPOUT:
         kwargs["dropout"] = dropout
     return MODELS[name](shape, num_classes, **kwargs)
 

@@ -30,9 +30,10 @@ from kdsearch import __version__, files
 from kdsearch.config import max_epochs
 from kdsearch.final import (BASELINE, DISTILLED, FINAL_FILE, Runner,
                             evaluate_final, incomplete_trials, mean_std,
-                            read_config, read_csv, read_searched, row_width, write_json)
+                            read_config, read_searched, row_width, write_json)
 from kdsearch.search import (PHASE_LABEL, PHASES, PROGRESS_FILE, RUN_FILE, TRIALS_FILE,
                              check_run, phase_samples, search_state)
+from kdsearch.tables import read_table
 
 if TYPE_CHECKING:
     from kdsearch.data import Dataset
@@ -235,7 +236,8 @@ def _headline(best: dict[str, Any], widths: list[dict[str, Any]], teacher: dict[
     n = min(c["distilled_n"], c["baseline_n"])
     s = (f"{lead}: distilled {student} {pm(c['distilled_mean'], c['distilled_std'])} test "
          f"accuracy vs {pm(c['baseline_mean'], c['baseline_std'])} for {base} "
-         f"({points(c['difference'])} points, Welch p = {fmt_p(c['p_value'])}, {n} seed{'' if n == 1 else 's'}); "
+         f"({points(c['difference'])} points, Welch p = {fmt_p(c['p_value'])}, "
+         f"{n} seed{'' if n == 1 else 's'}); "
          f"teacher {pct(teacher['test_acc'])}%; {fmt_ratio(c['compression'])} fewer parameters "
          f"than the teacher.")
     # the best student is often the widest, where a teacher helps least: say where it helps,
@@ -261,8 +263,8 @@ def _headline(best: dict[str, Any], widths: list[dict[str, Any]], teacher: dict[
 def summarize(results_dir: Path, final: dict[str, Any]) -> dict[str, Any]:
     """summary.json's contents (without the plots) from final.json and the search's records."""
     cfg = read_config(results_dir)
-    rows = read_csv(results_dir / TRIALS_FILE)
-    progress = read_csv(results_dir / PROGRESS_FILE)
+    rows = read_table(results_dir / TRIALS_FILE)
+    progress = read_table(results_dir / PROGRESS_FILE)
     run = _read_run(results_dir)
     teacher = final["teacher"]
     by_width: dict[int, dict[str, dict[str, Any]]] = {}
@@ -492,8 +494,8 @@ def plot_best_so_far(progress: list[dict[str, Any]], path: Path) -> dict[str, An
 def write_plots(results_dir: Path, final: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Draw every plot that has data; return {file: what was drawn} (series and point counts)."""
     cfg = read_config(results_dir)
-    rows = read_csv(results_dir / TRIALS_FILE)
-    progress = read_csv(results_dir / PROGRESS_FILE)
+    rows = read_table(results_dir / TRIALS_FILE)
+    progress = read_table(results_dir / PROGRESS_FILE)
     drawn = {PLOT_TEST_ACC: plot_test_acc(final, results_dir / PLOT_TEST_ACC),
              PLOT_TEMPERATURE: plot_val_acc_vs("temperature", cfg, rows,
                                                results_dir / PLOT_TEMPERATURE),
@@ -662,7 +664,7 @@ def render(summary: dict[str, Any], plots: dict[str, dict[str, Any]]) -> str:
                     f"at once."]
     reused = ""
     if s["final_reused"]:
-        reused = f"; {s['final_reused']} settings reused from an earlier `{FINAL_FILE}`"
+        reused = f"{s['final_reused']} settings reused from an earlier `{FINAL_FILE}`"
         if s.get("final_reused_training_seconds"):
             reused += (f" (trained then in {fmt_seconds(s['final_reused_training_seconds'])}, "
                        f"summed over seeds)")
@@ -672,9 +674,10 @@ def render(summary: dict[str, Any], plots: dict[str, dict[str, Any]]) -> str:
                 for r in s["failed_trials"]]
     if s["final_retrained"] or not reused:
         out += ["", f"Final evaluation: {s['final_retrained']} retrainings on "
-                    f"{s['final_device']} in {fmt_seconds(s['final_seconds'])}{reused}."]
+                    f"{s['final_device']} in {fmt_seconds(s['final_seconds'])}"
+                    f"{'; ' + reused if reused else ''}."]
     else:  # nothing retrained: a report of retrainings done before
-        out += ["", f"Final evaluation: all{reused.removeprefix(';')} on {s['final_device']}."]
+        out += ["", f"Final evaluation: all {reused} on {s['final_device']}."]
 
     out += ["", "## Plots", ""]
     for name, rec in plots.items():
@@ -705,7 +708,7 @@ def make_report(results_dir: str | os.PathLike[str], *, retrain: bool = True,
     """
     results = Path(results_dir)
     read_searched(results)  # the folder and its tables checked before final.json is written
-    read_csv(results / PROGRESS_FILE)
+    read_table(results / PROGRESS_FILE)
     _read_run(results)
     final = evaluate_final(results, retrain=retrain, device=device, quiet=quiet,
                            runner=runner, loaded=loaded)

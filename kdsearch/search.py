@@ -200,11 +200,9 @@ def _trainable(params: dict[str, Any], payload: dict[str, Any]) -> None:
     except Diverged as e:
         # a diverged setting ends at once, recorded, with the worst score for the searcher:
         # retrying it would diverge again
-        # (EPOCH at the budget's end, so ASHA takes it as the trial's final score; trials.csv
-        # records the epochs it completed, `epochs_run`)
-        tune.report({EPOCH: max_epochs(cfg), "epochs_run": last_epoch, VAL_ACC: 0.0,
-                     VAL_LOSS: float("nan"), TRAIN_LOSS: float("nan"), **extra, "diverged": 1,
-                     "error": str(e)})
+        # (EPOCH: the epochs it completed, so ASHA ranks it only at the rungs it reached)
+        tune.report({EPOCH: last_epoch, VAL_ACC: 0.0, VAL_LOSS: float("nan"),
+                     TRAIN_LOSS: float("nan"), **extra, "diverged": 1, "error": str(e)})
 
 
 def _retrain_task(payload: dict[str, Any], job: Retraining) -> Retrained:
@@ -606,6 +604,13 @@ def _check_reachable(address: str, timeout: float = 5.0) -> None:
                           f"local Ray") from None
 
 
+def _ray_address(address: str | None) -> str:
+    """--address, else $RAY_ADDRESS, else "local": a Ray of our own. (ray.init() alone would
+    join whatever cluster the last `ray start` on this machine left in
+    /tmp/ray/ray_current_cluster, alive or not.)"""
+    return address or os.environ.get("RAY_ADDRESS") or "local"
+
+
 def _init_ray(address: str | None) -> bool:
     """Connect to (or start) Ray; True if we started it here and should shut it down."""
     import ray
@@ -613,9 +618,7 @@ def _init_ray(address: str | None) -> bool:
     _quiet_ray()
     if ray.is_initialized():
         return False
-    # no address: a Ray of our own. ray.init() alone would join whatever cluster the last
-    # `ray start` on this machine left in /tmp/ray/ray_current_cluster, alive or not.
-    address = address or os.environ.get("RAY_ADDRESS") or "local"
+    address = _ray_address(address)
     _check_reachable(address)
     # a Ray of our own: no idle workers started for the driver. Tune runs every trial in a
     # fresh actor process and never takes them, so they only spent ~1 s of CPU importing Ray
@@ -714,7 +717,7 @@ def _make_status_callback(results_dir: Path, cfg: ExperimentConfig, budgets: dic
                 _write_csv_atomic(results_dir / TRIALS_FILE, [])
                 self._rewrite_progress(lambda r: False)
                 return
-            for row in _read_csv(results_dir / TRIALS_FILE):
+            for row in read_table(results_dir / TRIALS_FILE):
                 self.records[row["trial_id"]] = row
             self.finished = {t for t, r in self.records.items() if r.get("status") == "TERMINATED"}
             for r in self._rewrite_progress(lambda r: True):  # also drops a row torn by a kill
@@ -731,7 +734,7 @@ def _make_status_callback(results_dir: Path, cfg: ExperimentConfig, budgets: dic
                 self.best[phase] = acc if math.isnan(best) else max(best, acc)
 
         def _rewrite_progress(self, keep: Any) -> list[dict[str, Any]]:
-            rows = [r for r in _read_csv(self._progress)
+            rows = [r for r in read_table(self._progress)
                     if None not in r and all(r.get(k) is not None for k in PROGRESS_FIELDS)
                     and r["epoch"].isdigit() and keep(r)]
             _write_csv_atomic(self._progress, rows, PROGRESS_FIELDS)
@@ -764,8 +767,7 @@ def _make_status_callback(results_dir: Path, cfg: ExperimentConfig, budgets: dic
             if acc is not None:
                 best = max(float(best), float(acc)) if best not in (None, "") else float(acc)
             diverged = bool(last.get("diverged", 0))
-            # a diverged trial reports the budget's end to Tune but ran only `epochs_run`
-            epochs = int(last.get("epochs_run", last.get(EPOCH, 0)) or 0)
+            epochs = int(last.get(EPOCH, 0) or 0)
             budget = int(trial.config.get("epochs", cfg.training.epochs))  # epochs may be searched
             phase = _phase_of(trial.config)
             rec.update({"phase": phase, "trial_id": trial.trial_id, "status": status,
@@ -888,10 +890,6 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
-def _read_csv(path: Path) -> list[dict[str, Any]]:
-    return read_table(path)
-
-
 def _write_csv_atomic(path: Path, rows: list[dict[str, Any]],
                       first_fields: tuple[str, ...] = TRIAL_FIELDS) -> None:
     fields: list[str] = list(first_fields)
@@ -981,7 +979,7 @@ def _export_optuna(results_dir: Path, cfg: ExperimentConfig) -> None:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    rows = _read_csv(results_dir / TRIALS_FILE)
+    rows = read_table(results_dir / TRIALS_FILE)
     path = results_dir / OPTUNA_FILE
     tmp = results_dir / (OPTUNA_FILE + ".tmp")
     tmp.unlink(missing_ok=True)
@@ -1181,7 +1179,7 @@ def _run_tuner(phases: list[str], cfg: ExperimentConfig, results_dir: Path, stor
     restore = restore and tune.Tuner.can_restore(exp_path) and (
         not local or any(Path(exp_path).glob("experiment_state-*.json")))
     if wanted and not restore and torn is None:  # (a torn state set aside was noted above)
-        ended = [r for r in _read_csv(results_dir / TRIALS_FILE)
+        ended = [r for r in read_table(results_dir / TRIALS_FILE)
                  if r.get("status") in ("TERMINATED", "ERROR")]
         if ended:  # starting over would drop them from trials.csv
             raise SearchError(f"{results_dir}: Ray Tune's saved state of this search is not in "
@@ -1439,7 +1437,7 @@ def _repair_checkpoints(exp_path: str) -> list[str]:
 def _finished_trials(results_dir: Path) -> dict[str, dict[str, Any]]:
     """The final result of every trial that trials.csv records as ended."""
     out: dict[str, dict[str, Any]] = {}
-    for r in _read_csv(results_dir / TRIALS_FILE):
+    for r in read_table(results_dir / TRIALS_FILE):
         if r.get("status") != "TERMINATED":
             continue
         metrics = {k: r[k] if k in TEXT_FIELDS else _parse(r[k])
@@ -1499,7 +1497,7 @@ def _execute(cfg: ExperimentConfig, results_dir: Path, run: dict[str, Any], *,
         _write_run(results_dir, run)
     if not (results_dir / OPTUNA_FILE).exists():  # (a kill may have come before the export)
         _export_optuna(results_dir, cfg)
-    rows = _read_csv(results_dir / TRIALS_FILE)
+    rows = read_table(results_dir / TRIALS_FILE)
     best = best_trial(rows, "distill", [d.name for d in phase_dimensions(cfg, "distill")])
     if best is None:
         hint = ""
@@ -1626,8 +1624,9 @@ def resume_search(results: str | os.PathLike[str], *, address: str | None = None
     cfg = config_from_dict(read_yaml(out / CONFIG_FILE), source=str(out / CONFIG_FILE))
     from kdsearch.final import check_consistent
 
-    _read_csv(out / PROGRESS_FILE)  # damaged tables: refused before Ray starts
-    check_consistent(cfg, _read_csv(out / TRIALS_FILE), out)
+    read_table(out / PROGRESS_FILE)  # damaged tables: refused before Ray starts
+    trials = read_table(out / TRIALS_FILE)
+    check_consistent(cfg, trials, out)
     if "search" not in run and run.get("phases"):  # the older layout, see search_state
         run["search"] = search_state(run)
         if run["search"]["status"] != "finished":
@@ -1647,7 +1646,7 @@ def resume_search(results: str | os.PathLike[str], *, address: str | None = None
                               f"anywhere)")
         run["storage_path"] = str(out)  # a finished search, reported from where it is now
     if search_state(run).get("status") == "finished" and not quiet:
-        print(f"note: this search had finished ({len(_read_csv(out / TRIALS_FILE))} trials); "
+        print(f"note: this search had finished ({len(trials)} trials); "
               f"nothing to resume" + (", the report is written again (its retrainings reused "
                                       "where the settings are unchanged)" if report else ""),
               flush=True)
@@ -1704,7 +1703,7 @@ def _ray_for(address: str | None, out: Path, interrupted: str = "", *, quiet: bo
     import ray
 
     if not quiet and not ray.is_initialized():  # a few seconds with nothing else to show
-        where = address or os.environ.get("RAY_ADDRESS") or "local"
+        where = _ray_address(address)
         print("ray: starting a local Ray" if where == "local" else f"ray: connecting to {where}",
               flush=True)
     started_ray = _init_ray(address)

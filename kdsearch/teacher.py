@@ -27,7 +27,7 @@ from kdsearch import __version__, files
 from kdsearch.config import ExperimentConfig, TrainingConfig
 from kdsearch.data import Dataset, resolved_val_size
 from kdsearch.distill import VAL_ACC, FitState, fit, predict
-from kdsearch.models import build_teacher
+from kdsearch.models import TEACHERS_WITH_DROPOUT, build_teacher
 
 CACHE_FORMAT = 2  # bump when the entry layout or the teacher's training code changes (2: cosine lr)
 
@@ -46,7 +46,7 @@ def teacher_settings(cfg: ExperimentConfig) -> dict[str, Any]:
     """Everything that determines the teacher (and nothing about the student or the search)."""
     d = cfg.dataset
     teacher = dataclasses.asdict(cfg.teacher)
-    if cfg.teacher.model != "mlp_teacher":  # the only teacher with dropout (build_teacher)
+    if cfg.teacher.model not in TEACHERS_WITH_DROPOUT:  # build_teacher does not pass it on
         teacher["dropout"] = None
     return {"format": CACHE_FORMAT, "dataset": d.name,
             "val_size": resolved_val_size(d.name, d.val_size),
@@ -144,6 +144,19 @@ def train_teacher(cfg: ExperimentConfig, data: Dataset, *, progress: bool = True
     return model, predict(model, data.train.x), history[-1][VAL_ACC]
 
 
+def _cached(entry: Path, cfg: ExperimentConfig, data: Dataset,
+            log: Callable[[str], None] | None = None) -> Teacher | None:
+    """The cache entry's teacher if it is there and whole, else None (`log` told why not)."""
+    if not (entry / "manifest.json").exists():
+        return None
+    try:
+        return _load_entry(entry, cfg, data)
+    except CorruptEntry as e:
+        if log is not None:
+            log(f"kdsearch: teacher cache entry {entry} is corrupted: {e}; rebuilding it")
+        return None
+
+
 def get_teacher(cfg: ExperimentConfig, data: Dataset, *, cache_dir: Path, progress: bool = True,
                 log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> Teacher:
     """The cached teacher for `cfg`, training (once, under a file lock) if there is none."""
@@ -156,29 +169,23 @@ def get_teacher(cfg: ExperimentConfig, data: Dataset, *, cache_dir: Path, progre
         with lock:
             pass
     except OSError as e:
-        # a shared read-only cache: its whole entry is used as it is
-        if (entry / "manifest.json").exists():
-            try:
-                return _load_entry(entry, cfg, data)
-            except CorruptEntry:
-                pass
+        # a shared read-only cache: its whole entries are used as they are
+        cached = _cached(entry, cfg, data)
+        if cached is not None:
+            return cached
         log(f"kdsearch: teacher cache {cache_dir} is not writable ({e.strerror}); training the "
             f"teacher in memory without caching it (set KDSEARCH_CACHE_DIR to a writable folder)")
         model, logits, val_acc = train_teacher(cfg, data, progress=progress)
         return Teacher(model, logits, val_acc, key, None, True)
 
-    if (entry / "manifest.json").exists():
-        try:
-            return _load_entry(entry, cfg, data)
-        except CorruptEntry as e:
-            log(f"kdsearch: teacher cache entry {entry} is corrupted: {e}; rebuilding it")
+    cached = _cached(entry, cfg, data, log)
+    if cached is not None:
+        return cached
     with lock:
         # another process may have built it while we waited for the lock
-        if (entry / "manifest.json").exists():
-            try:
-                return _load_entry(entry, cfg, data)
-            except CorruptEntry:
-                pass
+        cached = _cached(entry, cfg, data)
+        if cached is not None:
+            return cached
         model, logits, val_acc = train_teacher(cfg, data, progress=progress)
         _clear(entry)
         entry.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,8 @@ from scipy import stats
 
 import kdsearch.data
 import kdsearch.final
-from kdsearch.final import evaluate_final, read_csv
+from kdsearch.final import evaluate_final
+from kdsearch.tables import read_table
 from kdsearch.report import (PLOT_ALPHA, PLOT_BEST_SO_FAR, PLOT_TEMPERATURE, PLOT_TEST_ACC,
                              compare, make_report)
 from kdsearch.search import run_search
@@ -139,7 +140,7 @@ def test_report_writes_every_file_without_absolute_paths(reported: Path) -> None
 
 @pytest.mark.slow  # a real Ray search (shared by the module)
 def test_report_trials_csv_keeps_all_trials(reported: Path) -> None:
-    rows = read_csv(reported / "trials.csv")
+    rows = read_table(reported / "trials.csv")
     assert {r["phase"] for r in rows} == {"distill", "baseline"}
     assert len([r for r in rows if r["phase"] == "distill"]) == 4
     assert len([r for r in rows if r["phase"] == "baseline"]) == 3
@@ -147,7 +148,7 @@ def test_report_trials_csv_keeps_all_trials(reported: Path) -> None:
     assert cost["phases"]["distill"]["trials"] == 4
     assert cost["phases"]["distill"]["planned"] == 4
     assert cost["total"]["trials"] == len(rows)
-    epochs = read_csv(reported / "progress.csv")
+    epochs = read_table(reported / "progress.csv")
     assert cost["total"]["trial_epochs"] == len(epochs)
 
 
@@ -212,7 +213,7 @@ def test_report_numbers_equal_summary_json(reported: Path) -> None:
             assert _close(cells[6], p, 1, 2)
         assert _close(cells[7].rstrip("%"), c["gap_recovered"], 100, 0)
         # the trials behind each side of the row, counted from trials.csv
-        trials = read_csv(reported / "trials.csv")
+        trials = read_table(reported / "trials.csv")
         width = str(c["distilled_width"] or c["baseline_width"])
         counts = []
         for phase in ("distill", "baseline"):
@@ -274,7 +275,7 @@ def test_plots_are_pngs_with_the_expected_series(reported: Path) -> None:
     assert series.get("baseline", 0) == tuned and series.get("baseline (untuned)", 0) == untuned
     assert any(label.startswith("teacher") for label in series)
 
-    trials = read_csv(reported / "trials.csv")
+    trials = read_table(reported / "trials.csv")
     done = [r for r in trials if r["phase"] == "distill" and r["status"] == "TERMINATED"
             and r["diverged"] == "0"]
     expected = {f"width {w}": sum(int(r["width"]) == w for r in done)
@@ -283,7 +284,7 @@ def test_plots_are_pngs_with_the_expected_series(reported: Path) -> None:
     assert plots[PLOT_ALPHA]["series"] == expected
     assert plots[PLOT_TEMPERATURE]["xlabel"] == "temperature"
 
-    progress = read_csv(reported / "progress.csv")
+    progress = read_table(reported / "progress.csv")
     assert plots[PLOT_BEST_SO_FAR]["series"] == {
         "distilled": sum(r["phase"] == "distill" for r in progress),
         "baseline": sum(r["phase"] == "baseline" for r in progress)}
@@ -341,7 +342,7 @@ def test_report_of_an_interrupted_search_names_the_incomplete_trials(
     """A copy of the folder edited as a kill leaves it: a trial RUNNING, a phase 'started'."""
     folder = _copy(reported, tmp_path / "elsewhere" / "copied")
     best = _summary(reported)["best"]["distilled_trial"]
-    rows = read_csv(folder / "trials.csv")
+    rows = read_table(folder / "trials.csv")
     pending = next(r for r in rows if r["phase"] == "baseline")
     for r in rows:
         if r["trial_id"] == best:
@@ -377,7 +378,7 @@ def test_report_without_a_baseline_search_trains_an_untuned_one(
     config = (folder / "config.yaml").read_text()
     assert "  baseline: true" in config
     (folder / "config.yaml").write_text(config.replace("  baseline: true", "  baseline: false"))
-    rows = [r for r in read_csv(folder / "trials.csv") if r["phase"] == "distill"]
+    rows = [r for r in read_table(folder / "trials.csv") if r["phase"] == "distill"]
     with open(folder / "trials.csv", "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=list(rows[0]))
         w.writeheader()
@@ -411,7 +412,7 @@ def test_only_the_final_evaluation_reads_the_test_split(search: dict, tmp_path: 
     assert list(guard.glob("worker-*")), "the guard hook never ran in a Ray worker"
     assert not (guard / "load_test-called").exists()
     assert search["driver_calls"] == []
-    rows = read_csv(search["dir"] / "trials.csv")
+    rows = read_table(search["dir"] / "trials.csv")
     assert rows and all(r["status"] == "TERMINATED" for r in rows)
 
     # the report's final evaluation reads it, once
@@ -652,7 +653,7 @@ def test_diverged_retrainings_are_counted_and_a_side_with_none_left_is_no_compar
     assert "- width 20, baseline: none (3 of 3 seeds diverged)" in report
 
 
-def test_p_values_are_never_rounded_across_the_significance_level_and_a_side_with_no_result_is_no_comparison(
+def test_p_values_never_round_across_the_significance_level_and_one_empty_side_is_no_comparison(
         ) -> None:
     from kdsearch.report import _headline, fmt_p, verdict
 

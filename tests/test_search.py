@@ -1195,8 +1195,8 @@ def test_optuna_does_not_warn_about_the_epochs_a_resumed_trial_reports_again() -
 def test_trials_csv_and_the_live_status_record_what_each_trial_ran(
         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """The status line shows a searched epoch budget, not the epochs run; a diverged trial
-    records the epochs it completed (it reports the budget's end to Tune so ASHA ends it); a
-    trial that failed before its first report still has its width's parameter count."""
+    records the epochs it completed; a trial that failed before its first report still has its
+    width's parameter count."""
     from types import SimpleNamespace
 
     from kdsearch.config import config_from_dict
@@ -1220,7 +1220,7 @@ def test_trials_csv_and_the_live_status_record_what_each_trial_ran(
         "params": 1530}))
     assert "stopped at epoch 2: val_acc 0.8000 (lr=0.01 epochs=20)" in capsys.readouterr().out
     callback.on_trial_complete(0, [], trial("a0000002", {
-        "epoch": 20, "epochs_run": 1, "val_acc": 0.0, "val_loss": math.nan,
+        "epoch": 1, "val_acc": 0.0, "val_loss": math.nan,
         "train_loss": math.nan, "diverged": 1, "error": "training loss became nan"}))
     callback.on_trial_error(0, [], trial("a0000003", None))
     # a running trial's row follows the result being reported (Tune updates last_result after)

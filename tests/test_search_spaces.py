@@ -147,7 +147,8 @@ BAD_RUNS: dict[str, tuple[str | None, list[str], list[str]]] = {
     "results folder is a file": (None, [], ["quickstart exists and is not a folder"]),
     "results dir is a file": (None, [], ["results is a file, not a folder", "--results-dir"]),
 }
-FILE_NAMED = {"bad --set", "bad --set value", "--set of an unknown dimension", "unreachable address", "results folder exists",  # not a file's fault
+FILE_NAMED = {"bad --set", "bad --set value", "--set of an unknown dimension",  # not a file's
+              "unreachable address", "results folder exists",                    # fault
               "results folder is a file", "results dir is a file"}
 # run for real as `python -m kdsearch run` (each pays ~3 s of interpreter and torch start-up);
 # every case also runs in-process through the same `cli.main`
