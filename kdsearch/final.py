@@ -430,11 +430,11 @@ def evaluate_final(results_dir: str | os.PathLike[str], *, retrain: bool = True,
                            "search_epochs": s.search_epochs}
     reused_rows = list(out_rows.values())
     if not retrain and todo and not quiet:  # say why "reuse" still trains
-        why = (f"no readable {FINAL_FILE} to reuse" if previous is None else
-               f"{FINAL_FILE} has other seeds than report.seeds = {len(seeds)}"
+        why = (f" (no earlier {FINAL_FILE})" if previous is None else
+               f" ({FINAL_FILE} has other seeds than report.seeds = {len(seeds)})"
                if previous.get("seeds") != seeds else
-               f"reusing {len(reused_rows)} unchanged settings of {FINAL_FILE}")
-        log(f"final: {why}; retraining {len(todo)} settings x {len(seeds)} seeds")
+               f"; reusing {len(reused_rows)} unchanged settings of {FINAL_FILE}")
+        log(f"final: retraining {len(todo)} settings x {len(seeds)} seeds{why}")
     teacher_info = old_teacher if teacher_ok else None
     data_info = (previous or {}).get("data") if previous else None
     started = time.perf_counter()

@@ -388,8 +388,8 @@ def test_report_without_a_baseline_search_trains_an_untuned_one(
     s = _summary(folder)
     final = json.loads((folder / "final.json").read_text())
     trained = len(final["rows"]) - final["reused"]
-    assert (f"final: reusing {final['reused']} unchanged settings of final.json; retraining "
-            f"{trained} settings x {len(final['seeds'])} seeds") in capsys.readouterr().out
+    assert (f"final: retraining {trained} settings x {len(final['seeds'])} seeds; reusing "
+            f"{final['reused']} unchanged settings of final.json") in capsys.readouterr().out
     assert s["baseline_tuned"] is False and "not tuned" in s["baseline_note"]
     assert final["reused"] == sum(r["kind"] == "distilled" for r in final["rows"])
     for c in s["widths"]:
