@@ -56,7 +56,7 @@ from torch import nn
 from kdsearch.config import (DatasetConfig, ExperimentConfig, TeacherConfig, TrainingConfig,
                              default_cache_dir)
 from kdsearch.data import Dataset, load_dataset
-from kdsearch.distill import VAL_ACC, FitState, fit, predict
+from kdsearch.distill import VAL_ACC, FitState, Steps, fit, predict
 from kdsearch.models import mlp_student, mlp_teacher
 from kdsearch.teacher import get_teacher
 
@@ -190,13 +190,19 @@ def compiled_mlp_step(model: nn.Module, optimizer: object, x: torch.Tensor, y: t
     inductor_config.compile_threads = 1
     compiled = torch.compile(whole_step, dynamic=False)
     group = optimizer.param_groups[0]  # type: ignore[attr-defined]
+    loss_sum = torch.zeros(())
 
-    def step(idx: torch.Tensor, loss_sum: torch.Tensor) -> None:
+    def step(idx: torch.Tensor) -> None:
         with torch.no_grad():
             lr.fill_(group["lr"])
             compiled(*params, exp_avg, exp_avg_sq, count, lr, x, table, idx, loss_sum)
 
-    return step
+    def take_loss() -> torch.Tensor:
+        total = loss_sum.clone()
+        loss_sum.zero_()
+        return total
+
+    return Steps(step, take_loss)
 
 
 def compiled_epoch(data: Dataset, logits: torch.Tensor, batch_size: int) -> tuple[float, float]:

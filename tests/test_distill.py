@@ -364,12 +364,12 @@ def test_written_out_mlp_step_has_kd_loss_and_its_gradients(
     log_targets = F.log_softmax(digits_teacher_logits / temperature, dim=1)
     # lr 0: the step leaves the weights as they were and its gradients in .grad
     optimizer = make_optimizer(model, name="sgd", lr=0.0, weight_decay=0.0)
-    step = _analytic_mlp_step(model, optimizer, digits.train.x, digits.train.y,
-                              log_targets if alpha < 1 else None, training)
-    assert step is not None
+    steps = _analytic_mlp_step(model, optimizer, digits.train.x, digits.train.y,
+                               log_targets if alpha < 1 else None, training)
+    assert steps is not None
     idx = torch.randperm(len(digits.train.y), generator=torch.Generator().manual_seed(1))[:50]
-    loss_sum = torch.zeros(())
-    step(idx, loss_sum)
+    steps.step(idx)
+    loss_sum = steps.take_loss()
     assert _same_weights(model, ref)
 
     loss = kd_loss(ref(digits.train.x[idx]), digits_teacher_logits[idx], digits.train.y[idx],
@@ -468,6 +468,56 @@ def test_fused_adam_is_torch_adam_bit_for_bit(digits: Dataset) -> None:
     assert steps == {0: 6, 1: 6, 2: 6, 3: 6, 4: 6, 5: 5}
     assert isinstance(make_optimizer(models[0], name="sgd", lr=0.1, weight_decay=0.0),
                       torch.optim.SGD)
+
+
+def test_flattened_fused_adam_is_torch_adam_to_rounding_and_its_checkpoint_loads_in_torch(
+        digits: Dataset) -> None:
+    """The MLP step's layout: parameters, gradients and state as views of flat tensors, one
+    kernel call a step. Adam to rounding; its checkpoint resumes in torch's Adam (each step
+    count a tensor of its own there, or torch would count every step six times); a gradient
+    replaced behind its back (autograd, zero_grad) takes it back to one tensor at a time."""
+    models = [_student(digits) for _ in range(2)]
+    reference = torch.optim.Adam(models[0].parameters(), lr=1e-2, weight_decay=1e-3,
+                                 fused=True)
+    ours = make_optimizer(models[1], name="adam", lr=1e-2, weight_decay=1e-3)
+    assert isinstance(ours, FusedAdam)
+    _adam_steps(models, [reference, ours], range(2), seed=3)  # state before flattening too
+    grads = ours.flatten()
+    assert grads is not None and all(p.grad is g for p, g in zip(models[1].parameters(), grads))
+    storages = {p.untyped_storage().data_ptr() for p in models[1].parameters()}
+    assert len(storages) == 1  # one flat tensor
+    _adam_steps(models, [reference, ours], range(2, 8), seed=3)
+    for p, q in zip(models[0].parameters(), models[1].parameters()):
+        assert torch.allclose(p, q, rtol=1e-5, atol=1e-7)
+    assert not _same_weights(models[1], _student(digits))
+    state = ours.state_dict()
+    assert [int(st["step"]) for st in state["state"].values()] == [8] * 6
+    assert len({id(st["step"]) for st in state["state"].values()}) == 6
+
+    buf = io.BytesIO()
+    torch.save({"model": models[1].state_dict(), "optimizer": state}, buf)
+    buf.seek(0)
+    checkpoint = torch.load(buf, weights_only=True)
+    resumed = _student(digits, seed=5)
+    resumed.load_state_dict(checkpoint["model"])
+    torch_adam = torch.optim.Adam(resumed.parameters(), lr=1e-2, fused=True)
+    torch_adam.load_state_dict(checkpoint["optimizer"])
+    _adam_steps([models[0], resumed], [reference, torch_adam], range(8, 10), seed=3)
+    assert [int(st["step"]) for st in torch_adam.state_dict()["state"].values()] == [10] * 6
+    for p, q in zip(models[0].parameters(), resumed.parameters()):
+        assert torch.allclose(p, q, rtol=1e-5, atol=1e-7)
+
+    # fresh gradient tensors (as autograd leaves them): one tensor at a time, still Adam
+    ours.zero_grad()
+    _adam_steps([models[1]], [ours], range(8, 10), seed=3)  # the steps the reference took
+    steps = [int(st["step"]) for st in ours.state_dict()["state"].values()]
+    assert steps == [10] * 6
+    for p, q in zip(models[0].parameters(), models[1].parameters()):
+        assert torch.allclose(p, q, rtol=1e-5, atol=1e-7)
+    # state of unequal step counts cannot be flat
+    models[1].fc3.bias.grad = None
+    ours.step()
+    assert ours.flatten() is None
 
 
 def test_fused_adam_checkpoints_load_both_ways(digits: Dataset) -> None:
