@@ -2,10 +2,14 @@
 
 An entry is a folder `<cache_dir>/teachers/<key>/` holding `teacher.pt` (weights and the logits
 on the training split, read with `torch.load(weights_only=True)`) and `manifest.json` (the
-settings, the teacher's val accuracy and the sha256 of `teacher.pt`). Both are written to a
-temporary file and renamed into place, the manifest last, so a reader sees a whole entry or none;
-a truncated or bit-flipped `teacher.pt` fails its checksum, is reported in one line and rebuilt.
-A file lock makes two processes asking for the same teacher at once train it once.
+settings, the teacher's val accuracy, the sha256 of `teacher.pt` and the sha256 of the training
+and validation splits it was trained on). Both are written to a temporary file and renamed into
+place, the manifest last, so a reader sees a whole entry or none; a truncated or bit-flipped
+`teacher.pt` fails its checksum, is reported in one line and rebuilt. So is an entry trained on
+other data than the data at hand (the dataset's files replaced, or read otherwise): the key
+covers the settings, and cached logits line up with the training examples only if those are the
+same examples in the same order. A file lock makes two processes asking for the same teacher at
+once train it once.
 """
 
 from __future__ import annotations
@@ -66,20 +70,41 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def data_sha256(data: Dataset) -> str:
+    """The sha256 of the training and validation splits (shapes, dtypes, inputs and labels, in
+    order): what the cached logits and val accuracy belong to. ~0.1 s on MNIST."""
+    h = hashlib.sha256()
+    for split in (data.train, data.val):
+        for t in (split.x, split.y):
+            t = t.detach().cpu().contiguous()
+            h.update(f"{tuple(t.shape)} {t.dtype};".encode())
+            h.update(t.view(torch.uint8).numpy().data if t.numel() else b"")
+    return h.hexdigest()
+
+
 class CorruptEntry(Exception):
     pass
 
 
-def _load_entry(entry: Path, cfg: ExperimentConfig, data: Dataset) -> Teacher:
+class OtherData(CorruptEntry):
+    """A whole entry, for the same settings, trained on other data."""
+
+
+def _load_entry(entry: Path, cfg: ExperimentConfig, data: Dataset, data_hash: str) -> Teacher:
     manifest_path, weights_path = entry / "manifest.json", entry / "teacher.pt"
     try:
         manifest = json.loads(manifest_path.read_text())
         expected = manifest["sha256"]
         val_acc = float(manifest["val_acc"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        trained_on = manifest.get("data_sha256")  # absent from older entries: taken as they are
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise CorruptEntry(f"unreadable manifest ({type(e).__name__})") from None
     if not 0.0 <= val_acc <= 1.0:  # NaN too
         raise CorruptEntry(f"the manifest's val_acc {val_acc!r} is not an accuracy")
+    if trained_on is not None and trained_on != data_hash:
+        raise OtherData("was trained on other data: the training or validation split differs "
+                        "from the one it was cached with (the dataset's files changed, or "
+                        "data_dir points at another copy)")
     if not weights_path.is_file():
         raise CorruptEntry("teacher.pt is missing")
     if _sha256(weights_path) != expected:
@@ -144,16 +169,19 @@ def train_teacher(cfg: ExperimentConfig, data: Dataset, *, progress: bool = True
     return model, predict(model, data.train.x), history[-1][VAL_ACC]
 
 
-def _cached(entry: Path, cfg: ExperimentConfig, data: Dataset,
-            log: Callable[[str], None] | None = None) -> Teacher | None:
-    """The cache entry's teacher if it is there and whole, else None (`log` told why not)."""
+def _cached(entry: Path, cfg: ExperimentConfig, data: Dataset, data_hash: str,
+            log: Callable[[str], None] | None = None, *, then: str = "rebuilding it"
+            ) -> Teacher | None:
+    """The cache entry's teacher if it is there, whole and of this data, else None (`log` told
+    why not, and `then` what happens next)."""
     if not (entry / "manifest.json").exists():
         return None
     try:
-        return _load_entry(entry, cfg, data)
+        return _load_entry(entry, cfg, data, data_hash)
     except CorruptEntry as e:
         if log is not None:
-            log(f"kdsearch: teacher cache entry {entry} is corrupted: {e}; rebuilding it")
+            what = str(e) if isinstance(e, OtherData) else f"is corrupted: {e}"
+            log(f"kdsearch: teacher cache entry {entry} {what}; {then}")
         return None
 
 
@@ -161,6 +189,7 @@ def get_teacher(cfg: ExperimentConfig, data: Dataset, *, cache_dir: Path, progre
                 log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> Teacher:
     """The cached teacher for `cfg`, training (once, under a file lock) if there is none."""
     key = teacher_key(cfg)
+    data_hash = data_sha256(data)
     root = cache_dir / "teachers"
     entry = root / key
     try:
@@ -169,8 +198,9 @@ def get_teacher(cfg: ExperimentConfig, data: Dataset, *, cache_dir: Path, progre
         with lock:
             pass
     except OSError as e:
-        # a shared read-only cache: its whole entries are used as they are
-        cached = _cached(entry, cfg, data)
+        # a shared read-only cache: its whole entries of this data are used as they are
+        cached = _cached(entry, cfg, data, data_hash, log,
+                         then="training the teacher in memory")
         if cached is not None:
             return cached
         log(f"kdsearch: teacher cache {cache_dir} is not writable ({e.strerror}); training the "
@@ -178,12 +208,12 @@ def get_teacher(cfg: ExperimentConfig, data: Dataset, *, cache_dir: Path, progre
         model, logits, val_acc = train_teacher(cfg, data, progress=progress)
         return Teacher(model, logits, val_acc, key, None, True)
 
-    cached = _cached(entry, cfg, data, log)
+    cached = _cached(entry, cfg, data, data_hash, log)
     if cached is not None:
         return cached
     with lock:
         # another process may have built it while we waited for the lock
-        cached = _cached(entry, cfg, data)
+        cached = _cached(entry, cfg, data, data_hash)
         if cached is not None:
             return cached
         model, logits, val_acc = train_teacher(cfg, data, progress=progress)
@@ -193,6 +223,7 @@ def get_teacher(cfg: ExperimentConfig, data: Dataset, *, cache_dir: Path, progre
         blob = {"model": state, "train_logits": logits.detach().cpu()}
         files.write_atomic(entry / "teacher.pt", lambda f: torch.save(blob, f), durable=True)
         manifest = {"key": key, "sha256": _sha256(entry / "teacher.pt"), "val_acc": val_acc,
-                    "settings": teacher_settings(cfg), "kdsearch_version": __version__}
+                    "data_sha256": data_hash, "settings": teacher_settings(cfg),
+                    "kdsearch_version": __version__}
         files.write_text(entry / "manifest.json", json.dumps(manifest, indent=2), durable=True)
         return Teacher(model, logits, val_acc, key, entry, True)

@@ -143,6 +143,37 @@ def test_a_changed_setting_misses_the_cache(digits: Dataset, tmp_path: Path) -> 
     assert not _get(_cfg(), digits, tmp_path).trained_now
 
 
+def test_an_entry_trained_on_other_data_is_rebuilt_not_used(digits: Dataset,
+                                                             tmp_path: Path) -> None:
+    """Same settings, same key, other examples (the files replaced, another copy, rows in
+    another order): cached logits would line up with the wrong examples. The entry is rebuilt;
+    an entry cached before the manifest held the data's hash is taken as it is."""
+    from kdsearch.data import Split
+
+    cfg = _cfg()
+    first = _get(cfg, digits, tmp_path)
+    perm = torch.randperm(len(digits.train), generator=torch.Generator().manual_seed(0))
+    shuffled = dataclasses.replace(digits, train=Split(digits.train.x[perm],
+                                                       digits.train.y[perm]))
+    log: list[str] = []
+    second = _get(cfg, shuffled, tmp_path, log)
+    assert second.trained_now and second.path == first.path
+    assert len(log) == 1 and "was trained on other data" in log[0] and "rebuilding" in log[0]
+    with torch.no_grad():
+        assert torch.allclose(second.train_logits, second.model(shuffled.train.x), atol=1e-5)
+    assert not torch.allclose(second.train_logits, first.train_logits)
+    assert not _get(cfg, shuffled, tmp_path).trained_now  # the new entry serves this data
+
+    # a manifest without the field (an older entry): used as it is
+    manifest = first.path / "manifest.json"
+    old = json.loads(manifest.read_text())
+    del old["data_sha256"]
+    manifest.write_text(json.dumps(old))
+    log.clear()
+    third = _get(cfg, digits, tmp_path, log)
+    assert not third.trained_now and log == []
+
+
 def _truncate(path: Path) -> None:
     data = path.read_bytes()
     path.write_bytes(data[: len(data) // 2])
