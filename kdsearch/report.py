@@ -554,7 +554,10 @@ def render(summary: dict[str, Any], plots: dict[str, dict[str, Any]]) -> str:
             f"the training split ({data.get('train', 0):,} examples) for its full epoch budget "
             f"and evaluated once on the held-out test split ({data.get('test', 0):,} examples); "
             f"mean ± sample standard deviation over seeds. The search saw only the validation "
-            f"split ({data.get('val', 0):,} examples).", ""]
+            f"split ({data.get('val', 0):,} examples). Welch's p weighs the spread over these "
+            f"seeds of the settings the search picked, not the search's own luck: a search "
+            f"run again (another `search.seed`) may pick other settings, so a verdict near "
+            f"p = 0.05 on a small validation split can turn.", ""]
     if not s["complete"]:
         parts = []
         if s["incomplete_phases"]:

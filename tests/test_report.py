@@ -123,6 +123,8 @@ def test_report_writes_every_file_without_absolute_paths(reported: Path) -> None
     report = (reported / "report.md").read_text()
     for name in PLOTS:
         assert f"]({name})" in report  # relative image links
+    # what the p-value covers, and what it does not
+    assert "not the search's own luck" in " ".join(report.split())
     for name in WRITTEN:
         text = (reported / name).read_text()
         assert str(reported) not in text and str(reported.parent) not in text, name
