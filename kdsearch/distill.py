@@ -6,7 +6,7 @@ Ray Tune trial, in `kdsearch train`, in the final evaluation and in a test.
 Speed: the data are tensors already on the device, batches are `randperm` slices (no DataLoader,
 no per-example Python), and with cached teacher logits the teacher's softened log-probabilities
 are computed once per run, not once per step. The seed-000 students (two-hidden-layer MLPs) take
-a written-out step, gradients by hand: ~27 operators a step instead of autograd's ~230
+a written-out step, gradients by hand: ~30 operators a step instead of autograd's ~230
 (`_analytic_mlp_step`); every other model takes the autograd step. Adam is `FusedAdam`, torch's
 fused kernel without `torch.optim`'s Python around it, over one flat tensor in the MLP step.
 `bench/epoch_speed.py` measures this loop against seed 000's (torchvision dataset +
@@ -167,12 +167,15 @@ class FusedAdam:
         six tensors of the 784-20-20-10 student on 2 cores (the kernel's threads start once,
         not once a tensor). Returns the gradients (zeros), which the caller writes in place
         before each `step`; None, and nothing changed, where the parameters differ in device
-        or dtype or their Adam state in step count.
+        or dtype, or their Adam state in step count, or only some of them have state.
 
         The arithmetic is Adam's, element by element, but not bit for bit: the kernel's vector
         loop and its scalar tail round differently, and flat, a tensor's last few elements move
         from one to the other (~1e-8 apart). A `step` that finds a gradient replaced (by
-        `zero_grad`, or autograd) goes back to one tensor at a time.
+        `zero_grad`, or autograd) goes back to one tensor at a time. A parameter given new
+        storage afterwards (`.to()` another device or dtype, `load_state_dict(assign=True)`)
+        is no longer the tensor this optimizer steps: as with any optimizer, move the model
+        first (`fit` flattens after every move).
         """
         params = self.params
         if not params or len({(p.device, p.dtype) for p in params}) != 1:
@@ -376,7 +379,7 @@ def _analytic_mlp_step(model: nn.Module, optimizer: Optimizer, x: torch.Tensor,
 
     None for any other model. This is the search's common case (the seed-000 students) and the
     one where PyTorch's cost per operator, not arithmetic, sets the speed: autograd records and
-    replays some 230 small operators a step. Written out, a step is ~27 operators:
+    replays some 230 small operators a step. Written out, a step is ~30 operators:
 
       z = MLP(x);  dL/dz = (alpha * softmax(z) + (1 - alpha) * T * softmax(z / T) - Q) / B
 
@@ -511,8 +514,9 @@ def fit(model: nn.Module, data: Dataset, training: TrainingConfig, *,
     if needs_teacher and not online:
         assert teacher_logits is not None and teacher_logits.shape[0] == n
         # computed once per run: the teacher's softened log-probabilities for every example.
-        # Over the rows of the class-major copy: the same numbers, 5x faster for 10 classes
-        # (torch's softmax over a short last dimension is slow: 4.6 against 0.7 ms on MNIST)
+        # Over the rows of the class-major copy: the same numbers (bit for bit with 10
+        # classes, to float rounding with others), 5x faster for 10 classes (torch's CPU
+        # softmax over a short last dimension is slow: 4.6 against 0.7 ms on MNIST)
         scaled = teacher_logits.to(device).float().t().contiguous() / temperature
         log_targets = F.log_softmax(scaled, dim=0).t().contiguous()
     if teacher is not None:

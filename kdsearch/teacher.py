@@ -8,8 +8,9 @@ place, the manifest last, so a reader sees a whole entry or none; a truncated or
 `teacher.pt` fails its checksum, is reported in one line and rebuilt. So is an entry trained on
 other data than the data at hand (the dataset's files replaced, or read otherwise): the key
 covers the settings, and cached logits line up with the training examples only if those are the
-same examples in the same order. A file lock makes two processes asking for the same teacher at
-once train it once.
+same examples in the same order (an entry cached before manifests held that hash is taken as it
+is, and vouches from then on for the data it was first used with). A file lock makes two
+processes asking for the same teacher at once train it once.
 """
 
 from __future__ import annotations
@@ -170,19 +171,32 @@ def train_teacher(cfg: ExperimentConfig, data: Dataset, *, progress: bool = True
 
 
 def _cached(entry: Path, cfg: ExperimentConfig, data: Dataset, data_hash: str,
-            log: Callable[[str], None] | None = None, *, then: str = "rebuilding it"
-            ) -> Teacher | None:
-    """The cache entry's teacher if it is there, whole and of this data, else None (`log` told
-    why not, and `then` what happens next)."""
+            why: list[str] | None = None) -> Teacher | None:
+    """The cache entry's teacher if it is there, whole and of this data, else None (and `why`
+    gets the reason, when there is an entry)."""
     if not (entry / "manifest.json").exists():
         return None
     try:
         return _load_entry(entry, cfg, data, data_hash)
     except CorruptEntry as e:
-        if log is not None:
-            what = str(e) if isinstance(e, OtherData) else f"is corrupted: {e}"
-            log(f"kdsearch: teacher cache entry {entry} {what}; {then}")
+        if why is not None:
+            why.append(str(e) if isinstance(e, OtherData) else f"is corrupted: {e}")
         return None
+
+
+def _stamp(entry: Path, data_hash: str, lock: FileLock) -> None:
+    """An entry cached before manifests held the data's hash vouches, from its first use on,
+    for the data it was used with."""
+    path = entry / "manifest.json"
+    try:
+        if "data_sha256" in json.loads(path.read_text()):
+            return
+        with lock:
+            manifest = json.loads(path.read_text())
+            manifest.setdefault("data_sha256", data_hash)
+            files.write_text(path, json.dumps(manifest, indent=2), durable=True)
+    except (OSError, ValueError, TypeError):
+        pass  # the manifest changed meanwhile, or cannot be written: a later use stamps it
 
 
 def get_teacher(cfg: ExperimentConfig, data: Dataset, *, cache_dir: Path, progress: bool = True,
@@ -192,6 +206,7 @@ def get_teacher(cfg: ExperimentConfig, data: Dataset, *, cache_dir: Path, progre
     data_hash = data_sha256(data)
     root = cache_dir / "teachers"
     entry = root / key
+    why: list[str] = []
     try:
         root.mkdir(parents=True, exist_ok=True)
         lock = FileLock(str(root / f"{key}.lock"))
@@ -199,18 +214,22 @@ def get_teacher(cfg: ExperimentConfig, data: Dataset, *, cache_dir: Path, progre
             pass
     except OSError as e:
         # a shared read-only cache: its whole entries of this data are used as they are
-        cached = _cached(entry, cfg, data, data_hash, log,
-                         then="training the teacher in memory")
+        cached = _cached(entry, cfg, data, data_hash, why)
         if cached is not None:
             return cached
-        log(f"kdsearch: teacher cache {cache_dir} is not writable ({e.strerror}); training the "
-            f"teacher in memory without caching it (set KDSEARCH_CACHE_DIR to a writable folder)")
+        log(f"kdsearch: teacher cache {cache_dir} is not writable ({e.strerror})"
+            + "".join(f" and its entry {entry} {w}" for w in why)
+            + "; training the teacher in memory without caching it (set KDSEARCH_CACHE_DIR to "
+              "a writable folder)")
         model, logits, val_acc = train_teacher(cfg, data, progress=progress)
         return Teacher(model, logits, val_acc, key, None, True)
 
-    cached = _cached(entry, cfg, data, data_hash, log)
+    cached = _cached(entry, cfg, data, data_hash, why)
     if cached is not None:
+        _stamp(entry, data_hash, lock)
         return cached
+    for w in why:
+        log(f"kdsearch: teacher cache entry {entry} {w}; rebuilding it")
     with lock:
         # another process may have built it while we waited for the lock
         cached = _cached(entry, cfg, data, data_hash)

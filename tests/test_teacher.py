@@ -164,14 +164,36 @@ def test_an_entry_trained_on_other_data_is_rebuilt_not_used(digits: Dataset,
     assert not torch.allclose(second.train_logits, first.train_logits)
     assert not _get(cfg, shuffled, tmp_path).trained_now  # the new entry serves this data
 
-    # a manifest without the field (an older entry): used as it is
+    # a manifest without the field (an older entry): used as it is, and stamped with the data
     manifest = first.path / "manifest.json"
     old = json.loads(manifest.read_text())
-    del old["data_sha256"]
+    stamp = old.pop("data_sha256")
     manifest.write_text(json.dumps(old))
     log.clear()
-    third = _get(cfg, digits, tmp_path, log)
+    third = _get(cfg, shuffled, tmp_path, log)
     assert not third.trained_now and log == []
+    assert json.loads(manifest.read_text())["data_sha256"] == stamp
+    assert _get(cfg, digits, tmp_path, log).trained_now  # from then on, checked
+    assert len(log) == 1 and "was trained on other data" in log[0]
+
+
+def test_a_read_only_cache_with_an_entry_of_other_data_says_so_in_one_line(
+        digits: Dataset, tmp_path: Path) -> None:
+    from kdsearch.data import Split
+
+    cfg = _cfg()
+    entry = _get(cfg, digits, tmp_path).path
+    assert entry is not None
+    (tmp_path / "teachers" / f"{entry.name}.lock").unlink()
+    (tmp_path / "teachers" / f"{entry.name}.lock").mkdir()  # the lock cannot be taken
+    reversed_rows = dataclasses.replace(digits, train=Split(digits.train.x.flip(0),
+                                                            digits.train.y.flip(0)))
+    log: list[str] = []
+    teacher = _get(cfg, reversed_rows, tmp_path, log)
+    assert teacher.trained_now and teacher.path is None
+    assert len(log) == 1, log
+    assert "not writable" in log[0] and "was trained on other data" in log[0]
+    assert "training the teacher in memory" in log[0]
 
 
 def _truncate(path: Path) -> None:
