@@ -1233,11 +1233,12 @@ def _run_tuner(phases: list[str], cfg: ExperimentConfig, results_dir: Path, stor
         _keep_tuner_copy(exp_path)
     if not quiet:
         kinds = " and ".join(f"{budgets[p]} {PHASE_LABEL[p]}" for p in phases)
+        split = f", split evenly over {len(widths)} widths" if per_width and len(widths) > 1 else ""
         print(f"search: {kinds} trials of {cfg.student.model} on {cfg.dataset.name}"
               f"{', side by side' if len(phases) > 1 else ''}, {s.algorithm.upper()} + "
               f"{s.scheduler.upper()}, up to {max_epochs(cfg)} epochs each, "
               f"{payload['concurrency']} at a time"
-              f"{f', split evenly over {len(widths)} widths' if per_width else ''}",
+              f"{split}",
               flush=True)
         if per_width and min(budgets.values()) < len(widths):
             print(f"note: fewer trials than widths ({len(widths)}): only the first "
