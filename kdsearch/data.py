@@ -23,6 +23,7 @@ _TORCHVISION_FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST",
                         "cifar10": "cifar-10-batches-py"}
 _DIGITS_TEST_SEED = 20150309  # fixed: the digits test split never moves with split_seed
 _DIGITS_TEST_FRACTION = 0.2
+_DIGITS_EXAMPLES = 1797  # scikit-learn's bundled digits
 
 
 class DataError(UserError, RuntimeError):
@@ -62,7 +63,8 @@ def default_val_size(n_train: int) -> int:
 
 
 # training examples before the val split (the test split held out), per dataset
-TRAIN_SIZES = {"digits": 1438, "mnist": 60000, "fashion_mnist": 60000, "cifar10": 50000}
+TRAIN_SIZES = {"digits": _DIGITS_EXAMPLES - round(_DIGITS_TEST_FRACTION * _DIGITS_EXAMPLES),
+               "mnist": 60000, "fashion_mnist": 60000, "cifar10": 50000}
 
 
 def resolved_val_size(name: str, val_size: float | int | None) -> float | int | None:
@@ -183,7 +185,7 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
         path = Path(root) / "datasets" / "data" / "digits.csv.gz"
         if path.is_file():
             table = np.loadtxt(path, delimiter=",")
-            if table.shape == (1797, 65):
+            if table.shape == (_DIGITS_EXAMPLES, 65):
                 return table[:, :-1].reshape(-1, 8, 8), table[:, -1].astype(np.int64)
     from sklearn.datasets import load_digits
 
