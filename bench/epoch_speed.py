@@ -56,7 +56,7 @@ from torch import nn
 from kdsearch.config import (DatasetConfig, ExperimentConfig, TeacherConfig, TrainingConfig,
                              default_cache_dir)
 from kdsearch.data import Dataset, load_dataset
-from kdsearch.distill import VAL_ACC, FitState, Steps, fit, predict
+from kdsearch.distill import VAL_ACC, FitState, fit, predict
 from kdsearch.models import mlp_student, mlp_teacher
 from kdsearch.teacher import get_teacher
 
@@ -132,7 +132,7 @@ def ours_epoch(data: Dataset, logits: torch.Tensor, batch_size: int, *, autograd
 
 def compiled_mlp_step(model: nn.Module, optimizer: object, x: torch.Tensor, y: torch.Tensor,
                       log_targets: torch.Tensor | None, training: TrainingConfig):
-    """The written-out MLP step (`kdsearch.distill._analytic_mlp_step`), compiled whole by
+    """The written-out MLP step (`kdsearch.fast_step.mlp_step`), compiled whole by
     torch.compile (inductor): forward, the hand-written gradients and Adam's update in one graph,
     so inductor can fuse the ~30 small operators around the matmuls into a few C++ loops.
 
@@ -202,19 +202,19 @@ def compiled_mlp_step(model: nn.Module, optimizer: object, x: torch.Tensor, y: t
         loss_sum.zero_()
         return total
 
-    return Steps(step, take_loss)
+    return step, take_loss
 
 
 def compiled_epoch(data: Dataset, logits: torch.Tensor, batch_size: int) -> tuple[float, float]:
     """`ours_epoch` with `compiled_mlp_step` in place of kdsearch's written-out step."""
-    import kdsearch.distill as distill
+    import kdsearch.fast_step as fast_step
 
-    kept = distill._analytic_mlp_step
-    distill._analytic_mlp_step = compiled_mlp_step  # type: ignore[assignment]
+    kept = fast_step.mlp_step
+    fast_step.mlp_step = compiled_mlp_step  # type: ignore[assignment]
     try:
         return ours_epoch(data, logits, batch_size)
     finally:
-        distill._analytic_mlp_step = kept
+        fast_step.mlp_step = kept
 
 
 class _Reached(Exception):

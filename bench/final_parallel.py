@@ -1,7 +1,7 @@
 """The final evaluation in one process against Ray tasks side by side, on one results folder.
 
 `kdsearch report` retrains the best settings one after the other in its own process;
-`kdsearch run` and `kdsearch resume` hand the same retrainings to Ray tasks (`search._ray_runner`)
+`kdsearch run` and `kdsearch resume` hand the same retrainings to Ray tasks (`trainable.ray_runner`)
 with the trials' resources each. This script runs both on copies of a finished search's folder,
 one after the other in one run (Ray tasks first: their workers start fresh, as after a search),
 and prints each wall time (Ray's start and the driver's loading of the data and teacher for the
@@ -33,18 +33,23 @@ def main() -> None:
 
     import ray
 
-    from kdsearch.final import evaluate_final, read_config
-    from kdsearch.search import _hardware, _init_ray, _make_payload, _prepare, _ray_runner
+    from kdsearch.cluster import init_ray
+    from kdsearch.final import evaluate_final
+    from kdsearch.results import read_config
+    from kdsearch.search import prepare_search
+    from kdsearch.trainable import ray_runner
 
     cfg = read_config(args.results)
-    _init_ray(None)
-    data, teacher = _prepare(cfg, progress=False)
-    payload = _make_payload(cfg, data, teacher, _hardware())
+    init_ray(None)
+    prepared = prepare_search(cfg, quiet=True)
+    resources = prepared.resources
     walls: dict[str, list[float]] = {"Ray tasks": [], "one process": []}
     accs: dict[str, list] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeats):
-            for label, runner in (("Ray tasks", _ray_runner(payload)), ("one process", None)):
+            for label, runner in (("Ray tasks", ray_runner(
+                    prepared.payload, gpus_per_task=resources.gpus_per_trial)),
+                                  ("one process", None)):
                 folder = Path(tmp) / f"{r}-{label.replace(' ', '_')}"
                 shutil.copytree(args.results, folder, ignore=shutil.ignore_patterns("search"))
                 (folder / "final.json").unlink(missing_ok=True)
@@ -57,7 +62,7 @@ def main() -> None:
     ray.shutdown()
     one, tasks = min(walls["one process"]), walls["Ray tasks"][0]
     print(f"\n{cfg.name}: {final['retrained']} retrainings on {os.cpu_count()} cores, "
-          f"{payload['cpus_per_trial']:g} CPU and {payload['gpus_per_trial']:g} GPU each")
+          f"{resources.cpus_per_trial:g} CPU and {resources.gpus_per_trial:g} GPU each")
     print(f"  one process (kdsearch report)       : {one:6.1f} s (best of {args.repeats})")
     print(f"  Ray tasks, fresh workers (as in run) : {tasks:6.1f} s")
     if args.repeats > 1:

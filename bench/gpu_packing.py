@@ -12,7 +12,7 @@ On one machine with a CUDA GPU, from one run of this script, prints:
   3. the wall time of one full mnist_mlp search (search, baseline, final evaluation, report) with
      kdsearch's own GPU share (gpus_per_trial left null).
 
-Each trial moves the data and the teacher's logits to its GPU once (kdsearch.search._trial_inputs);
+Each trial moves the data and the teacher's logits to its GPU once (trainable.trial_inputs);
 the script checks in trials.csv that the trials really got a GPU. Exits with status 2 and a
 one-line message when no CUDA GPU is visible.
 
@@ -77,7 +77,8 @@ def main() -> None:
 
     from kdsearch.config import default_data_dir, load_config
     from kdsearch.data import load_dataset
-    from kdsearch.search import _init_ray, run_search
+    from kdsearch.cluster import init_ray
+    from kdsearch.search import run_search
     from kdsearch.teacher import get_teacher
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -98,7 +99,7 @@ def main() -> None:
         del data, teacher
         torch.cuda.empty_cache()
 
-        _init_ray(None)
+        init_ray(None)
         table = []
         for k in ks:
             # CPU threads: one per trial while the cores last (a trial on a GPU needs few)

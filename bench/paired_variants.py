@@ -30,7 +30,7 @@ from scipy import stats
 
 from kdsearch import run_search
 from kdsearch.config import load_config
-from kdsearch.search import best_trial
+from kdsearch.results import best_trial
 
 REPO = Path(__file__).resolve().parents[1]
 

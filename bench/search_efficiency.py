@@ -41,9 +41,10 @@ def main() -> None:
 
     import ray
 
-    from kdsearch.search import _init_ray, run_search
+    from kdsearch.cluster import init_ray
+    from kdsearch.search import run_search
 
-    _init_ray(None)
+    init_ray(None)
     # one searcher over the joint space (per_width off): TPE against random over the same space
     common = [f"search.num_samples={args.samples}", f"training.epochs={args.epochs}",
               "search.baseline=false", "search.grace_period=1", "search.reduction_factor=3",

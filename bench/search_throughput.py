@@ -36,11 +36,12 @@ def main() -> None:
 
     import ray
 
-    from kdsearch.search import _init_ray, run_search
+    from kdsearch.cluster import init_ray
+    from kdsearch.search import run_search
 
     with tempfile.TemporaryDirectory() as tmp:
         t0 = time.perf_counter()
-        _init_ray(None)
+        init_ray(None)
         ray_start = time.perf_counter() - t0
         run_search(args.space, overrides=args.set, results_dir=tmp, report=False, quiet=True)
         wall = time.perf_counter() - t0

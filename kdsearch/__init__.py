@@ -2,15 +2,15 @@
 
 `run_search`, `resume_search`, `report_search` and `make_report` are the Python API; the CLI
 (`kdsearch ...`) calls the same functions (`report_search` runs the final retrainings as Ray
-tasks, `make_report` in this process). Importing kdsearch does not import Ray: the search module
-loads on first use.
+tasks, `make_report` in this process). Importing kdsearch does not import Ray or torch: each
+entry point loads its module on first use.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-__version__ = "0.1.0"
+from kdsearch.version import __version__
 
 __all__ = ["__version__", "load_config", "run_search", "resume_search", "report_search",
            "make_report"]

@@ -10,11 +10,11 @@ import os
 import sys
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from kdsearch import __version__
-from kdsearch.config import UserError
+from kdsearch.errors import UserError
+from kdsearch.version import __version__
 
 if TYPE_CHECKING:
-    from kdsearch.search import SearchResult
+    from kdsearch.results import SearchResult
 
 EXIT_USAGE = 2
 
@@ -105,7 +105,7 @@ def _print_result(result: "SearchResult") -> None:
     """The search's best settings, then the report's headline: the test-set verdict."""
     import json
 
-    from kdsearch.report import SUMMARY_JSON
+    from kdsearch.summary import SUMMARY_JSON
 
     print(result.summary_line())
     if result.report_path is not None:

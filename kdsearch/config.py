@@ -11,14 +11,14 @@ import dataclasses
 import math
 import os
 import re
-import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 import yaml
-from yaml.composer import ComposerError
-from yaml.constructor import ConstructorError
+
+from kdsearch.errors import MAX_INT, ConfigError, show, show_key
+from kdsearch.yamlfile import apply_overrides, read_yaml
 
 DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10")
 IMAGE_SIDE = {"digits": 8, "mnist": 28, "fashion_mnist": 28, "cifar10": 32}
@@ -26,6 +26,7 @@ TEACHER_MODELS = ("mlp_teacher", "cnn_teacher")
 STUDENT_MODELS = ("mlp_student", "cnn_student", "cnn_student2")
 OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("cosine", "constant")
+FAST_STEPS = ("auto", "off")  # training.fast_step: the CPU fast path of fit (kdsearch.fast_step)
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
 SEARCH_ALGORITHMS = ("tpe", "random")
 SCHEDULERS = ("asha", "fifo")
@@ -44,24 +45,13 @@ SEARCHABLE: dict[str, tuple[str, str]] = {
 KD_DIMENSIONS = ("temperature", "alpha")
 
 
-class UserError(Exception):
-    """A mistake the user can fix: the CLI prints its one-line message and exits with 2."""
-
-
-class ConfigError(UserError, ValueError):
-    """Bad user input: the message is one line that says what is wrong and what to do."""
-
-
 # --------------------------------------------------------------------------- field checks
 Check = Callable[[Any], bool]
-MAX_INT = 2**63 - 1  # torch's int64: counts, sizes and widths beyond it cannot be used
 # a width of 2**20 units is a 2**40-weight layer, already far beyond any machine; wider ones
 # overflow torch's size arithmetic even on the meta device (an error with no trial to fail)
 MAX_WIDTH = 2**20
 MAX_TEMPERATURE = 1000.0  # Hinton et al. used up to 20
 MAX_SEED = 2**32 - 1  # Optuna's TPE seeds numpy's RandomState, which takes 32 bits
-MAX_FILE_BYTES = 1 << 16  # a space file is a few kB; PyYAML reads 1 MB in 10 s to minutes
-MAX_DEPTH = 16  # a config nests 6 deep; PyYAML slows down with depth and recurses per level
 
 
 def _spec(default: Any, kind: type | tuple[type, ...], check: Check | None = None,
@@ -165,6 +155,9 @@ class TrainingConfig:
     shift: int = _spec(0, int, _at_least(0),
                        "an integer >= 0 (pixels; > 0 makes the teacher run online)")
     seed: int = _seed_spec()
+    # auto: the written-out MLP step and fused Adam on the CPU (kdsearch.fast_step), autograd
+    # elsewhere; off: autograd and torch.optim everywhere (the same arithmetic, rounded apart)
+    fast_step: str = _spec("auto", str, *_one_of(FAST_STEPS))
 
 
 @dataclass(frozen=True)
@@ -240,38 +233,8 @@ TOP_LEVEL = ("name", "cache_dir", *SECTIONS)
 
 
 # --------------------------------------------------------------------------- parsing
-class _Short(reprlib.Repr):
-    """repr() for messages: short, one line, and safe on alias bombs, deep nesting, huge ints."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.maxlevel, self.maxstring, self.maxother = 3, 80, 80
-
-    def repr_int(self, x: int, level: int) -> str:
-        if abs(x) <= MAX_INT:
-            return super().repr_int(x, level)
-        digits = int(x.bit_length() * math.log10(2)) + 1  # str() refuses over 4,300 digits
-        return f"{'-' if x < 0 else ''}<an integer of about {digits} digits>"
-
-
-_SHORT = _Short()
-
-
-def _show(value: Any) -> str:
-    # a YAML alias bomb is small in memory until repr() expands it: 9**9 'lol's
-    shown = _SHORT.repr(value)
-    return shown if len(shown) <= 80 else shown[:77] + "..."
-
-
-def _show_key(key: Any) -> str:
-    """A key as typed when it is a short printable string, else its short repr."""
-    if isinstance(key, str) and key.isprintable() and 0 < len(key) <= 60:
-        return key
-    return _show(key)
-
-
 def _fail(source: str, key: str, value: Any, allowed: str) -> ConfigError:
-    return ConfigError(f"{source}: {key} = {_show(value)} is not allowed: expected {allowed}")
+    return ConfigError(f"{source}: {key} = {show(value)} is not allowed: expected {allowed}")
 
 
 def _coerce(value: Any, kind: type | tuple[type, ...]) -> tuple[bool, Any]:
@@ -314,7 +277,7 @@ def _build_section(cls: type, raw: Any, section: str, source: str) -> Any:
     known = {f.name: f for f in dataclasses.fields(cls)}
     for key in raw:
         if key not in known:
-            raise ConfigError(f"{source}: unknown key {section}.{_show_key(key)}; allowed keys "
+            raise ConfigError(f"{source}: unknown key {section}.{show_key(key)}; allowed keys "
                               f"in {section}: {', '.join(known)}")
     values: dict[str, Any] = {}
     for name, f in known.items():
@@ -348,7 +311,7 @@ def _check_value(source: str, key: str, dim: str, value: Any) -> Any:
 
 
 def _build_dimension(name: Any, raw: Any, source: str) -> Dimension:
-    key = f"search.space.{_show_key(name)}"
+    key = f"search.space.{show_key(name)}"
     if name not in SEARCHABLE:
         raise ConfigError(f"{source}: unknown key {key}; searchable dimensions: "
                           f"{', '.join(SEARCHABLE)}")
@@ -357,7 +320,7 @@ def _build_dimension(name: Any, raw: Any, source: str) -> Dimension:
     allowed_keys = ("distribution", "low", "high", "step", "values")
     for k in raw:
         if k not in allowed_keys:
-            raise ConfigError(f"{source}: unknown key {key}.{_show_key(k)}; allowed keys: "
+            raise ConfigError(f"{source}: unknown key {key}.{show_key(k)}; allowed keys: "
                               f"{', '.join(allowed_keys)}")
     dist = raw.get("distribution")
     if dist not in DISTRIBUTIONS:
@@ -430,7 +393,7 @@ def config_from_dict(raw: Any, *, source: str = "<config>") -> ExperimentConfig:
                     "training (and search) sections")
     for key in raw:
         if key not in TOP_LEVEL:
-            raise ConfigError(f"{source}: unknown key {_show_key(key)}; allowed top-level "
+            raise ConfigError(f"{source}: unknown key {show_key(key)}; allowed top-level "
                               f"keys: {', '.join(TOP_LEVEL)}")
     name = raw.get("name", Path(source).stem if source != "<config>" else "experiment")
     if not isinstance(name, str) or not name or not all(c.isalnum() or c in "-_." for c in name) \
@@ -491,119 +454,6 @@ def max_epochs(cfg: ExperimentConfig) -> int:
 
 
 # --------------------------------------------------------------------------- files
-class _SafeLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that stops at nesting deeper than any config needs.
-
-    `[[[[...` 10,000 deep otherwise costs 2 s of scanning before a RecursionError.
-    """
-
-    _depth = 0
-
-    def compose_node(self, parent: Any, index: Any) -> Any:
-        if self._depth >= MAX_DEPTH:
-            raise ComposerError(None, None, f"nested deeper than {MAX_DEPTH} levels",
-                                self.peek_event().start_mark)
-        self._depth += 1
-        try:
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-
-    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
-        # PyYAML keeps the last of two equal keys: a second `lr:` would silently win
-        seen: set[Any] = set()
-        for key_node, _ in node.value:
-            if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
-                continue  # `<<: *anchor` may be overridden by the section's own keys
-            key = self.construct_object(key_node, deep=True)
-            if isinstance(key, (str, int, float, bool)) or key is None:
-                if key in seen:
-                    raise ConstructorError(None, None, f"the key {key!r} appears twice in one "
-                                           f"section; keep one", key_node.start_mark)
-                seen.add(key)
-        return super().construct_mapping(node, deep=deep)
-
-
-def _safe_load(text: str) -> Any:
-    """yaml.safe_load with the nesting limit of _SafeLoader (plain SafeLoader tags only)."""
-    loader = _SafeLoader(text)
-    try:
-        return loader.get_single_data()
-    finally:
-        loader.dispose()
-
-
-def read_yaml(path: str | os.PathLike[str]) -> Any:
-    """Parse a YAML file safely; any problem becomes a one-line ConfigError."""
-    p = Path(path)
-    if not p.exists():
-        raise ConfigError(f"{p}: no such file; pass an existing YAML file (see search_spaces/)")
-    if not p.is_file():
-        raise ConfigError(f"{p}: not a file; pass a YAML file (see search_spaces/)")
-    try:
-        size = p.stat().st_size
-        if size > MAX_FILE_BYTES:
-            raise ConfigError(f"{p}: {size:,} bytes is too big for a config file (at most "
-                              f"{MAX_FILE_BYTES:,}); is this the right file?")
-        text = p.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"{p}: not UTF-8 text (byte {e.start}); save it as UTF-8 YAML") from None
-    except OSError as e:
-        raise ConfigError(f"{p}: cannot read it ({e.strerror})") from None
-    try:
-        return _safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(e, "problem", None) or getattr(e, "reason", None) or type(e).__name__
-        raise ConfigError(f"{p}: YAML does not parse{where}: {_one_line(problem)}") from None
-    except RecursionError:
-        raise ConfigError(f"{p}: YAML nested too deeply to read") from None
-    except Exception as e:  # PyYAML's constructors: `2001-02-30`, 5,000 digits, `!!bool maybe`
-        raise ConfigError(f"{p}: YAML does not load: {_one_line(f'{type(e).__name__}: {e}')}"
-                          ) from None
-
-
-def _one_line(text: Any) -> str:
-    return " ".join(str(text).split())[:200]
-
-
-def parse_override(text: str) -> tuple[list[str], Any]:
-    """'search.num_samples=8' -> (['search', 'num_samples'], 8)."""
-    if "=" not in text:
-        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set search.num_samples=8")
-    key, _, value = text.partition("=")
-    parts = key.strip().split(".")
-    if not all(parts):
-        raise ConfigError(f"--set {text!r}: the key {key!r} is not a dotted path like "
-                          f"training.lr")
-    try:
-        parsed = _safe_load(value) if value.strip() else None
-    except Exception:  # YAMLError, and the constructors' ValueError, KeyError...
-        raise ConfigError(f"--set {_show(text)}: the value does not parse as YAML") from None
-    return parts, parsed
-
-
-def apply_overrides(raw: Any, overrides: list[str] | tuple[str, ...]) -> Any:
-    if not overrides:
-        return raw
-    raw = dict(raw or {}) if isinstance(raw, dict) or raw is None else raw
-    if not isinstance(raw, dict):
-        return raw  # the top-level error is reported by config_from_dict
-    for text in overrides:
-        parts, value = parse_override(text)
-        node = raw
-        for i, part in enumerate(parts[:-1]):
-            child = node.get(part)
-            if child is None:
-                child = {}
-            elif not isinstance(child, dict):
-                raise ConfigError(f"--set {text!r}: {'.'.join(parts[:i + 1])} is not a section")
-            node[part] = child = dict(child)
-            node = child
-        node[parts[-1]] = value
-    return raw
-
 
 def load_config(path: str | os.PathLike[str], overrides: list[str] | tuple[str, ...] = ()
                 ) -> ExperimentConfig:
@@ -619,14 +469,14 @@ def load_config(path: str | os.PathLike[str], overrides: list[str] | tuple[str, 
             key = text.partition("=")[0].strip()
             if key and (named == key or named.startswith(f"{key}.") or (
                     rest.startswith("unknown key ") and key.startswith(f"{named}."))):
-                raise ConfigError(f"--set {_show(text)}: {rest}") from None
+                raise ConfigError(f"--set {show(text)}: {rest}") from None
         for text in reversed(overrides):
             # a dimension's keys are checked together (low below high, values with choice
             # only): an error there comes from the file and the --set of that dimension
             key = text.partition("=")[0].strip()
             if key.startswith("search.space.") and \
                     _dimension_of(named) == _dimension_of(key) is not None:
-                raise ConfigError(f"{path} with --set {_show(text)}: {rest}") from None
+                raise ConfigError(f"{path} with --set {show(text)}: {rest}") from None
         raise
 
 

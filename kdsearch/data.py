@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kdsearch.config import DatasetConfig, UserError
+from kdsearch.config import DatasetConfig
+from kdsearch.errors import UserError
 
 # Files torchvision expects under <root>/<folder>/raw, for the error message.
 _TORCHVISION_FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST",
@@ -171,7 +172,7 @@ def _load_torchvision(name: str, root: Path, fallback: Path
     return (*arrays(train), *arrays(test))
 
 
-def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
+def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
     """scikit-learn's digits as (1797 x 8 x 8 pixel values 0..16, labels).
 
     Read straight from the CSV scikit-learn ships (what `load_digits` parses), found without
@@ -194,7 +195,7 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray]:
 
 
 def _load_digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    images, target = _digits_arrays()
+    images, target = digits_arrays()
     x = (images.astype(np.float32) / 16.0)[:, None, :, :]  # 1797 x 1 x 8 x 8, 0..1
     y = target.astype(np.int64)
     perm = np.random.default_rng(_DIGITS_TEST_SEED).permutation(len(y))

@@ -6,12 +6,12 @@ width are retrained with `report.seeds` seeds (seed s sets training.seed = s) on
 split, for the full epoch budget, and each model is evaluated once on the held-out test split.
 This module is the only caller of `data.load_test`: the search never sees the test split.
 
-The result is `final.json` in the results folder (written atomically). `make_report` reads it;
+The result is `final.json` in the results folder (written atomically). The report reads it;
 `evaluate_final(..., retrain=False)` reuses every row of an existing final.json whose setting and
 seeds are unchanged and trains only what is new (nothing, for an unchanged search).
 
 The retrainings are independent. `evaluate_final` hands them to a `Runner`: by default they
-run one after the other in this process; `kdsearch run` passes one from the search module that
+run one after the other in this process; `kdsearch run` passes one (`trainable.ray_runner`) that
 runs them as Ray tasks, side by side on every CPU and GPU share of the cluster, and returns each
 model's weights here, where the test split is read. Both give the same weights for the same
 setting, seed and thread count.
@@ -22,42 +22,31 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import os
-import socket
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
+from typing import Any, Callable
 
-from kdsearch import __version__, files
-from kdsearch.config import (ExperimentConfig, config_from_dict, config_to_dict,
-                             default_cache_dir, default_data_dir, read_yaml, with_params)
-from kdsearch.data import load_dataset, load_test
-from kdsearch.search import (CONFIG_FILE, RUN_FILE, TRIALS_FILE, SearchError, best_trial,
-                             dim_column, phase_dimensions, rank_key)
-from kdsearch.tables import read_table
+import torch
 
-if TYPE_CHECKING:
-    import torch
+from kdsearch.config import (VALUE_RULES, ExperimentConfig, config_to_dict, default_cache_dir,
+                             default_data_dir, with_params)
+from kdsearch.data import Dataset, load_dataset, load_test
+from kdsearch.distill import evaluate
+from kdsearch.models import build_student, count_parameters
+from kdsearch.results import (BASELINE, CONFIG_FILE, DISTILLED, FINAL_FILE, FINAL_FORMAT, RUN_FILE,
+                              ReportError, best_trial, phase_dimensions, rank_key, read_config,
+                              read_final, row_width, write_json)
+from kdsearch.retrain import Retrained, Retraining, Runner, in_process, torch_threads
+from kdsearch.stats import mean_std
+from kdsearch.tables import TRIALS_FILE, dim_column, read_table
+from kdsearch.teacher import Teacher, get_teacher, teacher_key
+from kdsearch.version import __version__
 
-    from kdsearch.data import Dataset
-    from kdsearch.teacher import Teacher
-
-FINAL_FILE = "final.json"
-FINAL_FORMAT = 1
-DISTILLED, BASELINE = "distilled", "baseline"
-# trial statuses of a trial that will not run again; anything else (RUNNING, PENDING, PAUSED)
-# means the search stopped while the trial was in flight
-DONE_STATUSES = ("TERMINATED", "ERROR")
 # below this many multiply-adds per batch, one CPU thread beats several (thread hand-off costs
 # more than the work): true of the MLP students on digits, not of CNNs on CIFAR-10
 _SMALL_BATCH_WORK = 5e6
-
-
-class ReportError(SearchError):
-    """A results folder cannot be evaluated or reported: one line that says what to do."""
 
 
 @dataclass(frozen=True)
@@ -80,55 +69,6 @@ class Setting:
 
 
 @dataclass(frozen=True)
-class Retraining:
-    """One model of the final evaluation: setting `index` of the selection, with one seed."""
-
-    index: int
-    seed: int
-    config: ExperimentConfig  # the setting's values and training.seed = seed
-    threads: int | None  # torch threads to train with; None: as many as the worker has
-
-
-@dataclass
-class Retrained:
-    """What a retraining gives back: the student's weights on the CPU (None if it diverged)."""
-
-    state: "dict[str, torch.Tensor] | None"
-    val_acc: float | None  # its last epoch's validation accuracy
-    seconds: float
-    device: str
-    worker: str  # host:pid of the process that trained it
-
-
-# runs the retrainings and yields each with its result, in the order they finish
-Runner = Callable[[list[Retraining]], Iterable[tuple[Retraining, Retrained]]]
-
-
-def train_one(job: Retraining, data: "Dataset", teacher: "Teacher | None") -> Retrained:
-    """Train one retraining's student from scratch on data.train (the same in every runner)."""
-    from kdsearch.distill import Diverged, train_student
-
-    t0 = time.perf_counter()
-    kd = job.config.training.alpha < 1
-    where = (data.train.x.device.type, f"{socket.gethostname()}:{os.getpid()}")
-    with _threads(job.threads):
-        try:
-            model, history = train_student(job.config, data, teacher=teacher if kd else None)
-        except Diverged:
-            return Retrained(None, None, time.perf_counter() - t0, *where)
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    return Retrained(state, history[-1]["val_acc"], time.perf_counter() - t0, *where)
-
-
-def in_process(data: "Dataset", teacher: "Teacher | None") -> Runner:
-    """The default runner: the retrainings one after the other, here."""
-    def run(jobs: list[Retraining]) -> Iterator[tuple[Retraining, Retrained]]:
-        for job in jobs:
-            yield job, train_one(job, data, teacher)
-    return run
-
-
-@dataclass(frozen=True)
 class Selection:
     settings: list[Setting]
     baseline_tuned: bool  # a baseline search ran and has a finished trial
@@ -138,20 +78,14 @@ class Selection:
 def _training_fingerprint(cfg: ExperimentConfig) -> str:
     """A hash of the config sections a retraining depends on (not search or report)."""
     d = config_to_dict(cfg)
+    if d["training"]["fast_step"] == "auto":  # the default: as before the setting existed
+        del d["training"]["fast_step"]
     blob = json.dumps({k: d[k] for k in ("dataset", "teacher", "student", "training")},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 # --------------------------------------------------------------------------- reading a folder
-def read_config(results_dir: Path) -> ExperimentConfig:
-    path = results_dir / CONFIG_FILE
-    if not path.is_file():
-        raise ReportError(f"{results_dir}: no {CONFIG_FILE}; pass the results folder of a search "
-                          f"(results/<name>)")
-    return config_from_dict(read_yaml(path), source=str(path))
-
-
 def read_searched(results_dir: Path) -> tuple[ExperimentConfig, list[dict[str, str]]]:
     """The config and trials of a results folder that a search has run in, or a ReportError."""
     if not Path(results_dir).is_dir():
@@ -170,9 +104,6 @@ def check_consistent(cfg: ExperimentConfig, rows: list[dict[str, str]], results_
                      ) -> None:
     """config.yaml is the one the search ran with: every ended trial holds exactly the
     dimensions it searches, and its teacher is run.json's. A ReportError names what differs."""
-    from kdsearch.config import VALUE_RULES
-    from kdsearch.teacher import teacher_key
-
     path = results_dir / TRIALS_FILE
     restore = (f"the two files are not of one search: restore {CONFIG_FILE} from a copy of the "
                f"folder (the search's own config)")
@@ -199,67 +130,6 @@ def check_consistent(cfg: ExperimentConfig, rows: list[dict[str, str]], results_
         raise ReportError(f"{results_dir / CONFIG_FILE}: its dataset or teacher settings differ "
                           f"from those the search ran with (teacher {ran_with} in {RUN_FILE}); "
                           f"{restore}")
-
-
-def read_final(results_dir: Path) -> dict[str, Any] | None:
-    try:
-        final = json.loads((Path(results_dir) / FINAL_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(final, dict) or final.get("format") != FINAL_FORMAT:
-        return None
-    return final if _well_formed(final) else None  # a damaged file: retrain what it held
-
-
-def _well_formed(final: dict[str, Any]) -> bool:
-    """final.json holds what evaluate_final reuses and the report reads, with those types."""
-    def number(v: Any, optional: bool = False) -> bool:
-        if v is None:
-            return optional
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-    def count(v: Any) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
-
-    seeds, teacher, rows = final.get("seeds"), final.get("teacher"), final.get("rows")
-    if not (isinstance(seeds, list) and all(count(x) for x in seeds) and isinstance(rows, list)):
-        return False
-    if teacher is not None and not (isinstance(teacher, dict) and count(teacher.get("params"))
-                                    and number(teacher.get("test_acc"), True)
-                                    and number(teacher.get("val_acc"), True)):
-        return False
-    data = final.get("data")
-    if data is not None and not (isinstance(data, dict) and all(count(v) for v in data.values())):
-        return False
-    for r in rows:
-        if not (isinstance(r, dict) and r.get("kind") in (DISTILLED, BASELINE)
-                and isinstance(r.get("tuned"), bool) and isinstance(r.get("best"), bool)
-                and isinstance(r.get("trial_id"), (str, type(None)))
-                and number(r.get("val_acc"), True)
-                and (r.get("search_epochs") is None or count(r.get("search_epochs")))
-                and count(r.get("width")) and count(r.get("params")) and count(r.get("epochs"))
-                and isinstance(r.get("settings"), dict) and isinstance(r.get("spec"), dict)
-                and number(r.get("alpha")) and number(r.get("mean"), True)
-                and number(r.get("std"), True) and count(r.get("diverged"))
-                and isinstance(r.get("test_accs"), list) and len(r["test_accs"]) == len(seeds)
-                and all(number(a, True) for a in r["test_accs"])):
-            return False
-    return True
-
-
-def row_width(row: dict[str, Any], cfg: ExperimentConfig) -> int | None:
-    """The student width a trial trained (the config's width when width was not searched)."""
-    if not any(d.name == "width" for d in cfg.search.space):
-        return cfg.student.width
-    value = row.get("width")
-    if value in (None, ""):
-        return None
-    return int(float(value))
-
-
-def incomplete_trials(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Trials the search left in flight (status RUNNING, PENDING, PAUSED): a killed search."""
-    return [r for r in rows if r.get("status") not in DONE_STATUSES]
 
 
 # --------------------------------------------------------------------------- choosing settings
@@ -344,43 +214,11 @@ def training_config(cfg: ExperimentConfig, setting: Setting, seed: int) -> Exper
                                                                alpha=alpha))
 
 
-# --------------------------------------------------------------------------- statistics
-def mean_std(values: list[float]) -> tuple[float | None, float | None]:
-    """Mean and sample standard deviation (ddof = 1; None with fewer than two values)."""
-    if not values:
-        return None, None
-    m = sum(values) / len(values)
-    if len(values) < 2:
-        return m, None
-    return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
-
-
 # --------------------------------------------------------------------------- training
 def _device(device: str) -> str:
-    import torch
-
     if device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     return device
-
-
-@contextmanager
-def _threads(n: int | None) -> Iterator[None]:
-    import torch
-
-    if n is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-def write_json(path: Path, obj: Any) -> None:
-    files.write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
 
 
 def _print(msg: str) -> None:
@@ -391,7 +229,7 @@ def evaluate_final(results_dir: str | os.PathLike[str], *, retrain: bool = True,
                    device: str = "auto", quiet: bool = False,
                    log: Callable[[str], None] = _print,
                    runner: Runner | None = None,
-                   loaded: "tuple[Dataset, Teacher] | None" = None) -> dict[str, Any]:
+                   loaded: tuple[Dataset, Teacher] | None = None) -> dict[str, Any]:
     """Retrain the best settings of a results folder with K seeds; test once; write final.json.
 
     With `retrain=False`, rows of an existing final.json with the same setting and seeds are
@@ -400,12 +238,6 @@ def evaluate_final(results_dir: str | os.PathLike[str], *, retrain: bool = True,
     already in memory (the search's own), so that they are not read again. Returns what
     final.json holds.
     """
-    import torch
-
-    from kdsearch.distill import evaluate
-    from kdsearch.models import build_student, count_parameters
-    from kdsearch.teacher import get_teacher, teacher_key
-
     results = Path(results_dir)
     cfg, rows = read_searched(results)
     selection = select_settings(cfg, rows)
@@ -486,7 +318,7 @@ def evaluate_final(results_dir: str | os.PathLike[str], *, retrain: bool = True,
                 model = build_student(cfg.student.model, data.input_shape, data.num_classes,
                                       width=s.width)
                 model.load_state_dict(res.state)
-                with _threads(job.threads):
+                with torch_threads(job.threads):
                     acc = evaluate(model.to(device), test)[0]  # the test split is read only here
             outcomes[(job.index, job.seed)] = (res, acc)
             if not quiet:

@@ -118,5 +118,13 @@ def build_student(name: str, shape: InputShape, num_classes: int, *, width: int)
     return MODELS[name](shape, num_classes, width=width)
 
 
+def meta_student(name: str, shape: InputShape, num_classes: int, *, width: int) -> nn.Module:
+    """The student on torch's meta device: its shapes without its memory, so the driver can
+    count the parameters of a width too large to allocate (that trial fails alone, with the
+    allocator's message, instead of the whole search)."""
+    with torch.device("meta"):
+        return build_student(name, shape, num_classes, width=width)
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

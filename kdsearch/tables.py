@@ -1,20 +1,73 @@
-"""Reading the results folder's CSV tables (trials.csv, progress.csv) with their columns checked.
+"""The results folder's CSV tables, trials.csv and progress.csv: their columns, written
+atomically, and read back with every cell checked.
 
 kdsearch writes these tables itself, but they are plain files that a user can open, edit or
 damage, and `kdsearch report` and `kdsearch resume` read them back. A value that is not what the
 column holds (a word where a number goes, a NaN accuracy, bytes that are not text) is reported in
 one line that names the file, the line, the column and the value, instead of surfacing later as
-a traceback in whatever code first uses it.
+a traceback in whatever code first uses it. No torch, no Ray.
 """
 
 from __future__ import annotations
 
 import csv
+import io
 import math
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
-from kdsearch.config import UserError
+from kdsearch import files
+from kdsearch.errors import UserError
+
+TRIALS_FILE = "trials.csv"
+PROGRESS_FILE = "progress.csv"
+
+# trials.csv: these columns first, then each searched dimension's
+TRIAL_FIELDS = ("phase", "trial_id", "status", "stopped_early", "diverged", "error", "epochs",
+                "epoch_budget",
+                "val_acc", "best_val_acc", "val_loss", "train_loss", "training_seconds",
+                "params", "node", "gpu_ids")
+# "epochs" in trials.csv is the epochs a trial ran; a searched `epochs` (its budget) goes to
+# "epoch_budget", which every trial has
+EPOCH_BUDGET = "epoch_budget"
+# columns that hold text even when they look like numbers: Tune's trial ids are 8 hex digits, so
+# "76e61933" would read as a float (inf) and "01234567" as an int without its leading 0
+TEXT_FIELDS = frozenset({"phase", "trial_id", "status", "error", "node", "gpu_ids"})
+PROGRESS_FIELDS = ("phase", "trial_id", "epoch", "val_acc", "val_loss", "train_loss",
+                   "epoch_seconds", "wall_time")
+
+
+def dim_column(name: str) -> str:
+    """The trials.csv column that holds the searched dimension `name`."""
+    return EPOCH_BUDGET if name == "epochs" else name
+
+
+def parse_value(v: Any) -> Any:
+    """A cell as the number it holds (int, else float), else as it is."""
+    if not isinstance(v, str):
+        return v
+    for cast in (int, float):
+        try:
+            return cast(v)
+        except ValueError:
+            pass
+    return v
+
+
+def write_table(path: Path, rows: list[dict[str, Any]],
+                first_fields: tuple[str, ...] = TRIAL_FIELDS) -> None:
+    """`rows` as a CSV file (atomically): `first_fields`, then any other key in row order."""
+    fields: list[str] = list(first_fields)
+    for r in rows:
+        for k in r:
+            if k not in fields:
+                fields.append(k)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+    w.writeheader()
+    for r in rows:
+        w.writerow({k: ("" if v is None else v) for k, v in r.items()})
+    files.write_text(path, buf.getvalue())
 
 
 class TableError(UserError, ValueError):
@@ -63,7 +116,7 @@ def read_table(path: Path, required: tuple[str, ...] | None = None) -> list[dict
     """The rows of a results table ([] when the file is missing), or a TableError. The columns
     every row needs: `required`, else progress.csv's or trials.csv's by the file's name."""
     if required is None:
-        required = REQUIRED_PROGRESS if path.name == "progress.csv" else REQUIRED
+        required = REQUIRED_PROGRESS if path.name == PROGRESS_FILE else REQUIRED
     if not path.exists():
         return []
     damaged = ("kdsearch writes this file; restore it from a copy of the folder, or run the "

@@ -28,11 +28,12 @@ import torch
 from filelock import FileLock
 from torch import nn
 
-from kdsearch import __version__, files
+from kdsearch import files
 from kdsearch.config import ExperimentConfig, TrainingConfig
 from kdsearch.data import Dataset, resolved_val_size
 from kdsearch.distill import VAL_ACC, FitState, fit, predict
 from kdsearch.models import TEACHERS_WITH_DROPOUT, build_teacher
+from kdsearch.version import __version__
 
 CACHE_FORMAT = 2  # bump when the entry layout or the teacher's training code changes (2: cosine lr)
 

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
-from kdsearch.config import (ConfigError, Dimension, ExperimentConfig, apply_overrides,
-                             config_from_dict, config_to_dict, dump_config, load_config,
-                             parse_override, with_params)
+from kdsearch.config import (ConfigError, Dimension, ExperimentConfig, config_from_dict,
+                             config_to_dict, dump_config, load_config, with_params)
+from kdsearch.yamlfile import apply_overrides, parse_override, read_yaml
 
 
 def _write(tmp_path: Path, text: str, name: str = "exp.yaml") -> Path:
@@ -139,7 +139,6 @@ def test_a_key_written_twice_is_refused_and_merge_keys_still_load(tmp_path: Path
     assert "'lr' appears twice" in message and "line 4" in message
     merged = _write(tmp_path, "base: &b {epochs: 4, lr: 1.0e-3}\n", "merge.yaml")
     merged.write_text(merged.read_text() + "training:\n  <<: *b\n  lr: 3.0e-3\n")
-    from kdsearch.config import read_yaml
 
     assert read_yaml(merged)["training"] == {"epochs": 4, "lr": 3.0e-3}
 

@@ -208,9 +208,9 @@ def test_digits_read_from_the_shipped_file_equal_load_digits() -> None:
 
     from sklearn.datasets import load_digits
 
-    from kdsearch.data import _digits_arrays
+    from kdsearch.data import digits_arrays
 
-    images, target = _digits_arrays()
+    images, target = digits_arrays()
     bunch = load_digits()
     assert np.array_equal(images, bunch.images) and np.array_equal(target, bunch.target)
     # and loading digits does not import scikit-learn (1.3 s a process)

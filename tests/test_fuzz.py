@@ -32,7 +32,7 @@ from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
 import kdsearch.data
-import kdsearch.search
+import kdsearch.cluster
 from kdsearch.cli import main
 from kdsearch.config import (DATASETS, DISTRIBUTIONS, OPTIMIZERS, SCHEDULERS, SEARCH_ALGORITHMS,
                              SEARCHABLE, SECTIONS, STUDENT_MODELS, TEACHER_MODELS, TOP_LEVEL)
@@ -64,7 +64,7 @@ def _tripwires(monkeypatch: pytest.MonkeyPatch) -> None:
     def load_data(*args: Any, **kwargs: Any) -> None:
         raise Tripwire("train got past validation: it would load the dataset")
 
-    monkeypatch.setattr(kdsearch.search, "_init_ray", start_ray)
+    monkeypatch.setattr(kdsearch.cluster, "init_ray", start_ray)
     monkeypatch.setattr(kdsearch.data, "load_dataset", load_data)
 
 

@@ -18,17 +18,17 @@ from scipy import stats
 import kdsearch.data
 import kdsearch.final
 from kdsearch.final import evaluate_final
-from kdsearch.tables import read_table
-from kdsearch.report import (PLOT_ALPHA, PLOT_BEST_SO_FAR, PLOT_TEMPERATURE, PLOT_TEST_ACC,
-                             compare, make_report)
+from kdsearch.plots import PLOT_ALPHA, PLOT_BEST_SO_FAR, PLOT_TEMPERATURE, PLOT_TEST_ACC, PLOTS
+from kdsearch.report import make_report
 from kdsearch.search import run_search
+from kdsearch.stats import compare
+from kdsearch.tables import read_table
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "search_spaces" / "quickstart.yaml"
 # a small search: two widths, a small quick teacher, 4-epoch students that ASHA may stop at 2
 SMALL = ["search.num_samples=4", "search.baseline_num_samples=3", "training.epochs=4",
          "search.grace_period=2", "teacher.epochs=3", "teacher.width=256",
          "search.space.width.values=[8, 32]", "search.seed=1"]
-PLOTS = (PLOT_TEST_ACC, PLOT_TEMPERATURE, PLOT_ALPHA, PLOT_BEST_SO_FAR)
 WRITTEN = ("report.md", "summary.json", "summary.csv", "final.json")
 _REAL_LOAD_TEST = kdsearch.data.load_test
 
@@ -447,7 +447,8 @@ def test_only_the_final_evaluation_reads_the_test_split(search: dict, tmp_path: 
 
 
 def test_headline_names_the_narrower_widths_where_distillation_wins() -> None:
-    from kdsearch.report import _headline, verdict
+    from kdsearch.stats import verdict
+    from kdsearch.summary import headline
 
     def row(width: int, diff: float, p: float) -> dict:
         c = {"distilled_width": width, "baseline_width": width, "distilled_params": width * 100,
@@ -458,22 +459,22 @@ def test_headline_names_the_narrower_widths_where_distillation_wins() -> None:
         return {**c, "verdict": verdict(c)}
 
     widths = [row(8, 0.0158, 0.04), row(16, 0.0093, 0.3), row(64, -0.001, 0.9)]
-    text = _headline(widths[2], widths, {"test_acc": 0.98}, "mlp_student", "")
+    text = headline(widths[2], widths, {"test_acc": 0.98}, "mlp_student", "")
     assert text.startswith("Distillation does not beat the baseline:")
     assert text.endswith("Distillation beats the baseline at width 8 (+1.58 points, p = 0.04).")
     # nothing to add when no other width wins
-    assert "at width" not in _headline(widths[2], widths[1:], {"test_acc": 0.98}, "mlp_student",
+    assert "at width" not in headline(widths[2], widths[1:], {"test_acc": 0.98}, "mlp_student",
                                        "")
     # the best comparison spans two widths: the best distilled width's own comparison is named
     across = {**row(64, -0.001, 0.9), "baseline_width": 32, "baseline_params": 3200}
     across["verdict"] = verdict(across)
     same = row(64, 0.0065, 0.02)
-    text = _headline(across, [row(32, 0.001, 0.5), same], {"test_acc": 0.98}, "mlp_student", "")
+    text = headline(across, [row(32, 0.001, 0.5), same], {"test_acc": 0.98}, "mlp_student", "")
     assert text.startswith("Distillation does not beat the baseline:")
     assert text.endswith("Distillation beats the baseline at width 64 (+0.65 points, p = 0.02).")
     # a width compared with an untuned baseline says so; a width the baseline wins is named
     untuned = {**row(8, 0.0158, 0.04), "baseline_tuned": False}
-    text = _headline(widths[2], [untuned, row(30, -0.0055, 0.03), widths[2]],
+    text = headline(widths[2], [untuned, row(30, -0.0055, 0.03), widths[2]],
                      {"test_acc": 0.98}, "mlp_student", "")
     assert text.endswith("Distillation beats the baseline at width 8 (+1.58 points, p = 0.04, "
                          "against an untuned baseline). The baseline beats distillation at "
@@ -481,7 +482,7 @@ def test_headline_names_the_narrower_widths_where_distillation_wins() -> None:
 
 
 def test_search_state_reads_the_older_per_phase_layout() -> None:
-    from kdsearch.search import search_state
+    from kdsearch.results import search_state
 
     assert search_state({"search": {"status": "started", "wall_seconds": 3.0}}) == {
         "status": "started", "wall_seconds": 3.0}
@@ -580,9 +581,10 @@ def test_trial_ids_that_look_like_numbers_are_kept_as_written(tmp_path: Path) ->
                       ("baseline", 8): "1e000000", ("baseline", 32): "00000000"}
 
     # the same ids in the Python API's table of all trials
-    from kdsearch.search import SearchResult, _write_csv_atomic
+    from kdsearch.results import SearchResult
+    from kdsearch.tables import write_table
 
-    _write_csv_atomic(tmp_path / "trials.csv", [r for r in rows if r["trial_id"] != "12345678"])
+    write_table(tmp_path / "trials.csv", [r for r in rows if r["trial_id"] != "12345678"])
     table = SearchResult(tmp_path, {}, {}, None, None).trials
     assert list(table["trial_id"]) == ["76e61933", "01234567", "1e000000", "00000000"]
     assert list(table["node"]) == ["10.0.0.1:1e5"] * 4 and list(table["val_acc"])[0] == 0.95
@@ -592,8 +594,10 @@ def _crafted_report(folder: Path, ran: int, accs: dict[str, list[float | None]])
     """report.md of a hand-made search: `epochs` searched in [5, 10], one distilled and one
     baseline trial of budget 5 that ran `ran` epochs, retrained with the given accuracies."""
     from kdsearch.config import config_from_dict, dump_config
-    from kdsearch.final import mean_std, read_searched, select_settings, training_config
-    from kdsearch.report import render, summarize
+    from kdsearch.final import read_searched, select_settings, training_config
+    from kdsearch.report import render
+    from kdsearch.stats import mean_std
+    from kdsearch.summary import summarize
 
     cfg = config_from_dict({"name": "own", "training": {"epochs": 10}, "search": {
         "num_samples": 2, "space": {
@@ -657,7 +661,8 @@ def test_diverged_retrainings_are_counted_and_a_side_with_none_left_is_no_compar
 
 def test_p_values_never_round_across_the_significance_level_and_one_empty_side_is_no_comparison(
         ) -> None:
-    from kdsearch.report import _headline, fmt_p, verdict
+    from kdsearch.stats import verdict
+    from kdsearch.summary import fmt_p, headline
 
     assert [fmt_p(p) for p in (0.0496, 0.0504, 0.047, 0.3, 0.004)] == [
         "0.0496", "0.0504", "0.047", "0.30", "4.0e-03"]
@@ -665,13 +670,13 @@ def test_p_values_never_round_across_the_significance_level_and_one_empty_side_i
          "baseline_params": 1000, "baseline_tuned": True, "compression": 100.0,
          **compare([0.90, 0.91, 0.905], [], 0.97)}
     assert verdict(c) == "no_comparison"
-    text = _headline(c, [c], {"test_acc": 0.97}, "mlp_student", "")
+    text = headline(c, [c], {"test_acc": 0.97}, "mlp_student", "")
     assert text.startswith("No comparison: every retraining of the baseline setting diverged")
 
 
 def test_the_search_cost_counts_each_kind_of_trial_ending() -> None:
     from kdsearch.config import config_from_dict
-    from kdsearch.report import search_cost
+    from kdsearch.summary import search_cost
 
     cfg = config_from_dict({"search": {"space": {
         "lr": {"distribution": "loguniform", "low": 1e-3, "high": 1e-1}}}})

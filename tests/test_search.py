@@ -29,11 +29,15 @@ import numpy as np
 import pytest
 import torch
 
+from kdsearch.arms import PhaseSearcher, arm_specs
+from kdsearch.cluster import init_ray
 from kdsearch.config import load_config
 from kdsearch.data import Dataset, Split
-from kdsearch.search import (PROGRESS_FIELDS, TRIAL_FIELDS, TUNER_COPY, _fit_concurrency,
-                             _for_object_store, _from_object_store, _gpu_fraction, _quiet_ray,
-                             _random_search_note, _sampler, phase_dimensions)
+from kdsearch.ray_workarounds import TUNER_COPY, mend_torn_state
+from kdsearch.results import PHASES, SearchError, phase_dimensions
+from kdsearch.search import exclusive
+from kdsearch.tables import PROGRESS_FIELDS, TRIAL_FIELDS
+from kdsearch.trainable import for_object_store, from_object_store
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "search_spaces" / "quickstart.yaml"
@@ -66,35 +70,6 @@ def _fake_data(n: int, shape: tuple[int, int, int]) -> Dataset:
     return Dataset("fake", Split(x, y), Split(x[:100], y[:100]), 10, shape, (0.0,), (1.0,))
 
 
-def test_gpu_fraction_packs_small_students_and_gives_cnns_more() -> None:
-    digits = load_config(QUICKSTART)
-    small = _gpu_fraction(digits, _fake_data(1437, (1, 8, 8)))
-    assert small == 1 / 16
-    cifar = load_config(REPO / "search_spaces" / "cifar10_cnn.yaml")
-    big = _gpu_fraction(cifar, _fake_data(45000, (3, 32, 32)))
-    assert 1 / 16 < big <= 1
-    assert (1 / big).is_integer()  # shares tile a GPU: 1/2 fits twice, 0.4 would waste 0.2
-    narrow = load_config(REPO / "search_spaces" / "cifar10_cnn.yaml",
-                         ["search.space.width.values=[8]"])
-    assert _gpu_fraction(narrow, _fake_data(45000, (3, 32, 32))) < big
-    fixed = load_config(QUICKSTART, ["search.gpus_per_trial=0.25"])
-    assert _gpu_fraction(fixed, _fake_data(1437, (1, 8, 8))) == 0.25
-    # a searched batch size: the share fits the largest batch, as a fixed one of that size
-    cifar_data = _fake_data(45000, (3, 32, 32))
-    searched = load_config(REPO / "search_spaces" / "cifar10_cnn.yaml", [
-        "search.space.batch_size={distribution: choice, values: [128, 1024]}"])
-    large = load_config(REPO / "search_spaces" / "cifar10_cnn.yaml", ["training.batch_size=1024"])
-    assert _gpu_fraction(searched, cifar_data) == _gpu_fraction(large, cifar_data) > big
-
-
-def test_fit_concurrency_takes_the_scarcer_resource() -> None:
-    assert _fit_concurrency({"cpus": 8, "gpus": 2}, 1.0, 0.5) == 4
-    assert _fit_concurrency({"cpus": 8, "gpus": 2}, 4.0, 0.5) == 2
-    assert _fit_concurrency({"cpus": 2, "gpus": 0}, 1.0, 0.0) == 2
-    assert _fit_concurrency({"cpus": 6, "gpus": 1}, 1.0, 1 / 3) == 3  # 3 * (1/3) is not > 1
-    assert _fit_concurrency({"cpus": 1, "gpus": 0}, 2.0, 0.0) == 1
-
-
 @contextlib.contextmanager
 def _restored_environ() -> Iterator[None]:
     """ray.init sets RAY_AUTH_MODE=token (and more) in os.environ for good: undo it after, so
@@ -108,206 +83,6 @@ def _restored_environ() -> Iterator[None]:
 
 
 # --------------------------------------------------------------------------- both phases in one
-def test_each_phase_is_early_stopped_against_its_own_trials() -> None:
-    from ray.tune.experiment import Trial
-    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
-
-    from kdsearch.search import _PhaseScheduler
-
-    scheduler = _PhaseScheduler({p: ASHAScheduler(time_attr="epoch", max_t=8, grace_period=1,
-                                                  reduction_factor=2)
-                                 for p in ("distill", "baseline")}, per_width=False)
-    assert scheduler.set_search_properties("val_acc", "max")
-    trials = {name: Trial("t", config={"phase": phase}, trial_id=name, stub=True)
-              for name, phase in [("d1", "distill"), ("d2", "distill"), ("d3", "distill"),
-                                  ("b1", "baseline")]}
-    for t in trials.values():
-        scheduler.on_trial_add(None, t)
-
-    def result(name: str, acc: float) -> str:
-        return scheduler.on_trial_result(None, trials[name], {"epoch": 1, "val_acc": acc})
-
-    assert result("d1", 0.9) == result("d2", 0.95) == TrialScheduler.CONTINUE
-    # a baseline trial far below the distilled ones, but first of its kind: it goes on
-    assert result("b1", 0.1) == TrialScheduler.CONTINUE
-    assert result("d3", 0.1) == TrialScheduler.STOP  # below the distilled trials: stopped
-
-
-def test_the_phase_searcher_keeps_each_budget_and_alternates() -> None:
-    import optuna
-    from ray.tune.search import Searcher
-    from ray.tune.search.optuna import OptunaSearch
-
-    from kdsearch.search import _PhaseSearcher
-
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    spaces = {"distill": {"alpha": optuna.distributions.FloatDistribution(0, 1)},
-              "baseline": {"lr": optuna.distributions.FloatDistribution(1e-3, 1e-1)}}
-    searcher = _PhaseSearcher({p: OptunaSearch(space, metric="val_acc", mode="max",
-                                               sampler=optuna.samplers.RandomSampler(seed=0))
-                               for p, space in spaces.items()}, {"distill": 4, "baseline": 2},
-                              {p: {"phase": p} for p in spaces})
-    configs = [searcher.suggest(f"t{i}") for i in range(6)]
-    assert [c["phase"] for c in configs] == ["distill", "baseline", "distill", "distill",
-                                             "baseline", "distill"]
-    assert all(set(c) == {"phase", *spaces[c["phase"]]} for c in configs)
-    assert searcher.suggest("t6") == Searcher.FINISHED
-    for i, c in enumerate(configs):  # each result reaches the study that suggested it
-        searcher.on_trial_complete(f"t{i}", {"val_acc": 0.5, "phase": c["phase"]})
-    assert [len(searcher.searchers[p]._ot_study.trials) for p in spaces] == [4, 2]
-    assert all(t.state.name == "COMPLETE" for p in spaces
-               for t in searcher.searchers[p]._ot_study.trials)
-
-
-def test_per_width_arms_split_the_budget_and_stop_within_a_width() -> None:
-    from ray.tune.experiment import Trial
-    from ray.tune.schedulers import ASHAScheduler, TrialScheduler
-
-    from kdsearch.search import _arms, _PhaseScheduler
-
-    cfg = load_config(QUICKSTART, ["search.per_width=true", "search.num_samples=10",
-                                   "search.baseline_num_samples=3"])
-    arms = _arms(cfg, ["distill", "baseline"])
-    widths = [8, 16, 32, 64]
-    assert [a for a in arms] == [f"distill:w{w}" for w in widths] + [
-        f"baseline:w{w}" for w in widths[:3]]  # 3 baseline trials: the fourth width gets none
-    assert [v[1] for v in arms.values()] == [3, 3, 2, 2, 1, 1, 1]
-    assert all(v[2] == {"width": int(a.split(":w")[1]), "phase": a.split(":")[0]}
-               for a, v in arms.items())
-    assert {d.name for d in arms["distill:w8"][0]} == {"temperature", "alpha", "lr"}
-    assert {d.name for d in arms["baseline:w8"][0]} == {"lr"}
-    assert list(_arms(load_config(QUICKSTART, ["search.per_width=false"]), ["distill"])) == [
-        "distill"]
-
-    scheduler = _PhaseScheduler({a: ASHAScheduler(time_attr="epoch", max_t=8, grace_period=1,
-                                                  reduction_factor=2) for a in arms},
-                                per_width=True)
-    assert scheduler.set_search_properties("val_acc", "max")
-    trials = [Trial("t", config={"phase": "distill", "width": w}, trial_id=f"t{i}", stub=True)
-              for i, w in enumerate([64, 64, 8])]
-    for t in trials:
-        scheduler.on_trial_add(None, t)
-    acts = [scheduler.on_trial_result(None, t, {"epoch": 1, "val_acc": acc})
-            for t, acc in zip(trials, [0.95, 0.5, 0.3])]
-    # the narrow student is far below the wide ones, but compared with its own width alone
-    assert acts == [TrialScheduler.CONTINUE, TrialScheduler.STOP, TrialScheduler.CONTINUE]
-
-
-def test_per_width_without_a_searched_width_changes_nothing() -> None:
-    from kdsearch.search import _arms
-
-    cfg = load_config(QUICKSTART, ["search.per_width=true", "search.space={lr: {distribution: "
-                                   "loguniform, low: 0.001, high: 0.1}}"])
-    assert list(_arms(cfg, ["distill", "baseline"])) == ["distill", "baseline"]
-
-
-def _state_files(folder: Path, sessions: list[tuple[str, str]]) -> None:
-    """Tune's saved state of each session: the experiment state (JSON, `text`) and the
-    searcher's two pickles (search_gen_state-*.json is a pickle, despite its name)."""
-    import pickle
-
-    for session, text in sessions:
-        (folder / f"experiment_state-{session}.json").write_text(text)
-        (folder / f"searcher-state-{session}.pkl").write_bytes(pickle.dumps({"state": text}))
-        (folder / f"search_gen_state-{session}.json").write_bytes(pickle.dumps({"counter": 1}))
-
-
-def test_a_torn_experiment_state_is_set_aside_with_its_session(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from kdsearch.search import _mend_torn_state
-
-    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "no-ray-here"))
-    folder = tmp_path / "search"
-    folder.mkdir()
-    old, new = "2026-11-23_01-00-00", "2026-11-23_01-05-00"
-    _state_files(folder, [(old, '{"trial_data": []}'), (new, '{"trial_data": [["a", ')])
-    trial = folder / "_trainable_abc_1_lr=0.1_2026-11-23_01-05-00"
-    trial.mkdir()
-    assert _mend_torn_state(str(folder)) == (new, False)
-    names = {f.name for f in folder.iterdir()}
-    assert {n for n in names if not n.startswith(".torn-")} == {
-        f"experiment_state-{old}.json", f"searcher-state-{old}.pkl",
-        f"search_gen_state-{old}.json", trial.name}  # the older session, the trials untouched
-    assert f".torn-experiment_state-{new}.json" in names  # kept, not deleted
-    assert _mend_torn_state(str(folder)) is None  # the state left is whole
-
-
-def test_a_torn_experiment_state_is_taken_whole_from_rays_staging_folder(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from kdsearch.search import _mend_torn_state
-
-    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "tmp"))
-    session, whole = "2026-11-23_01-05-00", '{"trial_data": [["a", "b"]]}'
-    folder = tmp_path / "results" / "search"
-    folder.mkdir(parents=True)
-    _state_files(folder, [(session, whole[:12])])
-    (folder / "_trainable_abc_1_lr=0.1").mkdir()
-    staging = (tmp_path / "tmp" / "ray" / "session_2026-11-23_01-04-58_1_2" / "artifacts" /
-               "2026-11-23_01-05-00" / "search" / "driver_artifacts")
-    other = Path(str(staging).replace("session_2026", "session_2027"))  # looked at first
-    for where, trial in ((staging, "_trainable_abc_1_lr=0.1"), (other, "_trainable_zzz_1")):
-        where.mkdir(parents=True)
-        _state_files(where, [(session, whole)])
-        (where / trial).mkdir()  # `other` is another search of the same second: not ours
-    (other / f"experiment_state-{session}.json").write_text('{"trial_data": []}')
-    assert _mend_torn_state(str(folder)) == (session, True)
-    assert (folder / f"experiment_state-{session}.json").read_text() == whole
-    assert (folder / f"searcher-state-{session}.pkl").read_bytes() == \
-        (staging / f"searcher-state-{session}.pkl").read_bytes()
-    assert not list(folder.glob(".*"))
-
-
-def test_a_torn_searcher_state_beside_a_whole_experiment_state_is_mended(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # seen in a test run: a kill during Tune's copy left search_gen_state empty (its experiment
-    # state whole); that session's before had been torn the same way by a later copy. Tune
-    # failed to restore on the empty pickle
-    from kdsearch.search import SearchError, _mend_torn_state
-
-    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path / "tmp"))
-    first, second, third = "2026-11-23_10-57-36", "2026-11-23_10-57-51", "2026-11-23_10-58-11"
-    folder = tmp_path / "results" / "search"
-    folder.mkdir(parents=True)
-    state = '{"trial_data": []}'
-    _state_files(folder, [(first, state), (second, state), (third, state)])
-    (folder / "_trainable_abc_1_lr=0.1").mkdir()
-    (folder / f"search_gen_state-{third}.json").write_bytes(b"")
-    pickled = (folder / f"searcher-state-{second}.pkl").read_bytes()
-    (folder / f"searcher-state-{second}.pkl").write_bytes(pickled[:len(pickled) // 2])
-    whole_tuner = (folder / f"search_gen_state-{first}.json").read_bytes()
-    (folder / "tuner.pkl").write_bytes(whole_tuner[:5])
-    # no staging folder and a torn tuner.pkl: Tune could not restore; refused, nothing changed
-    before = sorted((f.name, f.read_bytes()) for f in folder.iterdir() if f.is_file())
-    with pytest.raises(SearchError, match="tuner.pkl was cut short .* kdsearch run --force"):
-        _mend_torn_state(str(folder))
-    assert sorted((f.name, f.read_bytes()) for f in folder.iterdir() if f.is_file()) == before
-    # kdsearch's copy of tuner.pkl (kept whenever Tune has written it whole) replaces it; both
-    # torn sessions are set aside, the whole one before them is kept
-    (folder / TUNER_COPY).write_bytes(whole_tuner)
-    told: list[str] = []
-    assert _mend_torn_state(str(folder), log=told.append) == (third, False)
-    assert (folder / "tuner.pkl").read_bytes() == whole_tuner
-    assert len(told) == 1 and "tuner.pkl" in told[0] and TUNER_COPY in told[0]
-    kept = sorted(f.name for f in folder.iterdir() if f.is_file() and not f.name.startswith("."))
-    assert kept == [f"experiment_state-{first}.json", f"search_gen_state-{first}.json",
-                    f"searcher-state-{first}.pkl", "tuner.pkl"]
-    assert (folder / "_trainable_abc_1_lr=0.1").is_dir()
-    assert _mend_torn_state(str(folder)) is None
-
-    # the killed driver's staging folder (same machine) holds the third session whole: taken
-    for f in folder.glob(".torn-*"):
-        os.replace(f, folder / f.name[len(".torn-"):])
-    (folder / f"search_gen_state-{third}.json").write_bytes(b"")
-    staging = (tmp_path / "tmp" / "ray" / "session_2026-11-23_10-58-10_1_2" / "artifacts" /
-               third / "search" / "driver_artifacts")
-    staging.mkdir(parents=True)
-    _state_files(staging, [(third, state)])
-    (staging / "_trainable_abc_1_lr=0.1").mkdir()
-    assert _mend_torn_state(str(folder)) == (third, True)
-    for name in (f"experiment_state-{third}.json", f"search_gen_state-{third}.json",
-                 f"searcher-state-{third}.pkl"):
-        assert (folder / name).read_bytes() == (staging / name).read_bytes()
-    assert _mend_torn_state(str(folder)) is None
 
 
 # --------------------------------------------------------------------------- a whole search
@@ -345,18 +120,16 @@ def test_a_searcher_state_older_than_the_experiment_state_keeps_the_budget(
 
     from ray.tune.search import Searcher
 
-    from kdsearch.search import PHASES, _arms, _PhaseSearcher
-
     _, folder = digits_search
     cfg = load_config(folder / "config.yaml")
-    arms = _arms(cfg, list(PHASES))
+    arms = arm_specs(cfg, list(PHASES))
     state = max((folder / "search").glob("experiment_state-*.json"))
     session = state.name[len("experiment_state-"):-len(".json")]
     shutil.copy(state, tmp_path / state.name)
     n_trials = len(_rows(folder / "trials.csv"))
 
     def fresh() -> Any:  # arms with nothing to search: each suggests its fixed values
-        return _PhaseSearcher(dict.fromkeys(arms), {a: v[1] for a, v in arms.items()},
+        return PhaseSearcher(dict.fromkeys(arms), {a: v[1] for a, v in arms.items()},
                               {a: v[2] for a, v in arms.items()})
 
     stale = fresh()
@@ -375,99 +148,6 @@ def test_a_searcher_state_older_than_the_experiment_state_keeps_the_budget(
     alone = fresh()
     alone.restore(str(saved))
     assert sum(alone.suggested.values()) == 3
-
-
-def test_tpe_draws_its_first_startup_trials_at_random_then_learns() -> None:
-    # search.startup_trials reaches the sampler of every searcher: TPE draws that many trials as
-    # random search does (the same seed, the same draws), then its own; null keeps Optuna's 10
-    import optuna
-
-    search = load_config(QUICKSTART).search
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-
-    def draws(**changes: Any) -> list[float]:
-        study = optuna.create_study(sampler=_sampler(dataclasses.replace(search, **changes), 7),
-                                    direction="maximize")
-        out = []
-        for _ in range(12):
-            trial = study.ask({"x": optuna.distributions.FloatDistribution(0.0, 1.0)})
-            out.append(trial.params["x"])
-            study.tell(trial, -(trial.params["x"] - 0.3) ** 2)
-        return out
-
-    random = draws(algorithm="random")
-    three, default = draws(startup_trials=3), draws(startup_trials=None)
-    assert three[:3] == random[:3]
-    assert all(a != b for a, b in zip(three[3:], random[3:]))
-    assert default[:10] == random[:10] and default[10:] != random[10:]
-
-
-def test_a_search_too_small_for_tpe_says_it_is_random_search() -> None:
-    def note(*sets: str) -> str | None:
-        cfg = load_config(QUICKSTART, list(sets))
-        return _random_search_note(cfg, ["distill", "baseline"] if cfg.search.baseline
-                                   else ["distill"])
-
-    assert note() is None  # 48 trials over 4 widths: 12 per width, 2 of them TPE's
-    assert note("search.num_samples=32") == (
-        "note: TPE draws its first 10 trials per width at random, and this search has as few "
-        "as 8 per width: random search with ASHA there (raise search.num_samples, or lower "
-        "search.startup_trials, for TPE's own suggestions)")
-    assert note("search.num_samples=32", "search.startup_trials=4") is None
-    assert note("search.num_samples=32", "search.algorithm=random") is None
-    # one searcher over all widths: the phase's whole budget counts
-    assert note("search.num_samples=10", "search.per_width=false") is not None
-    assert note("search.num_samples=11", "search.per_width=false") is None
-    # either kind's searcher: the distilled or the baseline
-    assert "as few as 8:" in note("search.num_samples=8", "search.per_width=false",
-                                  "search.baseline_num_samples=16")
-    assert "as few as 8:" in note("search.num_samples=16", "search.per_width=false",
-                                  "search.baseline_num_samples=8")
-    assert note("search.num_samples=16", "search.per_width=false", "search.baseline=false",
-                "search.baseline_num_samples=8") is None
-    # a baseline with nothing to search (width alone, per width) has no searcher to speak of
-    cfg = load_config(QUICKSTART, ["search.baseline_num_samples=4"])
-    no_lr = dataclasses.replace(cfg, search=dataclasses.replace(
-        cfg.search, space=tuple(d for d in cfg.search.space if d.name != "lr")))
-    assert _random_search_note(no_lr, ["distill", "baseline"]) is None
-    assert _random_search_note(cfg, ["distill", "baseline"]) is not None
-
-
-def test_tunes_lost_race_on_a_renamed_temporary_file_is_not_shown(tmp_path: Path) -> None:
-    # Tune snapshots its state into a staging folder while its last snapshot may still be being
-    # copied out; the copy then fails on a `.<uuid>-tmp-` file renamed under it, and Tune logged
-    # that as an ERROR with a traceback (seen in CI). The next snapshot repairs it: not shown.
-    # Any other failure to save the state still is.
-    import logging
-    import uuid
-
-    import pyarrow.fs
-
-    _quiet_ray()
-    logger = logging.getLogger("ray.tune.execution.experiment_state")  # Tune's own logger
-    seen: list[logging.LogRecord] = []
-    handler = logging.Handler()
-    handler.emit = seen.append  # type: ignore[method-assign]
-    logger.addHandler(handler)
-    tmp_file = tmp_path / f".{uuid.uuid4()}-tmp-searcher-state-2026-11-23_08-02-44.pkl"
-    kept_file = tmp_path / "experiment_state-2026-11-23_08-02-44.json"
-    try:
-        for missing in (tmp_file, kept_file):
-            try:
-                pyarrow.fs.LocalFileSystem().open_input_stream(str(missing))
-            except FileNotFoundError:
-                logger.error("Saving experiment state to storage failed with exception: ",
-                             exc_info=True)
-        try:
-            raise PermissionError(f"[Errno 13] Permission denied: '{tmp_file}'")
-        except PermissionError:
-            logger.error("Saving experiment state to storage failed with exception: ",
-                         exc_info=True)
-    finally:
-        logger.removeHandler(handler)
-    shown = [r.exc_info[1] for r in seen if r.exc_info]
-    assert len(shown) == 2, shown
-    assert str(kept_file) in str(shown[0]) and isinstance(shown[1], PermissionError)
 
 
 @pytest.mark.slow
@@ -596,8 +276,6 @@ def test_resume_without_rays_saved_state_refuses_to_drop_the_ended_trials(
     import ray
 
     from kdsearch import resume_search
-    from kdsearch.search import SearchError
-
     _, out = digits_search
     folder = tmp_path / out.name
     shutil.copytree(out, folder)
@@ -662,8 +340,6 @@ def test_a_ray_of_our_own_starts_no_idle_workers_and_still_runs_tasks() -> None:
     # of them, so on 2 cores they only took CPU from the trial actors starting beside them
     import ray
 
-    from kdsearch.search import _init_ray
-
     def idle_workers() -> list[int]:
         found = []
         for stat in Path("/proc").glob("[0-9]*/stat"):
@@ -681,7 +357,7 @@ def test_a_ray_of_our_own_starts_no_idle_workers_and_still_runs_tasks() -> None:
     with _restored_environ():
         if ray.is_initialized():
             ray.shutdown()
-        assert _init_ray(None)
+        assert init_ray(None)
         try:
             deadline = time.monotonic() + 4.0  # Ray's own start had them up within 2 s here
             while time.monotonic() < deadline:
@@ -701,10 +377,10 @@ def test_trial_inputs_cross_the_object_store_without_a_copy(logical_gpus: None) 
     x, y = torch.randn(3000, 1, 28, 28, generator=gen), torch.randint(0, 10, (3000,), generator=gen)
     data = Dataset("fake", Split(x, y), Split(x[:500], y[:500]), 10, (1, 28, 28), (0.1,), (0.3,))
     logits = torch.randn(3000, 10, generator=gen)
-    shipped = _for_object_store({"data": data, "logits": logits, "none": None})
+    shipped = for_object_store({"data": data, "logits": logits, "none": None})
     assert isinstance(shipped["data"].train.x, np.ndarray) and shipped["none"] is None
     ref = ray.put(shipped)
-    first, second = (_from_object_store(ray.get(ref)) for _ in range(2))
+    first, second = (from_object_store(ray.get(ref)) for _ in range(2))
     for got in (first, second):
         assert isinstance(got["data"], Dataset) and isinstance(got["data"].val, Split)
         assert torch.equal(got["data"].train.x, x) and torch.equal(got["data"].val.y, y[:500])
@@ -824,27 +500,19 @@ def test_gpu_shares_pack_trials_and_fall_back_to_cpu(logical_gpus: None, tmp_pat
     ("search.gpus_per_trial=3", "search.gpus_per_trial = 3 but the largest Ray node has 2")])
 def test_a_trial_no_node_can_hold_is_refused_before_writing(
         logical_gpus: None, tmp_path: Path, override: str, message: str) -> None:
-    from kdsearch.search import SearchError
-
     with pytest.raises(SearchError, match=message):
         _search(tmp_path, override, name="toobig")  # Tune would wait for it forever
     assert list(tmp_path.iterdir()) == []
-
-
-def test_auto_gpu_share_on_logical_gpus_is_a_sixteenth_for_digits() -> None:
-    cfg = load_config(QUICKSTART)
-    assert cfg.search.gpus_per_trial is None
-    share = _gpu_fraction(cfg, _fake_data(1437, (1, 8, 8)))
-    assert share == 1 / 16
-    assert _fit_concurrency({"cpus": 8, "gpus": 2}, 1.0, share) == 8  # CPU-bound, not GPU
 
 
 @pytest.mark.slow
 def test_final_retrainings_run_as_ray_tasks_and_match_in_process(logical_gpus: None) -> None:
     from kdsearch.config import default_cache_dir, default_data_dir
     from kdsearch.data import load_dataset
-    from kdsearch.final import BASELINE, DISTILLED, Retraining, Setting, in_process, training_config
-    from kdsearch.search import _make_payload, _ray_runner
+    from kdsearch.final import Setting, training_config
+    from kdsearch.results import BASELINE, DISTILLED
+    from kdsearch.retrain import Retraining, in_process
+    from kdsearch.trainable import make_payload, ray_runner
     from kdsearch.teacher import get_teacher
 
     cfg = load_config(QUICKSTART, [*TINY_TEACHER, "training.epochs=3"])
@@ -861,8 +529,8 @@ def test_final_retrainings_run_as_ray_tasks_and_match_in_process(logical_gpus: N
             Retraining(0, 1, training_config(cfg, setting(DISTILLED, 8, temperature=4.0), 1), 1),
             Retraining(1, 0, training_config(cfg, setting(BASELINE, 16), 0), None),
             Retraining(2, 0, training_config(diverging, setting(DISTILLED, 8, lr=1e30), 0), 1)]
-    payload = _make_payload(cfg, data, teacher, {"cpus": 8, "gpus": 0})  # as run_search's
-    remote = dict(_ray_runner(payload)(jobs))
+    payload = make_payload(cfg, data, teacher, cpus_per_trial=1.0)  # as run_search's
+    remote = dict(ray_runner(payload, gpus_per_task=0.0)(jobs))
     local = dict(in_process(data, teacher)(jobs))
     assert set(remote) == set(local) == set(jobs)
     for job in jobs[:3]:
@@ -881,7 +549,7 @@ def test_final_retrainings_run_as_ray_tasks_and_match_in_process(logical_gpus: N
 
 @pytest.mark.slow
 def test_a_quiet_search_with_its_report_prints_nothing(logical_gpus: None, tmp_path: Path,
-                                                        capfd: pytest.CaptureFixture) -> None:
+                                                       capfd: pytest.CaptureFixture) -> None:
     from kdsearch import run_search
 
     capfd.readouterr()
@@ -949,11 +617,9 @@ def _simulate_lost_checkpoint(exp_dir: Path) -> bool:
     from ray.tune.experiment import Trial
     from ray.tune.utils.serialization import _loads_with_cloudpickle
 
-    from kdsearch.search import _mend_torn_state
-
     # the kill may have torn the newest saved state (seen: an empty experiment_state-*.json):
     # mend it as the resume would, then simulate on the state the resume restores
-    _mend_torn_state(str(exp_dir))
+    mend_torn_state(str(exp_dir))
     state = _loads_with_cloudpickle(Path(_find_newest_experiment_checkpoint(str(exp_dir)))
                                     .read_text())
     for json_state, metadata in state["trial_data"]:
@@ -1087,157 +753,41 @@ def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
             list(range(1, int(r["epochs"]) + 1))
 
 
-def test_a_searched_epoch_budget_does_not_overwrite_the_epochs_a_trial_ran(tmp_path: Path
-                                                                           ) -> None:
-    """trials.csv's `epochs` is the epochs run; a searched `epochs` goes to `epoch_budget`. The
-    resume replays the epochs run to ASHA, and the retraining takes the searched budget."""
-    from types import SimpleNamespace
-
-    from kdsearch.config import config_from_dict
-    from kdsearch.search import _finished_trials, _make_status_callback, best_trial
-
-    cfg = config_from_dict({"training": {"epochs": 10}, "search": {"space": {
-        "lr": {"distribution": "loguniform", "low": 1e-3, "high": 1e-1},
-        "epochs": {"distribution": "choice", "values": [5, 20]}}}})
-    callback = _make_status_callback(tmp_path, cfg, {"distill": 2}, True, fresh=True)
-    callback.setup()
-    for trial_id, budget, ran, acc in (("a0000001", 20, 2, 0.8), ("a0000002", 5, 5, 0.7)):
-        trial = SimpleNamespace(trial_id=trial_id, config={"phase": "distill", "lr": 0.01,
-                                                           "epochs": budget},
-                                last_result={"epoch": ran, "val_acc": acc, "val_loss": 0.5,
-                                             "train_loss": 0.4, "diverged": 0})
-        callback._record(trial, "TERMINATED")
-    callback._write()
-    rows = _rows(tmp_path / "trials.csv")
-    assert [(r["epochs"], r["epoch_budget"], r["stopped_early"]) for r in rows] == [
-        ("2", "20", "1"), ("5", "5", "0")]
-    assert {k: v["epoch"] for k, v in _finished_trials(tmp_path).items()} == {
-        "a0000001": 2, "a0000002": 5}
-    settings, metrics = best_trial(rows, "distill", ["lr", "epochs"])
-    assert settings["epochs"] == 5 and metrics["trial_id"] == "a0000002"  # full budget first
-
-
 def test_one_kdsearch_at_a_time_runs_a_search_folder(tmp_path: Path) -> None:
     """Two `kdsearch run`s of one name at once wrote their trials into one folder."""
-    from kdsearch.search import SearchError, _exclusive
-
     out = tmp_path / "results" / "quickstart"
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from kdsearch.search import _exclusive\n"
-        f"with _exclusive(Path({str(out)!r})):\n"
+        "import sys, time; from pathlib import Path; from kdsearch.search import exclusive\n"
+        f"with exclusive(Path({str(out)!r})):\n"
         "    print('held', flush=True); time.sleep(60)\n")], stdout=subprocess.PIPE, text=True)
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         with pytest.raises(SearchError, match="another kdsearch is running the search in"):
-            with _exclusive(out):
+            with exclusive(out):
                 pass
     finally:
         holder.kill()
         holder.wait()
-    with _exclusive(out):  # free again once the holder is gone
+    with exclusive(out):  # free again once the holder is gone
         pass
     assert list((tmp_path / "results").iterdir()) == []  # and the lock file is gone with it
 
 
-@pytest.mark.parametrize("text", ["{}", '{"trial_data": 5, "runner_data": []}',
-                                  '{"trial_data": [[1, 2]]}'])
-def test_a_saved_experiment_state_of_another_shape_is_one_line(tmp_path: Path, text: str
-                                                               ) -> None:
-    from kdsearch.search import SearchError, _repair_checkpoints
-
-    (tmp_path / "experiment_state-2026-11-23_00-00-00.json").write_text(text)
-    with pytest.raises(SearchError, match="saved state of this search is damaged"):
-        _repair_checkpoints(str(tmp_path))
 
 
-def test_the_best_trial_does_not_depend_on_the_order_trials_ended_in() -> None:
-    """Equal val_acc (a small val split moves in steps of 1/n) is broken by the lower val_loss,
-    then the smaller student, whatever the row order of trials.csv."""
-    import itertools
+def test_a_search_saved_before_the_search_module_was_split_still_restores() -> None:
+    """Ray Tune's saved Tuner (tuner.pkl) of a search run by kdsearch before its search module
+    was split (commit b123f3a; tests/data/tuner-before-split.pkl) names its searcher and
+    scheduler by their old path (search._PhaseSearcher, _PhaseScheduler), the functions its
+    status callback called there, and the trainable by the name Tune restores it under."""
+    import pickle
 
-    from kdsearch.search import best_trial
+    from kdsearch.arms import PhaseScheduler
+    from kdsearch.trainable import TRAINABLE_NAME
 
-    def row(trial_id: str, width: int, acc: str, loss: str, params: int, early: int = 0
-            ) -> dict[str, str]:
-        return {"phase": "distill", "trial_id": trial_id, "status": "TERMINATED",
-                "stopped_early": str(early), "diverged": "0", "width": str(width),
-                "val_acc": acc, "val_loss": loss, "params": str(params)}
-
-    rows = [row("a0000001", 64, "0.9861", "0.070", 8970),
-            row("a0000002", 16, "0.9861", "0.050", 1530),
-            row("a0000003", 32, "0.9861", "0.050", 3530),
-            row("a0000004", 8, "0.9907", "0.020", 700, early=1)]  # stopped early: ranked last
-    for order in itertools.permutations(rows):
-        settings, metrics = best_trial(list(order), "distill", ["width"])
-        assert settings == {"width": 16} and metrics["trial_id"] == "a0000002"
-
-
-def test_optuna_does_not_warn_about_the_epochs_a_resumed_trial_reports_again() -> None:
-    """A trial resumed from a checkpoint older than its last report (checkpoints are taken every
-    few seconds) reports those epochs again, which the restored study has: Optuna's warning for
-    each filled a resume's output."""
-    import warnings
-
-    import optuna
-
-    from kdsearch.search import _quiet_ray
-
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        _quiet_ray()
-        trial = optuna.create_study(direction="maximize").ask()
-        trial.report(0.5, 1)
-        trial.report(0.6, 1)  # the same step again
-    assert [str(w.message) for w in caught] == []
-
-
-def test_trials_csv_and_the_live_status_record_what_each_trial_ran(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    """The status line shows a searched epoch budget, not the epochs run; a diverged trial
-    records the epochs it completed; a trial that failed before its first report still has its
-    width's parameter count."""
-    from types import SimpleNamespace
-
-    from kdsearch.config import config_from_dict
-    from kdsearch.search import _make_status_callback
-
-    cfg = config_from_dict({"training": {"epochs": 10}, "student": {"width": 16},
-                            "search": {"space": {
-                                "lr": {"distribution": "loguniform", "low": 1e-3, "high": 1e-1},
-                                "epochs": {"distribution": "choice", "values": [5, 20]}}}})
-    callback = _make_status_callback(tmp_path, cfg, {"distill": 3}, False, fresh=True,
-                                     params_by_width={16: 1530})
-    callback.setup()
-
-    def trial(trial_id: str, last: dict[str, Any] | None) -> SimpleNamespace:
-        return SimpleNamespace(trial_id=trial_id, config={"phase": "distill", "lr": 0.01,
-                                                          "epochs": 20},
-                               last_result=last, error_file=None)
-
-    callback.on_trial_complete(0, [], trial("a0000001", {
-        "epoch": 2, "val_acc": 0.8, "val_loss": 0.5, "train_loss": 0.4, "diverged": 0,
-        "params": 1530}))
-    assert "stopped at epoch 2: val_acc 0.8000 (lr=0.01 epochs=20)" in capsys.readouterr().out
-    callback.on_trial_complete(0, [], trial("a0000002", {
-        "epoch": 1, "val_acc": 0.0, "val_loss": math.nan,
-        "train_loss": math.nan, "diverged": 1, "error": "training loss became nan"}))
-    callback.on_trial_error(0, [], trial("a0000003", None))
-    # a running trial's row follows the result being reported (Tune updates last_result after)
-    running = trial("a0000004", {"epoch": 1, "val_acc": 0.5, "diverged": 0})
-    callback.on_trial_result(0, [], running, {"epoch": 2, "val_acc": 0.6, "diverged": 0})
-    assert (callback.records["a0000004"]["epochs"], callback.records["a0000004"]["val_acc"]) == \
-        (2, 0.6)
-    rows = {r["trial_id"]: r for r in _rows(tmp_path / "trials.csv")}
-    assert (rows["a0000002"]["epochs"], rows["a0000002"]["diverged"]) == ("1", "1")
-    assert rows["a0000003"]["status"] == "ERROR" and rows["a0000003"]["params"] == "1530"
-
-
-def test_each_searcher_draws_its_own_random_numbers() -> None:
-    from kdsearch.search import _searcher_seed
-
-    assert _searcher_seed(7, "distill", False) == 7  # Optuna's own seed, as before
-    one = {_searcher_seed(7, arm, False) for arm in ("distill", "baseline")}
-    per_width = {_searcher_seed(7, arm, True)
-                 for arm in ("distill:w8", "distill:w16", "baseline:w8", "baseline:w16")}
-    assert len(one) == 2 and len(per_width) == 4
+    # kdsearch's own test file, loaded as Tune loads it
+    state = pickle.loads((REPO / "tests" / "data" / "tuner-before-split.pkl").read_bytes())
+    assert isinstance(state["_tune_config"].search_alg, PhaseSearcher)
+    assert isinstance(state["_tune_config"].scheduler, PhaseScheduler)
+    assert state["__trainable_name"] == TRAINABLE_NAME
+    assert len(state["_run_config"].callbacks) == 1  # the old status callback, replaced on resume

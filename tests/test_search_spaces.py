@@ -61,22 +61,23 @@ def test_set_override_is_validated_like_the_file() -> None:
 
 
 def test_unreachable_address_fails_in_seconds() -> None:
-    from kdsearch.search import SearchError, _check_reachable
+    from kdsearch.cluster import check_reachable
+    from kdsearch.results import SearchError
 
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     start = time.perf_counter()
     with pytest.raises(SearchError, match=f"127.0.0.1:{port}"):
-        _check_reachable(f"127.0.0.1:{port}")
+        check_reachable(f"127.0.0.1:{port}")
     with pytest.raises(SearchError, match="ray://127.0.0.1"):
-        _check_reachable(f"ray://127.0.0.1:{port}")
+        check_reachable(f"ray://127.0.0.1:{port}")
     assert time.perf_counter() - start < 5
-    _check_reachable("auto")  # nothing to probe: Ray looks the cluster up itself
+    check_reachable("auto")  # nothing to probe: Ray looks the cluster up itself
     for malformed in (":99999", "foo", "localhost:0", "localhost:99999", "host:port"):
         # Ray's own parser prints a traceback for these before raising
         with pytest.raises(SearchError, match="is not auto, HOST:PORT or ray://HOST:PORT"):
-            _check_reachable(malformed)
+            check_reachable(malformed)
 
 
 # --------------------------------------------------------------------------- the CLI

@@ -9,8 +9,8 @@ import pytest
 
 from kdsearch.cli import main
 from kdsearch.config import config_from_dict, dump_config
-from kdsearch.final import read_final
-from kdsearch.search import SearchError, check_run
+from kdsearch.final import read_searched
+from kdsearch.results import FINAL_FORMAT, ReportError, SearchError, check_run, read_final
 from kdsearch.tables import REQUIRED_PROGRESS, TableError, read_table
 
 HEADER = "phase,trial_id,status,stopped_early,diverged,epochs,val_acc,val_loss,lr,width\n"
@@ -92,8 +92,6 @@ def _final(**edit: object) -> dict:
                                   {"rows": [{**_final()["rows"][0], "tuned": None}]}])
 def test_a_final_json_of_the_wrong_shape_is_retrained_not_read(tmp_path: Path,
                                                               edit: dict) -> None:
-    from kdsearch.final import FINAL_FORMAT
-
     (tmp_path / "final.json").write_text(json.dumps({**_final(**edit), "format": FINAL_FORMAT}))
     assert read_final(tmp_path) is None
     (tmp_path / "final.json").write_text(json.dumps({**_final(), "format": FINAL_FORMAT}))
@@ -117,8 +115,6 @@ def test_kdsearch_report_of_a_damaged_table_is_one_line_and_exit_2(
 
 
 def test_a_trials_table_without_a_searched_column_is_refused(tmp_path: Path) -> None:
-    from kdsearch.final import ReportError, read_searched
-
     cfg = config_from_dict({"name": "x", "search": {"space": {
         "lr": {"distribution": "loguniform", "low": 1e-3, "high": 1e-1},
         "batch_size": {"distribution": "choice", "values": [16, 32]}}}})
@@ -152,7 +148,6 @@ def test_a_folder_where_the_report_writes_a_file_is_one_line(
 def test_a_config_edited_away_from_its_search_is_refused(tmp_path: Path) -> None:
     """A width dropped from config.yaml would retrain a width-64 trial's settings at the
     config's width; another dataset would compare against another teacher."""
-    from kdsearch.final import ReportError, read_searched
     from kdsearch.teacher import teacher_key
 
     space = {"lr": {"distribution": "loguniform", "low": 1e-3, "high": 1e-1}}

@@ -1,0 +1,194 @@
+"""Ray start-up and the cluster: the address, the resources a trial takes, the GPU share.
+
+`init_ray` joins the cluster at `--address` (or `$RAY_ADDRESS`) or starts a Ray of kdsearch's own,
+refusing an address nothing listens at in seconds, not minutes. `trial_resources` works out what
+each trial (and each final retraining) takes: `search.cpus_per_trial`, a share of a GPU, and how
+many run at once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import platform
+import socket
+import warnings
+from dataclasses import dataclass
+from typing import Any, Iterator
+
+import ray
+import torch
+
+from kdsearch.config import ExperimentConfig, largest
+from kdsearch.data import Dataset
+from kdsearch.models import count_parameters, meta_student
+from kdsearch.ray_workarounds import STATE_LOGGER, DropTmpFileRace
+from kdsearch.results import SearchError, searched_widths
+
+
+# --------------------------------------------------------------------------- resources
+@dataclass(frozen=True)
+class Resources:
+    """What each trial and final retraining takes, and how many trials run at once."""
+
+    cpus_per_trial: float
+    gpus_per_trial: float  # 0 on a cluster without GPUs
+    concurrency: int
+
+
+def trial_resources(cfg: ExperimentConfig, data: Dataset, hardware: dict[str, Any]
+                    ) -> Resources:
+    """The resources of `cfg`'s trials on a cluster of `hardware` (see `hardware()`)."""
+    gpus = gpu_fraction(cfg, data) if hardware["gpus"] else 0.0
+    # Tune runs an Optuna searcher's trials one at a time unless told how many may run at once
+    concurrency = cfg.search.max_concurrent_trials or fit_concurrency(
+        hardware, cfg.search.cpus_per_trial, gpus)
+    return Resources(cfg.search.cpus_per_trial, gpus, concurrency)
+
+
+def gpu_fraction(cfg: ExperimentConfig, data: Dataset) -> float:
+    """A GPU share per trial: small students pack many to a GPU (at most 16), CNNs fewer."""
+    if cfg.search.gpus_per_trial is not None:
+        return cfg.search.gpus_per_trial
+    model = meta_student(cfg.student.model, data.input_shape, data.num_classes,
+                         width=max(searched_widths(cfg)))
+    data_bytes = (data.train.x.numel() + data.val.x.numel()) * 4
+    batch = int(largest(cfg, "batch_size", cfg.training.batch_size))  # the largest searched
+    act = batch * sum(m.out_channels if hasattr(m, "out_channels") else 0
+                      for m in model.modules()) * math.prod(data.input_shape[1:])
+    # bytes: the data, weights + grads + Adam's two moments, activations (forward, backward)
+    need = data_bytes + count_parameters(model) * 16 + act * 4 * 3
+    # a trial that needs 4 GiB gets a whole GPU (its kernels fill it), a small one 1/16;
+    # rounded up to 1/k so the shares tile a GPU exactly
+    share = min(1.0, max(1 / 16, need / (4 * 2**30)))
+    return 1.0 / math.floor(1.0 / share)
+
+
+def fit_concurrency(hardware: dict[str, Any], cpus_per_trial: float, gpus_per_trial: float
+                    ) -> int:
+    """As many trials at once as the cluster's CPUs (and GPU shares) hold."""
+    n = math.floor(hardware["cpus"] / cpus_per_trial + 1e-9)
+    if gpus_per_trial > 0:
+        n = min(n, math.floor(hardware["gpus"] / gpus_per_trial + 1e-9))
+    return max(1, n)
+
+
+# --------------------------------------------------------------------------- Ray start-up
+def quiet_ray() -> None:
+    """Ray's and Tune's output kept to what kdsearch shows (errors), its state saved often."""
+    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # experiment state saved often, so a killed driver loses (almost) no finished trial
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
+    for name in ("ray", "ray.tune", "ray.train", "ray.data"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    state_logger = logging.getLogger(STATE_LOGGER)
+    if not any(isinstance(f, DropTmpFileRace) for f in state_logger.filters):
+        state_logger.addFilter(DropTmpFileRace())
+    warnings.filterwarnings("ignore", module="ray")
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
+    # a resumed trial reports again the epochs after its checkpoint, which the restored Optuna
+    # study has (OptunaSearch passes them on): Optuna keeps the first and warns, harmlessly
+    warnings.filterwarnings("ignore", message="The reported value is ignored because this")
+
+
+
+
+def host_port(address: str) -> tuple[str, int] | None:
+    """'HOST:PORT' or 'ray://HOST:PORT' -> (host, port); None for 'auto' and other forms."""
+    rest = address.split("://", 1)[1] if "://" in address else address
+    host, sep, port = rest.rstrip("/").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return None
+    return host.strip("[]"), int(port)
+
+
+def check_reachable(address: str, timeout: float = 5.0) -> None:
+    """Fail in seconds on an address nothing listens at: ray.init retries one for minutes."""
+    if address in ("auto", "local"):
+        return
+    hp = host_port(address)
+    if hp is None or not 0 < hp[1] < 65536:
+        raise SearchError(f"Ray cluster address {address!r} is not auto, HOST:PORT or "
+                          f"ray://HOST:PORT (a port in 1-65535); pass the address printed by "
+                          f"`ray start --head`, or omit --address for a local Ray")
+    try:
+        with socket.create_connection(hp, timeout=timeout):
+            pass
+    except OSError as e:
+        why = "timed out" if isinstance(e, socket.timeout) else (e.strerror or type(e).__name__)
+        raise SearchError(f"cannot reach the Ray cluster at {address!r} ({why}); check the "
+                          f"address printed by `ray start --head`, or omit --address for a "
+                          f"local Ray") from None
+
+
+def ray_address(address: str | None) -> str:
+    """--address, else $RAY_ADDRESS, else "local": a Ray of our own. (ray.init() alone would
+    join whatever cluster the last `ray start` on this machine left in
+    /tmp/ray/ray_current_cluster, alive or not.)"""
+    return address or os.environ.get("RAY_ADDRESS") or "local"
+
+
+def init_ray(address: str | None) -> bool:
+    """Connect to (or start) Ray; True if we started it here and should shut it down."""
+    quiet_ray()
+    if ray.is_initialized():
+        return False
+    address = ray_address(address)
+    check_reachable(address)
+    # a Ray of our own: no idle workers started for the driver. Tune runs every trial in a
+    # fresh actor process and never takes them, so they only spent ~1 s of CPU importing Ray
+    # while the trial actors started (bench/RESULTS.md, item 3)
+    own = {"_system_config": {"prestart_worker_first_driver": False}} \
+        if address == "local" else {}
+    try:
+        ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False,
+                 include_dashboard=False, configure_logging=True, **own)
+    except (ConnectionError, RuntimeError, ValueError, TimeoutError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise SearchError(f"cannot reach the Ray cluster at {address!r}: {first[:160]}; start "
+                          f"it (ray start --head) or omit --address for a local Ray") from None
+    return True
+
+
+def hardware() -> dict[str, Any]:
+    res = ray.cluster_resources()
+    return {"cpus": res.get("CPU", 0), "gpus": res.get("GPU", 0),
+            "nodes": len([n for n in ray.nodes() if n.get("Alive")]),
+            "driver": f"{platform.node()} {platform.processor() or platform.machine()}",
+            "torch": torch.__version__}
+
+
+def check_resources(cfg: ExperimentConfig) -> None:
+    """A trial runs on one node: one that fits on none would leave Tune waiting forever."""
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    cpus = max((n.get("CPU", 0) for n in nodes), default=0)
+    if cfg.search.cpus_per_trial > cpus:
+        raise SearchError(f"search.cpus_per_trial = {cfg.search.cpus_per_trial:g} but the largest "
+                          f"Ray node has {cpus:g} CPUs; lower it, e.g. --set "
+                          f"search.cpus_per_trial={max(cpus, 1):g}")
+    gpus = max((n.get("GPU", 0) for n in nodes), default=0)
+    want = cfg.search.gpus_per_trial
+    if gpus and want is not None and want > gpus:  # without GPUs the trials run on CPUs
+        raise SearchError(f"search.gpus_per_trial = {want:g} but the largest Ray node has "
+                          f"{gpus:g} GPUs; lower it, or leave it null for a share worked out "
+                          f"from the model")
+
+
+@contextlib.contextmanager
+def ray_running(address: str | None, *, quiet: bool = True) -> Iterator[None]:
+    """Ray for the block: joined at `address`, or started here and shut down after (unless it
+    was running already)."""
+    if not quiet and not ray.is_initialized():  # a few seconds with nothing else to show
+        where = ray_address(address)
+        print("ray: starting a local Ray" if where == "local" else f"ray: connecting to {where}",
+              flush=True)
+    started = init_ray(address)
+    try:
+        yield
+    finally:
+        if started:
+            ray.shutdown()

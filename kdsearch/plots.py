@@ -1,0 +1,168 @@
+"""The report's plots, as PNG files in the results folder: test accuracy against student size,
+val_acc against temperature and against alpha, and the search's best val_acc so far.
+
+Each function returns what it drew (title, axes, the series and their point counts), which
+summary.json keeps. matplotlib's Agg canvas directly, never pyplot: no global backend switch.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from kdsearch import files
+from kdsearch.results import BASELINE, DISTILLED, PHASE_LABEL, PHASES, read_config, row_width
+from kdsearch.tables import PROGRESS_FILE, TRIALS_FILE, read_table
+
+PLOT_TEST_ACC = "test_acc_vs_params.png"
+PLOT_TEMPERATURE = "val_acc_vs_temperature.png"
+PLOT_ALPHA = "val_acc_vs_alpha.png"
+PLOT_BEST_SO_FAR = "best_val_acc_vs_trial_epochs.png"
+PLOTS = (PLOT_TEST_ACC, PLOT_TEMPERATURE, PLOT_ALPHA, PLOT_BEST_SO_FAR)
+
+
+def _series(ax: Any) -> dict[str, int]:
+    """The labelled series drawn on `ax` and how many points each has (read from the artists)."""
+    from matplotlib.collections import PathCollection
+    from matplotlib.container import ErrorbarContainer
+    from matplotlib.lines import Line2D
+
+    out: dict[str, int] = {}
+    for handle, label in zip(*ax.get_legend_handles_labels()):
+        if isinstance(handle, ErrorbarContainer):
+            n = len(handle.lines[0].get_xydata())
+        elif isinstance(handle, PathCollection):
+            n = len(handle.get_offsets())
+        elif isinstance(handle, Line2D):
+            n = len(handle.get_xydata())
+        else:
+            n = 0
+        out[label] = n
+    return out
+
+
+def _figure() -> tuple[Any, Any]:
+    # the Agg canvas directly, not pyplot: no global backend switch, no GUI, thread-safe
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6.4, 4.4), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    ax.grid(True, alpha=0.3)
+    return fig, ax
+
+
+def _save(fig: Any, ax: Any, path: Path, title: str) -> dict[str, Any]:
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    files.write_atomic(path, lambda f: fig.savefig(f, format="png"))
+    return {"file": path.name, "title": title, "xlabel": ax.get_xlabel(),
+            "ylabel": ax.get_ylabel(), "series": _series(ax)}
+
+
+def plot_test_acc(final: dict[str, Any], path: Path) -> dict[str, Any]:
+    fig, ax = _figure()
+    groups = [(DISTILLED, True, "distilled", "o", 0.97),
+              (BASELINE, True, "baseline", "s", 1.03),
+              (BASELINE, False, "baseline (untuned)", "^", 1.03)]
+    for kind, tuned, label, marker, shift in groups:
+        rs = sorted((r for r in final["rows"] if r["kind"] == kind and r["tuned"] == tuned
+                     and r["mean"] is not None), key=lambda r: r["params"])
+        if not rs:
+            continue
+        # a small multiplicative shift keeps the two kinds' error bars apart on the log axis
+        ax.errorbar([r["params"] * shift for r in rs], [100 * r["mean"] for r in rs],
+                    yerr=[100 * (r["std"] or 0.0) for r in rs], marker=marker, capsize=3,
+                    label=label)
+    t = final["teacher"]
+    ax.axhline(100 * t["test_acc"], color="grey", linestyle="--",
+               label=f"teacher ({t['params']:,} parameters)")
+    ax.set_xscale("log")
+    from matplotlib.ticker import NullLocator
+
+    sizes = sorted({(r["params"], r["width"]) for r in final["rows"]})
+    ax.set_xticks([p for p, _ in sizes], labels=[f"{p:,}\nwidth {w}" for p, w in sizes],
+                  fontsize=8)
+    ax.xaxis.set_minor_locator(NullLocator())
+    ax.set_xlabel("student parameters")
+    ax.set_ylabel("test accuracy (%)")
+    title = f"Test accuracy vs student size (mean ± std, {len(final['seeds'])} seeds)"
+    ax.set_title(title, fontsize=10)
+    return _save(fig, ax, path, title)
+
+
+def _finished(rows: list[dict[str, Any]], phase: str) -> list[dict[str, Any]]:
+    return [r for r in rows if r.get("phase") == phase and r.get("status") == "TERMINATED"
+            and not int(r.get("diverged") or 0) and r.get("val_acc") not in (None, "")]
+
+
+def plot_val_acc_vs(dim: str, cfg: Any, rows: list[dict[str, Any]], path: Path
+                    ) -> dict[str, Any] | None:
+    """val_acc of the finished distillation trials against `dim`, one colour per width."""
+    spec = next((d for d in cfg.search.space if d.name == dim), None)
+    pts = [r for r in _finished(rows, "distill") if r.get(dim) not in (None, "")]
+    if spec is None or not pts:
+        return None
+    fig, ax = _figure()
+    widths = sorted({row_width(r, cfg) for r in pts})
+    colours = [f"C{i % 10}" for i in range(len(widths))]
+    for w, colour in zip(widths, colours):
+        rs = [r for r in pts if row_width(r, cfg) == w]
+        faces = ["none" if int(r.get("stopped_early") or 0) else colour for r in rs]
+        ax.scatter([float(r[dim]) for r in rs], [100 * float(r["val_acc"]) for r in rs],
+                   facecolors=faces, edgecolors=colour, label=f"width {w}")
+    if spec.distribution == "loguniform":
+        from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FormatStrFormatter("%g"))
+        ax.xaxis.set_minor_formatter(NullFormatter())
+    ax.set_xlabel(dim)
+    ax.set_ylabel("validation accuracy (%), last epoch")
+    title = f"Distillation trials: val_acc vs {dim} (hollow: stopped early by ASHA)"
+    ax.set_title(title, fontsize=10)
+    return _save(fig, ax, path, title)
+
+
+def plot_best_so_far(progress: list[dict[str, Any]], path: Path) -> dict[str, Any] | None:
+    """Running best val_acc against trial-epochs spent, in the order the epochs arrived."""
+    if not progress:
+        return None
+    fig, ax = _figure()
+    for phase in PHASES:
+        xs, ys, best, n = [], [], -math.inf, 0
+        for r in progress:
+            if r.get("phase") != phase or r.get("val_acc") in (None, ""):
+                continue
+            n += 1
+            acc = float(r["val_acc"])
+            if math.isfinite(acc) and acc > best:
+                best = acc
+            xs.append(n)
+            ys.append(100 * best)
+        if xs:
+            ax.step(xs, ys, where="post", label=PHASE_LABEL[phase])
+    ax.set_xlabel("trial-epochs spent")
+    ax.set_ylabel("best validation accuracy so far (%)")
+    title = "Search progress: best val_acc vs trial-epochs"
+    ax.set_title(title, fontsize=10)
+    return _save(fig, ax, path, title)
+
+
+def write_plots(results_dir: Path, final: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Draw every plot that has data; return {file: what was drawn} (series and point counts)."""
+    cfg = read_config(results_dir)
+    rows = read_table(results_dir / TRIALS_FILE)
+    progress = read_table(results_dir / PROGRESS_FILE)
+    drawn = {PLOT_TEST_ACC: plot_test_acc(final, results_dir / PLOT_TEST_ACC),
+             PLOT_TEMPERATURE: plot_val_acc_vs("temperature", cfg, rows,
+                                               results_dir / PLOT_TEMPERATURE),
+             PLOT_ALPHA: plot_val_acc_vs("alpha", cfg, rows, results_dir / PLOT_ALPHA),
+             PLOT_BEST_SO_FAR: plot_best_so_far(progress, results_dir / PLOT_BEST_SO_FAR)}
+    for name, rec in drawn.items():
+        if rec is None:  # a plot of an earlier report that no longer has data
+            (results_dir / name).unlink(missing_ok=True)
+    return {k: v for k, v in drawn.items() if v is not None}

@@ -1,0 +1,386 @@
+"""Every workaround of a Ray Tune behaviour that kdsearch depends on, in one file.
+
+Checked against Ray 2.60.0 (`ray[tune]`). On a Ray upgrade, read this file: each part names the
+behaviour it answers; where Ray has fixed one, its part can go. Nothing else in kdsearch reaches
+into Ray Tune's saved files or private attributes.
+
+Ray Tune's saved state of an experiment (`search/` in the results folder):
+
+1. **A torn `tuner.pkl` and experiment state** (`mend_torn_state`, `keep_tuner_copy`). Tune
+   writes `tuner.pkl` in place, without a temporary file and a rename (ray-project/ray#58179),
+   and copies its experiment state (`experiment_state-*.json`, the searcher's pickles) from a
+   staging folder into the storage folder file by file: a driver killed mid-write leaves a
+   truncated file that `Tuner.restore` fails on.
+2. **Checkpoints the state names but that are gone** (`repair_checkpoints`): with
+   `num_to_keep=1` a new checkpoint deletes the old one at once, while the experiment state
+   that names the old one is saved a moment later (ray-project/ray#30073).
+3. **A searcher state older than the experiment state** (`restored_trial_configs`): Tune saves
+   the experiment state first and the searcher's after it; a kill between the two restores a
+   searcher that has not seen the newest trial and would run one trial over the budget.
+4. **Trials that ended after Ray's last saved state** (`finished_trials`, `replay_finished`,
+   `report_last_epoch_again`; the results records' side: `reload_records`, `drop_unseen`,
+   `rewind_epochs`): the experiment state is saved every second
+   (`TUNE_GLOBAL_CHECKPOINT_S`), so a killed driver's state may show a trial running that had
+   ended, or not show a trial at all. Tune restarts the first (the trainable hands Tune the
+   result trials.csv recorded instead of training again) and the searcher suggests the second
+   anew (its rows are dropped).
+5. **Callbacks are not restored with the experiment, and `Tuner.restore` takes none**
+   (`restore_callbacks`): set on the restored Tuner's run config, which has no public accessor
+   (ray-project/ray#41364).
+
+Ray Tune's process-wide behaviour:
+
+6. **A log race on the state's temporary files** (`DropTmpFileRace`): Tune's background copy of
+   the staging folder fails on a temporary file renamed under it and logs an ERROR with a
+   traceback; the next copy succeeds (Ray's fix with unique temporary names:
+   ray-project/ray#60556, not in 2.60.0).
+7. **Tune's SIGINT handler outlives `Tuner.fit`** (`sigint_handler_kept`): `fit()` installs its
+   own and leaves it after a search that ended without a Ctrl-C, so the next Ctrl-C (of the
+   final evaluation) is swallowed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import pickletools
+import re
+import signal
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import torch
+
+from kdsearch import files
+from kdsearch.metrics import EPOCH, EPOCH_SECONDS, TRAIN_LOSS, VAL_ACC, VAL_LOSS
+from kdsearch.results import SearchError
+from kdsearch.tables import (PROGRESS_FIELDS, PROGRESS_FILE, TEXT_FIELDS, TRIALS_FILE, parse_value,
+                             read_table, write_table)
+
+TUNER_COPY = ".kdsearch-tuner.pkl"  # kdsearch's copy of Tune's tuner.pkl, beside it
+
+
+# --------------------------------------------------------------------------- 1. torn state
+def mend_torn_state(exp_path: str, log: Callable[[str], None] | None = None
+                    ) -> tuple[str, bool] | None:
+    """Mend the newest saved state if a kill cut it short: (its session, recovered?).
+
+    Tune writes its state (experiment_state-<session>.json, the searcher's two pickles) into a
+    staging folder under Ray's temp dir on the driver, and copies that whole
+    folder into the results folder in the background, not atomically: a driver killed mid-copy
+    leaves whichever file was being copied truncated (seen: an empty search_gen_state beside a
+    whole experiment state), and Tuner.restore fails on it. The staging copy is whole (written
+    before the copy began) and outlives a killed driver on the same machine: if it is there,
+    and is this search's (it names trials this folder has), its files replace the torn ones.
+    Otherwise that session's files are renamed `.torn-<name>`, and Tune restores the whole
+    session before it (trials it never saw are dropped and suggested anew, see the status
+    callback) or, if there is none, the search starts over in a cleared folder. None when the
+    newest state is whole. A torn tuner.pkl is replaced by kdsearch's copy of it; with no whole
+    copy it is a SearchError, before anything changes. Nothing is unpickled: a pickle is
+    checked opcode by opcode. `log` is told when tuner.pkl is replaced.
+    """
+    folder = Path(exp_path)
+    if not folder.is_dir():
+        return None
+    tuner = folder / "tuner.pkl"
+    if tuner.exists() and not _readable_pickle(tuner):
+        # Tune writes tuner.pkl straight into this folder, again on every restore: kdsearch's
+        # own copy of it (see keep_tuner_copy) is the one that outlives a torn write
+        whole = folder / TUNER_COPY
+        if not _readable_pickle(whole):  # Tune cannot restore without it; nothing is changed
+            raise SearchError(f"{tuner} was cut short by a kill and kdsearch's copy of it "
+                              f"({whole.name}) is missing or torn too, so this search cannot "
+                              f"be resumed; run it again with kdsearch run --force")
+        files.copy(whole, tuner)
+        if log is not None:
+            log(f"note: {tuner.name} (Ray Tune's saved Tuner) was cut short by the kill; "
+                f"replaced by kdsearch's copy of it, {whole.name}")
+    mended: tuple[str, bool] | None = None
+    while True:
+        sessions = sorted({m.group(2) for f in folder.iterdir()
+                           if (m := _STATE_FILE.match(f.name))})
+        if not sessions:
+            return mended
+        session = sessions[-1]  # Tune restores the newest state file of each kind
+        if _whole_session(folder, session):
+            return mended
+        for d in _staging_folders(folder):
+            if _whole_session(d, session):
+                for f in _session_files(d, session):
+                    files.copy(f, folder / f.name)
+                return mended or (session, True)
+        for f in _session_files(folder, session):
+            os.replace(f, f.with_name(f".torn-{f.name}"))
+        mended = mended or (session, False)
+
+
+def _staging_folders(folder: Path) -> Iterator[Path]:
+    """Ray's staging folders on this machine of the search in `folder` (they name trials it
+    has), newest Ray session first. Only looked for when a state is torn: Ray's temp dir keeps
+    every session's folder, hundreds on a machine that has run many searches."""
+    ours = {d.name for d in folder.glob("_trainable_*") if d.is_dir()}
+    ray_tmp = Path(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()) / "ray"
+    for d in sorted(ray_tmp.glob(f"session_*/artifacts/*/{folder.name}/driver_artifacts"),
+                    reverse=True):
+        if ours & {t.name for t in d.glob("_trainable_*") if t.is_dir()}:
+            yield d
+
+
+_STATE_FILE = re.compile(r"^(experiment_state|search_gen_state|searcher-state)-(.+)\.(json|pkl)$")
+
+
+def _session_files(folder: Path, session: str) -> list[Path]:
+    return [f for f in folder.iterdir()
+            if (m := _STATE_FILE.match(f.name)) and m.group(2) == session and f.is_file()]
+
+
+def keep_tuner_copy(exp_path: str) -> None:
+    """Keep a copy of the tuner.pkl that Tune has just written whole (Tuner created or
+    restored), for mend_torn_state: a kill during Tune's next write of it would tear it."""
+    tuner = Path(exp_path) / "tuner.pkl"
+    if _readable_pickle(tuner):
+        files.copy(tuner, tuner.with_name(TUNER_COPY))
+
+
+def _whole_session(folder: Path, session: str) -> bool:
+    """`session` saved an experiment state in `folder`, and each of its files reads whole (the
+    experiment state is JSON; search_gen_state-*.json, despite its name, and
+    searcher-state-*.pkl are pickles)."""
+    state_files = _session_files(folder, session)
+    return (folder / f"experiment_state-{session}.json").is_file() and all(
+        _readable_json(f) if f.name.startswith("experiment_state-") else _readable_pickle(f)
+        for f in state_files)
+
+
+def _readable_pickle(path: Path) -> bool:
+    """A whole pickle stream, read opcode by opcode without running it: a truncated or empty
+    file fails (pickletools raises ValueError at the cut), and nothing is imported or built."""
+    try:
+        for _ in pickletools.genops(path.read_bytes()):
+            pass
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+def _readable_json(path: Path) -> bool:
+    try:
+        json.loads(path.read_text())
+        return True
+    except (OSError, ValueError):
+        return False
+
+
+# --------------------------------------------------------------------------- 2. lost checkpoints
+def repair_checkpoints(exp_path: str) -> list[str]:
+    """Point each unfinished trial of a killed run at a checkpoint that is on disk.
+
+    Tune keeps one checkpoint per trial (num_to_keep=1): registering a new one deletes the old
+    one at once, but the experiment state that names the checkpoint a resumed trial restores
+    from is written a moment later and copied into the results folder in the background. A
+    driver killed in that gap leaves a state naming a deleted checkpoint, and Tune fails the
+    trial on resume ("does not exist on storage anymore"). The checkpoint that replaced it is
+    on disk: it takes the expected name (the trial resumes from its later epoch; ASHA and
+    progress.csv go by the epoch in the checkpoint, not Tune's iteration count). That is the
+    oldest newer one: any newer still were written by the trial but never seen by the driver,
+    so their epochs have no rows in progress.csv. Returns the checkpoints repaired. Local
+    storage only.
+    """
+    if "://" in exp_path:
+        return []
+    from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
+    from ray.tune.experiment import Trial
+    from ray.tune.utils.serialization import _loads_with_cloudpickle
+
+    state_file = _find_newest_experiment_checkpoint(exp_path)
+    if state_file is None:
+        return []
+    try:
+        state = _loads_with_cloudpickle(Path(state_file).read_text())
+        trials = []
+        for json_state, metadata in state["trial_data"]:
+            trial = Trial.from_json_state(json_state, stub=True)
+            trial.restore_run_metadata(metadata)
+            trials.append(trial)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:  # JSON of another shape
+        raise SearchError(f"{state_file}: Ray Tune's saved state of this search is damaged "
+                          f"({type(e).__name__}); restore the folder from a copy, `kdsearch "
+                          f"report` what it has, or start over with `kdsearch run ... --force`"
+                          ) from None
+    repaired = []
+    for trial in trials:
+        if trial.status == Trial.TERMINATED or trial.checkpoint is None:
+            continue
+        trial_dir = Path(exp_path) / trial.storage.trial_dir_name
+        wanted = trial_dir / Path(trial.checkpoint.path).name
+        if wanted.exists():
+            continue
+        for newer in sorted(trial_dir.glob("checkpoint_*")):
+            if newer.name <= wanted.name:
+                continue
+            try:  # skip one the kill cut short while it was being written
+                torch.load(newer / "state.pt", map_location="cpu", weights_only=True)
+            except Exception:
+                continue
+            os.replace(newer, wanted)
+            repaired.append(str(wanted))
+            break
+    return repaired
+
+
+# --------------------------------------------------------------------------- 3. the searcher
+def restored_trial_configs(searcher_state: Path) -> dict[str, dict[str, Any]] | None:
+    """trial id -> config of every trial in the experiment state beside `searcher_state`
+    (searcher-state-<session>.pkl: experiment_state-<session>.json, the JSON Tune restores its
+    trials from, read here without unpickling anything); None if it cannot be read."""
+    m = re.match(r"^searcher-state-(.+)\.pkl$", searcher_state.name)
+    if m is None:
+        return None
+    try:
+        state = json.loads(searcher_state.with_name(f"experiment_state-{m.group(1)}.json")
+                           .read_text())
+        out = {}
+        for entry in state["trial_data"]:
+            trial = json.loads(entry[0]) if isinstance(entry[0], str) else entry[0]
+            if isinstance(trial.get("config"), dict):
+                out[trial["trial_id"]] = trial["config"]
+        return out
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return None
+
+
+# --------------------------------------------------------------------------- 4. ended trials
+def finished_trials(results_dir: Path) -> dict[str, dict[str, Any]]:
+    """The final result of every trial that trials.csv records as ended."""
+    out: dict[str, dict[str, Any]] = {}
+    for r in read_table(results_dir / TRIALS_FILE):
+        if r.get("status") != "TERMINATED":
+            continue
+        metrics = {k: r[k] if k in TEXT_FIELDS else parse_value(r[k])
+                   for k in (VAL_LOSS, TRAIN_LOSS, "params", "node", "gpu_ids", "error")
+                   if r.get(k) not in (None, "")}
+        out[r["trial_id"]] = {**metrics, EPOCH: int(parse_value(r.get("epochs") or 0)),
+                              VAL_ACC: float(parse_value(r.get("val_acc") or 0.0)),
+                              "diverged": int(parse_value(r.get("diverged") or 0))}
+    return out
+
+
+def replay_finished(finished: dict[str, dict[str, Any]], trial_id: str,
+                    report: Callable[[dict[str, Any]], None]) -> bool:
+    """In the trainable, first: a trial that trials.csv records as ended, but that Ray's last
+    saved state showed running, so Tune restarted it. Hand Tune, ASHA and the searcher the
+    result recorded then (`report`: `tune.report`), marked `replayed`, instead of training it
+    again; True if it was one."""
+    result = finished.get(trial_id)
+    if result is None:
+        return False
+    report({**result, "replayed": 1})
+    return True
+
+
+def report_last_epoch_again(history: list[dict[str, float]],
+                            checkpoint_metrics: dict[str, Any] | None,
+                            report: Callable[[dict[str, Any]], None]) -> None:
+    """In the trainable, after `fit`: a trial resumed from the checkpoint of its last epoch had
+    ended, but the killed driver's saved state did not show it (see `repair_checkpoints`): fit
+    trains no epoch. Report that epoch's metrics again, or Tune would end the trial on the older
+    result it restored."""
+    if not history and checkpoint_metrics is not None:
+        report(checkpoint_metrics)
+
+
+def _keep_progress(results_dir: Path, keep: Callable[[dict[str, str]], bool]
+                   ) -> list[dict[str, str]]:
+    """Rewrite progress.csv with the whole rows that `keep` keeps (a row a kill tore, always
+    dropped); return them."""
+    path = results_dir / PROGRESS_FILE
+    rows = [r for r in read_table(path)
+            if None not in r and all(r.get(k) is not None for k in PROGRESS_FIELDS)
+            and r["epoch"].isdigit() and keep(r)]
+    write_table(path, rows, PROGRESS_FIELDS)
+    return rows
+
+
+def reload_records(results_dir: Path
+                   ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[int, float]]]:
+    """What a killed driver recorded, for a resumed search's status callback: trials.csv's rows
+    by trial id, and each trial's reported epochs (epoch -> its seconds) from progress.csv."""
+    records = {row["trial_id"]: row for row in read_table(results_dir / TRIALS_FILE)}
+    epochs: dict[str, dict[int, float]] = {}
+    for r in _keep_progress(results_dir, lambda r: True):
+        epochs.setdefault(r["trial_id"], {})[int(r["epoch"])] = \
+            float(r.get(EPOCH_SECONDS) or 0.0)
+    return records, epochs
+
+
+def drop_unseen(results_dir: Path, records: dict[str, dict[str, Any]],
+                epochs: dict[str, dict[int, float]], restored: set[str]) -> set[str]:
+    """At a resumed search's first step: the recorded trials that Ray's restored state never
+    saw (the searcher suggests new ones in their place) leave `records`, `epochs` and
+    progress.csv. Returns their ids."""
+    lost = {t for t in records if t not in restored}
+    for t in lost:
+        del records[t]
+        epochs.pop(t, None)
+    if lost:
+        _keep_progress(results_dir, lambda r: r["trial_id"] not in lost)
+    return lost
+
+
+def rewind_epochs(results_dir: Path, seen: dict[int, float], trial_id: str, epoch: int) -> None:
+    """A trial reports `epoch` again: it resumed from a checkpoint older than its last reported
+    epoch, and the epochs it trains again replace the ones the killed driver recorded (in
+    `seen`, its epochs, and progress.csv), so progress.csv holds one row per (trial, epoch)."""
+    again = [e for e in seen if e >= epoch]
+    if not again:
+        return
+    for e in again:
+        del seen[e]
+    _keep_progress(results_dir, lambda r: not (r["trial_id"] == trial_id
+                                               and int(r["epoch"]) >= epoch))
+
+
+# --------------------------------------------------------------------------- 5. callbacks
+def restore_callbacks(tuner: Any, callbacks: list[Any]) -> None:
+    """Attach `callbacks` to a Tuner made by `Tuner.restore`, which restores none and takes none
+    (they are set on its run config, reached through the private `_local_tuner`)."""
+    tuner._local_tuner.get_run_config().callbacks = list(callbacks)
+
+
+# --------------------------------------------------------------------------- 6. the log race
+# Tune writes its state into a staging folder (each file as `.<uuid>-tmp-<name>`, then renamed)
+# while a background thread may still be copying the previous snapshot out of that folder: the
+# copy then fails on a temporary file that was renamed under it, and Tune logs the failure as an
+# ERROR with a traceback (seen in CI). That snapshot is lost, not the state: the next one (within
+# TUNE_GLOBAL_CHECKPOINT_S) copies the folder again, and the one Tune forces at the end of the
+# search waits for every write. Only this failure is dropped; any other is still shown.
+STATE_LOGGER = "ray.tune.execution.experiment_state"
+_TUNE_TMP_FILE = re.compile(r"/\.[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}-tmp-[^/']*'")
+
+
+def is_renamed_tmp_file_race(record: logging.LogRecord) -> bool:
+    exc = record.exc_info[1] if record.exc_info else None
+    return isinstance(exc, FileNotFoundError) and bool(_TUNE_TMP_FILE.search(str(exc)))
+
+
+class DropTmpFileRace(logging.Filter):
+    """A filter for `STATE_LOGGER` that drops the race above and nothing else."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not is_renamed_tmp_file_race(record)
+
+
+# --------------------------------------------------------------------------- 7. Ctrl-C
+@contextlib.contextmanager
+def sigint_handler_kept() -> Iterator[None]:
+    """Around `Tuner.fit()`: the SIGINT handler before it is the one after it."""
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        yield
+    finally:
+        if threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGINT, handler)

@@ -1,0 +1,83 @@
+"""The live status callback (`kdsearch.status`): what trials.csv records of each trial and what
+the status line says, driven by stand-ins for Tune's trials."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from kdsearch.config import config_from_dict
+from kdsearch.ray_workarounds import finished_trials
+from kdsearch.results import best_trial
+from kdsearch.status import StatusCallback
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_a_searched_epoch_budget_does_not_overwrite_the_epochs_a_trial_ran(tmp_path: Path
+                                                                           ) -> None:
+    """trials.csv's `epochs` is the epochs run; a searched `epochs` goes to `epoch_budget`. The
+    resume replays the epochs run to ASHA, and the retraining takes the searched budget."""
+    cfg = config_from_dict({"training": {"epochs": 10}, "search": {"space": {
+        "lr": {"distribution": "loguniform", "low": 1e-3, "high": 1e-1},
+        "epochs": {"distribution": "choice", "values": [5, 20]}}}})
+    callback = StatusCallback(tmp_path, cfg, {"distill": 2}, quiet=True, fresh=True)
+    callback.setup()
+    for trial_id, budget, ran, acc in (("a0000001", 20, 2, 0.8), ("a0000002", 5, 5, 0.7)):
+        trial = SimpleNamespace(trial_id=trial_id, config={"phase": "distill", "lr": 0.01,
+                                                           "epochs": budget},
+                                last_result={"epoch": ran, "val_acc": acc, "val_loss": 0.5,
+                                             "train_loss": 0.4, "diverged": 0})
+        callback.record(trial, "TERMINATED")
+    callback.write_trials()
+    rows = _rows(tmp_path / "trials.csv")
+    assert [(r["epochs"], r["epoch_budget"], r["stopped_early"]) for r in rows] == [
+        ("2", "20", "1"), ("5", "5", "0")]
+    assert {k: v["epoch"] for k, v in finished_trials(tmp_path).items()} == {
+        "a0000001": 2, "a0000002": 5}
+    settings, metrics = best_trial(rows, "distill", ["lr", "epochs"])
+    assert settings["epochs"] == 5 and metrics["trial_id"] == "a0000002"  # full budget first
+
+
+def test_trials_csv_and_the_live_status_record_what_each_trial_ran(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The status line shows a searched epoch budget, not the epochs run; a diverged trial
+    records the epochs it completed; a trial that failed before its first report still has its
+    width's parameter count."""
+    cfg = config_from_dict({"training": {"epochs": 10}, "student": {"width": 16},
+                            "search": {"space": {
+                                "lr": {"distribution": "loguniform", "low": 1e-3, "high": 1e-1},
+                                "epochs": {"distribution": "choice", "values": [5, 20]}}}})
+    callback = StatusCallback(tmp_path, cfg, {"distill": 3}, quiet=False, fresh=True,
+                              params_by_width={16: 1530})
+    callback.setup()
+
+    def trial(trial_id: str, last: dict[str, Any] | None) -> SimpleNamespace:
+        return SimpleNamespace(trial_id=trial_id, config={"phase": "distill", "lr": 0.01,
+                                                          "epochs": 20},
+                               last_result=last, error_file=None)
+
+    callback.on_trial_complete(0, [], trial("a0000001", {
+        "epoch": 2, "val_acc": 0.8, "val_loss": 0.5, "train_loss": 0.4, "diverged": 0,
+        "params": 1530}))
+    assert "stopped at epoch 2: val_acc 0.8000 (lr=0.01 epochs=20)" in capsys.readouterr().out
+    callback.on_trial_complete(0, [], trial("a0000002", {
+        "epoch": 1, "val_acc": 0.0, "val_loss": math.nan,
+        "train_loss": math.nan, "diverged": 1, "error": "training loss became nan"}))
+    callback.on_trial_error(0, [], trial("a0000003", None))
+    # a running trial's row follows the result being reported (Tune updates last_result after)
+    running = trial("a0000004", {"epoch": 1, "val_acc": 0.5, "diverged": 0})
+    callback.on_trial_result(0, [], running, {"epoch": 2, "val_acc": 0.6, "diverged": 0})
+    assert (callback.records["a0000004"]["epochs"], callback.records["a0000004"]["val_acc"]) == \
+        (2, 0.6)
+    rows = {r["trial_id"]: r for r in _rows(tmp_path / "trials.csv")}
+    assert (rows["a0000002"]["epochs"], rows["a0000002"]["diverged"]) == ("1", "1")
+    assert rows["a0000003"]["status"] == "ERROR" and rows["a0000003"]["params"] == "1530"
