@@ -115,6 +115,11 @@ def predict(model: nn.Module, x: torch.Tensor, *, chunk: int = 8192) -> torch.Te
     return out
 
 
+def correct_on(model: nn.Module, split: Split) -> torch.Tensor:
+    """Which examples of `split` the model classifies right: a bool per example, in order."""
+    return predict(model, split.x).argmax(1) == split.y
+
+
 def evaluate(model: nn.Module, split: Split) -> tuple[float, float]:
     """(accuracy, mean cross-entropy) of `model` on `split`."""
     logits = predict(model, split.x)

@@ -33,13 +33,13 @@ import torch
 from kdsearch.config import (VALUE_RULES, ExperimentConfig, config_to_dict, default_cache_dir,
                              default_data_dir, with_params)
 from kdsearch.data import Dataset, load_dataset, load_test
-from kdsearch.distill import evaluate
+from kdsearch.distill import correct_on, evaluate
 from kdsearch.models import build_student, count_parameters
 from kdsearch.results import (BASELINE, CONFIG_FILE, DISTILLED, FINAL_FILE, FINAL_FORMAT, RUN_FILE,
                               ReportError, best_trial, phase_dimensions, rank_key, read_config,
                               read_final, row_width, write_json)
 from kdsearch.retrain import Retrained, Retraining, Runner, in_process, torch_threads
-from kdsearch.stats import mean_std
+from kdsearch.stats import mean_std, pack_correct
 from kdsearch.tables import TRIALS_FILE, dim_column, read_table
 from kdsearch.teacher import Teacher, get_teacher, teacher_key
 from kdsearch.version import __version__
@@ -310,23 +310,26 @@ def evaluate_final(results_dir: str | os.PathLike[str], *, retrain: bool = True,
         if not quiet:
             log(f"final: teacher {cfg.teacher.model} test_acc {teacher_acc:.4f} "
                 f"({len(test):,} test examples)")
-        outcomes: dict[tuple[int, int], tuple[Retrained, float | None]] = {}
+        outcomes: dict[tuple[int, int], tuple[Retrained, float | None, str | None]] = {}
         for done, (job, res) in enumerate(trained, 1):
             s = selection.settings[job.index]
-            acc = None
+            acc, packed = None, None
             if res.state is not None:
                 model = build_student(cfg.student.model, data.input_shape, data.num_classes,
                                       width=s.width)
                 model.load_state_dict(res.state)
                 with torch_threads(job.threads):
-                    acc = evaluate(model.to(device), test)[0]  # the test split is read only here
-            outcomes[(job.index, job.seed)] = (res, acc)
+                    right = correct_on(model.to(device), test)  # the test split is read only here
+                # counted, then divided: equal counts tie exactly (as evaluate() does it)
+                acc = int(right.sum().item()) / len(right)
+                packed = pack_correct(right.cpu().numpy())
+            outcomes[(job.index, job.seed)] = (res, acc, packed)
             if not quiet:
                 label = s.kind if s.tuned else f"{s.kind} (untuned)"
                 what = "diverged" if acc is None else f"test_acc {acc:.4f}"
                 log(f"final [{done}/{len(jobs)}] {label} width {s.width} seed {job.seed}: "
                     f"{what} ({job.config.training.epochs} epochs, {res.seconds:.1f} s)")
-        trained_on = sorted({res.device for res, _ in outcomes.values()})
+        trained_on = sorted({res.device for res, _, _ in outcomes.values()})
         for i in n_params:
             s = selection.settings[i]
             c0 = training_config(cfg, s, 0)
@@ -340,6 +343,8 @@ def evaluate_final(results_dir: str | os.PathLike[str], *, retrain: bool = True,
                            "alpha": c0.training.alpha, "trial_id": s.trial_id,
                            "val_acc": s.val_acc, "search_epochs": s.search_epochs,
                            "seeds": seeds, "test_accs": accs,
+                           # per seed, which test examples it got right (stats.pack_correct)
+                           "test_correct": [outcomes[(i, seed)][2] for seed in seeds],
                            "final_val_accs": val_accs, "mean": mean, "std": std,
                            "diverged": sum(a is None for a in accs),
                            # host:pid of the process that trained each seed

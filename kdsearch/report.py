@@ -25,8 +25,10 @@ from kdsearch import files
 from kdsearch.plots import PLOTS, write_plots
 from kdsearch.results import (FINAL_FILE, PHASE_LABEL, PHASES, ReportError, read_final,
                               read_run_if_any, write_json)
-from kdsearch.summary import (SUMMARY_CSV, SUMMARY_JSON, fmt_gap, fmt_p, fmt_ratio, fmt_seconds,
-                              fmt_value, pct, pm, points, summarize, summary_csv)
+from kdsearch.stats import SIGNIFICANCE
+from kdsearch.summary import (SUMMARY_CSV, SUMMARY_JSON, fmt_ci, fmt_gap, fmt_p, fmt_ratio,
+                              fmt_seconds, fmt_value, pct, pm, points, seed_phrase, summarize,
+                              summary_csv, test_phrase)
 from kdsearch.tables import PROGRESS_FILE, TRIALS_FILE, read_table
 
 if TYPE_CHECKING:  # (annotations only: the final evaluation's types)
@@ -76,6 +78,29 @@ def _setting_table(summary: dict[str, Any]) -> list[str]:
     return _table(header, rows, "lr" + "r" * (len(header) - 2))
 
 
+def _p_pair(raw: float | None, adjusted: float | None) -> str:
+    return "n/a" if raw is None else f"{fmt_p(raw)} ({fmt_p(adjusted)})"
+
+
+def _seed_cell(c: dict[str, Any]) -> str:
+    note = c["seed_note"]
+    if note == "too_few_seeds":
+        return "one seed"
+    if note == "no_spread":
+        return "no spread"
+    cell = _p_pair(c["p_value"], c.get("p_value_holm"))
+    return cell + {"no_spread_distilled": ", distilled: no spread",
+                   "no_spread_baseline": ", baseline: no spread"}.get(note or "", "")
+
+
+def _verdict_cell(c: dict[str, Any]) -> str:
+    if c["verdict"] == "beats":
+        return "distilled ahead"
+    if c["verdict"] == "does_not_beat" and c["significant"]:
+        return "baseline ahead"
+    return "none" if c["verdict"] != "no_comparison" else "no comparison"
+
+
 def render(summary: dict[str, Any], plots: dict[str, dict[str, Any]]) -> str:
     """report.md: every number formatted from `summary` by the functions above."""
     s, t, data = summary, summary["teacher"], summary["data"] or {}
@@ -87,10 +112,18 @@ def render(summary: dict[str, Any], plots: dict[str, dict[str, Any]]) -> str:
             f"the training split ({data.get('train', 0):,} examples) for its full epoch budget "
             f"and evaluated once on the held-out test split ({data.get('test', 0):,} examples); "
             f"mean ± sample standard deviation over seeds. The search saw only the validation "
-            f"split ({data.get('val', 0):,} examples). Welch's p weighs the spread over these "
-            f"seeds of the settings the search picked, not the search's own luck: a search "
-            f"run again (another `search.seed`) may pick other settings, so a verdict near "
-            f"p = 0.05 on a small validation split can turn.", ""]
+            f"split ({data.get('val', 0):,} examples).", "",
+            f"A verdict that one side beats the other needs two tests to agree at p < "
+            f"{SIGNIFICANCE:g}. Over seeds, Welch's t-test on the exact test counts (seeds "
+            f"that land on the same count have no spread; when neither side has any there is "
+            f"no seed test, and the verdict rests on the test set). Over the test examples, "
+            f"the paired comparison of the seed-averaged correctness of each example (its 95% "
+            f"interval, and the exact sign-flip test, McNemar's with one seed a side), since "
+            f"the test split is a sample too. Per width, both p-values are adjusted with "
+            f"Holm's method over the {len(s['widths'])} widths compared (raw, then adjusted); "
+            f"the headline's best-vs-best comparison keeps its own. These weigh the seeds and "
+            f"the test examples of the settings the search picked, not the search's own luck: "
+            f"a search run again (another `search.seed`) may pick other settings.", ""]
     if not s["complete"]:
         parts = []
         if s["incomplete_phases"]:
@@ -120,11 +153,20 @@ def render(summary: dict[str, Any], plots: dict[str, dict[str, Any]]) -> str:
         rows.append([str(c["distilled_width"] or c["baseline_width"]),
                      f"{(c['distilled_params'] or c['baseline_params']):,}",
                      fmt_ratio(c["compression"]), pm(c["distilled_mean"], c["distilled_std"]),
-                     base, points(c["difference"]), fmt_p(c["p_value"]),
+                     base, points(c["difference"]), _seed_cell(c), fmt_ci(c),
+                     _p_pair(c["test_p_value"], c.get("test_p_value_holm")), _verdict_cell(c),
                      fmt_gap(c["gap_recovered"]), searched])
     out += _table(["width", "parameters", "compression", "distilled", "baseline",
-                   "difference (points)", "Welch p", "gap recovered",
-                   "trials: distilled / baseline (full budget)"], rows, "rrrllrrrr")
+                   "difference (points)", "seeds: Welch p (Holm)", "test set: 95% CI (points)",
+                   "test set: p (Holm)", "verdict", "gap recovered",
+                   "trials: distilled / baseline (full budget)"], rows, "rrrllrrrrlrr")
+    unsettled = [c for c in s["widths"] if c.get("advice")]
+    if unsettled:
+        out += ["", f"What would settle the rows without a verdict (from the spreads seen, for "
+                    f"80% power at the strictest level Holm's method asks of a width, "
+                    f"{SIGNIFICANCE:g} / {len(s['widths'])}):", ""]
+        out += [f"- width {c['distilled_width'] or c['baseline_width']}: "
+                + "; ".join(c["advice"]) + "." for c in unsettled]
     budget = s.get("epoch_budget")
 
     def stopped_early(c: dict[str, Any], kind: str) -> bool:
@@ -153,7 +195,8 @@ def render(summary: dict[str, Any], plots: dict[str, dict[str, Any]]) -> str:
         out += [f"Best overall: distilled width {b['distilled_width']} "
                 f"{pm(b['distilled_mean'], b['distilled_std'])} vs baseline width "
                 f"{b['baseline_width']} {pm(b['baseline_mean'], b['baseline_std'])} "
-                f"({points(b['difference'])} points, Welch p = {fmt_p(b['p_value'])}).", ""]
+                f"({points(b['difference'])} points; {seed_phrase(b)}; {test_phrase(b)}).",
+                ""]
     out += ["Per-seed test accuracies (%):", ""]
     n_seeds = len(s.get("seeds") or [])
     for c in s["widths"]:

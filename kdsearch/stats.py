@@ -1,15 +1,57 @@
-"""The statistics of the final evaluation: mean and spread over seeds, the distilled-vs-baseline
-comparison and its verdict. Plain numbers in, plain numbers out; no torch, no Ray."""
+"""The statistics of the final evaluation: is the distilled student better than the baseline?
+
+Two sources of chance stand between a difference of test accuracies and a verdict, and a verdict
+of "beats" (either way) needs both tests to agree at `SIGNIFICANCE`:
+
+- **The seeds** (`seed_test`): Welch's t-test over the retraining seeds of each side, the
+  training's own randomness. Accuracies are counts over the test split (multiples of 1/n), so
+  the means and variances are computed exactly, in fractions: seeds that land on the same
+  count have no spread, exactly, and no p-value is made of float noise (scipy's t-test on
+  identical values returns one of ~1e-28). With no spread on either side there is no seed test
+  to run, and the verdict rests on the test set alone.
+- **The test split** (`paired_comparison`): the test examples are a sample too. Per example, the
+  fraction of distilled seeds that got it right minus the fraction of baseline seeds; the
+  observed difference is their mean. Its p-value is the exact sign-flip (randomisation) test
+  over the examples, which is McNemar's exact test with one seed a side; its 95% interval is
+  the normal one, mean ± t * sd / sqrt(n).
+
+Per width, the p-values of each test are adjusted over the widths compared with Holm's method
+(`holm`); the best-vs-best comparison keeps its own. Plain numbers in, plain numbers out; no
+torch, no Ray.
+"""
 
 from __future__ import annotations
 
+import base64
 import math
-import warnings
+from dataclasses import asdict, dataclass
+from fractions import Fraction
 from typing import Any, Sequence
 
-SIGNIFICANCE = 0.05  # the p-value below which the headline says distillation beats the baseline
+import numpy as np
+
+SIGNIFICANCE = 0.05  # the level of every test: a verdict needs p below it (Holm-adjusted per width)
+POWER = 0.8  # for the advice: how many seeds / test examples would find the difference seen
+EXACT_SUPPORT = 200_000  # the sign-flip test's exact distribution up to this many points
 
 
+# --------------------------------------------------------------------------- per-example results
+def pack_correct(correct: Sequence[bool] | np.ndarray) -> str:
+    """Per-example correctness (True: right) as final.json keeps it: bits, base64."""
+    bits = np.packbits(np.asarray(correct, dtype=bool))
+    return base64.b64encode(bits.tobytes()).decode("ascii")
+
+
+def unpack_correct(packed: str, n: int) -> np.ndarray:
+    """The n booleans of `pack_correct`."""
+    bits = np.frombuffer(base64.b64decode(packed.encode("ascii"), validate=True), dtype=np.uint8)
+    out = np.unpackbits(bits)[:n].astype(bool)
+    if len(out) != n:
+        raise ValueError(f"{len(out)} per-example results where {n} were expected")
+    return out
+
+
+# --------------------------------------------------------------------------- over seeds
 def mean_std(values: list[float]) -> tuple[float | None, float | None]:
     """Mean and sample standard deviation (ddof = 1; None with fewer than two values)."""
     if not values:
@@ -20,46 +62,252 @@ def mean_std(values: list[float]) -> tuple[float | None, float | None]:
     return m, math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1))
 
 
+def exact(acc: float, n_test: int | None) -> Fraction:
+    """An accuracy as the fraction it is: a count over `n_test` examples when that is known."""
+    if n_test:
+        count = round(acc * n_test)
+        if abs(count / n_test - acc) < 1e-9:
+            return Fraction(count, n_test)
+    return Fraction(acc)  # the float's own value: equal floats still give zero spread
+
+
+@dataclass(frozen=True)
+class SeedTest:
+    """Welch's t-test over seeds. `p` is None when it cannot run: `note` says why."""
+
+    p: float | None
+    note: str | None  # None | "too_few_seeds" | "no_spread" | "no_spread_distilled" | ...
+    t: float | None = None
+    df: float | None = None
+
+
+def seed_test(distilled: Sequence[Fraction], baseline: Sequence[Fraction]) -> SeedTest:
+    """Welch's two-sided t-test of distilled against baseline accuracies (one per seed), with
+    the means, variances, t^2 and the Welch-Satterthwaite degrees of freedom exact."""
+    from scipy import stats
+
+    if len(distilled) < 2 or len(baseline) < 2:
+        return SeedTest(None, "too_few_seeds")
+    var_d, var_b = _variance(distilled), _variance(baseline)
+    if var_d == 0 and var_b == 0:
+        return SeedTest(None, "no_spread")
+    note = ("no_spread_distilled" if var_d == 0 else "no_spread_baseline" if var_b == 0
+            else None)
+    a, b = var_d / len(distilled), var_b / len(baseline)
+    diff = _mean(distilled) - _mean(baseline)
+    t2 = diff * diff / (a + b)
+    df = (a + b) ** 2 / (a * a / (len(distilled) - 1) + b * b / (len(baseline) - 1))
+    t = math.copysign(math.sqrt(float(t2)), float(diff))
+    p = float(2 * stats.t.sf(abs(t), float(df)))
+    return SeedTest(min(1.0, p), note, t, float(df))
+
+
+def _mean(values: Sequence[Fraction]) -> Fraction:
+    return sum(values, Fraction(0)) / len(values)
+
+
+def _variance(values: Sequence[Fraction]) -> Fraction:
+    m = _mean(values)
+    return sum(((v - m) ** 2 for v in values), Fraction(0)) / (len(values) - 1)
+
+
+# --------------------------------------------------------------------------- over test examples
+@dataclass(frozen=True)
+class PairedComparison:
+    """The paired comparison over test examples of the seed-averaged correctness."""
+
+    difference: float  # distilled - baseline, the mean of the per-example differences
+    ci_low: float
+    ci_high: float
+    p: float
+    n: int  # test examples
+    discordant: int  # examples the two sides do not get equally right
+    sd: float  # of the per-example differences
+
+
+def paired_comparison(distilled: Sequence[np.ndarray], baseline: Sequence[np.ndarray]
+                  ) -> PairedComparison:
+    """`distilled`, `baseline`: per seed, which test examples that side got right."""
+    from scipy import stats
+
+    k_d, k_b = len(distilled), len(baseline)
+    assert k_d and k_b and len({len(c) for c in [*distilled, *baseline]}) == 1
+    # per example, in units of 1 / (k_d * k_b): integers, so the test below is exact
+    scaled = (np.sum(distilled, axis=0).astype(np.int64) * k_b
+              - np.sum(baseline, axis=0).astype(np.int64) * k_d)
+    n, unit = len(scaled), k_d * k_b
+    x = scaled / unit
+    diff = float(scaled.sum()) / (n * unit)
+    sd = float(np.std(x, ddof=1)) if n > 1 else 0.0
+    half = float(stats.t.ppf(1 - SIGNIFICANCE / 2, n - 1)) * sd / math.sqrt(n) if n > 1 else 0.0
+    return PairedComparison(diff, diff - half, diff + half, sign_flip_p(scaled), n,
+                       int(np.count_nonzero(scaled)), sd)
+
+
+def sign_flip_p(values: np.ndarray) -> float:
+    """Two-sided p of the sign-flip test: how often sum(s_i * v_i), with each s_i = +-1 at
+    random, is at least as far from 0 as sum(v_i). `values`: integers. Exact (the distribution
+    as a convolution of each distinct |v|'s binomial) up to `EXACT_SUPPORT` points, the normal
+    approximation of the same distribution beyond (thousands of differing examples)."""
+    from scipy import signal, stats
+
+    v = np.abs(np.asarray(values, dtype=np.int64))
+    v = v[v != 0]
+    observed = abs(int(np.sum(values)))
+    if len(v) == 0:
+        return 1.0
+    sizes, counts = np.unique(v, return_counts=True)
+    if 2 * int(np.dot(sizes, counts)) + 1 > EXACT_SUPPORT:
+        # continuity-corrected: S moves in steps of twice the values' common divisor
+        z = (observed - int(np.gcd.reduce(v))) / math.sqrt(float(np.dot(v, v)))
+        return min(1.0, float(2 * stats.norm.sf(z)))
+    pmf = np.ones(1)
+    for size, count in zip(sizes.tolist(), counts.tolist()):
+        # size * (2j - count), j ~ Binomial(count, 1/2): points 2 * size apart
+        part = np.zeros(2 * size * count + 1)
+        part[::2 * size] = stats.binom.pmf(np.arange(count + 1), count, 0.5)
+        pmf = signal.fftconvolve(pmf, part) if len(part) > 64 else np.convolve(pmf, part)
+    half = (len(pmf) - 1) // 2
+    support = np.abs(np.arange(-half, half + 1))
+    return min(1.0, float(np.clip(pmf, 0, None)[support >= observed].sum()))
+
+
+# --------------------------------------------------------------------------- many widths
+def holm(pvalues: Sequence[float | None]) -> list[float | None]:
+    """Holm's step-down adjustment of a family of p-values (None: not tested, left out)."""
+    tested = sorted((p, i) for i, p in enumerate(pvalues) if p is not None)
+    out: list[float | None] = [None] * len(pvalues)
+    running = 0.0
+    for rank, (p, i) in enumerate(tested):
+        running = max(running, min(1.0, (len(tested) - rank) * p))
+        out[i] = running
+    return out
+
+
+# --------------------------------------------------------------------------- a comparison
 def compare(distilled_accs: Sequence[float], baseline_accs: Sequence[float],
-            teacher_acc: float | None) -> dict[str, Any]:
+            teacher_acc: float | None, *, n_test: int | None = None,
+            distilled_correct: Sequence[np.ndarray] | None = None,
+            baseline_correct: Sequence[np.ndarray] | None = None) -> dict[str, Any]:
     """Distilled vs baseline test accuracies (fractions, one per seed) against the teacher's.
 
     mean and sample std (ddof = 1) of each; difference = distilled mean - baseline mean;
-    p_value: Welch's two-sided t-test (unequal variances), None with fewer than two seeds on a
-    side or no variance on either; gap_recovered = difference / (teacher - baseline mean), the
-    fraction of the teacher-baseline gap the distillation closes, None when the teacher does not
-    beat the baseline.
+    p_value and seed_note: `seed_test`; test_*: `paired_comparison` when both sides' per-example
+    results are given (else test_note says so); gap_recovered = difference / (teacher -
+    baseline mean), the fraction of the teacher-baseline gap the distillation closes, None when
+    the teacher does not beat the baseline. The verdict comes from `decide`, once the p-values
+    of a family of comparisons are adjusted.
     """
     d = [float(a) for a in distilled_accs]
     b = [float(a) for a in baseline_accs]
     d_mean, d_std = mean_std(d)
     b_mean, b_std = mean_std(b)
     difference = d_mean - b_mean if d_mean is not None and b_mean is not None else None
-    p = None
-    if d_std is not None and b_std is not None and (d_std > 0 or b_std > 0):
-        from scipy import stats
+    out: dict[str, Any] = {
+        "distilled_mean": d_mean, "distilled_std": d_std, "distilled_n": len(d),
+        "baseline_mean": b_mean, "baseline_std": b_std, "baseline_n": len(b),
+        "difference": difference, "p_value": None, "seed_note": None,
+        "test_difference": None, "test_ci_low": None, "test_ci_high": None,
+        "test_p_value": None, "test_n": n_test, "test_discordant": None, "test_sd": None,
+        "test_note": None, "gap_recovered": None, "teacher_acc": teacher_acc}
+    if difference is None:
+        return out
+    seeds = seed_test([exact(a, n_test) for a in d], [exact(a, n_test) for a in b])
+    out.update(p_value=seeds.p, seed_note=seeds.note)
+    if distilled_correct and baseline_correct:
+        t = paired_comparison(distilled_correct, baseline_correct)
+        out.update(test_difference=t.difference, test_ci_low=t.ci_low, test_ci_high=t.ci_high,
+                   test_p_value=t.p, test_n=t.n, test_discordant=t.discordant, test_sd=t.sd)
+    else:
+        out["test_note"] = "no_per_example_results"
+    if teacher_acc is not None and teacher_acc > b_mean:
+        out["gap_recovered"] = difference / (teacher_acc - b_mean)
+    return out
 
-        with warnings.catch_warnings():
-            # near-identical seeds make scipy warn of precision loss; p is still usable
-            warnings.simplefilter("ignore", RuntimeWarning)
-            p = float(stats.ttest_ind(d, b, equal_var=False).pvalue)
-        p = p if math.isfinite(p) else None
-    gap = None
-    if difference is not None and teacher_acc is not None and teacher_acc > b_mean:
-        gap = difference / (teacher_acc - b_mean)
-    return {"distilled_mean": d_mean, "distilled_std": d_std, "distilled_n": len(d),
-            "baseline_mean": b_mean, "baseline_std": b_std, "baseline_n": len(b),
-            "difference": difference, "p_value": p, "gap_recovered": gap,
-            "teacher_acc": teacher_acc}
+
+def adjust(comparisons: list[dict[str, Any]]) -> None:
+    """Holm-adjust, in place, the seed and test-set p-values of a family of comparisons (the
+    widths of a report): `p_value_holm`, `test_p_value_holm`."""
+    for key in ("p_value", "test_p_value"):
+        for c, p in zip(comparisons, holm([c[key] for c in comparisons])):
+            c[f"{key}_holm"] = p
 
 
-def verdict(c: dict[str, Any]) -> str:
-    """'beats', 'not_significant' (ahead, but p >= 0.05 or unknown), 'does_not_beat', or
-    'no_comparison' (every retraining of one side diverged: there is nothing to compare)."""
+@dataclass(frozen=True)
+class Decision:
+    """A comparison's verdict and, where it cannot be reached, what would reach it."""
+
+    verdict: str  # beats | not_significant | does_not_beat | no_comparison
+    significant: bool  # both tests agree at SIGNIFICANCE (either direction)
+    advice: list[str]
+    seeds_needed: int | None  # per side, for POWER at SIGNIFICANCE, from the spread seen
+    test_examples_needed: int | None  # the same, from the per-example spread seen
+
+
+def decide(c: dict[str, Any], *, family: int | None = None) -> dict[str, Any]:
+    """`c`'s verdict from its tests, as a dict of the `Decision` fields: with `family` (the
+    number of comparisons adjusted together, the widths), from its Holm-adjusted p-values;
+    without, from its own. 'beats': distillation ahead, and the seed test (or, when the seeds
+    agree exactly, none) and the test-set comparison both below SIGNIFICANCE; 'does_not_beat':
+    not ahead; 'not_significant': ahead without that; 'no_comparison': a side has no accuracy
+    (every retraining diverged)."""
     if c["distilled_mean"] is None or c["baseline_mean"] is None:
-        return "no_comparison"
-    if c["difference"] <= 0:
-        return "does_not_beat"
-    if c["p_value"] is not None and c["p_value"] < SIGNIFICANCE:
-        return "beats"
-    return "not_significant"
+        return asdict(Decision("no_comparison", False, [], None, None))
+    suffix = "_holm" if family is not None else ""
+    p_seed, p_test = c.get("p_value" + suffix), c.get("test_p_value" + suffix)
+    seeds_ok = (p_seed is not None and p_seed < SIGNIFICANCE) or c["seed_note"] == "no_spread"
+    test_ok = p_test is not None and p_test < SIGNIFICANCE
+    significant = seeds_ok and test_ok and c["difference"] != 0
+    verdict = ("does_not_beat" if c["difference"] <= 0 else
+               "beats" if significant else "not_significant")
+    level = SIGNIFICANCE / (family or 1)  # Holm's strictest step: the level to plan for
+    return asdict(Decision(verdict, significant, *_advice(c, seeds_ok, test_ok, level)))
+
+
+def seeds_for_power(diff: float, var_d: float, var_b: float, level: float) -> int:
+    """Seeds a side for which Welch's test finds `diff` at `level` with POWER (equal seeds a
+    side, the spreads seen; the noncentral t with the Welch-Satterthwaite df)."""
+    from scipy import stats
+
+    for n in range(2, 100_001):
+        se2 = (var_d + var_b) / n
+        df = se2 * se2 / ((var_d / n) ** 2 / (n - 1) + (var_b / n) ** 2 / (n - 1))
+        crit = stats.t.ppf(1 - level / 2, df)
+        nc = diff / math.sqrt(se2)
+        if stats.nct.sf(crit, df, nc) + stats.nct.cdf(-crit, df, nc) >= POWER:
+            return n
+    return 100_001
+
+
+def _advice(c: dict[str, Any], seeds_ok: bool, test_ok: bool, level: float
+            ) -> tuple[list[str], int | None, int | None]:
+    """What would settle a comparison that is not settled: how many seeds, or test examples,
+    the spreads seen say it would take to find the difference seen at `level` with POWER."""
+    from scipy import stats
+
+    diff = abs(c["difference"])
+    advice: list[str] = []
+    seeds = examples = None
+    if seeds_ok and test_ok:
+        return advice, seeds, examples
+    if diff == 0:
+        return ["the two sides tie exactly: there is no difference to resolve"], None, None
+    planned = f" at p < {level:.3g}" if level < SIGNIFICANCE else ""
+    if c["seed_note"] == "too_few_seeds":
+        advice.append("one seed a side gives no seed test: raise report.seeds (3 or more)")
+    elif not seeds_ok:
+        now = min(c["distilled_n"], c["baseline_n"])
+        seeds = max(now + 1, seeds_for_power(diff, (c["distilled_std"] or 0.0) ** 2,
+                                             (c["baseline_std"] or 0.0) ** 2, level))
+        advice.append(f"the seed test misses: about {seeds} seeds a side (report.seeds, now "
+                      f"{now}) would find a difference this size{planned}")
+    if c["test_note"] == "no_per_example_results":
+        advice.append("this final.json has no per-example test results: retrain "
+                      "(`kdsearch report`, without --no-retrain) for the test-set comparison")
+    elif not test_ok and c["test_sd"]:
+        z = float(stats.norm.ppf(1 - level / 2) + stats.norm.ppf(POWER))
+        examples = max(c["test_n"] + 1, math.ceil((z * c["test_sd"] / diff) ** 2))
+        advice.append(f"the test split is too small for a difference this size: about "
+                      f"{examples:,} test examples (now {c['test_n']:,}) would resolve "
+                      f"it{planned}")
+    return advice, seeds, examples

@@ -15,13 +15,13 @@ from typing import Any
 from kdsearch.config import max_epochs
 from kdsearch.results import (BASELINE, DISTILLED, PHASES, incomplete_trials, phase_samples,
                               read_config, read_run_if_any, search_state)
-from kdsearch.stats import SIGNIFICANCE, compare, verdict
+from kdsearch.stats import SIGNIFICANCE, adjust, compare, decide, unpack_correct
 from kdsearch.tables import PROGRESS_FILE, TRIALS_FILE, read_table
 from kdsearch.version import __version__
 
 SUMMARY_JSON = "summary.json"
 SUMMARY_CSV = "summary.csv"
-SUMMARY_FORMAT = 1
+SUMMARY_FORMAT = 2  # 2: the seed test from exact counts, the test-set comparison, Holm
 
 
 # --------------------------------------------------------------------------- formatting
@@ -79,26 +79,34 @@ def fmt_value(v: Any) -> str:
 
 
 # --------------------------------------------------------------------------- the summary
-def _row_summary(row: dict[str, Any] | None) -> dict[str, Any]:
+def _row_summary(row: dict[str, Any] | None, n_test: int | None) -> dict[str, Any]:
     if row is None:
         return {"width": None, "params": None, "tuned": None, "trial": None,
-                "search_val_acc": None, "search_epochs": None, "settings": None, "accs": []}
+                "search_val_acc": None, "search_epochs": None, "settings": None, "accs": [],
+                "correct": None}
+    packed = row.get("test_correct")
+    correct = None
+    if packed is not None and n_test:
+        correct = [unpack_correct(p, n_test) for p in packed if p is not None]
     return {"width": row["width"], "params": row["params"], "tuned": row["tuned"],
             "trial": row["trial_id"], "search_val_acc": row["val_acc"],
             "search_epochs": row.get("search_epochs"),
             "settings": {**row["settings"], "alpha": row["alpha"], "epochs": row["epochs"]},
-            "accs": [a for a in row["test_accs"] if a is not None]}
+            "accs": [a for a in row["test_accs"] if a is not None], "correct": correct}
 
 
 def comparison(d_row: dict[str, Any] | None, b_row: dict[str, Any] | None,
-               teacher: dict[str, Any]) -> dict[str, Any]:
-    d, b = _row_summary(d_row), _row_summary(b_row)
+               teacher: dict[str, Any], n_test: int | None = None) -> dict[str, Any]:
+    """One row of the report: a distilled setting against a baseline setting (`stats.compare`);
+    `n_test`: the test split's size, which makes the accuracies exact counts."""
+    d, b = _row_summary(d_row, n_test), _row_summary(b_row, n_test)
     out: dict[str, Any] = {"distilled_width": d["width"], "baseline_width": b["width"],
                            "distilled_params": d["params"], "baseline_params": b["params"],
                            "compression": (teacher["params"] / d["params"]
                                            if d["params"] else None),
                            "baseline_tuned": b["tuned"]}
-    out.update(compare(d["accs"], b["accs"], teacher["test_acc"]))
+    out.update(compare(d["accs"], b["accs"], teacher["test_acc"], n_test=n_test,
+                       distilled_correct=d["correct"], baseline_correct=b["correct"]))
     out.update({"distilled_accs": d["accs"], "baseline_accs": b["accs"],
                 "distilled_trial": d["trial"], "baseline_trial": b["trial"],
                 "distilled_search_val_acc": d["search_val_acc"],
@@ -144,42 +152,80 @@ def search_cost(cfg: Any, rows: list[dict[str, Any]], progress: list[dict[str, A
             "max_concurrent_trials": run.get("max_concurrent_trials")}
 
 
+def seed_phrase(c: dict[str, Any], *, holm: bool = False) -> str:
+    """The seed test in words: its p-value, or why there is none."""
+    n = min(c["distilled_n"], c["baseline_n"])
+    seeds = f"{n} seed{'' if n == 1 else 's'}"
+    note = c["seed_note"]
+    if note == "too_few_seeds":
+        return f"{seeds}: no seed test"
+    if note == "no_spread":
+        return f"the {seeds} of each side agree exactly: no seed test"
+    p = fmt_p(c["p_value"]) + (f", Holm {fmt_p(c.get('p_value_holm'))}" if holm else "")
+    agree = {"no_spread_distilled": "; the distilled seeds agree exactly",
+             "no_spread_baseline": "; the baseline seeds agree exactly"}.get(note or "", "")
+    return f"seeds: Welch p = {p}, {seeds}{agree}"
+
+
+def fmt_ci(c: dict[str, Any]) -> str:
+    """The test-set comparison's 95% interval of the difference, in points."""
+    if c["test_ci_low"] is None:
+        return "n/a"
+    return f"{points(c['test_ci_low'])} to {points(c['test_ci_high'])}"
+
+
+def test_phrase(c: dict[str, Any], *, holm: bool = False) -> str:
+    """The test-set comparison in words."""
+    if c["test_p_value"] is None:
+        return ("no per-example test results for the test-set comparison"
+                if c["test_note"] == "no_per_example_results" else "no test-set comparison")
+    p = fmt_p(c["test_p_value"]) + (f", Holm {fmt_p(c.get('test_p_value_holm'))}" if holm
+                                    else "")
+    return (f"test set: 95% CI {fmt_ci(c)} points, p = {p} over {c['test_n']:,} examples, "
+            f"{c['test_discordant']:,} scored differently")
+
+
 def headline(best: dict[str, Any], widths: list[dict[str, Any]], teacher: dict[str, Any],
              student_model: str, baseline_note: str) -> str:
+    """The sentence that opens report.md: the best distilled student against the best baseline
+    (its own tests), then the widths where either side wins (Holm-adjusted over the widths)."""
     c = best
     student = (f"width-{c['distilled_width']} {student_model} "
                f"({c['distilled_params']:,} parameters)")
     base = "the tuned baseline" if c["baseline_tuned"] else "an untuned baseline"
     if c["baseline_width"] != c["distilled_width"]:
         base += f" (width {c['baseline_width']}, {c['baseline_params']:,} parameters)"
+    verdict = c["verdict"]
     lead = {"beats": "Distillation beats the baseline",
             "not_significant": "Distillation does not beat the baseline significantly",
-            "does_not_beat": "Distillation does not beat the baseline",
+            "does_not_beat": ("The baseline beats distillation" if c["significant"]
+                              else "Distillation does not beat the baseline"),
             "no_comparison": "No comparison: every retraining of the "
                              + ("distilled" if c["distilled_mean"] is None else "baseline")
-                             + " setting diverged"}[verdict(c)]
-    n = min(c["distilled_n"], c["baseline_n"])
-    s = (f"{lead}: distilled {student} {pm(c['distilled_mean'], c['distilled_std'])} test "
-         f"accuracy vs {pm(c['baseline_mean'], c['baseline_std'])} for {base} "
-         f"({points(c['difference'])} points, Welch p = {fmt_p(c['p_value'])}, "
-         f"{n} seed{'' if n == 1 else 's'}); "
-         f"teacher {pct(teacher['test_acc'])}%; {fmt_ratio(c['compression'])} fewer parameters "
-         f"than the teacher.")
+                             + " setting diverged"}[verdict]
+    s = f"{lead}: distilled {student} {pm(c['distilled_mean'], c['distilled_std'])} test " \
+        f"accuracy vs {pm(c['baseline_mean'], c['baseline_std'])} for {base}"
+    if verdict != "no_comparison":
+        s += f" ({points(c['difference'])} points; {seed_phrase(c)}; {test_phrase(c)})"
+    s += (f"; teacher {pct(teacher['test_acc'])}%; {fmt_ratio(c['compression'])} fewer "
+          f"parameters than the teacher.")
     # the best student is often the widest, where a teacher helps least: say where it helps,
     # and where the baseline is significantly ahead (the widths' own comparisons, same width)
     others = [w for w in widths if (w["distilled_width"], w["baseline_width"])
               != (c["distilled_width"], c["baseline_width"])]
-    losses = [w for w in others if verdict(w) == "does_not_beat" and w["difference"] < 0
-              and w["p_value"] is not None and w["p_value"] < SIGNIFICANCE]
+    n = len(widths)
     for words, group in (("Distillation beats the baseline at ",
-                          [w for w in others if verdict(w) == "beats"]),
-                         ("The baseline beats distillation at ", losses)):
+                          [w for w in others if w["verdict"] == "beats"]),
+                         ("The baseline beats distillation at ",
+                          [w for w in others if w["verdict"] == "does_not_beat"
+                           and w["significant"]])):
         if group:
             s += " " + words + ", ".join(
                 f"width {w['distilled_width']} ({points(w['difference'])} points, "
-                f"p = {fmt_p(w['p_value'])}"
+                f"Holm-adjusted p = {fmt_p(w.get('p_value_holm'))} over seeds and "
+                f"{fmt_p(w.get('test_p_value_holm'))} over the test set"
                 + ("" if w["baseline_tuned"] else ", against an untuned baseline") + ")"
-                for w in group) + "."
+                for w in group) + f" ({n} widths compared)."
     if not c["baseline_tuned"] and baseline_note:
         s += f" Note: {baseline_note}."
     return s
@@ -198,12 +244,14 @@ def summarize(results_dir: Path, final: dict[str, Any]) -> dict[str, Any]:
         by_width.setdefault(r["width"], {})[r["kind"]] = r
         if r["best"]:
             best_rows[r["kind"]] = r
-    widths = [comparison(k.get(DISTILLED), k.get(BASELINE), teacher)
+    n_test = (final.get("data") or {}).get("test")
+    widths = [comparison(k.get(DISTILLED), k.get(BASELINE), teacher, n_test)
               for _, k in sorted(by_width.items())]
-    best = comparison(best_rows.get(DISTILLED), best_rows.get(BASELINE), teacher)
-    best["verdict"] = verdict(best)
+    best = comparison(best_rows.get(DISTILLED), best_rows.get(BASELINE), teacher, n_test)
+    best.update(decide(best))  # its own tests: the one comparison it makes
+    adjust(widths)  # the widths are one family: Holm over them
     for w in widths:
-        w["verdict"] = verdict(w)
+        w.update(decide(w, family=len(widths)))
         # how much search stands behind each side of the row
         width = w["distilled_width"] or w["baseline_width"]
         for kind, phase in (("distilled", "distill"), ("baseline", "baseline")):
@@ -248,8 +296,11 @@ def summarize(results_dir: Path, final: dict[str, Any]) -> dict[str, Any]:
 CSV_FIELDS = ("comparison", "distilled_width", "baseline_width", "distilled_params",
               "baseline_params", "compression", "baseline_tuned", "distilled_mean",
               "distilled_std", "distilled_n", "baseline_mean", "baseline_std", "baseline_n",
-              "difference", "p_value", "gap_recovered", "teacher_acc", "verdict",
-              "distilled_accs", "baseline_accs", "distilled_trial", "baseline_trial")
+              "difference", "p_value", "p_value_holm", "seed_note", "test_ci_low",
+              "test_ci_high", "test_p_value", "test_p_value_holm", "test_n", "test_discordant",
+              "test_note", "gap_recovered", "teacher_acc", "verdict", "significant",
+              "seeds_needed", "test_examples_needed", "distilled_accs", "baseline_accs",
+              "distilled_trial", "baseline_trial")
 
 
 def summary_csv(summary: dict[str, Any]) -> str:

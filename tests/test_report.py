@@ -21,7 +21,7 @@ from kdsearch.final import evaluate_final
 from kdsearch.plots import PLOT_ALPHA, PLOT_BEST_SO_FAR, PLOT_TEMPERATURE, PLOT_TEST_ACC, PLOTS
 from kdsearch.report import make_report
 from kdsearch.search import run_search
-from kdsearch.stats import compare
+from kdsearch.stats import compare, unpack_correct
 from kdsearch.tables import read_table
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "search_spaces" / "quickstart.yaml"
@@ -185,6 +185,10 @@ def test_report_numbers_equal_summary_json(reported: Path) -> None:
             row = next(r for r in final["rows"]
                        if r["kind"] == kind and r["width"] == c[f"{kind}_width"])
             assert c[f"{kind}_accs"] == row["test_accs"]
+            # each seed's per-example results are its accuracy, example by example
+            n = final["data"]["test"]
+            for acc, packed in zip(row["test_accs"], row["test_correct"]):
+                assert unpack_correct(packed, n).sum() / n == acc
             assert c[f"{kind}_mean"] == pytest.approx(np.mean(row["test_accs"]), abs=1e-12)
             assert c[f"{kind}_std"] == pytest.approx(np.std(row["test_accs"], ddof=1),
                                                      abs=1e-12)
@@ -208,12 +212,25 @@ def test_report_numbers_equal_summary_json(reported: Path) -> None:
             assert _close(mean, c[f"{kind}_mean"], 100, 2)
             assert _close(std, c[f"{kind}_std"], 100, 2)
         assert _close(cells[5], c["difference"], 100, 2)
-        p = c["p_value"]
-        if p is not None and p < 0.01:  # shown as 3.2e-04
-            assert float(cells[6]) == pytest.approx(p, rel=0.05)
-        else:
-            assert _close(cells[6], p, 1, 2)
-        assert _close(cells[7].rstrip("%"), c["gap_recovered"], 100, 0)
+        # the seed test and the test-set comparison: raw p, then Holm-adjusted over the widths
+        for cell, raw, held in ((cells[6], c["p_value"], c["p_value_holm"]),
+                                (cells[8], c["test_p_value"], c["test_p_value_holm"])):
+            if raw is None:
+                assert cell in ("n/a", "no spread", "one seed"), cell
+                continue
+            shown = re.match(rf"({_NUM}(?:e-\d+)?) \(({_NUM}(?:e-\d+)?)\)", cell)
+            assert shown, cell
+            for text, value in zip(shown.groups(), (raw, held)):
+                if value < 0.01:  # shown as 3.2e-04
+                    assert float(text) == pytest.approx(value, rel=0.05)
+                else:
+                    assert _close(text, value, 1, 2)
+        low, high = re.fullmatch(rf"({_NUM}) to ({_NUM})", cells[7]).groups()
+        assert _close(low, c["test_ci_low"], 100, 2) and _close(high, c["test_ci_high"], 100, 2)
+        assert cells[9] == {"beats": "distilled ahead", "not_significant": "none",
+                            "does_not_beat": "baseline ahead" if c["significant"] else "none"
+                            }[c["verdict"]]
+        assert _close(cells[10].rstrip("%"), c["gap_recovered"], 100, 0)
         # the trials behind each side of the row, counted from trials.csv
         trials = read_table(reported / "trials.csv")
         width = str(c["distilled_width"] or c["baseline_width"])
@@ -222,7 +239,7 @@ def test_report_numbers_equal_summary_json(reported: Path) -> None:
             ran = [r for r in trials if r["phase"] == phase and r["width"] == width
                    and r["status"] == "TERMINATED" and r["diverged"] == "0"]
             counts.append(f"{len(ran)} ({sum(r['stopped_early'] == '0' for r in ran)})")
-        assert cells[8] == " / ".join(counts)
+        assert cells[11] == " / ".join(counts)
         assert (c["distilled_trials"], c["baseline_trials"]) == tuple(
             int(x.split()[0]) for x in counts)
 
@@ -238,7 +255,8 @@ def test_report_numbers_equal_summary_json(reported: Path) -> None:
     assert _close(diff, b["difference"], 100, 2)
     expected = {"beats": "Distillation beats the baseline:",
                 "not_significant": "Distillation does not beat the baseline significantly:",
-                "does_not_beat": "Distillation does not beat the baseline:"}[b["verdict"]]
+                "does_not_beat": "The baseline beats distillation:" if b["significant"]
+                else "Distillation does not beat the baseline:"}[b["verdict"]]
     assert s["headline"].startswith(expected)
 
     # summary.csv carries the same unrounded values
@@ -251,7 +269,24 @@ def test_report_numbers_equal_summary_json(reported: Path) -> None:
     for r, c in zip(rows, [b, *s["widths"]]):
         for key in ("distilled_mean", "baseline_mean", "difference", "teacher_acc"):
             assert float(r[key]) == c[key]
-        assert (r["p_value"] == "") == (c["p_value"] is None)
+        for key in ("p_value", "test_p_value", "test_ci_low", "test_ci_high"):
+            assert (r[key] == "") == (c[key] is None)
+            if c[key] is not None:
+                assert float(r[key]) == c[key]
+
+
+@pytest.mark.slow  # a real Ray search (shared by the module)
+def test_every_field_of_summary_json_is_documented(reported: Path) -> None:
+    docs = (Path(__file__).resolve().parents[1] / "docs" / "results.md").read_text()
+    s = _summary(reported)
+    keys = {*s, *s["best"], *s["widths"][0], *s["search"], *s["search"]["total"]}
+    missing = sorted(k for k in keys if f"`{k}`" not in docs
+                     and not k.startswith(("distilled_", "baseline_")))  # named in pairs
+    assert missing == []
+    with open(reported / "summary.csv", newline="") as f:
+        header = next(csv.reader(f))
+    assert [c for c in header if f"`{c}`" not in docs and not c.startswith(
+        ("distilled_", "baseline_"))] == []
 
 
 # --------------------------------------------------------------------------- plots
@@ -447,38 +482,48 @@ def test_only_the_final_evaluation_reads_the_test_split(search: dict, tmp_path: 
 
 
 def test_headline_names_the_narrower_widths_where_distillation_wins() -> None:
-    from kdsearch.stats import verdict
+    from kdsearch.stats import decide
     from kdsearch.summary import headline
 
-    def row(width: int, diff: float, p: float) -> dict:
+    def row(width: int, diff: float, p: float, test_p: float = 0.001, **extra: object) -> dict:
         c = {"distilled_width": width, "baseline_width": width, "distilled_params": width * 100,
              "baseline_params": width * 100, "baseline_tuned": True, "distilled_mean": 0.9,
              "distilled_std": 0.01, "baseline_mean": 0.9 - diff, "baseline_std": 0.01,
              "distilled_n": 3, "baseline_n": 3, "difference": diff, "p_value": p,
-             "compression": 100.0}
-        return {**c, "verdict": verdict(c)}
+             "p_value_holm": p, "seed_note": None, "test_p_value": test_p,
+             "test_p_value_holm": test_p, "test_ci_low": diff - 0.01,
+             "test_ci_high": diff + 0.01, "test_n": 1000, "test_discordant": 40,
+             "test_sd": 0.2, "test_note": None, "compression": 100.0, **extra}
+        return {**c, **decide(c, family=3)}
+
+    def named(text: str) -> str:
+        return text.split("fewer parameters than the teacher.", 1)[1].strip()
 
     widths = [row(8, 0.0158, 0.04), row(16, 0.0093, 0.3), row(64, -0.001, 0.9)]
     text = headline(widths[2], widths, {"test_acc": 0.98}, "mlp_student", "")
     assert text.startswith("Distillation does not beat the baseline:")
-    assert text.endswith("Distillation beats the baseline at width 8 (+1.58 points, p = 0.04).")
+    assert named(text) == ("Distillation beats the baseline at width 8 (+1.58 points, "
+                           "Holm-adjusted p = 0.04 over seeds and 1.0e-03 over the test set) "
+                           "(3 widths compared).")
     # nothing to add when no other width wins
-    assert "at width" not in headline(widths[2], widths[1:], {"test_acc": 0.98}, "mlp_student",
-                                       "")
+    assert named(headline(widths[2], widths[1:], {"test_acc": 0.98}, "mlp_student", "")) == ""
+    # ahead over seeds, but not over the test examples: no verdict
+    assert row(8, 0.0158, 0.04, test_p=0.2)["verdict"] == "not_significant"
     # the best comparison spans two widths: the best distilled width's own comparison is named
     across = {**row(64, -0.001, 0.9), "baseline_width": 32, "baseline_params": 3200}
-    across["verdict"] = verdict(across)
     same = row(64, 0.0065, 0.02)
     text = headline(across, [row(32, 0.001, 0.5), same], {"test_acc": 0.98}, "mlp_student", "")
     assert text.startswith("Distillation does not beat the baseline:")
-    assert text.endswith("Distillation beats the baseline at width 64 (+0.65 points, p = 0.02).")
+    assert named(text).startswith("Distillation beats the baseline at width 64 (+0.65 points")
     # a width compared with an untuned baseline says so; a width the baseline wins is named
-    untuned = {**row(8, 0.0158, 0.04), "baseline_tuned": False}
+    untuned = row(8, 0.0158, 0.04, baseline_tuned=False)
     text = headline(widths[2], [untuned, row(30, -0.0055, 0.03), widths[2]],
-                     {"test_acc": 0.98}, "mlp_student", "")
-    assert text.endswith("Distillation beats the baseline at width 8 (+1.58 points, p = 0.04, "
-                         "against an untuned baseline). The baseline beats distillation at "
-                         "width 30 (-0.55 points, p = 0.03)."), text
+                    {"test_acc": 0.98}, "mlp_student", "")
+    assert named(text) == (
+        "Distillation beats the baseline at width 8 (+1.58 points, Holm-adjusted p = 0.04 "
+        "over seeds and 1.0e-03 over the test set, against an untuned baseline) (3 widths "
+        "compared). The baseline beats distillation at width 30 (-0.55 points, Holm-adjusted "
+        "p = 0.03 over seeds and 1.0e-03 over the test set) (3 widths compared)."), text
 
 
 def test_search_state_reads_the_older_per_phase_layout() -> None:
@@ -661,7 +706,7 @@ def test_diverged_retrainings_are_counted_and_a_side_with_none_left_is_no_compar
 
 def test_p_values_never_round_across_the_significance_level_and_one_empty_side_is_no_comparison(
         ) -> None:
-    from kdsearch.stats import verdict
+    from kdsearch.stats import decide
     from kdsearch.summary import fmt_p, headline
 
     assert [fmt_p(p) for p in (0.0496, 0.0504, 0.047, 0.3, 0.004)] == [
@@ -669,7 +714,8 @@ def test_p_values_never_round_across_the_significance_level_and_one_empty_side_i
     c = {"distilled_width": 20, "baseline_width": 20, "distilled_params": 1000,
          "baseline_params": 1000, "baseline_tuned": True, "compression": 100.0,
          **compare([0.90, 0.91, 0.905], [], 0.97)}
-    assert verdict(c) == "no_comparison"
+    c.update(decide(c))
+    assert c["verdict"] == "no_comparison"
     text = headline(c, [c], {"test_acc": 0.97}, "mlp_student", "")
     assert text.startswith("No comparison: every retraining of the baseline setting diverged")
 
