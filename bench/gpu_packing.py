@@ -1,24 +1,22 @@
-"""GPU packing: how many small MNIST students one GPU should run at once.
+"""GPU packing: how many small students one GPU should run at once, measured side by side.
 
-On one machine with a CUDA GPU, from one run of this script, prints:
+On one machine with CUDA GPUs, from one run, for k = 1, 2, 4, 8, 16, 32 trials per GPU
+(search.trials_per_gpu = k): a search of k x GPUs trials, one per slot (all running at once),
+each training mnist_mlp.yaml's 2x20 student for 20 epochs (FIFO: every trial runs its whole
+budget; no baseline, no report). Per row: the search's wall time, and its steady rate: the
+trial-epochs per second while every slot is busy (from the moment the last trial finished its
+first epoch to the moment the first trial ended). Then a CPU-only row: the same trials on the
+node's CPU cores alone (search.gpus_per_trial = 0, one trial per core). Prints each row's
+steady-rate speed-up against k = 1 and against the CPU-only row, and writes the table and the
+figures to --out (packing.md, packing.json). The k whose steady rate is the highest (or within
+5% of it, the smallest such k) is the packing limit the figures support.
 
-  1. the teacher's training time on the GPU (mnist_mlp.yaml's 2x1200 teacher, 12 epochs, data on
-     the GPU), written to a fresh teacher cache that the searches below then read;
-  2. for k = 1, 2, 4, 8, 16 trials sharing the GPU (search.gpus_per_trial = 1/k,
-     search.max_concurrent_trials = k): the aggregate trial-epochs per second of a real search
-     (mnist_mlp.yaml, width fixed at 20, FIFO so that every trial runs its whole budget, no
-     baseline), over the whole phase and over its steady state (first to last reported epoch),
-     and the speed-up over k = 1;
-  3. the wall time of one full mnist_mlp search (search, baseline, final evaluation, report) with
-     kdsearch's own GPU share (gpus_per_trial left null).
+--dry-run: no CUDA needed; digits, a tiny teacher, 1-epoch trials, k = 1 and 2 on a local Ray
+with 2 logical GPUs (trials fall back to the CPU), so that the script runs on any machine (the
+test suite runs it through bench/gpu_check.sh --dry-run).
 
-Each trial moves the data and the teacher's logits to its GPU once (trainable.trial_inputs);
-the script checks in trials.csv that the trials really got a GPU. Exits with status 2 and a
-one-line message when no CUDA GPU is visible.
-
-Usage (MNIST files in torchvision layout under $KDSEARCH_DATA_DIR):
-  KDSEARCH_DATA_DIR=/tmp/kd-data .venv/bin/python bench/gpu_packing.py [--ks 1,2,4,8,16]
-      [--epochs 5] [--trials-per-slot 2] [--no-full]
+Usage (MNIST in torchvision's layout under $KDSEARCH_DATA_DIR):
+  KDSEARCH_DATA_DIR=/data .venv/bin/python bench/gpu_packing.py --out /tmp/packing [--ks 1,2,4]
 """
 
 from __future__ import annotations
@@ -26,125 +24,121 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 SPACE = REPO / "search_spaces" / "mnist_mlp.yaml"
+DRY_SPACE = REPO / "search_spaces" / "quickstart.yaml"
 
 
-def _rates(out: Path) -> dict[str, float]:
-    """Trial-epochs, the search's wall, and rates over the search and over its steady state."""
+def steady(out: Path) -> dict[str, Any]:
+    """A search's trial-epochs, its wall time (run.json) and its steady rate (progress.csv)."""
     rows = list(csv.DictReader(open(out / "progress.csv")))
     run = json.loads((out / "run.json").read_text())
-    search = run["search"]
-    walls = sorted(float(r["wall_time"]) for r in rows)
-    first_start = min(float(r["wall_time"]) - float(r["epoch_seconds"]) for r in rows)
-    steady = walls[-1] - first_start
+    by_trial: dict[str, list[tuple[float, float]]] = {}
+    for r in rows:
+        by_trial.setdefault(r["trial_id"], []).append((float(r["wall_time"]),
+                                                       float(r["epoch_seconds"])))
+    # all slots busy: from the last trial's first epoch to the first trial's last epoch
+    start = max(min(t for t, _ in epochs) for epochs in by_trial.values())
+    end = min(max(t for t, _ in epochs) for epochs in by_trial.values())
+    inside = sum(start < t <= end for epochs in by_trial.values() for t, _ in epochs)
+    wall = float(run["search"]["wall_seconds"])
     trials = list(csv.DictReader(open(out / "trials.csv")))
-    on_gpu = sum(1 for t in trials if (t.get("gpu_ids") or "").strip())
-    return {"epochs": len(rows), "phase_wall": search["wall_seconds"],
-            "rate": len(rows) / search["wall_seconds"], "steady_rate": len(rows) / steady,
-            "trials": len(trials), "on_gpu": on_gpu,
-            "mean_epoch_s": sum(float(r["epoch_seconds"]) for r in rows) / len(rows)}
+    return {"trials": len(trials), "epochs": len(rows), "wall": wall,
+            "rate": len(rows) / wall,
+            # a window too short to hold an epoch: the search's whole rate stands in
+            "steady_rate": inside / (end - start) if end > start and inside else len(rows) / wall,
+            "on_gpu": sum(bool((t.get("gpu_ids") or "").strip()) for t in trials),
+            "gpus_per_trial": run["gpus_per_trial"]}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--ks", default="1,2,4,8,16", help="trials per GPU to try, comma-separated")
-    p.add_argument("--epochs", type=int, default=5, help="epochs per trial in the packing runs")
-    p.add_argument("--trials-per-slot", type=int, default=2,
-                   help="num_samples = k x this, so each slot runs more than one trial")
-    p.add_argument("--no-full", action="store_true", help="skip the full mnist_mlp search")
+    p.add_argument("--ks", default="1,2,4,8,16,32", help="trials per GPU, comma-separated")
+    p.add_argument("--epochs", type=int, default=20, help="epochs per trial")
+    p.add_argument("--out", type=Path, required=True, help="folder for packing.md and .json")
+    p.add_argument("--dry-run", action="store_true",
+                   help="no CUDA: digits, tiny sizes, k = 1, 2 on 2 logical GPUs")
     args = p.parse_args()
 
+    import ray
     import torch
 
-    if not torch.cuda.is_available() or torch.cuda.device_count() == 0:
+    dry = args.dry_run
+    if not dry and not torch.cuda.is_available():
         print("gpu_packing: no CUDA GPU is visible to torch (torch.cuda.is_available() is False); "
-              "run this on a machine with an NVIDIA GPU and a CUDA build of torch",
-              file=sys.stderr)
+              "run this on a machine with an NVIDIA GPU and a CUDA build of torch, or pass "
+              "--dry-run", file=sys.stderr)
         sys.exit(2)
-    ks = [int(k) for k in args.ks.split(",")]
-    cores = os.cpu_count() or 1
-    print(f"GPU: {torch.cuda.get_device_name(0)} (x{torch.cuda.device_count()}); CPU cores: "
-          f"{cores}; torch {torch.__version__}", flush=True)
-
-    import ray
-
-    from kdsearch.config import default_data_dir, load_config
-    from kdsearch.data import load_dataset
-    from kdsearch.cluster import init_ray
+    from kdsearch.cluster import hardware, init_ray
     from kdsearch.search import run_search
-    from kdsearch.teacher import get_teacher
 
+    ks = [1, 2] if dry else [int(k) for k in args.ks.split(",")]
+    epochs = 1 if dry else args.epochs
+    space = DRY_SPACE if dry else SPACE
+    common = ["search.scheduler=fifo", "search.baseline=false", "search.per_width=false",
+              "search.space={lr: {distribution: loguniform, low: 1.0e-3, high: 1.0e-2}}",
+              "student.width=20", f"training.epochs={epochs}", "search.checkpoint_every_s=60"]
+    if dry:
+        common += ["teacher.width=64", "teacher.epochs=3"]
+    args.out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
-        # a fresh cache: the teacher is trained here, on the GPU, and the searches then read it
-        # (run_search itself would train a missing teacher on the driver's CPU)
-        os.environ["KDSEARCH_CACHE_DIR"] = str(Path(tmp) / "cache")
-        cfg = load_config(SPACE)
-        data = load_dataset(cfg.dataset, data_dir=default_data_dir(cfg),
-                            cache_dir=Path(tmp) / "cache", device="cuda")
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        teacher = get_teacher(cfg, data, cache_dir=Path(tmp) / "cache", progress=False)
-        torch.cuda.synchronize()
-        teacher_s = time.perf_counter() - t0
-        print(f"teacher (2x1200, {cfg.teacher.epochs} epochs, data on the GPU): {teacher_s:.1f} s "
-              f"({teacher_s / cfg.teacher.epochs:.2f} s/epoch), val_acc {teacher.val_acc:.4f}",
-              flush=True)
-        del data, teacher
-        torch.cuda.empty_cache()
-
-        init_ray(None)
-        table = []
-        for k in ks:
-            # CPU threads: one per trial while the cores last (a trial on a GPU needs few)
-            cpus = 1.0 if k <= cores else cores / k
-            name = f"pack_{k}"
+        if dry:
+            ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False,
+                     log_to_driver=False, logging_level="ERROR")
+        else:
+            init_ray(None)
+        found = hardware()
+        gpus, cores = int(found["gpus"]), int(found["cpus"])
+        device = "2 logical GPUs (dry run)" if dry else \
+            f"{torch.cuda.get_device_name(0)} x{gpus}"
+        print(f"{device}; {cores} CPU cores; torch {torch.__version__}", flush=True)
+        rows: list[dict[str, Any]] = []
+        runs = [(f"gpu_k{k}", k, k * gpus, [f"search.trials_per_gpu={k}"]) for k in ks]
+        runs.append(("cpu", 0, cores, ["search.gpus_per_trial=0"]))
+        for name, k, n, extra in runs:
+            # every trial at once: CPU threads shared out when trials outnumber the cores
+            cpus = min(1.0, cores / n)
             t0 = time.perf_counter()
-            run_search(SPACE, overrides=[
-                f"name={name}", f"search.gpus_per_trial={1 / k!r}",
-                f"search.max_concurrent_trials={k}", f"search.cpus_per_trial={cpus!r}",
-                f"search.num_samples={k * args.trials_per_slot}",
-                f"training.epochs={args.epochs}", "search.scheduler=fifo",
-                "search.baseline=false", "search.space.width.values=[20]",
-                "search.checkpoint_every_s=60"],
-                results_dir=tmp, report=False, quiet=True)
-            r = _rates(Path(tmp) / name)
-            r.update(k=k, wall=time.perf_counter() - t0)
-            table.append(r)
-            print(f"k={k:2d}: {r['epochs']} trial-epochs in {r['phase_wall']:.1f} s "
-                  f"-> {r['rate']:.2f}/s (steady {r['steady_rate']:.2f}/s), mean epoch "
-                  f"{r['mean_epoch_s']:.2f} s, trials on a GPU {r['on_gpu']}/{r['trials']}",
-                  flush=True)
-
-        full = None
-        if not args.no_full:
-            t0 = time.perf_counter()
-            run_search(SPACE, overrides=["name=full"], results_dir=tmp, report=True, quiet=True)
-            full = time.perf_counter() - t0
-            run = json.loads((Path(tmp) / "full" / "run.json").read_text())
+            run_search(space, overrides=[*common, *extra, f"name={name}",
+                                         f"search.num_samples={n}",
+                                         f"search.max_concurrent_trials={n}",
+                                         f"search.cpus_per_trial={cpus!r}"],
+                       results_dir=tmp, report=False, quiet=True)
+            r = {"row": name, "k": k, **steady(Path(tmp) / name),
+                 "script_seconds": time.perf_counter() - t0}
+            rows.append(r)
+            print(f"{name}: {r['trials']} trials, {r['epochs']} trial-epochs in "
+                  f"{r['wall']:.1f} s; steady {r['steady_rate']:.2f} trial-epochs/s; on a GPU "
+                  f"{r['on_gpu']}/{r['trials']}", flush=True)
         ray.shutdown()
 
-    base = table[0]["rate"] if table and table[0]["k"] == 1 else None
-    print()
-    print("| trials per GPU (k) | gpus_per_trial | trial-epochs | phase wall (s) | "
-          "trial-epochs/s | steady trial-epochs/s | mean epoch (s) | speed-up vs k=1 |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in table:
-        up = f"{r['rate'] / base:.2f}" if base else "-"
-        print(f"| {r['k']} | {1 / r['k']:.4g} | {r['epochs']} | {r['phase_wall']:.1f} | "
-              f"{r['rate']:.2f} | {r['steady_rate']:.2f} | {r['mean_epoch_s']:.2f} | {up} |")
-    print(f"\nteacher training on the GPU: {teacher_s:.1f} s")
-    if full is not None:
-        print(f"full mnist_mlp search + baseline + final evaluation + report: {full:.0f} s "
-              f"(search {run['search']['wall_seconds']:.0f} s; kdsearch's own share: "
-              f"gpus_per_trial = {run['gpus_per_trial']:.4g}, "
-              f"{run['max_concurrent_trials']} trials at once)")
+    one = next(r["steady_rate"] for r in rows if r["k"] == 1)
+    cpu = next(r["steady_rate"] for r in rows if r["row"] == "cpu")
+    gpu_rows = [r for r in rows if r["k"]]
+    top = max(r["steady_rate"] for r in gpu_rows)
+    limit = min(r["k"] for r in gpu_rows if r["steady_rate"] >= 0.95 * top)
+    lines = [f"{device}, {cores} CPU cores, torch {torch.__version__}, {epochs}-epoch trials, "
+             f"one trial per slot ({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}).", "",
+             "| row | trials per GPU | trials | wall (s) | steady trial-epochs/s | vs k = 1 | "
+             "vs CPU only | trials on a GPU |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['row']} | {r['k'] or '-'} | {r['trials']} | {r['wall']:.1f} | "
+                     f"{r['steady_rate']:.2f} | {r['steady_rate'] / one:.2f}x | "
+                     f"{r['steady_rate'] / cpu:.2f}x | {r['on_gpu']}/{r['trials']} |")
+    lines += ["", f"packing limit these figures support: {limit} trials a GPU (the smallest k "
+                  f"within 5% of the best steady rate)"]
+    text = "\n".join(lines) + "\n"
+    print("\n" + text)
+    (args.out / "packing.md").write_text(text)
+    (args.out / "packing.json").write_text(json.dumps(
+        {"device": device, "cores": cores, "epochs": epochs, "dry_run": dry, "rows": rows,
+         "limit": limit}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
-"""Ray start-up and the cluster: the address, the resources a trial takes, the GPU share.
+"""Ray start-up and the cluster: the address, the resources a trial takes.
 
 `init_ray` joins the cluster at `--address` (or `$RAY_ADDRESS`) or starts a Ray of kdsearch's own,
 refusing an address nothing listens at in seconds, not minutes. `trial_resources` works out what
-each trial (and each final retraining) takes: `search.cpus_per_trial`, a share of a GPU, and how
-many run at once.
+each trial (and each final retraining) takes: `search.cpus_per_trial`, a share of a GPU
+(`gpu.gpu_share`, where `check_gpus` finds torch can use them), and how many run at once.
 """
 
 from __future__ import annotations
@@ -21,11 +21,11 @@ from typing import Any, Iterator
 import ray
 import torch
 
-from kdsearch.config import ExperimentConfig, largest
+from kdsearch.config import ExperimentConfig
 from kdsearch.data import Dataset
-from kdsearch.models import count_parameters, meta_student
+from kdsearch.gpu import CudaCheck, check_cuda, gpu_share, probe
 from kdsearch.ray_workarounds import STATE_LOGGER, DropTmpFileRace
-from kdsearch.results import SearchError, searched_widths
+from kdsearch.results import SearchError
 
 
 # --------------------------------------------------------------------------- resources
@@ -38,32 +38,34 @@ class Resources:
     concurrency: int
 
 
-def trial_resources(cfg: ExperimentConfig, data: Dataset, hardware: dict[str, Any]
-                    ) -> Resources:
-    """The resources of `cfg`'s trials on a cluster of `hardware` (see `hardware()`)."""
-    gpus = gpu_fraction(cfg, data) if hardware["gpus"] else 0.0
+def trial_resources(cfg: ExperimentConfig, data: Dataset, hardware: dict[str, Any],
+                    cuda: list[CudaCheck] | None = None) -> Resources:
+    """The resources of `cfg`'s trials on a cluster of `hardware` (see `hardware()`), whose
+    trials' CUDA `check_gpus` found as `cuda`. A cluster whose GPUs torch cannot use in a
+    trial plans for the CPU, unless the config sets a share."""
+    trials = next((c for c in cuda or [] if c.where == "trials"), None)
+    automatic = cfg.search.gpus_per_trial is None and cfg.search.trials_per_gpu is None
+    gpus = 0.0
+    if hardware["gpus"] and not (automatic and trials is not None and not trials.usable):
+        gpus = gpu_share(cfg, data, trials.memory if trials else None)
     # Tune runs an Optuna searcher's trials one at a time unless told how many may run at once
     concurrency = cfg.search.max_concurrent_trials or fit_concurrency(
         hardware, cfg.search.cpus_per_trial, gpus)
     return Resources(cfg.search.cpus_per_trial, gpus, concurrency)
 
 
-def gpu_fraction(cfg: ExperimentConfig, data: Dataset) -> float:
-    """A GPU share per trial: small students pack many to a GPU (at most 16), CNNs fewer."""
-    if cfg.search.gpus_per_trial is not None:
-        return cfg.search.gpus_per_trial
-    model = meta_student(cfg.student.model, data.input_shape, data.num_classes,
-                         width=max(searched_widths(cfg)))
-    data_bytes = (data.train.x.numel() + data.val.x.numel()) * 4
-    batch = int(largest(cfg, "batch_size", cfg.training.batch_size))  # the largest searched
-    act = batch * sum(m.out_channels if hasattr(m, "out_channels") else 0
-                      for m in model.modules()) * math.prod(data.input_shape[1:])
-    # bytes: the data, weights + grads + Adam's two moments, activations (forward, backward)
-    need = data_bytes + count_parameters(model) * 16 + act * 4 * 3
-    # a trial that needs 4 GiB gets a whole GPU (its kernels fill it), a small one 1/16;
-    # rounded up to 1/k so the shares tile a GPU exactly
-    share = min(1.0, max(1 / 16, need / (4 * 2**30)))
-    return 1.0 / math.floor(1.0 / share)
+def check_gpus(cfg: ExperimentConfig, hardware: dict[str, Any]) -> list[CudaCheck]:
+    """Where Ray reports GPUs and the config does not plan for the CPU (gpus_per_trial: 0):
+    torch's CUDA in a trial (`gpu.probe`), and in this driver when its own node has GPUs (the
+    teacher trains and the final evaluation tests there)."""
+    if not hardware["gpus"] or cfg.search.gpus_per_trial == 0:
+        return []
+    found = [c for c in [probe()] if c is not None]
+    here = ray.get_runtime_context().get_node_id()
+    if any(n.get("NodeID") == here and n.get("Resources", {}).get("GPU", 0)
+           for n in ray.nodes() if n.get("Alive")):
+        found.append(check_cuda("driver"))
+    return found
 
 
 def fit_concurrency(hardware: dict[str, Any], cpus_per_trial: float, gpus_per_trial: float

@@ -194,6 +194,10 @@ class SearchConfig:
     gpus_per_trial: float | None = _spec(None, float, _gpu_share,
                                          "a number in [0, 1], or a whole number of GPUs",
                                          optional=True)
+    # null: as many trials a GPU as its memory and the packing limit allow (see gpus_per_trial);
+    # k: each trial takes 1/k of a GPU. Set this or gpus_per_trial, not both
+    trials_per_gpu: int | None = _spec(None, int, lambda v: 1 <= v <= 10_000,
+                                       "an integer in [1, 10000]", optional=True)
     max_failures: int = _spec(1, int, _at_least(0), "an integer >= 0 (retries of a crashing trial)")
     # a trial saves a checkpoint when this many seconds have passed since its last one
     # (0: every epoch); a killed search resumes unfinished trials from their last checkpoint
@@ -412,6 +416,10 @@ def config_from_dict(raw: Any, *, source: str = "<config>") -> ExperimentConfig:
 
 
 def _check_consistency(cfg: ExperimentConfig, source: str) -> None:
+    if cfg.search.gpus_per_trial is not None and cfg.search.trials_per_gpu is not None:
+        raise ConfigError(f"{source}: search.gpus_per_trial = {cfg.search.gpus_per_trial:g} and "
+                          f"search.trials_per_gpu = {cfg.search.trials_per_gpu} both set the "
+                          f"GPU share; keep one")
     # any teacher can teach any student (only the logits are shared): no family check
     side = IMAGE_SIDE.get(cfg.dataset.name)
     for key, shift in (("training.shift", cfg.training.shift),

@@ -96,8 +96,10 @@ def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) ->
     n, c, h, w = x.shape
     s = max_shift
     padded = F.pad(x, (s, s, s, s))
-    dy = torch.randint(0, 2 * s + 1, (n,), generator=generator).to(x.device)
-    dx = torch.randint(0, 2 * s + 1, (n,), generator=generator).to(x.device)
+    # drawn where the generator lives (fit keeps it on the data's device: no copy per step)
+    dy = torch.randint(0, 2 * s + 1, (n,), generator=generator, device=generator.device)
+    dx = torch.randint(0, 2 * s + 1, (n,), generator=generator, device=generator.device)
+    dy, dx = dy.to(x.device), dx.to(x.device)
     rows = (torch.arange(h, device=x.device)[None, :] + dy[:, None])  # n x h
     cols = (torch.arange(w, device=x.device)[None, :] + dx[:, None])  # n x w
     idx = torch.arange(n, device=x.device)[:, None, None]
@@ -207,6 +209,43 @@ def _autograd_step(model: nn.Module, optimizer: Optimizer, x: torch.Tensor,
     return Steps(step, take_loss)
 
 
+def make_steps(model: nn.Module, optimizer: Optimizer, data: Dataset, training: TrainingConfig,
+               *, log_targets: torch.Tensor | None, teacher: nn.Module | None,
+               generator: torch.Generator, fast: bool) -> Steps:
+    """How `fit` steps `model` on data.train: the written-out MLP step (`fast`, cached targets),
+    else autograd. `log_targets`: the teacher's softened log-probabilities per training row;
+    `teacher`: the module run on each shifted batch instead (training.shift > 0)."""
+    x, y = data.train.x, data.train.y
+    written_out = (fast_step.mlp_step(model, optimizer, x, y, log_targets, training)
+                   if fast and training.shift == 0 else None)
+    if written_out is not None:
+        return Steps(*written_out)
+    return _autograd_step(model, optimizer, x, y, log_targets, training, teacher, generator)
+
+
+def train_epoch(steps: Steps, order: torch.Tensor, batches: list[tuple[int, int]], *,
+                set_lr: Callable[[int], None] | None = None, first_step: int = 0
+                ) -> torch.Tensor:
+    """One epoch of optimizer steps, batch by batch of the training rows in `order`; the loss
+    summed over them, a 0-d tensor on the device, not read (reading it waits for the device).
+    `set_lr(step)` sets the learning rate of each step (numbered from `first_step`)."""
+    for step, (i, j) in enumerate(batches, start=first_step):
+        if set_lr is not None:
+            set_lr(step)
+        steps.step(order[i:j])
+    return steps.take_loss()
+
+
+def batches_of(n: int, batch_size: int, model: nn.Module) -> list[tuple[int, int]]:
+    """An epoch's batches as (start, end) rows; a last batch of one example joins the one before
+    when `model` has BatchNorm (it cannot train on one example)."""
+    starts = list(range(0, n, batch_size))
+    if n % batch_size == 1 and len(starts) > 1 and any(
+            isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        starts.pop()
+    return list(zip(starts, starts[1:] + [n]))
+
+
 @dataclass
 class FitState:
     """Everything needed to continue a run exactly where it stopped (a trial's checkpoint)."""
@@ -223,8 +262,13 @@ class FitState:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.generator.set_state(state["rng"])
         self.epoch = int(state["epoch"])
+        try:
+            self.generator.set_state(state["rng"])
+        except RuntimeError:
+            # a checkpoint taken on another kind of device (a CPU generator's state does not
+            # fit a CUDA one): the run goes on with random numbers drawn anew from its seed
+            self.generator.manual_seed(self.generator.initial_seed() + self.epoch)
 
 
 def fit(model: nn.Module, data: Dataset, training: TrainingConfig, *,
@@ -260,7 +304,8 @@ def fit(model: nn.Module, data: Dataset, training: TrainingConfig, *,
     if teacher is not None:
         teacher.eval()
 
-    generator = torch.Generator().manual_seed(training.seed)
+    # on the data's device, so that batches and shifts are drawn there: no host copy per step
+    generator = torch.Generator(device=device).manual_seed(training.seed)
     fast = fast_step.enabled(training.fast_step, device)
     optimizer = make_optimizer(model, name=training.optimizer, lr=training.lr,
                                weight_decay=training.weight_decay, fast=fast)
@@ -268,13 +313,7 @@ def fit(model: nn.Module, data: Dataset, training: TrainingConfig, *,
     if resume is not None:
         state.load_state_dict(resume)
     total_epochs = epochs if epochs is not None else training.epochs
-    bs = training.batch_size
-    starts = list(range(0, n, bs))
-    if n % bs == 1 and len(starts) > 1 and any(
-            isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
-        # BatchNorm cannot train on a batch of one example: it joins the batch before
-        starts.pop()
-    batches = list(zip(starts, starts[1:] + [n]))
+    batches = batches_of(n, training.batch_size, model)
     steps_per_epoch = len(batches)
     # the schedule spans training.epochs even when `epochs` stops the run early (a checkpoint
     # taken at epoch 2 of 4 must be the state of a straight 4-epoch run at epoch 2); it spans
@@ -283,19 +322,19 @@ def fit(model: nn.Module, data: Dataset, training: TrainingConfig, *,
     cosine = training.lr_schedule != "constant"
     history: list[dict[str, float]] = []
     model.train()
-    written_out = (fast_step.mlp_step(model, optimizer, x, y, log_targets, training)
-                   if fast and not online else None)
-    steps = (Steps(*written_out) if written_out is not None else
-             _autograd_step(model, optimizer, x, y, log_targets, training, teacher, generator))
+    steps = make_steps(model, optimizer, data, training, log_targets=log_targets,
+                       teacher=teacher, generator=generator, fast=fast)
+
+    def set_lr(step: int) -> None:
+        for group in optimizer.param_groups:
+            group["lr"] = scheduled_lr(training, step, schedule_steps)
+
     while state.epoch < total_epochs:
         start = time.perf_counter()
-        perm = torch.randperm(n, generator=generator).to(device)
-        for step, (i, j) in enumerate(batches, start=state.epoch * steps_per_epoch):
-            if cosine:
-                for group in optimizer.param_groups:
-                    group["lr"] = scheduled_lr(training, step, schedule_steps)
-            steps.step(perm[i:j])
-        train_loss = steps.take_loss().item() / n
+        order = torch.randperm(n, generator=generator, device=device)
+        loss = train_epoch(steps, order, batches, set_lr=set_lr if cosine else None,
+                           first_step=state.epoch * steps_per_epoch)
+        train_loss = loss.item() / n  # the epoch's one wait for the device
         state.epoch += 1
         if not math.isfinite(train_loss):
             raise Diverged(f"training loss became {train_loss} in epoch {state.epoch} "

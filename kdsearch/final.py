@@ -38,7 +38,8 @@ from kdsearch.models import build_student, count_parameters
 from kdsearch.results import (BASELINE, CONFIG_FILE, DISTILLED, FINAL_FILE, FINAL_FORMAT, RUN_FILE,
                               ReportError, best_trial, phase_dimensions, rank_key, read_config,
                               read_final, row_width, write_json)
-from kdsearch.retrain import Retrained, Retraining, Runner, in_process, torch_threads
+from kdsearch.retrain import (Retrained, Retraining, Runner, in_process, out_of_memory,
+                              torch_threads)
 from kdsearch.stats import mean_std, pack_correct
 from kdsearch.tables import TRIALS_FILE, dim_column, read_table
 from kdsearch.teacher import Teacher, get_teacher, teacher_key
@@ -318,15 +319,19 @@ def evaluate_final(results_dir: str | os.PathLike[str], *, retrain: bool = True,
                 model = build_student(cfg.student.model, data.input_shape, data.num_classes,
                                       width=s.width)
                 model.load_state_dict(res.state)
-                with torch_threads(job.threads):
-                    right = correct_on(model.to(device), test)  # the test split is read only here
-                # counted, then divided: equal counts tie exactly (as evaluate() does it)
-                acc = int(right.sum().item()) / len(right)
-                packed = pack_correct(right.cpu().numpy())
+                try:
+                    with torch_threads(job.threads):
+                        right = correct_on(model.to(device), test)  # the one read of test
+                    # counted, then divided: equal counts tie exactly (as evaluate() does it)
+                    acc = int(right.sum().item()) / len(right)
+                    packed = pack_correct(right.cpu().numpy())
+                except torch.cuda.OutOfMemoryError as e:
+                    torch.cuda.empty_cache()
+                    res = dataclasses.replace(res, state=None, error=out_of_memory(e))
             outcomes[(job.index, job.seed)] = (res, acc, packed)
             if not quiet:
                 label = s.kind if s.tuned else f"{s.kind} (untuned)"
-                what = "diverged" if acc is None else f"test_acc {acc:.4f}"
+                what = (res.error or "diverged") if acc is None else f"test_acc {acc:.4f}"
                 log(f"final [{done}/{len(jobs)}] {label} width {s.width} seed {job.seed}: "
                     f"{what} ({job.config.training.epochs} epochs, {res.seconds:.1f} s)")
         trained_on = sorted({res.device for res, _, _ in outcomes.values()})
@@ -346,7 +351,15 @@ def evaluate_final(results_dir: str | os.PathLike[str], *, retrain: bool = True,
                            # per seed, which test examples it got right (stats.pack_correct)
                            "test_correct": [outcomes[(i, seed)][2] for seed in seeds],
                            "final_val_accs": val_accs, "mean": mean, "std": std,
-                           "diverged": sum(a is None for a in accs),
+                           # seeds without an accuracy: the loss diverged, or another
+                           # failure (out of GPU memory), each seed's in `errors`
+                           "errors": [outcomes[(i, seed)][0].error for seed in seeds],
+                           "diverged": sum(outcomes[(i, seed)][0].error == "diverged"
+                                           or (a is None and outcomes[(i, seed)][0].error is None)
+                                           for seed, a in zip(seeds, accs)),
+                           "failed": sum(a is None and outcomes[(i, seed)][0].error
+                                         not in (None, "diverged")
+                                         for seed, a in zip(seeds, accs)),
                            # host:pid of the process that trained each seed
                            "workers": [outcomes[(i, seed)][0].worker for seed in seeds],
                            # training time, summed over the seeds (they may run side by side)

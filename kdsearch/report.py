@@ -204,10 +204,12 @@ def render(summary: dict[str, Any], plots: dict[str, dict[str, Any]]) -> str:
             accs = c[f"{kind}_accs"]
             if c[f"{kind}_width"] is None or not (accs or n_seeds):
                 continue
-            lost = n_seeds - len(accs)  # a retraining whose loss diverged has no accuracy
             text = ", ".join(pct(a) for a in accs) if accs else "none"
-            if lost > 0:
-                text += f" ({lost} of {n_seeds} seeds diverged)"
+            errors = c.get(f"{kind}_errors") or ["diverged"] * (n_seeds - len(accs))
+            why = [f"{errors.count('diverged')} of {n_seeds} seeds diverged"]
+            why += [f"1 of {n_seeds} seeds failed ({e})" for e in errors if e != "diverged"]
+            if errors:
+                text += " (" + "; ".join(w for w in why if not w.startswith("0 of")) + ")"
             out.append(f"- width {c[f'{kind}_width']}, {kind}: {text}")
     out += ["", "## Best hyperparameters", "",
             "The best trial of each kind at each width (full-budget trials first, then final "

@@ -300,7 +300,11 @@ def _well_formed(final: dict[str, Any]) -> bool:
                 and isinstance(r.get("test_accs"), list) and len(r["test_accs"]) == len(seeds)
                 and all(number(a, True) for a in r["test_accs"])):
             return False
-        packed = r.get("test_correct")  # absent from final.json written before it was kept
+        errors = r.get("errors")  # absent from final.json written before it was kept
+        if errors is not None and not (isinstance(errors, list) and len(errors) == len(seeds)
+                                       and all(isinstance(e, (str, type(None))) for e in errors)):
+            return False
+        packed = r.get("test_correct")  # (the same)
         if packed is not None and not (
                 isinstance(packed, list) and len(packed) == len(seeds)
                 and all((p is None) == (a is None) and (p is None or isinstance(p, str))

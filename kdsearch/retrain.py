@@ -36,13 +36,15 @@ class Retraining:
 
 @dataclass
 class Retrained:
-    """What a retraining gives back: the student's weights on the CPU (None if it diverged)."""
+    """What a retraining gives back: the student's weights on the CPU (None if it diverged or
+    failed: `error` says which)."""
 
     state: dict[str, torch.Tensor] | None
     val_acc: float | None  # its last epoch's validation accuracy
     seconds: float
     device: str
     worker: str  # host:pid of the process that trained it
+    error: str | None = None  # "diverged", or what it ran out of
 
 
 # runs the retrainings and yields each with its result, in the order they finish
@@ -72,9 +74,20 @@ def train_one(job: Retraining, data: Dataset, teacher: Teacher | None) -> Retrai
         try:
             model, history = train_student(job.config, data, teacher=teacher if kd else None)
         except Diverged:
-            return Retrained(None, None, time.perf_counter() - t0, *where)
+            return Retrained(None, None, time.perf_counter() - t0, *where, error="diverged")
+        except torch.cuda.OutOfMemoryError as e:
+            # this setting and seed fail alone, as a diverged one does: the others go on
+            torch.cuda.empty_cache()
+            return Retrained(None, None, time.perf_counter() - t0, *where,
+                             error=out_of_memory(e))
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     return Retrained(state, history[-1][VAL_ACC], time.perf_counter() - t0, *where)
+
+
+def out_of_memory(e: BaseException) -> str:
+    """A CUDA out-of-memory error in one line: the first of torch's message."""
+    first = next((line for line in str(e).splitlines() if line.strip()), "")
+    return f"out of GPU memory: {first.strip()[:200]}"
 
 
 def in_process(data: Dataset, teacher: Teacher | None) -> Runner:

@@ -15,7 +15,6 @@ driver can leave behind.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import os
 import shutil
 import sys
@@ -31,11 +30,13 @@ from ray import tune
 
 from kdsearch import files, ray_workarounds
 from kdsearch.arms import PhaseScheduler, PhaseSearcher, make_search, random_search_note
-from kdsearch.cluster import Resources, check_resources, hardware, ray_running, trial_resources
+from kdsearch.cluster import (Resources, check_gpus, check_resources, hardware, ray_running,
+                              trial_resources)
 from kdsearch.config import (ExperimentConfig, check_searchable, default_cache_dir,
                              default_data_dir, dump_config, load_config, max_epochs)
 from kdsearch.data import Dataset, load_dataset
 from kdsearch.final import check_consistent, read_searched
+from kdsearch.gpu import CudaCheck, explain
 from kdsearch.metrics import VAL_ACC
 from kdsearch.optuna_study import export_study
 from kdsearch.report import make_report
@@ -62,21 +63,18 @@ def prepare(cfg: ExperimentConfig, device: str = "cpu", *, progress: bool = True
             ) -> tuple[Dataset, Teacher]:
     """The dataset and the (cached, else trained) teacher of `cfg`, on `device`."""
     cache_dir = default_cache_dir(cfg)
-    # a missing teacher trains on the driver's GPU when it has one; the trials get CPU tensors
-    # through the object store and move them to their own device once
-    train_on = "cuda" if torch.cuda.is_available() else device
     data = load_dataset(cfg.dataset, data_dir=default_data_dir(cfg), cache_dir=cache_dir,
-                        device=train_on)
-    teacher = get_teacher(cfg, data, cache_dir=cache_dir, progress=progress)
+                        device=device)
+    # a missing teacher trains on the driver's GPU when it has one (a cached one is read without
+    # starting CUDA here); the trials get CPU tensors through the object store and move them to
+    # their own device once
+    teacher = get_teacher(cfg, data, cache_dir=cache_dir, progress=progress,
+                          train_device="cuda" if torch.cuda.is_available() else None)
     if progress:
         print(f"teacher: {cfg.teacher.model} on {cfg.dataset.name}, val_acc "
               f"{teacher.val_acc:.4f} ({'trained now' if teacher.trained_now else 'cached'}); "
               f"{len(data.train):,} training and {len(data.val):,} validation examples",
               flush=True)
-    if train_on != device:
-        data = data.to(device)
-        teacher = dataclasses.replace(teacher, model=teacher.model.to(device),
-                                      train_logits=teacher.train_logits.to(device))
     return data, teacher
 
 
@@ -90,15 +88,22 @@ class Prepared:
     hardware: dict[str, Any]
     resources: Resources
     payload: dict[str, Any]
+    cuda: list[CudaCheck]  # torch's CUDA where Ray reports GPUs (run.json's `cuda`)
 
 
 def prepare_search(cfg: ExperimentConfig, *, quiet: bool) -> Prepared:
-    """`prepare`, then the cluster's resources and the trials' payload (Ray running)."""
+    """`prepare`, then the cluster's resources and the trials' payload (Ray running). Where Ray
+    reports GPUs that torch cannot use, one line says why and what to do."""
     data, teacher = prepare(cfg, progress=not quiet)
     found = hardware()
-    resources = trial_resources(cfg, data, found)
+    cuda = check_gpus(cfg, found)
+    resources = trial_resources(cfg, data, found, cuda)
+    unusable = [check for check in cuda if not check.usable]
+    if unusable and not quiet:
+        print(explain(unusable, found["gpus"], planned_for_cpu=resources.gpus_per_trial == 0),
+              flush=True)
     payload = make_payload(cfg, data, teacher, cpus_per_trial=resources.cpus_per_trial)
-    return Prepared(data, teacher, found, resources, payload)
+    return Prepared(data, teacher, found, resources, payload, cuda)
 
 
 # --------------------------------------------------------------------------- the Tuner
@@ -204,6 +209,7 @@ def _execute(cfg: ExperimentConfig, results_dir: Path, run: dict[str, Any], *,
     run["teacher"] = {"key": teacher.key, "val_acc": teacher.val_acc}
     run["hardware"] = prepared.hardware
     run["gpus_per_trial"] = prepared.resources.gpus_per_trial
+    run["cuda"] = [check.as_dict() for check in prepared.cuda]
     run["max_concurrent_trials"] = prepared.resources.concurrency
     phases = [p for p in PHASES if p == "distill" or cfg.search.baseline]
     state = run.get("search", {})

@@ -83,16 +83,20 @@ def _row_summary(row: dict[str, Any] | None, n_test: int | None) -> dict[str, An
     if row is None:
         return {"width": None, "params": None, "tuned": None, "trial": None,
                 "search_val_acc": None, "search_epochs": None, "settings": None, "accs": [],
-                "correct": None}
+                "correct": None, "errors": []}
     packed = row.get("test_correct")
     correct = None
     if packed is not None and n_test:
         correct = [unpack_correct(p, n_test) for p in packed if p is not None]
+    # why a seed has no accuracy (older final.json: every one of them diverged)
+    errors = row.get("errors") or [None if a is not None else "diverged"
+                                   for a in row["test_accs"]]
     return {"width": row["width"], "params": row["params"], "tuned": row["tuned"],
             "trial": row["trial_id"], "search_val_acc": row["val_acc"],
             "search_epochs": row.get("search_epochs"),
             "settings": {**row["settings"], "alpha": row["alpha"], "epochs": row["epochs"]},
-            "accs": [a for a in row["test_accs"] if a is not None], "correct": correct}
+            "accs": [a for a in row["test_accs"] if a is not None], "correct": correct,
+            "errors": [e for e in errors if e is not None]}
 
 
 def comparison(d_row: dict[str, Any] | None, b_row: dict[str, Any] | None,
@@ -108,6 +112,8 @@ def comparison(d_row: dict[str, Any] | None, b_row: dict[str, Any] | None,
     out.update(compare(d["accs"], b["accs"], teacher["test_acc"], n_test=n_test,
                        distilled_correct=d["correct"], baseline_correct=b["correct"]))
     out.update({"distilled_accs": d["accs"], "baseline_accs": b["accs"],
+                # why the seeds missing from *_accs have no accuracy ("diverged", or a failure)
+                "distilled_errors": d["errors"], "baseline_errors": b["errors"],
                 "distilled_trial": d["trial"], "baseline_trial": b["trial"],
                 "distilled_search_val_acc": d["search_val_acc"],
                 "baseline_search_val_acc": b["search_val_acc"],

@@ -146,11 +146,16 @@ def _new_teacher(cfg: ExperimentConfig, data: Dataset) -> nn.Module:
                          dropout=t.dropout)
 
 
-def train_teacher(cfg: ExperimentConfig, data: Dataset, *, progress: bool = True
-                  ) -> tuple[nn.Module, torch.Tensor, float]:
-    """Train the teacher from scratch: (model in eval mode, logits on data.train, val acc)."""
+def train_teacher(cfg: ExperimentConfig, data: Dataset, *, progress: bool = True,
+                  device: str | None = None) -> tuple[nn.Module, torch.Tensor, float]:
+    """Train the teacher from scratch: (model in eval mode, logits on data.train, val acc), on
+    `device` (default: the data's), returned on the data's device."""
+    home = data.train.x.device
+    if device is not None and torch.device(device) != home:
+        model, logits, val_acc = train_teacher(cfg, data.to(device), progress=progress)
+        return model.to(home), logits.to(home), val_acc
     t = cfg.teacher
-    model = _new_teacher(cfg, data).to(data.train.x.device)
+    model = _new_teacher(cfg, data).to(home)
     training = TrainingConfig(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr,
                               weight_decay=t.weight_decay, alpha=1.0, shift=t.shift, seed=t.seed)
     bar = None
@@ -201,8 +206,10 @@ def _stamp(entry: Path, data_hash: str, lock: FileLock) -> None:
 
 
 def get_teacher(cfg: ExperimentConfig, data: Dataset, *, cache_dir: Path, progress: bool = True,
-                log: Callable[[str], None] = lambda s: print(s, file=sys.stderr)) -> Teacher:
-    """The cached teacher for `cfg`, training (once, under a file lock) if there is none."""
+                log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
+                train_device: str | None = None) -> Teacher:
+    """The cached teacher for `cfg`, training (once, under a file lock) if there is none, on
+    `train_device` (default: the data's; a cached teacher is read without touching it)."""
     key = teacher_key(cfg)
     data_hash = data_sha256(data)
     root = cache_dir / "teachers"
@@ -222,7 +229,8 @@ def get_teacher(cfg: ExperimentConfig, data: Dataset, *, cache_dir: Path, progre
             + "".join(f" and its entry {entry} {w}" for w in why)
             + "; training the teacher in memory without caching it (set KDSEARCH_CACHE_DIR to "
               "a writable folder)")
-        model, logits, val_acc = train_teacher(cfg, data, progress=progress)
+        model, logits, val_acc = train_teacher(cfg, data, progress=progress,
+                                             device=train_device)
         return Teacher(model, logits, val_acc, key, None, True)
 
     cached = _cached(entry, cfg, data, data_hash, why)
@@ -236,7 +244,8 @@ def get_teacher(cfg: ExperimentConfig, data: Dataset, *, cache_dir: Path, progre
         cached = _cached(entry, cfg, data, data_hash)
         if cached is not None:
             return cached
-        model, logits, val_acc = train_teacher(cfg, data, progress=progress)
+        model, logits, val_acc = train_teacher(cfg, data, progress=progress,
+                                             device=train_device)
         _clear(entry)
         entry.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}

@@ -23,11 +23,8 @@ from pathlib import Path
 from typing import Iterator
 
 import pytest
-import torch
 
-from kdsearch.cluster import fit_concurrency, gpu_fraction, quiet_ray
-from kdsearch.config import load_config
-from kdsearch.data import Dataset, Split
+from kdsearch.cluster import fit_concurrency, quiet_ray
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "search_spaces" / "quickstart.yaml"
@@ -162,47 +159,13 @@ def test_search_runs_trials_on_both_nodes(two_nodes: str, tmp_path: Path) -> Non
 
 
 # --------------------------------------------------------------------------- resources
-def _fake_data(n: int, shape: tuple[int, int, int]) -> Dataset:
-    x = torch.zeros(1, *shape).expand(n, *shape)  # the size without the memory
-    y = torch.zeros(n, dtype=torch.long)
-    return Dataset("fake", Split(x, y), Split(x[:100], y[:100]), 10, shape, (0.0,), (1.0,))
-
-
-def test_gpu_fraction_packs_small_students_and_gives_cnns_more() -> None:
-    digits = load_config(QUICKSTART)
-    small = gpu_fraction(digits, _fake_data(1437, (1, 8, 8)))
-    assert small == 1 / 16
-    cifar = load_config(REPO / "search_spaces" / "cifar10_cnn.yaml")
-    big = gpu_fraction(cifar, _fake_data(45000, (3, 32, 32)))
-    assert 1 / 16 < big <= 1
-    assert (1 / big).is_integer()  # shares tile a GPU: 1/2 fits twice, 0.4 would waste 0.2
-    narrow = load_config(REPO / "search_spaces" / "cifar10_cnn.yaml",
-                         ["search.space.width.values=[8]"])
-    assert gpu_fraction(narrow, _fake_data(45000, (3, 32, 32))) < big
-    fixed = load_config(QUICKSTART, ["search.gpus_per_trial=0.25"])
-    assert gpu_fraction(fixed, _fake_data(1437, (1, 8, 8))) == 0.25
-    # a searched batch size: the share fits the largest batch, as a fixed one of that size
-    cifar_data = _fake_data(45000, (3, 32, 32))
-    searched = load_config(REPO / "search_spaces" / "cifar10_cnn.yaml", [
-        "search.space.batch_size={distribution: choice, values: [128, 1024]}"])
-    large = load_config(REPO / "search_spaces" / "cifar10_cnn.yaml", ["training.batch_size=1024"])
-    assert gpu_fraction(searched, cifar_data) == gpu_fraction(large, cifar_data) > big
-
-
 def test_fit_concurrency_takes_the_scarcer_resource() -> None:
     assert fit_concurrency({"cpus": 8, "gpus": 2}, 1.0, 0.5) == 4
     assert fit_concurrency({"cpus": 8, "gpus": 2}, 4.0, 0.5) == 2
     assert fit_concurrency({"cpus": 2, "gpus": 0}, 1.0, 0.0) == 2
     assert fit_concurrency({"cpus": 6, "gpus": 1}, 1.0, 1 / 3) == 3  # 3 * (1/3) is not > 1
+    assert fit_concurrency({"cpus": 8, "gpus": 2}, 1.0, 1 / 16) == 8  # CPU-bound, not GPU
     assert fit_concurrency({"cpus": 1, "gpus": 0}, 2.0, 0.0) == 1
-
-
-def test_auto_gpu_share_on_logical_gpus_is_a_sixteenth_for_digits() -> None:
-    cfg = load_config(QUICKSTART)
-    assert cfg.search.gpus_per_trial is None
-    share = gpu_fraction(cfg, _fake_data(1437, (1, 8, 8)))
-    assert share == 1 / 16
-    assert fit_concurrency({"cpus": 8, "gpus": 2}, 1.0, share) == 8  # CPU-bound, not GPU
 
 
 def test_optuna_does_not_warn_about_the_epochs_a_resumed_trial_reports_again() -> None:

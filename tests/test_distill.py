@@ -479,3 +479,57 @@ def test_the_cosine_schedule_runs_from_lr_to_zero_over_the_epoch_budget(
     fit(student(digits), digits, training)
     steps = 2 * math.ceil(len(digits.train) / 256)
     assert used == pytest.approx([scheduled_lr(training, s, steps) for s in range(steps)])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("shift", [0, 1], ids=["cached logits", "online teacher, jittered"])
+def test_a_training_epoch_on_cuda_never_waits_for_the_host(
+        digits: Dataset, digits_teacher: torch.nn.Module, shift: int) -> None:
+    """fit's steps on CUDA: batches and shifts drawn on the device, the loss summed there, the
+    learning rate a Python float. torch raises on any synchronisation with the host (a copy
+    from the CPU, an .item()) inside the epoch."""
+    from kdsearch.distill import batches_of, make_optimizer, make_steps, scheduled_lr, train_epoch
+
+    data = digits.to("cuda")
+    teacher = copy.deepcopy(digits_teacher).to("cuda").eval()
+    training = TrainingConfig(alpha=0.3, temperature=4.0, shift=shift, batch_size=64, epochs=2)
+    model = student(digits).to("cuda")
+    optimizer = make_optimizer(model, name="adam", lr=1e-3, weight_decay=0.0)
+    generator = torch.Generator(device="cuda").manual_seed(0)
+    log_targets = None if shift else F.log_softmax(predict(teacher, data.train.x) / 4.0, dim=1)
+    steps = make_steps(model, optimizer, data, training, log_targets=log_targets,
+                       teacher=teacher if shift else None, generator=generator, fast=False)
+    batches = batches_of(len(data.train), training.batch_size, model)
+
+    def set_lr(step: int) -> None:
+        optimizer.param_groups[0]["lr"] = scheduled_lr(training, step, 2 * len(batches))
+
+    order = torch.randperm(len(data.train), generator=generator, device="cuda")
+    train_epoch(steps, order, batches, set_lr=set_lr).item()  # a first epoch: kernels loaded
+    order = torch.randperm(len(data.train), generator=generator, device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        loss = train_epoch(steps, order, batches, set_lr=set_lr, first_step=len(batches))
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert math.isfinite(loss.item()) and loss.item() > 0
+
+
+
+def test_a_checkpoint_of_another_devices_generator_resumes_with_fresh_random_numbers(
+        digits: Dataset) -> None:
+    """fit keeps its generator on the data's device: a trial checkpointed on a CPU node and
+    resumed on a CUDA one (or back) cannot carry the generator's state over. It resumes with
+    numbers drawn anew from its seed and epoch, instead of failing."""
+    training = TrainingConfig(epochs=1, batch_size=256, alpha=1.0, seed=3)
+    saved: list[dict[str, Any]] = []
+    fit(student(digits), digits, training, report=lambda m, s: saved.append(s.state_dict()))
+    state = dict(saved[-1], rng=torch.zeros(16, dtype=torch.uint8))  # a CUDA generator's size
+    model = student(digits)
+    resumed = FitState(model, torch.optim.Adam(model.parameters()), torch.Generator(), 0)
+    resumed.generator.manual_seed(3)
+    resumed.load_state_dict(state)
+    assert resumed.epoch == 1 and resumed.generator.initial_seed() == 3 + 1
+    assert not same_weights(model, student(digits))  # the weights did come back

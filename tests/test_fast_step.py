@@ -248,6 +248,7 @@ def test_fast_step_off_trains_through_autograd_and_torch_adam_to_the_same_model(
         is torch.optim.Adam
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_the_written_out_step_on_cuda_matches_autograd(
         digits: Dataset, digits_teacher_logits: torch.Tensor) -> None:

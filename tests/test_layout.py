@@ -18,8 +18,8 @@ REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "kdsearch"
 MAX_LINES = 600
 # the only modules that import Ray or Optuna (the search side)
-SEARCH_SIDE = {"trainable", "ray_workarounds", "cluster", "arms", "status", "optuna_study",
-               "search"}
+SEARCH_SIDE = {"trainable", "ray_workarounds", "gpu", "cluster", "arms", "status",
+               "optuna_study", "search"}
 
 
 def _modules() -> dict[str, Path]:

@@ -289,6 +289,43 @@ def test_every_field_of_summary_json_is_documented(reported: Path) -> None:
         ("distilled_", "baseline_"))] == []
 
 
+@pytest.mark.slow  # a real Ray search (shared by the module)
+def test_a_retraining_out_of_gpu_memory_fails_that_setting_and_seed_alone(
+        reported: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.cuda.OutOfMemoryError in one retraining (injected on the CPU) is that seed's
+    failure, as a diverged loss is: the other seeds and settings are tested, the report
+    whole."""
+    import torch
+
+    import kdsearch.retrain
+
+    folder = _copy(reported, tmp_path / "oom")
+    real = kdsearch.retrain.train_student
+    hit: list[int] = []
+
+    def short_of_memory(cfg, data, **kwargs):  # type: ignore[no-untyped-def]
+        if cfg.student.width == 8 and cfg.training.alpha < 1 and cfg.training.seed == 1:
+            hit.append(cfg.training.seed)
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(cfg, data, **kwargs)
+
+    monkeypatch.setattr(kdsearch.retrain, "train_student", short_of_memory)
+    make_report(folder, quiet=True)  # in this process; Ray's tasks call the same train_one
+    assert hit == [1]
+    final = json.loads((folder / "final.json").read_text())
+    row = next(r for r in final["rows"] if r["kind"] == "distilled" and r["width"] == 8)
+    assert row["test_accs"][1] is None and None not in (row["test_accs"][0], row["test_accs"][2])
+    assert row["errors"][1].startswith("out of GPU memory: CUDA out of memory")
+    assert (row["failed"], row["diverged"]) == (1, 0)
+    assert all(None not in r["test_accs"] for r in final["rows"] if r is not row)
+    s = _summary(folder)
+    width8 = next(c for c in s["widths"] if c["distilled_width"] == 8)
+    assert len(width8["distilled_accs"]) == 2 and width8["distilled_mean"] is not None
+    report = (folder / "report.md").read_text()
+    assert "- width 8, distilled: " in report and \
+        "(1 of 3 seeds failed (out of GPU memory: CUDA out of memory" in report
+
+
 # --------------------------------------------------------------------------- plots
 @pytest.mark.slow  # a real Ray search (shared by the module)
 def test_plots_are_pngs_with_the_expected_series(reported: Path) -> None:

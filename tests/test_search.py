@@ -30,7 +30,7 @@ import pytest
 import torch
 
 from kdsearch.arms import PhaseSearcher, arm_specs
-from kdsearch.cluster import init_ray
+from kdsearch.cluster import fit_concurrency, init_ray
 from kdsearch.config import load_config
 from kdsearch.data import Dataset, Split
 from kdsearch.ray_workarounds import TUNER_COPY, mend_torn_state
@@ -174,8 +174,12 @@ def test_search_writes_the_results_folder(digits_search: tuple[Any, Path]) -> No
     assert {"kdsearch_version", "name", "storage_path", "search", "teacher",
             "hardware", "gpus_per_trial", "max_concurrent_trials"} <= set(run)
     assert run["search"]["status"] == "finished" and run["search"]["wall_seconds"] > 0
-    assert run["hardware"]["gpus"] == 0 and run["gpus_per_trial"] == 0
-    assert run["max_concurrent_trials"] == max(1, int(run["hardware"]["cpus"]))
+    # what this machine has, as Ray found it: a GPU share only where there are GPUs torch uses
+    hw, cuda = run["hardware"], run["cuda"]
+    usable = any(c["usable"] for c in cuda if c["where"] == "trials")
+    assert (run["gpus_per_trial"] > 0) == (hw["gpus"] > 0 and usable)
+    assert (cuda == []) == (hw["gpus"] == 0)
+    assert run["max_concurrent_trials"] == fit_concurrency(hw, 1.0, run["gpus_per_trial"])
 
 
 @pytest.mark.slow
@@ -330,7 +334,7 @@ def test_run_search_started_and_stopped_its_own_ray(digits_search: tuple[Any, Pa
     import ray
 
     _, out = digits_search
-    assert json.loads((out / "run.json").read_text())["hardware"]["gpus"] == 0
+    assert json.loads((out / "run.json").read_text())["hardware"]["nodes"] == 1  # its own
     assert not ray.is_initialized()
 
 
