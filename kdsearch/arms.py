@@ -15,32 +15,18 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import optuna.distributions as od
 from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from kdsearch.config import Dimension, ExperimentConfig, SearchConfig, max_epochs
 from kdsearch.metrics import EPOCH, VAL_ACC
+from kdsearch.optuna_space import optuna_space
 from kdsearch.ray_workarounds import restored_trial_configs
 from kdsearch.results import (PHASE_KEY, per_width, phase_dimensions, phase_of, phase_samples,
                               searched_widths)
 
 TPE_STARTUP_TRIALS = 10  # Optuna's TPESampler's n_startup_trials, kept when it is not set
-
-
-def optuna_space(dims: tuple[Dimension, ...]) -> dict[str, Any]:
-    """The Optuna distributions of `dims`."""
-    space: dict[str, Any] = {}
-    for d in dims:
-        if d.distribution == "choice":
-            space[d.name] = od.CategoricalDistribution(list(d.values or ()))
-        elif d.distribution == "int":
-            space[d.name] = od.IntDistribution(int(d.low), int(d.high), step=int(d.step or 1))
-        else:
-            space[d.name] = od.FloatDistribution(float(d.low), float(d.high),
-                                                 log=d.distribution == "loguniform")
-    return space
 
 
 class PhaseSearcher(Searcher):

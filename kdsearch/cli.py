@@ -8,8 +8,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
+from kdsearch import logs
 from kdsearch.errors import UserError
 from kdsearch.version import __version__
 
@@ -37,7 +39,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     """One distillation run without Ray: the way to try a setting before searching."""
     from kdsearch.config import default_cache_dir, default_data_dir, load_config
 
-    cfg = load_config(args.config, args.set)  # bad input fails here, before torch loads
+    from kdsearch.spaces import find
+
+    cfg = load_config(find(args.config), args.set)  # bad input fails here, before torch loads
     from kdsearch.data import load_dataset
     from kdsearch.distill import EPOCH, TRAIN_LOSS, VAL_ACC, VAL_LOSS, Diverged, train_student
     from kdsearch.models import build_student, count_parameters
@@ -75,15 +79,19 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from kdsearch.config import check_searchable, load_config
+    from kdsearch.spaces import find
 
+    space = find(args.space)  # a file, or the name of a shipped space
     # bad input fails here, before torch and Ray load
-    check_searchable(load_config(args.space, args.set), args.space)
-    from kdsearch.search import run_search
+    check_searchable(load_config(space, args.set), str(space))
+    from kdsearch.search import callbacks_named, run_search
+
+    callbacks = callbacks_named(args.callback, [space.resolve().parent, Path.cwd()])
 
     try:
-        result = run_search(args.space, overrides=args.set, address=args.address,
+        result = run_search(space, overrides=args.set, address=args.address,
                             results_dir=args.results_dir, storage_path=args.storage_path,
-                            force=args.force, report=not args.no_report)
+                            force=args.force, report=not args.no_report, callbacks=callbacks)
     except KeyboardInterrupt:
         return 130  # run_search has printed the `kdsearch resume` command
     _print_result(result)
@@ -91,10 +99,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    from kdsearch.search import resume_search
+    from kdsearch.search import callbacks_named, resume_search
+
+    callbacks = callbacks_named(args.callback, [Path.cwd()])
 
     try:
-        result = resume_search(args.results, address=args.address, report=not args.no_report)
+        result = resume_search(args.results, address=args.address, report=not args.no_report,
+                               callbacks=callbacks)
     except KeyboardInterrupt:
         return 130  # resume_search has printed the `kdsearch resume` command
     _print_result(result)
@@ -119,7 +130,11 @@ def _print_result(result: "SearchResult") -> None:
 def cmd_report(args: argparse.Namespace) -> int:
     if args.no_retrain or args.in_process:
         # reused: nothing (or little) to train, so no Ray to start
+        from kdsearch.importances import write_importances
         from kdsearch.report import make_report
+        from kdsearch.results import read_config
+
+        write_importances(Path(args.results), read_config(Path(args.results)))
 
         out = make_report(args.results, retrain=not args.no_retrain,
                           device=_device(args.device))
@@ -132,6 +147,25 @@ def cmd_report(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             return 130  # report_search has said what to do
     print(f"report: {out}")
+    return 0
+
+
+def cmd_spaces(args: argparse.Namespace) -> int:
+    """The shipped search spaces, a line each: the name `kdsearch run NAME` takes, and what it
+    searches."""
+    from kdsearch.spaces import shipped, summary
+
+    for name, path in shipped().items():
+        print(f"{name:<20} {summary(path)}")
+    return 0
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    """A shipped space copied into the current folder, to be edited and run."""
+    from kdsearch.spaces import copy_out
+
+    target = copy_out(args.name, Path.cwd())
+    print(f"wrote {target}; edit it, then: kdsearch run {target.name}")
     return 0
 
 
@@ -149,7 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_train)
 
     r = sub.add_parser("run", help="run a search described by a space file")
-    r.add_argument("space", help="search-space YAML, e.g. search_spaces/quickstart.yaml")
+    r.add_argument("space", help="search-space YAML, or the name of a shipped one "
+                                 "(kdsearch spaces), e.g. quickstart")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a value, e.g. --set search.num_samples=8")
     r.add_argument("--address", default=None,
@@ -163,12 +198,18 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--force", action="store_true",
                    help="replace an existing results folder of the same name")
     r.add_argument("--no-report", action="store_true", help="skip the report at the end")
+    r.add_argument("--callback", action="append", default=[], metavar="MODULE:CLASS",
+                   help="a ray.tune.Callback to add, made with no arguments (repeatable), "
+                        "e.g. my_callbacks:Recorder; its module is found beside the space "
+                        "file, in this folder, or installed")
     r.set_defaults(func=cmd_run)
 
     s = sub.add_parser("resume", help="continue an interrupted search")
     s.add_argument("results", help="the search's results folder, e.g. results/quickstart")
     s.add_argument("--address", default=None, help="Ray cluster to join (as for run)")
     s.add_argument("--no-report", action="store_true", help="skip the report at the end")
+    s.add_argument("--callback", action="append", default=[], metavar="MODULE:CLASS",
+                   help="a ray.tune.Callback for the resumed run (as for run)")
     s.set_defaults(func=cmd_resume)
 
     o = sub.add_parser("report", help="write report.md, tables and plots for a search")
@@ -186,6 +227,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="run the retrainings one after the other in this process, without "
                             "Ray (faster for a small search on a few cores)")
     o.set_defaults(func=cmd_report)
+
+    sub.add_parser("spaces", help="list the shipped search spaces").set_defaults(func=cmd_spaces)
+    i = sub.add_parser("init", help="copy a shipped search space here, to edit")
+    i.add_argument("name", help="a shipped space's name (kdsearch spaces), e.g. quickstart")
+    i.set_defaults(func=cmd_init)
     return p
 
 
@@ -193,7 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
-        return func(args)
+        with logs.console():  # kdsearch's messages as plain lines: progress out, warnings err
+            return func(args)
     except KeyboardInterrupt:
         print("kdsearch: interrupted", file=sys.stderr)
         return 130

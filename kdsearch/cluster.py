@@ -24,8 +24,10 @@ import torch
 from kdsearch.config import ExperimentConfig
 from kdsearch.data import Dataset
 from kdsearch.gpu import CudaCheck, check_cuda, gpu_share, probe
-from kdsearch.ray_workarounds import STATE_LOGGER, DropTmpFileRace
+from kdsearch.ray_workarounds import STATE_LOGGER, DropTmpFileRace, untested_ray
 from kdsearch.results import SearchError
+
+log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- resources
@@ -81,7 +83,6 @@ def fit_concurrency(hardware: dict[str, Any], cpus_per_trial: float, gpus_per_tr
 def quiet_ray() -> None:
     """Ray's and Tune's output kept to what kdsearch shows (errors), its state saved often."""
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # experiment state saved often, so a killed driver loses (almost) no finished trial
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "1")
@@ -137,6 +138,9 @@ def ray_address(address: str | None) -> str:
 def init_ray(address: str | None) -> bool:
     """Connect to (or start) Ray; True if we started it here and should shut it down."""
     quiet_ray()
+    note = untested_ray(ray.__version__)
+    if note:
+        log.warning(note)
     if ray.is_initialized():
         return False
     address = ray_address(address)
@@ -186,8 +190,7 @@ def ray_running(address: str | None, *, quiet: bool = True) -> Iterator[None]:
     was running already)."""
     if not quiet and not ray.is_initialized():  # a few seconds with nothing else to show
         where = ray_address(address)
-        print("ray: starting a local Ray" if where == "local" else f"ray: connecting to {where}",
-              flush=True)
+        log.info("ray: starting a local Ray" if where == "local" else f"ray: connecting to {where}")
     started = init_ray(address)
     try:
         yield

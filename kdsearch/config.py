@@ -206,6 +206,10 @@ class SearchConfig:
     # and is stopped early only against trials of its own width (every width equally tuned)
     per_width: bool = _spec(False, bool)
     baseline: bool = _spec(True, bool)  # also tune the student alone (alpha = 1)
+    # Ray Tune's own per-trial outputs (result.json, progress.csv, params.json; TensorBoard
+    # events with tensorboardX installed) in each trial's folder of the experiment; off by
+    # default: they cost the quickstart 8.5% of its wall time (bench/trial_logs.py)
+    trial_logs: bool = _spec(False, bool)
     # null: the same budget as the distillation search
     baseline_num_samples: int | None = _spec(None, int, _at_least(1), "an integer >= 1",
                                              optional=True)

@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
 import json
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -44,6 +45,8 @@ from kdsearch.stats import mean_std, pack_correct
 from kdsearch.tables import TRIALS_FILE, dim_column, read_table
 from kdsearch.teacher import Teacher, get_teacher, teacher_key
 from kdsearch.version import __version__
+
+log = logging.getLogger(__name__)
 
 # below this many multiply-adds per batch, one CPU thread beats several (thread hand-off costs
 # more than the work): true of the MLP students on digits, not of CNNs on CIFAR-10
@@ -222,13 +225,8 @@ def _device(device: str) -> str:
     return device
 
 
-def _print(msg: str) -> None:
-    print(msg, flush=True)
-
-
 def evaluate_final(results_dir: str | os.PathLike[str], *, retrain: bool = True,
                    device: str = "auto", quiet: bool = False,
-                   log: Callable[[str], None] = _print,
                    runner: Runner | None = None,
                    loaded: tuple[Dataset, Teacher] | None = None) -> dict[str, Any]:
     """Retrain the best settings of a results folder with K seeds; test once; write final.json.
@@ -267,7 +265,7 @@ def evaluate_final(results_dir: str | os.PathLike[str], *, retrain: bool = True,
                f" ({FINAL_FILE} has other seeds than report.seeds = {len(seeds)})"
                if previous.get("seeds") != seeds else
                f"; reusing {len(reused_rows)} unchanged settings of {FINAL_FILE}")
-        log(f"final: retraining {len(todo)} settings x {len(seeds)} seeds{why}")
+        log.info(f"final: retraining {len(todo)} settings x {len(seeds)} seeds{why}")
     teacher_info = old_teacher if teacher_ok else None
     data_info = (previous or {}).get("data") if previous else None
     started = time.perf_counter()
@@ -309,7 +307,7 @@ def evaluate_final(results_dir: str | os.PathLike[str], *, retrain: bool = True,
                         "params": count_parameters(teacher.model),
                         "val_acc": teacher.val_acc, "test_acc": teacher_acc}
         if not quiet:
-            log(f"final: teacher {cfg.teacher.model} test_acc {teacher_acc:.4f} "
+            log.info(f"final: teacher {cfg.teacher.model} test_acc {teacher_acc:.4f} "
                 f"({len(test):,} test examples)")
         outcomes: dict[tuple[int, int], tuple[Retrained, float | None, str | None]] = {}
         for done, (job, res) in enumerate(trained, 1):
@@ -332,7 +330,7 @@ def evaluate_final(results_dir: str | os.PathLike[str], *, retrain: bool = True,
             if not quiet:
                 label = s.kind if s.tuned else f"{s.kind} (untuned)"
                 what = (res.error or "diverged") if acc is None else f"test_acc {acc:.4f}"
-                log(f"final [{done}/{len(jobs)}] {label} width {s.width} seed {job.seed}: "
+                log.info(f"final [{done}/{len(jobs)}] {label} width {s.width} seed {job.seed}: "
                     f"{what} ({job.config.training.epochs} epochs, {res.seconds:.1f} s)")
         trained_on = sorted({res.device for res, _, _ in outcomes.values()})
         for i in n_params:
@@ -374,7 +372,7 @@ def evaluate_final(results_dir: str | os.PathLike[str], *, retrain: bool = True,
     else:
         device = (previous or {}).get("device", device)  # where the reused rows were trained
         if not quiet:
-            log(f"final: reusing {FINAL_FILE} (all {len(out_rows)} settings unchanged)")
+            log.info(f"final: reusing {FINAL_FILE} (all {len(out_rows)} settings unchanged)")
 
     final = {"format": FINAL_FORMAT, "kdsearch_version": __version__, "name": cfg.name,
              "created": time.time(), "device": device, "seeds": seeds,

@@ -1,57 +1,222 @@
-"""optuna.db: the search's trials as Optuna studies, one per phase ("distill", "baseline"), for
-`optuna.load_study` and optuna-dashboard.
+"""optuna.db: the search's trials as Optuna studies, one per phase ("distill", "baseline"), kept
+current while the search runs.
 
-Written from trials.csv once the search has ended (to a temporary file, then renamed): each
-trial with its searched values, COMPLETE with its final val_acc, PRUNED when ASHA stopped it
-early, FAIL when it diverged or raised.
+Each trial of the search is a trial of its phase's study, with its searched values, each
+reported epoch's val_acc as an intermediate value, and, once it ends, COMPLETE with its final
+val_acc, PRUNED when ASHA stopped it early, FAIL when it diverged or raised. `StudyWriter` (a Ray
+Tune callback) writes them as they come, at most every few seconds, from a thread of its own, so
+that `optuna-dashboard sqlite:///results/<name>/optuna.db` can watch a running search; a resumed
+search's study is first rebuilt whole from trials.csv and progress.csv (`export_study`), the
+records a killed driver left.
 """
 
 from __future__ import annotations
 
+import logging
 import os
+import queue
+import threading
 from pathlib import Path
+from typing import Any
 
 import optuna
+from optuna.trial import TrialState
+from ray import tune
 
-from kdsearch.arms import optuna_space
 from kdsearch.config import ExperimentConfig
-from kdsearch.results import OPTUNA_FILE, PHASES, phase_dimensions
-from kdsearch.tables import TRIALS_FILE, dim_column, parse_value, read_table
+from kdsearch.metrics import EPOCH, VAL_ACC
+from kdsearch.optuna_space import optuna_space
+from kdsearch.results import OPTUNA_FILE, PHASES, phase_dimensions, phase_of
+from kdsearch.tables import PROGRESS_FILE, TRIALS_FILE, dim_column, parse_value, read_table
+
+log = logging.getLogger(__name__)
+
+WRITE_EVERY_S = 3.0  # how often a running search's study is brought up to date
+
+
+def _storage(path: Path) -> optuna.storages.RDBStorage:
+    """Optuna's SQLite storage at `path`, written without waiting for the disk at each commit:
+    the study is a view of trials.csv and progress.csv, rebuilt from them if it is ever lost."""
+    import sqlalchemy
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{path}")
+
+    @sqlalchemy.event.listens_for(storage.engine, "connect")
+    def _no_fsync(connection: Any, _: Any) -> None:
+        connection.execute("PRAGMA synchronous=OFF")
+
+    storage.engine.dispose()  # the next connection takes the pragma
+    return storage
+
+
+def _state(row: dict[str, Any]) -> TrialState:
+    done = row.get("status") == "TERMINATED" and not int(row.get("diverged") or 0)
+    return (TrialState.FAIL if not done else
+            TrialState.PRUNED if int(row.get("stopped_early") or 0) else TrialState.COMPLETE)
 
 
 def export_study(results_dir: Path, cfg: ExperimentConfig) -> None:
-    """Write the searched trials into an Optuna study file that optuna.load_study opens."""
+    """Write the search's trials, as trials.csv and progress.csv record them, into optuna.db
+    (a new file, renamed over the old one): a study for each phase the config searches."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     rows = read_table(results_dir / TRIALS_FILE)
+    curves: dict[str, dict[int, float]] = {}
+    for r in read_table(results_dir / PROGRESS_FILE):
+        if r.get(VAL_ACC) not in (None, ""):
+            curves.setdefault(r["trial_id"], {})[int(r[EPOCH])] = float(r[VAL_ACC])
     path = results_dir / OPTUNA_FILE
     tmp = results_dir / (OPTUNA_FILE + ".tmp")
     tmp.unlink(missing_ok=True)
-    storage = f"sqlite:///{tmp}"
-    study = None
+    storage = _storage(tmp)
     for phase in PHASES:
         dims = phase_dimensions(cfg, phase)
         dists = optuna_space(dims)
         phase_rows = [r for r in rows if r.get("phase") == phase]
-        if not phase_rows:
+        if not phase_rows and not (phase == "distill" or cfg.search.baseline):
             continue
         study = optuna.create_study(study_name=phase, storage=storage, direction="maximize")
         for r in phase_rows:
             params = {d.name: parse_value(r.get(dim_column(d.name))) for d in dims}
             if any(v in (None, "") for v in params.values()):
                 continue
-            done = r.get("status") == "TERMINATED" and not int(r.get("diverged") or 0)
-            state = (optuna.trial.TrialState.FAIL if not done else
-                     optuna.trial.TrialState.PRUNED if int(r.get("stopped_early") or 0) else
-                     optuna.trial.TrialState.COMPLETE)
+            state = _state(r) if r.get("status") in ("TERMINATED", "ERROR") \
+                else TrialState.RUNNING
             try:
                 study.add_trial(optuna.trial.create_trial(
                     params=params, distributions=dists, state=state,
-                    value=float(r["val_acc"]) if state == optuna.trial.TrialState.COMPLETE
-                    else None,
-                    user_attrs={"trial_id": r["trial_id"], "epochs": parse_value(r.get("epochs")),
-                                "val_acc": parse_value(r.get("val_acc"))}))
+                    value=float(r["val_acc"]) if state == TrialState.COMPLETE else None,
+                    intermediate_values=curves.get(r["trial_id"], {}),
+                    user_attrs={"trial_id": r["trial_id"]}))
             except (ValueError, TypeError):
                 continue
-    del study
+    storage.engine.dispose()
     if tmp.exists():
         os.replace(tmp, path)
+
+
+class StudyWriter(tune.Callback):
+    """optuna.db kept current while the search runs (see the module's docstring). The Tune loop
+    only queues what happened; a thread writes it every `every` seconds, and all of it when the
+    search ends. `fresh`: a new search (an empty study); else a resumed one, whose study is
+    rebuilt from the records first, once the status callback has reconciled them."""
+
+    def __init__(self, results_dir: Path, cfg: ExperimentConfig, *, fresh: bool,
+                 every: float = WRITE_EVERY_S) -> None:
+        self.results_dir, self.cfg, self.fresh, self.every = results_dir, cfg, fresh, every
+        self.queue: queue.Queue[tuple[str, Any, dict[str, Any]]] = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._started = False
+        self._failed = False
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its callbacks into tuner.pkl: the settings travel, not the thread
+        return {"results_dir": self.results_dir, "cfg": self.cfg, "fresh": self.fresh,
+                "every": self.every}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["results_dir"], state["cfg"],  # type: ignore[misc]
+                      fresh=state["fresh"], every=state["every"])
+
+    def _start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        # a new search: its studies, empty; a resumed one: rebuilt whole from the records
+        export_study(self.results_dir, self.cfg)  # (made aside, then renamed into place)
+        self._thread = threading.Thread(target=self._write_loop, name="kdsearch-optuna",
+                                        daemon=True)
+        self._thread.start()
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        self._start()  # (after the status callback's first step: the records are reconciled)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info: Any) -> None:
+        if not result.get("replayed") and not result.get("diverged"):
+            self.queue.put(("epoch", trial.trial_id, {"config": dict(trial.config),
+                                                       EPOCH: int(result.get(EPOCH, 0)),
+                                                       VAL_ACC: result.get(VAL_ACC)}))
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        last = trial.last_result or {}
+        budget = int(trial.config.get("epochs", self.cfg.training.epochs))
+        epochs = int(last.get(EPOCH, 0) or 0)
+        state = (TrialState.FAIL if last.get("diverged") else
+                 TrialState.PRUNED if epochs < budget else TrialState.COMPLETE)
+        self.queue.put(("end", trial.trial_id, {"config": dict(trial.config), "state": state,
+                                                VAL_ACC: last.get(VAL_ACC), "epochs": epochs}))
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.queue.put(("end", trial.trial_id, {"config": dict(trial.config),
+                                                "state": TrialState.FAIL, VAL_ACC: None,
+                                                "epochs": 0}))
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        self._start()
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+
+    # ----------------------------------------------------------------------- the writer thread
+    def _write_loop(self) -> None:
+        try:
+            storage = _storage(self.results_dir / OPTUNA_FILE)
+            studies: dict[str, int] = {}
+            ids: dict[str, int] = {}  # Tune's trial id -> the Optuna trial's
+            ended: set[int] = set()  # Optuna trials that have their final state
+            for phase in PHASES:
+                try:
+                    studies[phase] = storage.get_study_id_from_name(phase)
+                except KeyError:
+                    continue
+                for t in storage.get_all_trials(studies[phase], deepcopy=False):
+                    number = storage.get_trial_id_from_study_id_trial_number(studies[phase],
+                                                                             t.number)
+                    ids[t.user_attrs.get("trial_id", "")] = number
+                    if t.state.is_finished():
+                        ended.add(number)
+            while True:
+                stopping = self._stop.wait(self.every)
+                self._write(storage, studies, ids, ended)
+                if stopping:
+                    break
+            storage.engine.dispose()
+        except Exception as e:  # a full disk, a locked file: the search goes on without it
+            if not self._failed:
+                self._failed = True
+                log.warning(f"note: optuna.db stopped being updated ({type(e).__name__}: "
+                            f"{' '.join(str(e).split())[:160]}); kdsearch resume rebuilds it")
+
+    def _write(self, storage: Any, studies: dict[str, int], ids: dict[str, int],
+               ended: set[int]) -> None:
+        while True:
+            try:
+                kind, trial_id, what = self.queue.get_nowait()
+            except queue.Empty:
+                return
+            phase = phase_of(what["config"])
+            if phase not in studies:
+                studies[phase] = storage.create_new_study(
+                    [optuna.study.StudyDirection.MAXIMIZE], phase)
+            if trial_id not in ids:
+                dims = phase_dimensions(self.cfg, phase)
+                params = {d.name: what["config"][d.name] for d in dims
+                          if d.name in what["config"]}
+                if len(params) < len(dims):
+                    continue
+                ids[trial_id] = storage.create_new_trial(
+                    studies[phase], template_trial=optuna.trial.create_trial(
+                        params=params, distributions=optuna_space(dims),
+                        state=TrialState.RUNNING, user_attrs={"trial_id": trial_id}))
+            number = ids[trial_id]
+            if number in ended:
+                continue  # (a resumed trial that had ended: its record stands)
+            if kind == "epoch" and what[VAL_ACC] is not None:
+                storage.set_trial_intermediate_value(number, what[EPOCH], float(what[VAL_ACC]))
+            elif kind == "end":
+                state = what["state"]
+                storage.set_trial_state_values(
+                    number, state, [float(what[VAL_ACC])] if state == TrialState.COMPLETE
+                    else None)
+                ended.add(number)

@@ -12,20 +12,22 @@ from pathlib import Path
 from typing import Any
 
 from kdsearch import files
-from kdsearch.results import BASELINE, DISTILLED, PHASE_LABEL, PHASES, read_config, row_width
+from kdsearch.results import (BASELINE, DISTILLED, PHASE_LABEL, PHASES, read_config,
+                              read_importances, row_width)
 from kdsearch.tables import PROGRESS_FILE, TRIALS_FILE, read_table
 
 PLOT_TEST_ACC = "test_acc_vs_params.png"
 PLOT_TEMPERATURE = "val_acc_vs_temperature.png"
 PLOT_ALPHA = "val_acc_vs_alpha.png"
 PLOT_BEST_SO_FAR = "best_val_acc_vs_trial_epochs.png"
-PLOTS = (PLOT_TEST_ACC, PLOT_TEMPERATURE, PLOT_ALPHA, PLOT_BEST_SO_FAR)
+PLOT_IMPORTANCE = "importance.png"
+PLOTS = (PLOT_TEST_ACC, PLOT_TEMPERATURE, PLOT_ALPHA, PLOT_BEST_SO_FAR, PLOT_IMPORTANCE)
 
 
 def _series(ax: Any) -> dict[str, int]:
     """The labelled series drawn on `ax` and how many points each has (read from the artists)."""
     from matplotlib.collections import PathCollection
-    from matplotlib.container import ErrorbarContainer
+    from matplotlib.container import BarContainer, ErrorbarContainer
     from matplotlib.lines import Line2D
 
     out: dict[str, int] = {}
@@ -36,6 +38,8 @@ def _series(ax: Any) -> dict[str, int]:
             n = len(handle.get_offsets())
         elif isinstance(handle, Line2D):
             n = len(handle.get_xydata())
+        elif isinstance(handle, BarContainer):
+            n = len(handle.patches)
         else:
             n = 0
         out[label] = n
@@ -152,6 +156,28 @@ def plot_best_so_far(progress: list[dict[str, Any]], path: Path) -> dict[str, An
     return _save(fig, ax, path, title)
 
 
+def plot_importance(importances: dict[str, Any] | None, path: Path) -> dict[str, Any] | None:
+    """The searched values' importances: a bar per value, one colour per group (each phase,
+    each width), the groups that have them."""
+    groups = [g for g in (importances or {}).get("groups", []) if g["importances"]]
+    if not groups:
+        return None
+    names = list(dict.fromkeys(n for g in groups for n in g["importances"]))
+    fig, ax = _figure()
+    step = 0.8 / len(groups)
+    for i, g in enumerate(groups):
+        xs = [j - 0.4 + step * (i + 0.5) for j, n in enumerate(names) if n in g["importances"]]
+        ys = [100 * g["importances"][n] for n in names if n in g["importances"]]
+        label = PHASE_LABEL[g["phase"]] + ("" if g["width"] is None else f", width {g['width']}")
+        ax.bar(xs, ys, width=step, label=f"{label} ({g['trials']} trials)")
+    ax.set_xticks(range(len(names)), labels=names)
+    ax.set_xlabel("searched value")
+    ax.set_ylabel("importance (%)")
+    title = f"What mattered for the {importances['target']} (Optuna's importances)"
+    ax.set_title(title, fontsize=10)
+    return _save(fig, ax, path, title)
+
+
 def write_plots(results_dir: Path, final: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Draw every plot that has data; return {file: what was drawn} (series and point counts)."""
     cfg = read_config(results_dir)
@@ -161,7 +187,9 @@ def write_plots(results_dir: Path, final: dict[str, Any]) -> dict[str, dict[str,
              PLOT_TEMPERATURE: plot_val_acc_vs("temperature", cfg, rows,
                                                results_dir / PLOT_TEMPERATURE),
              PLOT_ALPHA: plot_val_acc_vs("alpha", cfg, rows, results_dir / PLOT_ALPHA),
-             PLOT_BEST_SO_FAR: plot_best_so_far(progress, results_dir / PLOT_BEST_SO_FAR)}
+             PLOT_BEST_SO_FAR: plot_best_so_far(progress, results_dir / PLOT_BEST_SO_FAR),
+             PLOT_IMPORTANCE: plot_importance(read_importances(results_dir),
+                                              results_dir / PLOT_IMPORTANCE)}
     for name, rec in drawn.items():
         if rec is None:  # a plot of an earlier report that no longer has data
             (results_dir / name).unlink(missing_ok=True)

@@ -62,6 +62,18 @@ from kdsearch.tables import (PROGRESS_FIELDS, PROGRESS_FILE, TEXT_FIELDS, TRIALS
                              read_table, write_table)
 
 TUNER_COPY = ".kdsearch-tuner.pkl"  # kdsearch's copy of Tune's tuner.pkl, beside it
+TESTED_RAY = "2.60"  # the Ray release (any patch) these workarounds were checked against
+
+
+def untested_ray(version: str) -> str | None:
+    """What to say when the installed Ray is not the release these workarounds were checked
+    against; None when it is."""
+    if version == TESTED_RAY or version.startswith(TESTED_RAY + "."):
+        return None
+    return (f"note: this is Ray {version}; kdsearch is tested with Ray {TESTED_RAY}.x, and works "
+            f"around Ray Tune's saved state in ways another release may not need or allow "
+            f"(kdsearch/ray_workarounds.py); pip install 'ray[tune]=={TESTED_RAY}.*' for the "
+            f"tested one")
 
 
 # --------------------------------------------------------------------------- 1. torn state

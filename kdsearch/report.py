@@ -101,6 +101,32 @@ def _verdict_cell(c: dict[str, Any]) -> str:
     return "none" if c["verdict"] != "no_comparison" else "no comparison"
 
 
+def _importance_table(importances: dict[str, Any] | None) -> list[str]:
+    """Each group's importances of the searched values (Optuna's), with the trials they rest on;
+    a group with too few trials, or one value searched, says so instead."""
+    if not importances:
+        return ["No importances: they are computed from trials.csv and progress.csv, with "
+                "Optuna, by `kdsearch run`, `kdsearch resume` and `kdsearch report`."]
+    groups = importances["groups"]
+    names = list(dict.fromkeys(n for g in groups for n in g["importances"] or {}))
+    rows = []
+    for g in groups:
+        label = PHASE_LABEL[g["phase"]] + ("" if g["width"] is None else f", width {g['width']}")
+        if g["importances"]:
+            cells = [fmt_gap(g["importances"].get(n)) if n in g["importances"] else "—"
+                     for n in names]
+        else:
+            why = (f"too few trials (fewer than {importances['min_trials']})"
+                   if g["trials"] < importances["min_trials"] else "one searched value")
+            cells = [why] + [""] * (len(names) - 1) if names else [why]
+        rows.append([label, str(g["trials"]), *cells])
+    intro = [f"Optuna's importance of each searched value (`optuna.importance."
+             f"get_param_importances`, PED-ANOVA) for the {importances['target']}, which every "
+             f"trial that did not fail reached; each row rests on the trials it counts.", ""]
+    header = ["trials of", "trials", *(names or ["importance"])]
+    return intro + _table(header, rows, "lr" + "r" * max(1, len(names)))
+
+
 def render(summary: dict[str, Any], plots: dict[str, dict[str, Any]]) -> str:
     """report.md: every number formatted from `summary` by the functions above."""
     s, t, data = summary, summary["teacher"], summary["data"] or {}
@@ -260,6 +286,7 @@ def render(summary: dict[str, Any], plots: dict[str, dict[str, Any]]) -> str:
     else:  # nothing retrained: a report of retrainings done before
         out += ["", f"Final evaluation: all {reused} on {s['final_device']}."]
 
+    out += ["", "## What mattered", ""] + _importance_table(s.get("importances"))
     out += ["", "## Plots", ""]
     for name, rec in plots.items():
         out += [f"![{rec['title']}]({name})", ""]
@@ -271,7 +298,8 @@ def render(summary: dict[str, Any], plots: dict[str, dict[str, Any]]) -> str:
             f"`{SUMMARY_JSON}` and `{SUMMARY_CSV}` hold the numbers above unrounded; "
             f"`{FINAL_FILE}` every retraining; `{TRIALS_FILE}` every trial of the search "
             f"(distilled and baseline); `{PROGRESS_FILE}` every epoch they reported; "
-            f"`optuna.db` the Optuna studies; `config.yaml` the resolved config.", ""]
+            f"`optuna.db` the Optuna studies; `importances.json` what mattered; `config.yaml` "
+            f"the resolved config.", ""]
     return "\n".join(out)
 
 

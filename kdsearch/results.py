@@ -32,6 +32,7 @@ CONFIG_FILE = "config.yaml"
 RUN_FILE = "run.json"
 OPTUNA_FILE = "optuna.db"
 FINAL_FILE = "final.json"
+IMPORTANCES_FILE = "importances.json"  # which searched values mattered (optuna_study)
 EXPERIMENT = "search"  # Ray Tune's experiment folder, both phases in one
 
 PHASES = ("distill", "baseline")
@@ -253,6 +254,18 @@ def read_run_if_any(results_dir: Path) -> dict[str, Any]:
     except (OSError, ValueError):
         return {}
     return check_run(run, results_dir / RUN_FILE)
+
+
+def read_importances(results_dir: Path) -> dict[str, Any] | None:
+    """importances.json (what mattered, written on the search's side), or None without one."""
+    try:
+        found = json.loads((Path(results_dir) / IMPORTANCES_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    ok = isinstance(found, dict) and isinstance(found.get("groups"), list) and all(
+        isinstance(g, dict) and isinstance(g.get("trials"), int)
+        and isinstance(g.get("importances"), (dict, type(None))) for g in found["groups"])
+    return found if ok else None
 
 
 # --------------------------------------------------------------------------- final.json

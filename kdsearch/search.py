@@ -14,42 +14,47 @@ driver can leave behind.
 
 from __future__ import annotations
 
+import logging
 import contextlib
 import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Sequence
 
 import optuna
 import torch
 from filelock import FileLock, Timeout
 from ray import tune
 
-from kdsearch import files, ray_workarounds
+from kdsearch import files, process, ray_workarounds
 from kdsearch.arms import PhaseScheduler, PhaseSearcher, make_search, random_search_note
 from kdsearch.cluster import (Resources, check_gpus, check_resources, hardware, ray_running,
                               trial_resources)
 from kdsearch.config import (ExperimentConfig, check_searchable, default_cache_dir,
                              default_data_dir, dump_config, load_config, max_epochs)
 from kdsearch.data import Dataset, load_dataset
+from kdsearch.entry_points import EntryPointError, resolve
 from kdsearch.final import check_consistent, read_searched
 from kdsearch.gpu import CudaCheck, explain
 from kdsearch.metrics import VAL_ACC
-from kdsearch.optuna_study import export_study
+from kdsearch.importances import write_importances
+from kdsearch.optuna_study import StudyWriter, export_study
 from kdsearch.report import make_report
 from kdsearch.results import (CONFIG_FILE, EXPERIMENT, OPTUNA_FILE, PHASE_LABEL, PHASES, RUN_FILE,
                               SearchError, SearchResult, best_trial, fmt_setting, per_width,
                               phase_dimensions, phase_of, phase_samples, read_config, read_run,
                               search_state, searched_widths, write_run)
+from kdsearch.spaces import find
 from kdsearch.status import StatusCallback
 from kdsearch.tables import dim_column  # noqa: F401 (named by old saved state, below)
 from kdsearch.tables import PROGRESS_FILE, TRIALS_FILE, read_table, write_table
 from kdsearch.teacher import Teacher, get_teacher
 from kdsearch.trainable import make_payload, ray_runner, run_trial
 from kdsearch.version import __version__
+
+log = logging.getLogger(__name__)
 
 # Ray Tune's saved state (tuner.pkl) of a search run before kdsearch's search module was split
 # names these: its searcher and scheduler classes, and the functions its status callback (pickled
@@ -71,10 +76,9 @@ def prepare(cfg: ExperimentConfig, device: str = "cpu", *, progress: bool = True
     teacher = get_teacher(cfg, data, cache_dir=cache_dir, progress=progress,
                           train_device="cuda" if torch.cuda.is_available() else None)
     if progress:
-        print(f"teacher: {cfg.teacher.model} on {cfg.dataset.name}, val_acc "
-              f"{teacher.val_acc:.4f} ({'trained now' if teacher.trained_now else 'cached'}); "
-              f"{len(data.train):,} training and {len(data.val):,} validation examples",
-              flush=True)
+        log.info(f"teacher: {cfg.teacher.model} on {cfg.dataset.name}, val_acc "
+                 f"{teacher.val_acc:.4f} ({'trained now' if teacher.trained_now else 'cached'}); "
+                 f"{len(data.train):,} training and {len(data.val):,} validation examples")
     return data, teacher
 
 
@@ -100,15 +104,16 @@ def prepare_search(cfg: ExperimentConfig, *, quiet: bool) -> Prepared:
     resources = trial_resources(cfg, data, found, cuda)
     unusable = [check for check in cuda if not check.usable]
     if unusable and not quiet:
-        print(explain(unusable, found["gpus"], planned_for_cpu=resources.gpus_per_trial == 0),
-              flush=True)
+        log.warning(explain(unusable, found["gpus"],
+                            planned_for_cpu=resources.gpus_per_trial == 0))
     payload = make_payload(cfg, data, teacher, cpus_per_trial=resources.cpus_per_trial)
     return Prepared(data, teacher, found, resources, payload, cuda)
 
 
 # --------------------------------------------------------------------------- the Tuner
 def _run_tuner(phases: list[str], cfg: ExperimentConfig, results_dir: Path, storage_path: str,
-               prepared: Prepared, *, restore: bool, quiet: bool) -> None:
+               prepared: Prepared, *, restore: bool, quiet: bool,
+               callbacks: Sequence[tune.Callback] = ()) -> None:
     """Both phases' trials in one Tuner (see `arms.PhaseSearcher`); returns when all ended."""
     s = cfg.search
     budgets = {p: phase_samples(cfg, p) for p in phases}
@@ -118,13 +123,12 @@ def _run_tuner(phases: list[str], cfg: ExperimentConfig, results_dir: Path, stor
         else storage_path.rstrip("/") + "/" + EXPERIMENT
     torn = None
     if restore and local:
-        torn = ray_workarounds.mend_torn_state(exp_path, log=None if quiet else
-                                               lambda line: print(line, flush=True))
+        torn = ray_workarounds.mend_torn_state(exp_path, log=None if quiet else log.info)
         if torn and not quiet:
-            print(f"note: Ray's saved state of this search (session {torn[0]}) was cut short by "
-                  f"the kill; " + ("taken whole from Ray's staging folder" if torn[1] else
-                                   "continuing from the state saved before it, or from the "
-                                   "start if there is none"), flush=True)
+            log.info(f"note: Ray's saved state of this search (session {torn[0]}) was cut short "
+                     f"by the kill; " + ("taken whole from Ray's staging folder" if torn[1] else
+                                         "continuing from the state saved before it, or from "
+                                         "the start if there is none"))
     wanted = restore
     restore = restore and tune.Tuner.can_restore(exp_path) and (
         not local or any(Path(exp_path).glob("experiment_state-*.json")))
@@ -138,8 +142,8 @@ def _run_tuner(phases: list[str], cfg: ExperimentConfig, results_dir: Path, stor
                               f"{results_dir}` what it has, or start over with `kdsearch run "
                               f"... --force`")
         if not quiet:
-            print("note: the interrupted attempt saved no search state and ended no trial; "
-                  "starting the search from the beginning", flush=True)
+            log.info("note: the interrupted attempt saved no search state and ended no trial; "
+                     "starting the search from the beginning")
     if not restore and local:
         shutil.rmtree(exp_path, ignore_errors=True)  # a killed attempt that saved no state yet
     payload = dict(prepared.payload, finished=ray_workarounds.finished_trials(results_dir)
@@ -148,18 +152,23 @@ def _run_tuner(phases: list[str], cfg: ExperimentConfig, results_dir: Path, stor
     trainable = tune.with_resources(tune.with_parameters(run_trial, payload=payload),
                                     {"cpu": resources.cpus_per_trial,
                                      "gpu": resources.gpus_per_trial})
-    callback = StatusCallback(results_dir, cfg, budgets, quiet=quiet, fresh=not restore,
-                              params_by_width=payload["params_by_width"])
+    # kdsearch's own (the status first: the study writer reads what it reconciled), then the user's
+    ours = [StatusCallback(results_dir, cfg, budgets, quiet=quiet, fresh=not restore,
+                           params_by_width=payload["params_by_width"]),
+            StudyWriter(results_dir, cfg, fresh=not restore)]
+    every = [*ours, *callbacks]
     run_config = tune.RunConfig(name=EXPERIMENT, storage_path=storage_path, verbose=0,
-                                callbacks=[callback],
+                                callbacks=every,
                                 failure_config=tune.FailureConfig(max_failures=s.max_failures),
                                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
     optuna.logging.set_verbosity(optuna.logging.ERROR)
+    # Tune's own per-trial loggers (read when fit() starts; process.restored puts it back)
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "0" if s.trial_logs else "1"
     if restore:
         ray_workarounds.repair_checkpoints(exp_path)
         tuner = tune.Tuner.restore(exp_path, trainable=trainable, resume_unfinished=True,
                                    resume_errored=True)
-        ray_workarounds.restore_callbacks(tuner, [callback])
+        ray_workarounds.restore_callbacks(tuner, every)
     else:
         searcher, scheduler = make_search(cfg, phases)
         tune_config = tune.TuneConfig(metric=VAL_ACC, mode="max", search_alg=searcher,
@@ -187,23 +196,23 @@ def _print_start(cfg: ExperimentConfig, phases: list[str], budgets: dict[str, in
     kinds = " and ".join(f"{budgets[p]} {PHASE_LABEL[p]}" for p in phases)
     split = (f", split evenly over {len(widths)} widths" if per_width(cfg) and len(widths) > 1
              else "")
-    print(f"search: {kinds} trials of {cfg.student.model} on {cfg.dataset.name}"
-          f"{', side by side' if len(phases) > 1 else ''}, {s.algorithm.upper()} + "
-          f"{s.scheduler.upper()}, up to {max_epochs(cfg)} epochs each, "
-          f"{concurrency} at a time{split}", flush=True)
+    log.info(f"search: {kinds} trials of {cfg.student.model} on {cfg.dataset.name}"
+             f"{', side by side' if len(phases) > 1 else ''}, {s.algorithm.upper()} + "
+             f"{s.scheduler.upper()}, up to {max_epochs(cfg)} epochs each, "
+             f"{concurrency} at a time{split}")
     if per_width(cfg) and min(budgets.values()) < len(widths):
-        print(f"note: fewer trials than widths ({len(widths)}): only the first "
-              f"widths get a trial; raise search.num_samples to tune them all", flush=True)
+        log.info(f"note: fewer trials than widths ({len(widths)}): only the first "
+                 f"widths get a trial; raise search.num_samples to tune them all")
     note = random_search_note(cfg, phases)
     if note:
-        print(note, flush=True)
-    print("search: starting the trial workers (each imports torch and Ray first)", flush=True)
+        log.info(note)
+    log.info("search: starting the trial workers (each imports torch and Ray first)")
 
 
 # --------------------------------------------------------------------------- a search, whole
 def _execute(cfg: ExperimentConfig, results_dir: Path, run: dict[str, Any], *,
-             restore: bool, quiet: bool, report: bool,
-             prepared: Prepared | None = None) -> SearchResult:
+             restore: bool, quiet: bool, report: bool, prepared: Prepared | None = None,
+             callbacks: Sequence[tune.Callback] = ()) -> SearchResult:
     prepared = prepared or prepare_search(cfg, quiet=quiet)
     data, teacher = prepared.data, prepared.teacher
     run["teacher"] = {"key": teacher.key, "val_acc": teacher.val_acc}
@@ -221,7 +230,7 @@ def _execute(cfg: ExperimentConfig, results_dir: Path, run: dict[str, Any], *,
         t0 = time.time()
         try:
             _run_tuner(phases, cfg, results_dir, run["storage_path"], prepared,
-                       restore=restore or started, quiet=quiet)
+                       restore=restore or started, quiet=quiet, callbacks=callbacks)
         except BaseException:
             # Ctrl-C or an error: the search stays "started", and a resume adds to its time
             run["search"]["wall_seconds"] += time.time() - t0
@@ -230,8 +239,9 @@ def _execute(cfg: ExperimentConfig, results_dir: Path, run: dict[str, Any], *,
         run["search"].update(status="finished", finished=time.time(),
                              wall_seconds=run["search"]["wall_seconds"] + time.time() - t0)
         write_run(results_dir, run)
-    if not (results_dir / OPTUNA_FILE).exists():  # (a kill may have come before the export)
+    if not (results_dir / OPTUNA_FILE).exists():  # (a search of an older kdsearch)
         export_study(results_dir, cfg)
+    write_importances(results_dir, cfg)
     rows = read_table(results_dir / TRIALS_FILE)
     best = best_trial(rows, "distill", [d.name for d in phase_dimensions(cfg, "distill")])
     if best is None:
@@ -258,15 +268,19 @@ def run_search(space: str | os.PathLike[str] | ExperimentConfig, *,
                overrides: list[str] | tuple[str, ...] = (), address: str | None = None,
                results_dir: str | os.PathLike[str] = "results",
                storage_path: str | None = None, force: bool = False, report: bool = True,
-               quiet: bool = False) -> SearchResult:
+               quiet: bool = False, callbacks: Sequence[tune.Callback] = ()) -> SearchResult:
     """Run the search described by a space file (or config); return what it found.
 
     The results land in `<results_dir>/<name>/`. An existing folder of that name is never
-    overwritten unless `force=True`; continue it with `resume_search` instead.
+    overwritten unless `force=True`; continue it with `resume_search` instead. `callbacks`:
+    Ray Tune callbacks (`ray.tune.Callback`, such as `MLflowLoggerCallback`) that see every
+    trial of both phases, as in any Tune run. kdsearch's messages go to the logger "kdsearch"
+    (`logging.basicConfig(level=logging.INFO)` shows them); `quiet` gives none.
     """
     if isinstance(space, ExperimentConfig):
         cfg = space
     else:
+        space = find(str(space))  # a file, or the name of a shipped space
         cfg = load_config(space, overrides)
     check_searchable(cfg, cfg.name if isinstance(space, ExperimentConfig) else str(space))
     out = (Path(results_dir) / cfg.name).resolve()
@@ -286,11 +300,13 @@ def run_search(space: str | os.PathLike[str] | ExperimentConfig, *,
         prepared = prepare_search(cfg, quiet=quiet)  # data and teacher: before a file is touched
         with exclusive(out):
             _refuse_existing(out, force)  # another kdsearch may have made it while we prepared
-            return _start(cfg, out, storage_path, force, prepared, quiet=quiet, report=report)
+            return _start(cfg, out, storage_path, force, prepared, quiet=quiet, report=report,
+                          callbacks=callbacks)
 
 
 def _start(cfg: ExperimentConfig, out: Path, storage_path: str | None, force: bool,
-           prepared: Prepared, *, quiet: bool, report: bool) -> SearchResult:
+           prepared: Prepared, *, quiet: bool, report: bool,
+           callbacks: Sequence[tune.Callback]) -> SearchResult:
     """Make the results folder (emptied first with --force) and run the search in it."""
     if out.exists() and force:
         shutil.rmtree(out)
@@ -303,12 +319,14 @@ def _start(cfg: ExperimentConfig, out: Path, storage_path: str | None, force: bo
                            "created": time.time()}
     write_run(out, run)
     return _execute(cfg, out, run, restore=False, quiet=quiet, report=report,
-                    prepared=prepared)
+                    prepared=prepared, callbacks=callbacks)
 
 
 def resume_search(results: str | os.PathLike[str], *, address: str | None = None,
-                  report: bool = True, quiet: bool = False) -> SearchResult:
-    """Continue an interrupted search: finished trials kept, unfinished ones resumed."""
+                  report: bool = True, quiet: bool = False,
+                  callbacks: Sequence[tune.Callback] = ()) -> SearchResult:
+    """Continue an interrupted search: finished trials kept, unfinished ones resumed.
+    `callbacks`: Ray Tune callbacks for the resumed run (Tune restores none)."""
     out = Path(results).resolve()
     if not out.is_dir():
         raise SearchError(f"{results}: no such results folder; pass results/<name> of a search")
@@ -336,13 +354,13 @@ def resume_search(results: str | os.PathLike[str], *, address: str | None = None
                               f"anywhere)")
         run["storage_path"] = str(out)  # a finished search, reported from where it is now
     if search_state(run).get("status") == "finished" and not quiet:
-        print(f"note: this search had finished ({len(trials)} trials); "
-              f"nothing to resume" + (", the report is written again (its retrainings reused "
-                                      "where the settings are unchanged)" if report else ""),
-              flush=True)
+        log.info(f"note: this search had finished ({len(trials)} trials); "
+                 f"nothing to resume" + (", the report is written again (its retrainings reused "
+                                         "where the settings are unchanged)" if report else ""))
     with _ray_for(address, out, quiet=quiet), exclusive(out):
         check_resources(cfg)
-        return _execute(cfg, out, run, restore=True, quiet=quiet, report=report)
+        return _execute(cfg, out, run, restore=True, quiet=quiet, report=report,
+                        callbacks=callbacks)
 
 
 def report_search(results: str | os.PathLike[str], *, address: str | None = None,
@@ -356,9 +374,28 @@ def report_search(results: str | os.PathLike[str], *, address: str | None = None
     with _ray_for(address, out, interrupted=again, quiet=quiet):
         check_resources(cfg)
         prepared = prepare_search(cfg, quiet=quiet)
+        write_importances(out, cfg)
         runner = ray_runner(prepared.payload, gpus_per_task=prepared.resources.gpus_per_trial)
         return make_report(out, quiet=quiet, device=device, runner=runner,
                            loaded=(prepared.data, prepared.teacher))
+
+
+def callbacks_named(names: list[str], folders: list[Path]) -> list[Any]:
+    """Ray Tune callbacks named "module:Class" (--callback), each imported (from `folders`
+    first) and made with no arguments; a one-line EntryPointError for one that is not."""
+    made = []
+    for name in names:
+        cls = resolve(name, where="--callback", folders=folders)
+        try:
+            callback = cls()
+        except Exception as e:
+            raise EntryPointError(f"--callback {name}: {name}() raised {type(e).__name__}: "
+                                  f"{' '.join(str(e).split())[:160]}") from None
+        if not isinstance(callback, tune.Callback):
+            raise EntryPointError(f"--callback {name}: {name}() made a "
+                                  f"{type(callback).__name__}, not a ray.tune.Callback")
+        made.append(callback)
+    return made
 
 
 # --------------------------------------------------------------------------- the folder
@@ -417,9 +454,10 @@ def exclusive(out: Path) -> Iterator[None]:
 @contextlib.contextmanager
 def _ray_for(address: str | None, out: Path, interrupted: str = "", *, quiet: bool = True
              ) -> Iterator[None]:
-    """Ray for one search of `out` (`cluster.ray_running`); Ctrl-C tells how to continue
+    """Ray for one search of `out` (`cluster.ray_running`), the process's environment, warning
+    filters and loggers put back after it (`process.restored`); Ctrl-C tells how to continue
     (`interrupted`, else with kdsearch resume)."""
-    with ray_running(address, quiet=quiet):
+    with process.restored(), ray_running(address, quiet=quiet):
         try:
             yield
         except KeyboardInterrupt:
@@ -427,5 +465,5 @@ def _ray_for(address: str | None, out: Path, interrupted: str = "", *, quiet: bo
                 interrupted = (f"continue with: kdsearch resume {out}"
                                if (out / RUN_FILE).exists()
                                else "nothing was written; run the same command again")
-            print(f"\nkdsearch: interrupted; {interrupted}", file=sys.stderr)
+            log.warning(f"\nkdsearch: interrupted; {interrupted}")
             raise

@@ -10,6 +10,7 @@ restored (`ray_workarounds`, part 4).
 
 from __future__ import annotations
 
+import logging
 import csv
 import math
 import time
@@ -24,6 +25,8 @@ from kdsearch.metrics import EPOCH, EPOCH_SECONDS, TRAIN_LOSS, VAL_ACC, VAL_LOSS
 from kdsearch.results import fmt_setting, phase_dimensions, phase_of
 from kdsearch.tables import (EPOCH_BUDGET, PROGRESS_FIELDS, PROGRESS_FILE, TRIALS_FILE, dim_column,
                              write_table)
+
+log = logging.getLogger(__name__)
 
 
 class StatusCallback(tune.Callback):
@@ -76,8 +79,8 @@ class StatusCallback(tune.Callback):
                                                      {t.trial_id for t in trials})
         self.write_trials()
         if not self.quiet:
-            print(f"search resumed: {len(self.finished)} of {sum(self.budgets.values())} trials "
-                  f"had finished", flush=True)
+            log.info(f"search resumed: {len(self.finished)} of {sum(self.budgets.values())} "
+                     f"trials had finished")
 
     def record(self, trial: Any, status: str, error: str = "",
                last: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -196,9 +199,9 @@ class StatusCallback(tune.Callback):
         setting = " ".join(f"{n}={fmt_setting(rec.get(dim_column(n)))}"
                            for n in self.dims.get(phase, []))
         best = self.best.get(phase, float("nan"))
-        print(f"[{phase} {finished}/{self.budgets.get(phase, 0)}] {what}: val_acc "
-              f"{'-' if acc in (None, '') else f'{float(acc):.4f}'} ({setting}) | running "
-              f"{counts['running']}, done {counts['done']}, stopped early {counts['early']}, "
-              f"failed {counts['failed']} | best "
-              f"{'-' if math.isnan(best) else f'{best:.4f}'}", flush=True)
+        log.info(f"[{phase} {finished}/{self.budgets.get(phase, 0)}] {what}: val_acc "
+                 f"{'-' if acc in (None, '') else f'{float(acc):.4f}'} ({setting}) | running "
+                 f"{counts['running']}, done {counts['done']}, stopped early {counts['early']}, "
+                 f"failed {counts['failed']} | best "
+                 f"{'-' if math.isnan(best) else f'{best:.4f}'}")
 

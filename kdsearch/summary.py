@@ -14,7 +14,7 @@ from typing import Any
 
 from kdsearch.config import max_epochs
 from kdsearch.results import (BASELINE, DISTILLED, PHASES, incomplete_trials, phase_samples,
-                              read_config, read_run_if_any, search_state)
+                              read_config, read_importances, read_run_if_any, search_state)
 from kdsearch.stats import SIGNIFICANCE, adjust, compare, decide, unpack_correct
 from kdsearch.tables import PROGRESS_FILE, TRIALS_FILE, read_table
 from kdsearch.version import __version__
@@ -295,6 +295,7 @@ def summarize(results_dir: Path, final: dict[str, Any]) -> dict[str, Any]:
         "baseline_tuned": final["baseline_tuned"], "baseline_note": final["baseline_note"],
         "best": best, "widths": widths,
         "search": search_cost(cfg, rows, progress, run),
+        "importances": read_importances(results_dir),
     }
 
 

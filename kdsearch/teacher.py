@@ -18,11 +18,12 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import logging
 import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from filelock import FileLock
@@ -34,6 +35,8 @@ from kdsearch.data import Dataset, resolved_val_size
 from kdsearch.distill import VAL_ACC, FitState, fit, predict
 from kdsearch.models import TEACHERS_WITH_DROPOUT, build_teacher
 from kdsearch.version import __version__
+
+log = logging.getLogger(__name__)
 
 CACHE_FORMAT = 2  # bump when the entry layout or the teacher's training code changes (2: cosine lr)
 
@@ -206,7 +209,6 @@ def _stamp(entry: Path, data_hash: str, lock: FileLock) -> None:
 
 
 def get_teacher(cfg: ExperimentConfig, data: Dataset, *, cache_dir: Path, progress: bool = True,
-                log: Callable[[str], None] = lambda s: print(s, file=sys.stderr),
                 train_device: str | None = None) -> Teacher:
     """The cached teacher for `cfg`, training (once, under a file lock) if there is none, on
     `train_device` (default: the data's; a cached teacher is read without touching it)."""
@@ -225,7 +227,7 @@ def get_teacher(cfg: ExperimentConfig, data: Dataset, *, cache_dir: Path, progre
         cached = _cached(entry, cfg, data, data_hash, why)
         if cached is not None:
             return cached
-        log(f"kdsearch: teacher cache {cache_dir} is not writable ({e.strerror})"
+        log.warning(f"kdsearch: teacher cache {cache_dir} is not writable ({e.strerror})"
             + "".join(f" and its entry {entry} {w}" for w in why)
             + "; training the teacher in memory without caching it (set KDSEARCH_CACHE_DIR to "
               "a writable folder)")
@@ -238,7 +240,7 @@ def get_teacher(cfg: ExperimentConfig, data: Dataset, *, cache_dir: Path, progre
         _stamp(entry, data_hash, lock)
         return cached
     for w in why:
-        log(f"kdsearch: teacher cache entry {entry} {w}; rebuilding it")
+        log.warning(f"kdsearch: teacher cache entry {entry} {w}; rebuilding it")
     with lock:
         # another process may have built it while we waited for the lock
         cached = _cached(entry, cfg, data, data_hash)

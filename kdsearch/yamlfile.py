@@ -68,9 +68,11 @@ def read_yaml(path: str | os.PathLike[str]) -> Any:
     """Parse a YAML file safely; any problem becomes a one-line ConfigError."""
     p = Path(path)
     if not p.exists():
-        raise ConfigError(f"{p}: no such file; pass an existing YAML file (see search_spaces/)")
+        raise ConfigError(f"{p}: no such file; pass an existing YAML file, or the name of a "
+                          f"shipped search space (`kdsearch spaces` lists them)")
     if not p.is_file():
-        raise ConfigError(f"{p}: not a file; pass a YAML file (see search_spaces/)")
+        raise ConfigError(f"{p}: not a file; pass a YAML file, or the name of a shipped search "
+                          f"space (`kdsearch spaces` lists them)")
     try:
         size = p.stat().st_size
         if size > MAX_FILE_BYTES:

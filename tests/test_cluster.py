@@ -89,9 +89,11 @@ def _state(pid: int) -> str:
 
 
 @contextlib.contextmanager
-def ray_two_nodes(env: dict[str, str]) -> Iterator[tuple[str, str]]:
-    """`ray start --head` plus a second `ray start --address`, one CPU each, with `env`; yields
-    the head's HOST:PORT and the nodes' temp dir, and stops every process of both after."""
+def ray_two_nodes(env: dict[str, str], node_env: dict[str, str] | None = None
+                  ) -> Iterator[tuple[str, str]]:
+    """`ray start --head` with `env` plus a second `ray start --address` with `node_env`
+    (default: `env`), one CPU each; yields the head's HOST:PORT and the nodes' temp dir, and
+    stops every process of both after."""
     temp = tempfile.mkdtemp(prefix="kdsr")  # short: Ray's socket paths live under it
     common = ["--num-cpus=1", "--num-gpus=0", f"--temp-dir={temp}", "--disable-usage-stats"]
     try:
@@ -99,29 +101,42 @@ def ray_two_nodes(env: dict[str, str]) -> Iterator[tuple[str, str]]:
                         "--include-dashboard=false", *common], env=env, check=True,
                        capture_output=True, timeout=120)
         address = (Path(temp) / "ray_current_cluster").read_text().strip()
-        subprocess.run([str(RAY), "start", f"--address={address}", *common], env=env,
-                       check=True, capture_output=True, timeout=120)
+        subprocess.run([str(RAY), "start", f"--address={address}", *common],
+                       env=node_env or env, check=True, capture_output=True, timeout=120)
         yield address, temp
     finally:
         _stop(temp)
         shutil.rmtree(temp, ignore_errors=True)
 
 
+def _outside() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items()
+            if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
+
+
 @pytest.fixture(scope="module")
-def two_nodes() -> Iterator[str]:
-    """A head and a second node, one CPU each; yields the head's HOST:PORT."""
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}  # a joining node needs no token then
-    env.pop("RAY_ADDRESS", None)
-    with ray_two_nodes(env) as (address, _):
-        yield address
+def two_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, str]]]:
+    """A head and a second node, one CPU each, with Ray's token authentication as README sets
+    it up: the head's token (`ray get-auth-token --generate`) handed to the second node and to
+    the driver, each with a home of its own (as on machines of their own, which do not share
+    ~/.ray/auth_token). Yields the head's HOST:PORT and the driver's environment."""
+    homes = {name: str(tmp_path_factory.mktemp(f"home-{name}"))
+             for name in ("head", "node", "driver")}
+    made = subprocess.run([str(RAY), "get-auth-token", "--generate"], check=True,
+                          env={**_outside(), "HOME": homes["head"]}, capture_output=True,
+                          text=True, timeout=60)
+    token = made.stdout.strip().splitlines()[-1]
+    joined = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+    with ray_two_nodes({**_outside(), "HOME": homes["head"], "RAY_AUTH_MODE": "token"},
+                       {**_outside(), "HOME": homes["node"], **joined}) as (address, _):
+        yield address, {**_outside(), "HOME": homes["driver"], **joined}
 
 
 @pytest.mark.slow
-def test_search_runs_trials_on_both_nodes(two_nodes: str, tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    # as the nodes: a driver in token mode (ray.init in this process sets it) cannot run
-    # actors on a cluster started without tokens
-    env["RAY_AUTH_MODE"] = "disabled"
+def test_search_runs_trials_on_both_nodes(two_nodes: tuple[str, dict[str, str]],
+                                          tmp_path: Path) -> None:
+    address, env = two_nodes  # the driver: its own home, the cluster's token in its environment
+    env = {**env, "KDSEARCH_CACHE_DIR": os.environ["KDSEARCH_CACHE_DIR"]}
     # trials of a few seconds each: a trial that ends before the second node's actor has
     # started (importing torch takes seconds) lets Tune give the next trial to the first
     # node's idle actor instead (reuse_actors), and every trial could end up on one node
@@ -130,7 +145,7 @@ def test_search_runs_trials_on_both_nodes(two_nodes: str, tmp_path: Path) -> Non
             "search.baseline=false", "search.cpus_per_trial=1", "teacher.width=64",
             "teacher.epochs=3"]
     run = subprocess.run([sys.executable, "-m", "kdsearch", "run", str(QUICKSTART),
-                          "--address", two_nodes, "--results-dir", "results", "--no-report",
+                          "--address", address, "--results-dir", "results", "--no-report",
                           *[a for s in sets for a in ("--set", s)]],
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stderr[-3000:]
@@ -144,7 +159,7 @@ def test_search_runs_trials_on_both_nodes(two_nodes: str, tmp_path: Path) -> Non
     # the live status: one readable line per finished trial, and none of Ray's chatter
     lines = run.stdout.splitlines()
     # what the first seconds are spent on, then the search
-    assert lines[0] == f"ray: connecting to {two_nodes}"
+    assert lines[0] == f"ray: connecting to {address}"
     assert lines[1].startswith("teacher: mlp_teacher on digits, val_acc ")
     assert lines[2].startswith("search: 6 distilled trials of mlp_student on digits")
     assert "search: starting the trial workers" in lines[3] + lines[4]  # (after a note)

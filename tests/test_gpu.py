@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 from pathlib import Path
 from typing import Iterator
@@ -110,17 +111,16 @@ def _logical_gpus(n: int) -> Iterator[None]:
 @pytest.mark.slow
 @pytest.mark.skipif(torch.cuda.is_available(), reason="here torch can use the GPU")
 def test_a_gpu_torch_cannot_use_is_said_in_one_line_recorded_and_planned_for_the_cpu(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     from kdsearch import run_search
 
     small = ["teacher.width=64", "teacher.epochs=3", "search.num_samples=4",
              "search.baseline=false", "training.epochs=2", "search.grace_period=1"]
+    caplog.set_level(logging.INFO, logger="kdsearch")
     with _logical_gpus(1):
-        capsys.readouterr()
         result = run_search(QUICKSTART, overrides=small, results_dir=tmp_path, report=False)
-        out = capsys.readouterr().out
-        warnings = [line for line in out.splitlines() if line.startswith("warning:")]
-        assert len(warnings) == 1, out
+        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1 and "\n" not in warnings[0], caplog.messages
         # (this machine's driver node has the logical GPU too: one line says both)
         assert "cannot use CUDA in the trials and this driver: " in warnings[0]
         assert "the trials are planned for the CPU" in warnings[0]
@@ -132,7 +132,9 @@ def test_a_gpu_torch_cannot_use_is_said_in_one_line_recorded_and_planned_for_the
         assert trials["torch_version"] == torch.__version__
         assert run["search"]["status"] == "finished"
         # planning for the CPU by hand silences it
+        caplog.clear()
         quiet = run_search(QUICKSTART, overrides=[*small, "name=cpu", "search.gpus_per_trial=0"],
                            results_dir=tmp_path, report=False)
-        assert "warning:" not in capsys.readouterr().out
+        assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+        assert any(m.startswith("search: ") for m in caplog.messages)  # (it did log)
         assert json.loads((quiet.results_dir / "run.json").read_text())["cuda"] == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import json
+import logging
 import math
 import re
 import shutil
@@ -18,7 +19,8 @@ from scipy import stats
 import kdsearch.data
 import kdsearch.final
 from kdsearch.final import evaluate_final
-from kdsearch.plots import PLOT_ALPHA, PLOT_BEST_SO_FAR, PLOT_TEMPERATURE, PLOT_TEST_ACC, PLOTS
+from kdsearch.plots import (PLOT_ALPHA, PLOT_BEST_SO_FAR, PLOT_IMPORTANCE, PLOT_TEMPERATURE,
+                           PLOT_TEST_ACC, PLOTS)
 from kdsearch.report import make_report
 from kdsearch.search import run_search
 from kdsearch.stats import compare, unpack_correct
@@ -29,7 +31,9 @@ QUICKSTART = Path(__file__).resolve().parents[1] / "search_spaces" / "quickstart
 SMALL = ["search.num_samples=4", "search.baseline_num_samples=3", "training.epochs=4",
          "search.grace_period=2", "teacher.epochs=3", "teacher.width=256",
          "search.space.width.values=[8, 32]", "search.seed=1"]
-WRITTEN = ("report.md", "summary.json", "summary.csv", "final.json")
+WRITTEN = ("report.md", "summary.json", "summary.csv", "final.json", "importances.json")
+# the small search has too few trials for importances: every plot but theirs
+DRAWN = tuple(p for p in PLOTS if p != PLOT_IMPORTANCE)
 _REAL_LOAD_TEST = kdsearch.data.load_test
 
 
@@ -118,11 +122,14 @@ def _copy(src: Path, dst: Path) -> Path:
 # --------------------------------------------------------------------------- files
 @pytest.mark.slow  # a real Ray search (shared by the module)
 def test_report_writes_every_file_without_absolute_paths(reported: Path) -> None:
-    for name in (*WRITTEN, *PLOTS):
+    for name in (*WRITTEN, *DRAWN):
         assert (reported / name).is_file(), name
+    assert not (reported / PLOT_IMPORTANCE).exists()
     report = (reported / "report.md").read_text()
-    for name in PLOTS:
+    for name in DRAWN:
         assert f"]({name})" in report  # relative image links
+    assert f"]({PLOT_IMPORTANCE})" not in report
+    assert "| distilled | 4 | too few trials (fewer than 10)" in report
     # what the p-value covers, and what it does not
     assert "not the search's own luck" in " ".join(report.split())
     for name in WRITTEN:
@@ -332,14 +339,14 @@ def test_plots_are_pngs_with_the_expected_series(reported: Path) -> None:
     import matplotlib.image
 
     s = _summary(reported)
-    for name in PLOTS:
+    for name in DRAWN:
         data = (reported / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n", name
         img = matplotlib.image.imread(reported / name)
         assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
         assert img.std() > 0  # something was drawn
     plots = s["plots"]
-    assert set(plots) == set(PLOTS)
+    assert set(plots) == set(DRAWN)
 
     final = json.loads((reported / "final.json").read_text())
     series = plots[PLOT_TEST_ACC]["series"]
@@ -447,7 +454,8 @@ def test_report_of_an_interrupted_search_names_the_incomplete_trials(
 
 @pytest.mark.slow  # a real Ray search (shared by the module)
 def test_report_without_a_baseline_search_trains_an_untuned_one(
-        reported: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        reported: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="kdsearch")
     folder = _copy(reported, tmp_path / "nobase")
     config = (folder / "config.yaml").read_text()
     assert "  baseline: true" in config
@@ -463,7 +471,7 @@ def test_report_without_a_baseline_search_trains_an_untuned_one(
     final = json.loads((folder / "final.json").read_text())
     trained = len(final["rows"]) - final["reused"]
     assert (f"final: retraining {trained} settings x {len(final['seeds'])} seeds; reusing "
-            f"{final['reused']} unchanged settings of final.json") in capsys.readouterr().out
+            f"{final['reused']} unchanged settings of final.json") in caplog.messages
     assert s["baseline_tuned"] is False and "not tuned" in s["baseline_note"]
     assert final["reused"] == sum(r["kind"] == "distilled" for r in final["rows"])
     for c in s["widths"]:

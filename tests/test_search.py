@@ -12,6 +12,7 @@ import contextlib
 import csv
 import dataclasses
 import json
+import logging
 import math
 import os
 import shutil
@@ -28,6 +29,7 @@ from typing import Any, Iterator
 import numpy as np
 import pytest
 import torch
+from ray import tune
 
 from kdsearch.arms import PhaseSearcher, arm_specs
 from kdsearch.cluster import fit_concurrency, init_ray
@@ -100,15 +102,54 @@ def digits_search(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[An
             ray.shutdown()
         root = tmp_path_factory.mktemp("results")
         _SIGINT_HANDLER["before"] = signal.getsignal(signal.SIGINT)
+        _RECORDED.clear()
         result = run_search(QUICKSTART, overrides=[
             "search.num_samples=8", "training.epochs=6", "search.grace_period=1",
-            "search.reduction_factor=3", *TINY_TEACHER], results_dir=root, report=False,
-            quiet=True)
+            "search.reduction_factor=3", "search.trial_logs=true", *TINY_TEACHER],
+            results_dir=root, report=False, quiet=True, callbacks=[Recorder()])
         _SIGINT_HANDLER["after"] = signal.getsignal(signal.SIGINT)
     yield result, root / "quickstart"
 
 
 _SIGINT_HANDLER: dict[str, Any] = {}  # around digits_search's run_search
+_RECORDED: list[tuple[str, int, float]] = []  # what a user's own callback saw, in order
+
+
+class Recorder(tune.Callback):
+    """A user's own Ray Tune callback: every trial result it is given."""
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
+                        **info: Any) -> None:
+        _RECORDED.append((trial.trial_id, int(result["epoch"]), float(result["val_acc"])))
+
+
+@pytest.mark.slow
+def test_a_users_own_callback_sees_every_trial_result(digits_search: tuple[Any, Path]) -> None:
+    _, out = digits_search
+    progress = _rows(out / "progress.csv")  # every reported epoch, as kdsearch recorded it
+    assert len(_RECORDED) == len(progress) > 0
+    assert sorted(_RECORDED) == sorted((p["trial_id"], int(p["epoch"]), float(p["val_acc"]))
+                                       for p in progress)
+
+
+@pytest.mark.slow
+def test_a_finished_search_opens_with_ray_tunes_own_tools(digits_search: tuple[Any, Path]
+                                                          ) -> None:
+    """search.trial_logs: Ray Tune's per-trial outputs, where Tune puts them, which
+    ExperimentAnalysis reads as for any Tune run."""
+    from ray.tune import ExperimentAnalysis
+
+    _, out = digits_search
+    trials = {r["trial_id"]: r for r in _rows(out / "trials.csv")}
+    analysis = ExperimentAnalysis(str(out / "search"))
+    assert {t.trial_id for t in analysis.trials} == set(trials)
+    for trial in analysis.trials:
+        frame = analysis.trial_dataframes[trial.trial_id]
+        assert list(frame["epoch"]) == list(range(1, int(trials[trial.trial_id]["epochs"]) + 1))
+        assert (Path(trial.path) / "result.json").is_file()
+    best = analysis.get_best_trial(metric="val_acc", mode="max", scope="last")
+    assert float(trials[best.trial_id]["val_acc"]) == max(float(r["val_acc"])
+                                                          for r in trials.values())
 
 
 @pytest.mark.slow  # the real search of digits_search
@@ -241,16 +282,18 @@ def test_search_result_and_optuna_study(digits_search: tuple[Any, Path]) -> None
     study = optuna.load_study(study_name="distill", storage=storage)
     assert study.best_value == pytest.approx(result.best_metrics["val_acc"])
     assert {t.state.name for t in study.trials} <= {"COMPLETE", "PRUNED"}
+    assert_study_is_the_records(out)  # each epoch an intermediate value, ASHA's stops PRUNED
 
 
 @pytest.mark.slow
 def test_resume_of_a_finished_search_of_the_older_layout_trains_nothing(
         digits_search: tuple[Any, Path], tmp_path: Path,
-        capsys: pytest.CaptureFixture[str]) -> None:
+        caplog: pytest.LogCaptureFixture) -> None:
     import ray
 
     from kdsearch import resume_search
 
+    caplog.set_level(logging.INFO, logger="kdsearch")
     result, out = digits_search
     folder = tmp_path / "old" / out.name
     shutil.copytree(out, folder)
@@ -267,7 +310,7 @@ def test_resume_of_a_finished_search_of_the_older_layout_trains_nothing(
             ray.shutdown()
         again = resume_search(folder, report=False)
     assert [(folder / f).read_text() for f in files] == before  # nothing ran again
-    assert "note: this search had finished (" in capsys.readouterr().out  # and it says so
+    assert "note: this search had finished (" in caplog.text  # and it says so
     assert again.best_config == result.best_config
     assert (folder / "optuna.db").is_file()  # exported by the resume
 
@@ -679,7 +722,33 @@ def _run_and_kill(tmp_path: Path) -> tuple[Path, dict[str, str], list[str]]:
     return folder, env, cmd
 
 
+def assert_study_is_the_records(folder: Path) -> None:
+    """optuna.db holds every trial of trials.csv, in its phase's study, with progress.csv's
+    val_acc of each epoch as its intermediate values, and the state its record says."""
+    import optuna
+
+    trials, progress = _rows(folder / "trials.csv"), _rows(folder / "progress.csv")
+    storage = f"sqlite:///{folder / 'optuna.db'}"
+    seen = {}
+    for phase in ("distill", "baseline"):
+        if phase in {r["phase"] for r in trials}:
+            for t in optuna.load_study(study_name=phase, storage=storage).trials:
+                seen[t.user_attrs["trial_id"]] = (phase, t)
+    assert set(seen) == {r["trial_id"] for r in trials}
+    for r in trials:
+        phase, t = seen[r["trial_id"]]
+        curve = {int(p["epoch"]): float(p["val_acc"]) for p in progress
+                 if p["trial_id"] == r["trial_id"]}
+        assert phase == r["phase"] and t.intermediate_values == pytest.approx(curve)
+        done = r["status"] == "TERMINATED" and r["diverged"] == "0"
+        assert t.state.name == ("FAIL" if not done else "PRUNED" if r["stopped_early"] == "1"
+                                else "COMPLETE"), r
+        if t.state.name == "COMPLETE":
+            assert t.value == pytest.approx(float(r["val_acc"]))
+
+
 def _assert_one_whole_search(folder: Path, n: int) -> list[dict[str, str]]:
+    assert_study_is_the_records(folder)  # (a resumed search's study is whole too)
     trials = _rows(folder / "trials.csv")
     assert len(trials) == n, "exactly num_samples trials"
     assert len({r["trial_id"] for r in trials}) == n
@@ -795,3 +864,37 @@ def test_a_search_saved_before_the_search_module_was_split_still_restores() -> N
     assert isinstance(state["_tune_config"].scheduler, PhaseScheduler)
     assert state["__trainable_name"] == TRAINABLE_NAME
     assert len(state["_run_config"].callbacks) == 1  # the old status callback, replaced on resume
+
+
+def _loggers_now() -> dict[str, tuple]:
+    import logging
+
+    found = {name: obj for name, obj in logging.Logger.manager.loggerDict.items()
+             if isinstance(obj, logging.Logger)}
+    found["(root)"] = logging.getLogger()
+    return {name: (lg.level, list(lg.handlers), list(lg.filters), lg.propagate, lg.disabled)
+            for name, lg in found.items()}
+
+
+@pytest.mark.slow
+def test_a_search_leaves_the_callers_process_as_it_found_it(tmp_path: Path) -> None:
+    """Environment variables (kdsearch's for Ray Tune, and those ray.init sets for good),
+    warning filters, and the loggers of Ray, Optuna and everyone else: as they were."""
+    import warnings
+
+    import optuna  # noqa: F401  (their loggers exist before the search: they must be as they were)
+    import ray
+
+    from kdsearch import run_search
+
+    if ray.is_initialized():
+        ray.shutdown()
+    environ, filters, loggers = dict(os.environ), list(warnings.filters), _loggers_now()
+    run_search(QUICKSTART, overrides=["name=clean", "search.num_samples=2", "training.epochs=2",
+                                      "search.baseline=false", "search.grace_period=1",
+                                      *TINY_TEACHER], results_dir=tmp_path, report=False)
+    assert not ray.is_initialized()
+    assert dict(os.environ) == environ
+    assert warnings.filters == filters
+    after = _loggers_now()
+    assert {name: after[name] for name in loggers} == loggers

@@ -4,6 +4,7 @@ the status line says, driven by stand-ins for Tune's trials."""
 from __future__ import annotations
 
 import csv
+import logging
 import math
 from pathlib import Path
 from types import SimpleNamespace
@@ -48,7 +49,7 @@ def test_a_searched_epoch_budget_does_not_overwrite_the_epochs_a_trial_ran(tmp_p
 
 
 def test_trials_csv_and_the_live_status_record_what_each_trial_ran(
-        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     """The status line shows a searched epoch budget, not the epochs run; a diverged trial
     records the epochs it completed; a trial that failed before its first report still has its
     width's parameter count."""
@@ -59,6 +60,7 @@ def test_trials_csv_and_the_live_status_record_what_each_trial_ran(
     callback = StatusCallback(tmp_path, cfg, {"distill": 3}, quiet=False, fresh=True,
                               params_by_width={16: 1530})
     callback.setup()
+    caplog.set_level(logging.INFO, logger="kdsearch")
 
     def trial(trial_id: str, last: dict[str, Any] | None) -> SimpleNamespace:
         return SimpleNamespace(trial_id=trial_id, config={"phase": "distill", "lr": 0.01,
@@ -68,7 +70,7 @@ def test_trials_csv_and_the_live_status_record_what_each_trial_ran(
     callback.on_trial_complete(0, [], trial("a0000001", {
         "epoch": 2, "val_acc": 0.8, "val_loss": 0.5, "train_loss": 0.4, "diverged": 0,
         "params": 1530}))
-    assert "stopped at epoch 2: val_acc 0.8000 (lr=0.01 epochs=20)" in capsys.readouterr().out
+    assert "stopped at epoch 2: val_acc 0.8000 (lr=0.01 epochs=20)" in caplog.messages[-1]
     callback.on_trial_complete(0, [], trial("a0000002", {
         "epoch": 1, "val_acc": 0.0, "val_loss": math.nan,
         "train_loss": math.nan, "diverged": 1, "error": "training loss became nan"}))

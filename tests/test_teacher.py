@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import hashlib
 import json
+import logging
 import os
 import pickle
 import subprocess
@@ -33,9 +34,24 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> Dataset:
     return load_dataset(_cfg().dataset, data_dir=tmp, cache_dir=tmp)
 
 
+class _Collect(logging.Handler):
+    def __init__(self, out: list[str]) -> None:
+        super().__init__()
+        self.out = out
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.out.append(record.getMessage())
+
+
 def _get(cfg: ExperimentConfig, data: Dataset, cache: Path, log: list[str] | None = None):
-    return get_teacher(cfg, data, cache_dir=cache, progress=False,
-                       log=(log if log is not None else []).append)
+    """get_teacher, with what it logs (kdsearch.teacher's records) appended to `log`."""
+    handler = _Collect(log if log is not None else [])
+    logger = logging.getLogger("kdsearch.teacher")
+    logger.addHandler(handler)
+    try:
+        return get_teacher(cfg, data, cache_dir=cache, progress=False)
+    finally:
+        logger.removeHandler(handler)
 
 
 def _same_state(a: torch.nn.Module, b: torch.nn.Module) -> bool:
