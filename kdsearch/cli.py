@@ -35,6 +35,10 @@ def _device(choice: str) -> str:
     return choice
 
 
+def _acc(x: float | None) -> str:
+    return "n/a (logits from a file)" if x is None else f"{x:.4f}"
+
+
 def cmd_train(args: argparse.Namespace) -> int:
     """One distillation run without Ray: the way to try a setting before searching."""
     from kdsearch.config import default_cache_dir, default_data_dir, load_config
@@ -42,23 +46,25 @@ def cmd_train(args: argparse.Namespace) -> int:
     from kdsearch.spaces import find
 
     cfg = load_config(find(args.config), args.set)  # bad input fails here, before torch loads
+    from kdsearch.builders import code_folders
     from kdsearch.data import load_dataset
     from kdsearch.distill import EPOCH, TRAIN_LOSS, VAL_ACC, VAL_LOSS, Diverged, train_student
-    from kdsearch.models import build_student, count_parameters
+    from kdsearch.builders import build_student
+    from kdsearch.models import count_parameters
     from kdsearch.teacher import get_teacher
 
     device = _device(args.device)
     cache_dir = default_cache_dir(cfg)
     data = load_dataset(cfg.dataset, data_dir=default_data_dir(cfg), cache_dir=cache_dir,
-                        device=device)
+                        device=device, folders=code_folders(cfg))
     tr = cfg.training
     teacher = None
     if tr.alpha < 1.0:
         teacher = get_teacher(cfg, data, cache_dir=cache_dir)
         source = "trained now" if teacher.trained_now else f"cached, {teacher.key}"
-        print(f"teacher {cfg.teacher.model}: val_acc {teacher.val_acc:.4f} ({source})")
-    n_params = count_parameters(build_student(cfg.student.model, data.input_shape,
-                                              data.num_classes, width=cfg.student.width))
+        print(f"teacher {cfg.teacher.model}: val_acc {_acc(teacher.val_acc)} ({source})")
+    n_params = count_parameters(build_student(cfg, data.input_shape, data.num_classes,
+                                              width=cfg.student.width))
     print(f"student {cfg.student.model} width {cfg.student.width} ({n_params:,} parameters) on "
           f"{cfg.dataset.name}: {len(data.train):,} train / {len(data.val):,} val, {device}; "
           f"T={tr.temperature:g} alpha={tr.alpha:g} lr={tr.lr:g} batch={tr.batch_size}")

@@ -16,7 +16,7 @@ import platform
 import socket
 import warnings
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import ray
 import torch
@@ -41,7 +41,8 @@ class Resources:
 
 
 def trial_resources(cfg: ExperimentConfig, data: Dataset, hardware: dict[str, Any],
-                    cuda: list[CudaCheck] | None = None) -> Resources:
+                    cuda: list[CudaCheck] | None = None,
+                    student: Callable[..., Any] | None = None) -> Resources:
     """The resources of `cfg`'s trials on a cluster of `hardware` (see `hardware()`), whose
     trials' CUDA `check_gpus` found as `cuda`. A cluster whose GPUs torch cannot use in a
     trial plans for the CPU, unless the config sets a share."""
@@ -49,7 +50,7 @@ def trial_resources(cfg: ExperimentConfig, data: Dataset, hardware: dict[str, An
     automatic = cfg.search.gpus_per_trial is None and cfg.search.trials_per_gpu is None
     gpus = 0.0
     if hardware["gpus"] and not (automatic and trials is not None and not trials.usable):
-        gpus = gpu_share(cfg, data, trials.memory if trials else None)
+        gpus = gpu_share(cfg, data, trials.memory if trials else None, student)
     # Tune runs an Optuna searcher's trials one at a time unless told how many may run at once
     concurrency = cfg.search.max_concurrent_trials or fit_concurrency(
         hardware, cfg.search.cpus_per_trial, gpus)
@@ -135,8 +136,16 @@ def ray_address(address: str | None) -> str:
     return address or os.environ.get("RAY_ADDRESS") or "local"
 
 
-def init_ray(address: str | None) -> bool:
-    """Connect to (or start) Ray; True if we started it here and should shut it down."""
+# what a user's folder shipped to the cluster leaves out: weights, arrays, data, results
+SHIP_EXCLUDES = ["*.pt", "*.pth", "*.ckpt", "*.npy", "*.npz", "*.safetensors", "*.bin", "*.h5",
+                 "*.tar", "*.gz", "*.zip", ".git/", ".venv/", "__pycache__/", "results/",
+                 "data/", "datasets/"]
+
+
+def init_ray(address: str | None, code_dir: str | None = None) -> bool:
+    """Connect to (or start) Ray; True if we started it here and should shut it down. Joining a
+    cluster, `code_dir` (the folder of the user's modules) goes with the job to every node as
+    Ray's `runtime_env` working_dir, so that worker nodes need only kdsearch installed."""
     quiet_ray()
     note = untested_ray(ray.__version__)
     if note:
@@ -148,8 +157,10 @@ def init_ray(address: str | None) -> bool:
     # a Ray of our own: no idle workers started for the driver. Tune runs every trial in a
     # fresh actor process and never takes them, so they only spent ~1 s of CPU importing Ray
     # while the trial actors started (bench/RESULTS.md, item 3)
-    own = {"_system_config": {"prestart_worker_first_driver": False}} \
+    own: dict[str, Any] = {"_system_config": {"prestart_worker_first_driver": False}} \
         if address == "local" else {}
+    if address != "local" and code_dir:
+        own["runtime_env"] = {"working_dir": code_dir, "excludes": SHIP_EXCLUDES}
     try:
         ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False,
                  include_dashboard=False, configure_logging=True, **own)
@@ -185,13 +196,14 @@ def check_resources(cfg: ExperimentConfig) -> None:
 
 
 @contextlib.contextmanager
-def ray_running(address: str | None, *, quiet: bool = True) -> Iterator[None]:
-    """Ray for the block: joined at `address`, or started here and shut down after (unless it
-    was running already)."""
+def ray_running(address: str | None, *, quiet: bool = True, code_dir: str | None = None
+                ) -> Iterator[None]:
+    """Ray for the block: joined at `address` (with `code_dir` shipped, see `init_ray`), or
+    started here and shut down after (unless it was running already)."""
     if not quiet and not ray.is_initialized():  # a few seconds with nothing else to show
         where = ray_address(address)
         log.info("ray: starting a local Ray" if where == "local" else f"ray: connecting to {where}")
-    started = init_ray(address)
+    started = init_ray(address, code_dir)
     try:
         yield
     finally:

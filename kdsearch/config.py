@@ -11,12 +11,15 @@ import dataclasses
 import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import yaml
 
+from kdsearch.entry_points import is_entry_point
+from kdsearch.fields import (MAX_WIDTH, VALUE_RULES, at_least, built_in_or_code, gpu_share_ok,
+                             kwargs_spec, one_of, positive, rule, seed_spec, spec)
 from kdsearch.errors import MAX_INT, ConfigError, show, show_key
 from kdsearch.yamlfile import apply_overrides, read_yaml
 
@@ -45,119 +48,71 @@ SEARCHABLE: dict[str, tuple[str, str]] = {
 KD_DIMENSIONS = ("temperature", "alpha")
 
 
-# --------------------------------------------------------------------------- field checks
-Check = Callable[[Any], bool]
-# a width of 2**20 units is a 2**40-weight layer, already far beyond any machine; wider ones
-# overflow torch's size arithmetic even on the meta device (an error with no trial to fail)
-MAX_WIDTH = 2**20
-MAX_TEMPERATURE = 1000.0  # Hinton et al. used up to 20
-MAX_SEED = 2**32 - 1  # Optuna's TPE seeds numpy's RandomState, which takes 32 bits
-
-
-def _spec(default: Any, kind: type | tuple[type, ...], check: Check | None = None,
-          allowed: str = "", *, optional: bool = False) -> Any:
-    return field(default=default, metadata={"kind": kind, "check": check, "allowed": allowed,
-                                            "optional": optional})
-
-
-def _positive(v: float) -> bool:
-    return v > 0
-
-
-def _in_unit(v: float) -> bool:
-    return 0.0 <= v <= 1.0
-
-
-def _gpu_share(v: float) -> bool:
-    return 0 <= v <= 1 or (v > 1 and float(v).is_integer())
-
-
-def _at_least(n: int) -> Check:
-    return lambda v: v >= n
-
-
-def _one_of(names: tuple[str, ...]) -> tuple[Check, str]:
-    return (lambda v: v in names), "one of " + ", ".join(names)
-
-
-# Rules for a searched dimension's values, shared by the fixed config fields and the space bounds.
-VALUE_RULES: dict[str, tuple[type, Check, str]] = {
-    # above ~1e4 the softened targets are uniform to float32 and the KD loss loses its digits
-    "temperature": (float, lambda v: 0 < v <= MAX_TEMPERATURE,
-                    f"a number in (0, {MAX_TEMPERATURE:g}]"),
-    "alpha": (float, _in_unit, "a number in [0, 1] (the weight of the hard-label loss)"),
-    "lr": (float, _positive, "a number > 0"),
-    "width": (int, lambda v: 1 <= v <= MAX_WIDTH, f"an integer in [1, {MAX_WIDTH}]"),
-    "batch_size": (int, _at_least(1), "an integer >= 1"),
-    "weight_decay": (float, lambda v: v >= 0, "a number >= 0"),
-    "epochs": (int, _at_least(1), "an integer >= 1"),
-}
-
-
-def _rule(name: str, default: Any) -> Any:
-    kind, check, allowed = VALUE_RULES[name]
-    return _spec(default, kind, check, allowed)
-
-
-def _seed_spec() -> Any:
-    return _spec(0, int, lambda v: 0 <= v <= MAX_SEED, "an integer in [0, 2**32 - 1]")
-
-
 # --------------------------------------------------------------------------- sections
 @dataclass(frozen=True)
 class DatasetConfig:
-    name: str = _spec("digits", str, *_one_of(DATASETS))
+    # a built-in dataset, or module:attribute naming a function of yours that returns
+    # {"train": (x, y), "test": (x, y)} (optional "val", "num_classes"), used as given
+    name: str = spec("digits", str, *built_in_or_code(DATASETS, "dataset function"))
     # int: that many examples; float in (0, 1): that fraction of the training set;
     # null: 5,000 for MNIST-sized sets, 15% for small ones.
-    val_size: float | None = _spec(None, (int, float), lambda v: 0 < v < 1 or (
+    val_size: float | None = spec(None, (int, float), lambda v: 0 < v < 1 or (
         v >= 1 and float(v).is_integer()), "an integer count or a fraction in (0, 1)",
         optional=True)
-    split_seed: int = _seed_spec()
+    split_seed: int = seed_spec()
     # null: $KDSEARCH_DATA_DIR, else ~/.cache/kdsearch/data
-    data_dir: str | None = _spec(None, str, optional=True)
+    data_dir: str | None = spec(None, str, optional=True)
 
 
 @dataclass(frozen=True)
 class TeacherConfig:
-    model: str = _spec("mlp_teacher", str, *_one_of(TEACHER_MODELS))
-    width: int | None = _spec(None, int, lambda v: 1 <= v <= MAX_WIDTH,
+    model: str = spec("mlp_teacher", str, *built_in_or_code(TEACHER_MODELS, "model class"))
+    kwargs: dict[str, Any] = kwargs_spec("a model of yours (teacher.model = module:attribute)")
+    # a state_dict of teacher.model (torch.save(model.state_dict(), path)), relative to the
+    # space file: loaded with weights_only=True, and the teacher is not trained
+    checkpoint: str | None = spec(None, str, optional=True)
+    # a .npy file of the teacher's logits on the training split's rows (N x classes), for a
+    # teacher that cannot run here; relative to the space file; training.shift must be 0
+    logits: str | None = spec(None, str, optional=True)
+    width: int | None = spec(None, int, lambda v: 1 <= v <= MAX_WIDTH,
                               f"an integer in [1, {MAX_WIDTH}] (null: the seed's width)",
                               optional=True)
-    dropout: float = _spec(0.5, float, lambda v: 0 <= v < 1, "a number in [0, 1)")
-    epochs: int = _rule("epochs", 10)
-    batch_size: int = _rule("batch_size", 128)
-    lr: float = _rule("lr", 1e-3)
-    weight_decay: float = _rule("weight_decay", 0.0)
-    shift: int = _spec(0, int, _at_least(0), "an integer >= 0 (pixels of random translation)")
-    seed: int = _seed_spec()
+    dropout: float = spec(0.5, float, lambda v: 0 <= v < 1, "a number in [0, 1)")
+    epochs: int = rule("epochs", 10)
+    batch_size: int = rule("batch_size", 128)
+    lr: float = rule("lr", 1e-3)
+    weight_decay: float = rule("weight_decay", 0.0)
+    shift: int = spec(0, int, at_least(0), "an integer >= 0 (pixels of random translation)")
+    seed: int = seed_spec()
 
 
 @dataclass(frozen=True)
 class StudentConfig:
-    model: str = _spec("mlp_student", str, *_one_of(STUDENT_MODELS))
+    model: str = spec("mlp_student", str, *built_in_or_code(STUDENT_MODELS, "model factory"))
+    kwargs: dict[str, Any] = kwargs_spec("make_student(width=W, **kwargs)")
     # mlp_student: units in each of the two hidden layers; cnn_*: channels of the first conv
     # (the seed's 96), the other layers scaled by the same factor.
-    width: int = _rule("width", 20)
+    width: int = rule("width", 20)
 
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    epochs: int = _rule("epochs", 10)
-    batch_size: int = _rule("batch_size", 128)
-    lr: float = _rule("lr", 5e-3)  # peak learning rate
+    epochs: int = rule("epochs", 10)
+    batch_size: int = rule("batch_size", 128)
+    lr: float = rule("lr", 5e-3)  # peak learning rate
     # cosine: lr decays to 0 over `epochs` (per step); a width-20 MNIST student reaches 0.95
     # val accuracy in 3 epochs with it, in 5+ with a constant lr
-    lr_schedule: str = _spec("cosine", str, *_one_of(LR_SCHEDULES))
-    weight_decay: float = _rule("weight_decay", 0.0)
-    optimizer: str = _spec("adam", str, *_one_of(OPTIMIZERS))
-    temperature: float = _rule("temperature", 4.0)
-    alpha: float = _rule("alpha", 0.3)  # weight of the hard-label loss; 1 = no teacher
-    shift: int = _spec(0, int, _at_least(0),
+    lr_schedule: str = spec("cosine", str, *one_of(LR_SCHEDULES))
+    weight_decay: float = rule("weight_decay", 0.0)
+    optimizer: str = spec("adam", str, *one_of(OPTIMIZERS))
+    temperature: float = rule("temperature", 4.0)
+    alpha: float = rule("alpha", 0.3)  # weight of the hard-label loss; 1 = no teacher
+    shift: int = spec(0, int, at_least(0),
                        "an integer >= 0 (pixels; > 0 makes the teacher run online)")
-    seed: int = _seed_spec()
+    seed: int = seed_spec()
     # auto: the written-out MLP step and fused Adam on the CPU (kdsearch.fast_step), autograd
     # elsewhere; off: autograd and torch.optim everywhere (the same arithmetic, rounded apart)
-    fast_step: str = _spec("auto", str, *_one_of(FAST_STEPS))
+    fast_step: str = spec("auto", str, *one_of(FAST_STEPS))
 
 
 @dataclass(frozen=True)
@@ -175,50 +130,50 @@ class Dimension:
 @dataclass(frozen=True)
 class SearchConfig:
     space: tuple[Dimension, ...] = ()
-    algorithm: str = _spec("tpe", str, *_one_of(SEARCH_ALGORITHMS))
+    algorithm: str = spec("tpe", str, *one_of(SEARCH_ALGORITHMS))
     # TPE's first trials (per searcher: per width with per_width) are drawn at random; null:
     # Optuna's 10
-    startup_trials: int | None = _spec(None, int, _at_least(1), "an integer >= 1",
+    startup_trials: int | None = spec(None, int, at_least(1), "an integer >= 1",
                                        optional=True)
-    scheduler: str = _spec("asha", str, *_one_of(SCHEDULERS))
-    num_samples: int = _spec(16, int, _at_least(1), "an integer >= 1")
+    scheduler: str = spec("asha", str, *one_of(SCHEDULERS))
+    num_samples: int = spec(16, int, at_least(1), "an integer >= 1")
     # null: as many at once as the resources allow
-    max_concurrent_trials: int | None = _spec(None, int, _at_least(1), "an integer >= 1",
+    max_concurrent_trials: int | None = spec(None, int, at_least(1), "an integer >= 1",
                                               optional=True)
-    grace_period: int = _spec(1, int, _at_least(1), "an integer >= 1 (epochs)")
-    reduction_factor: int = _spec(3, int, _at_least(2), "an integer >= 2")
-    seed: int = _seed_spec()
-    cpus_per_trial: float = _spec(1.0, float, _positive, "a number > 0")
+    grace_period: int = spec(1, int, at_least(1), "an integer >= 1 (epochs)")
+    reduction_factor: int = spec(3, int, at_least(2), "an integer >= 2")
+    seed: int = seed_spec()
+    cpus_per_trial: float = spec(1.0, float, positive, "a number > 0")
     # null: a fraction of a GPU worked out from the model and data size when the cluster has GPUs
     # (Ray takes a share of one GPU, or whole GPUs: 1.5 is refused inside Tune)
-    gpus_per_trial: float | None = _spec(None, float, _gpu_share,
+    gpus_per_trial: float | None = spec(None, float, gpu_share_ok,
                                          "a number in [0, 1], or a whole number of GPUs",
                                          optional=True)
     # null: as many trials a GPU as its memory and the packing limit allow (see gpus_per_trial);
     # k: each trial takes 1/k of a GPU. Set this or gpus_per_trial, not both
-    trials_per_gpu: int | None = _spec(None, int, lambda v: 1 <= v <= 10_000,
+    trials_per_gpu: int | None = spec(None, int, lambda v: 1 <= v <= 10_000,
                                        "an integer in [1, 10000]", optional=True)
-    max_failures: int = _spec(1, int, _at_least(0), "an integer >= 0 (retries of a crashing trial)")
+    max_failures: int = spec(1, int, at_least(0), "an integer >= 0 (retries of a crashing trial)")
     # a trial saves a checkpoint when this many seconds have passed since its last one
     # (0: every epoch); a killed search resumes unfinished trials from their last checkpoint
-    checkpoint_every_s: float = _spec(2.0, float, lambda v: v >= 0, "a number >= 0 (seconds)")
+    checkpoint_every_s: float = spec(2.0, float, lambda v: v >= 0, "a number >= 0 (seconds)")
     # when width is searched: each width gets an equal share of the trials, its own searcher,
     # and is stopped early only against trials of its own width (every width equally tuned)
-    per_width: bool = _spec(False, bool)
-    baseline: bool = _spec(True, bool)  # also tune the student alone (alpha = 1)
+    per_width: bool = spec(False, bool)
+    baseline: bool = spec(True, bool)  # also tune the student alone (alpha = 1)
     # Ray Tune's own per-trial outputs (result.json, progress.csv, params.json; TensorBoard
     # events with tensorboardX installed) in each trial's folder of the experiment; off by
     # default: they cost the quickstart 8.5% of its wall time (bench/trial_logs.py)
-    trial_logs: bool = _spec(False, bool)
+    trial_logs: bool = spec(False, bool)
     # null: the same budget as the distillation search
-    baseline_num_samples: int | None = _spec(None, int, _at_least(1), "an integer >= 1",
+    baseline_num_samples: int | None = spec(None, int, at_least(1), "an integer >= 1",
                                              optional=True)
 
 
 @dataclass(frozen=True)
 class ReportConfig:
-    seeds: int = _spec(3, int, _at_least(1), "an integer >= 1 (retrainings per setting)")
-    max_widths: int = _spec(6, int, _at_least(1), "an integer >= 1")
+    seeds: int = spec(3, int, at_least(1), "an integer >= 1 (retrainings per setting)")
+    max_widths: int = spec(6, int, at_least(1), "an integer >= 1")
 
 
 @dataclass(frozen=True)
@@ -231,13 +186,16 @@ class ExperimentConfig:
     search: SearchConfig = SearchConfig()
     report: ReportConfig = ReportConfig()
     cache_dir: str | None = None  # null: $KDSEARCH_CACHE_DIR, else ~/.cache/kdsearch
+    # where a user's modules (module:attribute names) are looked for first: the space file's
+    # folder, recorded so that resume, report and load_student find them (null: none named)
+    code_dir: str | None = None
 
 
 SECTIONS: dict[str, type] = {
     "dataset": DatasetConfig, "teacher": TeacherConfig, "student": StudentConfig,
     "training": TrainingConfig, "search": SearchConfig, "report": ReportConfig,
 }
-TOP_LEVEL = ("name", "cache_dir", *SECTIONS)
+TOP_LEVEL = ("name", "cache_dir", "code_dir", *SECTIONS)
 
 
 # --------------------------------------------------------------------------- parsing
@@ -411,9 +369,12 @@ def config_from_dict(raw: Any, *, source: str = "<config>") -> ExperimentConfig:
     cache_dir = raw.get("cache_dir")
     if cache_dir is not None and not isinstance(cache_dir, str):
         raise _fail(source, "cache_dir", cache_dir, "a path string")
+    code_dir = raw.get("code_dir")
+    if code_dir is not None and not isinstance(code_dir, str):
+        raise _fail(source, "code_dir", code_dir, "a path string")
     sections = {s: _build_section(cls, raw.get(s), s, source)
                 for s, cls in SECTIONS.items() if s != "search"}
-    cfg = ExperimentConfig(name=name, cache_dir=cache_dir,
+    cfg = ExperimentConfig(name=name, cache_dir=cache_dir, code_dir=code_dir,
                            search=_build_search(raw.get("search"), source), **sections)
     _check_consistency(cfg, source)
     return cfg
@@ -424,6 +385,20 @@ def _check_consistency(cfg: ExperimentConfig, source: str) -> None:
         raise ConfigError(f"{source}: search.gpus_per_trial = {cfg.search.gpus_per_trial:g} and "
                           f"search.trials_per_gpu = {cfg.search.trials_per_gpu} both set the "
                           f"GPU share; keep one")
+    t = cfg.teacher
+    if t.checkpoint is not None and t.logits is not None:
+        raise ConfigError(f"{source}: teacher.checkpoint and teacher.logits are both set; give "
+                          f"one (a checkpoint of teacher.model, or the logits of a teacher "
+                          f"that cannot run here)")
+    if t.logits is not None and cfg.training.shift > 0:
+        raise _fail(source, "training.shift", cfg.training.shift, "0 with teacher.logits (the "
+                    "logits of the unshifted training examples are all there is)")
+    for section in ("teacher", "student"):
+        part = getattr(cfg, section)
+        if part.kwargs and part.model in (*TEACHER_MODELS, *STUDENT_MODELS):
+            raise ConfigError(f"{source}: {section}.kwargs goes with a model of yours "
+                              f"({section}.model = module:attribute), not with the built-in "
+                              f"{part.model!r}")
     # any teacher can teach any student (only the logits are shared): no family check
     side = IMAGE_SIDE.get(cfg.dataset.name)
     for key, shift in (("training.shift", cfg.training.shift),
@@ -472,7 +447,7 @@ def load_config(path: str | os.PathLike[str], overrides: list[str] | tuple[str, 
     """Read, override and validate a config / search-space file."""
     raw = apply_overrides(read_yaml(path), overrides)
     try:
-        return config_from_dict(raw, source=str(path))
+        return _with_paths(config_from_dict(raw, source=str(path)), Path(path))
     except ConfigError as e:
         # a value the command line set is named as the user wrote it, not as the file's
         rest = str(e).removeprefix(f"{path}: ")
@@ -492,6 +467,25 @@ def load_config(path: str | os.PathLike[str], overrides: list[str] | tuple[str, 
         raise
 
 
+def names_code(cfg: ExperimentConfig) -> bool:
+    """The config names a user's module (a dataset, teacher or student as module:attribute)."""
+    return any(is_entry_point(n) for n in (cfg.dataset.name, cfg.teacher.model,
+                                           cfg.student.model))
+
+
+def _with_paths(cfg: ExperimentConfig, path: Path) -> ExperimentConfig:
+    """The space file's folder made explicit: code_dir (when the file names a user's module) and
+    the teacher's files, relative to it, made absolute."""
+    folder = path.resolve().parent
+    teacher = cfg.teacher
+    for key in ("checkpoint", "logits"):
+        value = getattr(teacher, key)
+        if value is not None:
+            teacher = dataclasses.replace(teacher, **{key: str(folder / Path(value).expanduser())})
+    code_dir = cfg.code_dir or (str(folder) if names_code(cfg) else None)
+    return dataclasses.replace(cfg, teacher=teacher, code_dir=code_dir)
+
+
 def _dimension_of(key: str) -> str | None:
     """`search.space.<name>` of a key under a searched dimension, else None."""
     parts = key.split(".")
@@ -501,6 +495,8 @@ def _dimension_of(key: str) -> str | None:
 def config_to_dict(cfg: ExperimentConfig) -> dict[str, Any]:
     """The resolved config as plain YAML-able values (the format load_config reads)."""
     out: dict[str, Any] = {"name": cfg.name, "cache_dir": cfg.cache_dir}
+    if cfg.code_dir is not None:
+        out["code_dir"] = cfg.code_dir
     for section in SECTIONS:
         obj = getattr(cfg, section)
         d = {f.name: getattr(obj, f.name) for f in dataclasses.fields(obj) if f.name != "space"}

@@ -12,12 +12,19 @@ import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
 
 from kdsearch.config import DatasetConfig
-from kdsearch.errors import UserError
+from kdsearch.fields import is_object_name
+from kdsearch.entry_points import resolve
+from kdsearch.errors import UserError, show
+from kdsearch.user_data import user_splits
+
+# a user's data: a function of no arguments that returns the splits, or the dict itself
+Given = Callable[[], Any] | dict[str, Any]
 
 # Files torchvision expects under <root>/<folder>/raw, for the error message.
 _TORCHVISION_FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST",
@@ -33,7 +40,7 @@ class DataError(UserError, RuntimeError):
 
 @dataclass(frozen=True)
 class Split:
-    x: torch.Tensor  # float32, N x C x H x W, normalised with the training split's statistics
+    x: torch.Tensor  # float32, N x C x H x W (built-in sets: normalised), or a user's N x ...
     y: torch.Tensor  # int64, N
 
     def __len__(self) -> int:
@@ -49,13 +56,19 @@ class Dataset:
     train: Split
     val: Split
     num_classes: int
-    input_shape: tuple[int, int, int]  # C, H, W
-    mean: tuple[float, ...]  # per channel, of the training split, on the 0..1 pixel scale
+    input_shape: tuple[int, ...]  # one example's: C, H, W for the built-in image sets
+    # per channel, of the training split, on the 0..1 pixel scale; () for a user's data, which
+    # is used as given
+    mean: tuple[float, ...]
     std: tuple[float, ...]
+    # the rows of the training data as loaded (before the val split) that data.train holds,
+    # in order, and how many it had: what a teacher's logits file is aligned with
+    train_rows: torch.Tensor | None = None
+    loaded_rows: int | None = None
 
     def to(self, device: torch.device | str) -> Dataset:
         return Dataset(self.name, self.train.to(device), self.val.to(device), self.num_classes,
-                       self.input_shape, self.mean, self.std)
+                       self.input_shape, self.mean, self.std, self.train_rows, self.loaded_rows)
 
 
 def default_val_size(n_train: int) -> int:
@@ -229,9 +242,45 @@ def _normalise(x: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -
     return (torch.from_numpy(np.ascontiguousarray(x)) - m) / s
 
 
+def _user_source(cfg: DatasetConfig, folders: list[Path], given: Given | None
+                 ) -> tuple[str, Given]:
+    where = f"dataset.name = {show(cfg.name)}"
+    if given is not None:
+        return where, given
+    if is_object_name(cfg.name):
+        raise DataError(f"{where} was a Python object given to run_search; pass it again "
+                        f"(dataset=...) to resume_search or report_search")
+    return where, resolve(cfg.name, where=where, folders=folders)
+
+
+def _load_user(cfg: DatasetConfig, folders: list[Path], given: Given | None
+               ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], int]:
+    return user_splits(*reversed(_user_source(cfg, folders, given)))
+
+
+def is_builtin(cfg: DatasetConfig) -> bool:
+    return cfg.name in TRAIN_SIZES
+
+
 def load_dataset(cfg: DatasetConfig, *, data_dir: Path, cache_dir: Path,
-                 device: torch.device | str = "cpu") -> Dataset:
-    """The train and val splits as normalised tensors on `device` (test is not loaded)."""
+                 device: torch.device | str = "cpu", folders: list[Path] | None = None,
+                 given: Given | None = None) -> Dataset:
+    """The train and val splits as tensors on `device` (test is not loaded): a built-in set
+    normalised with its training split's statistics, a user's (a function named in
+    dataset.name and looked for in `folders`, or `given`) as it is."""
+    if given is not None or not is_builtin(cfg):
+        splits, num_classes = _load_user(cfg, folders or [], given)
+        x, y = splits["train"]
+        if "val" in splits:
+            rows = torch.arange(len(y))
+            train, val = Split(x, y), Split(*splits["val"])
+        else:
+            n_val = _val_count(cfg.val_size, len(y), cfg.name)
+            rows, val_idx = split_indices(len(y), n_val, cfg.split_seed)
+            train, val = Split(x[rows], y[rows]), Split(x[val_idx], y[val_idx])
+        shape = tuple(int(s) for s in x.shape[1:])
+        return Dataset(cfg.name, train, val, num_classes, shape, (), (), rows,
+                       len(y)).to(device)
     x, y, _, _ = _raw(cfg, data_dir, cache_dir / "datasets")
     n_val = _val_count(cfg.val_size, len(y), cfg.name)
     train_idx, val_idx = split_indices(len(y), n_val, cfg.split_seed)
@@ -240,12 +289,18 @@ def load_dataset(cfg: DatasetConfig, *, data_dir: Path, cache_dir: Path,
     train = Split(_normalise(xt, mean, std), torch.from_numpy(y[train_idx.numpy()]))
     val = Split(_normalise(xv, mean, std), torch.from_numpy(y[val_idx.numpy()]))
     c, h, w = x.shape[1:]
-    ds = Dataset(cfg.name, train, val, int(y.max()) + 1, (int(c), int(h), int(w)), mean, std)
+    ds = Dataset(cfg.name, train, val, int(y.max()) + 1, (int(c), int(h), int(w)), mean, std,
+                 train_idx, len(y))
     return ds.to(device)
 
 
 def load_test(cfg: DatasetConfig, dataset: Dataset, *, data_dir: Path, cache_dir: Path,
-              device: torch.device | str = "cpu") -> Split:
-    """The held-out test split, normalised like `dataset`. Only the final evaluation calls this."""
+              device: torch.device | str = "cpu", folders: list[Path] | None = None,
+              given: Given | None = None) -> Split:
+    """The held-out test split, normalised like `dataset` (a user's: as it is). Only the final
+    evaluation calls this."""
+    if given is not None or not is_builtin(cfg):
+        splits, _ = _load_user(cfg, folders or [], given)
+        return Split(*splits["test"]).to(device)
     _, _, xs, ys = _raw(cfg, data_dir, cache_dir / "datasets")
     return Split(_normalise(xs, dataset.mean, dataset.std), torch.from_numpy(ys)).to(device)

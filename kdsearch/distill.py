@@ -26,7 +26,7 @@ from kdsearch.config import ExperimentConfig, TrainingConfig
 from kdsearch.data import Dataset, Split
 from kdsearch.fast_step import FusedAdam
 from kdsearch.metrics import EPOCH, EPOCH_SECONDS, TRAIN_LOSS, VAL_ACC, VAL_LOSS
-from kdsearch.models import build_student
+from kdsearch.builders import build_student
 
 Report = Callable[[dict[str, float], "FitState"], None]
 
@@ -353,12 +353,14 @@ def fit(model: nn.Module, data: Dataset, training: TrainingConfig, *,
 
 
 def train_student(cfg: ExperimentConfig, data: Dataset, *, teacher: TeacherLike | None = None,
-                  report: Report | None = None, resume: dict[str, Any] | None = None
+                  report: Report | None = None, resume: dict[str, Any] | None = None,
+                  factory: Callable[..., nn.Module] | None = None
                   ) -> tuple[nn.Module, list[dict[str, float]]]:
-    """Build the student of `cfg` (seeded) and fit it against `teacher` with cfg.training."""
+    """Build the student of `cfg` (seeded; `factory`: a student factory given as an object)
+    and fit it against `teacher` with cfg.training."""
     torch.manual_seed(cfg.training.seed)
-    model = build_student(cfg.student.model, data.input_shape, data.num_classes,
-                          width=cfg.student.width).to(data.train.x.device)
+    model = build_student(cfg, data.input_shape, data.num_classes, width=cfg.student.width,
+                          factory=factory).to(data.train.x.device)
     kd = cfg.training.alpha < 1.0
     if kd and teacher is None:
         raise ValueError("train_student: alpha < 1 needs a teacher")

@@ -33,15 +33,17 @@ import torch
 
 from kdsearch.config import (VALUE_RULES, ExperimentConfig, config_to_dict, default_cache_dir,
                              default_data_dir, with_params)
+from kdsearch.builders import Given, build_student, code_folders
 from kdsearch.data import Dataset, load_dataset, load_test
 from kdsearch.distill import correct_on, evaluate
-from kdsearch.models import build_student, count_parameters
+from kdsearch.models import count_parameters
 from kdsearch.results import (BASELINE, CONFIG_FILE, DISTILLED, FINAL_FILE, FINAL_FORMAT, RUN_FILE,
                               ReportError, best_trial, phase_dimensions, rank_key, read_config,
                               read_final, row_width, write_json)
 from kdsearch.retrain import (Retrained, Retraining, Runner, in_process, out_of_memory,
                               torch_threads)
 from kdsearch.stats import mean_std, pack_correct
+from kdsearch.students import STUDENTS_DIR, kept_entries, save_state, write_index
 from kdsearch.tables import TRIALS_FILE, dim_column, read_table
 from kdsearch.teacher import Teacher, get_teacher, teacher_key
 from kdsearch.version import __version__
@@ -84,6 +86,10 @@ def _training_fingerprint(cfg: ExperimentConfig) -> str:
     d = config_to_dict(cfg)
     if d["training"]["fast_step"] == "auto":  # the default: as before the setting existed
         del d["training"]["fast_step"]
+    for section, key in (("teacher", "kwargs"), ("teacher", "checkpoint"),
+                         ("teacher", "logits"), ("student", "kwargs")):
+        if not d[section][key]:  # unset: as before a user's models could be named
+            del d[section][key]
     blob = json.dumps({k: d[k] for k in ("dataset", "teacher", "student", "training")},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -228,15 +234,19 @@ def _device(device: str) -> str:
 def evaluate_final(results_dir: str | os.PathLike[str], *, retrain: bool = True,
                    device: str = "auto", quiet: bool = False,
                    runner: Runner | None = None,
-                   loaded: tuple[Dataset, Teacher] | None = None) -> dict[str, Any]:
+                   loaded: tuple[Dataset, Teacher] | None = None,
+                   given: Given | None = None) -> dict[str, Any]:
     """Retrain the best settings of a results folder with K seeds; test once; write final.json.
 
     With `retrain=False`, rows of an existing final.json with the same setting and seeds are
     reused and only the rest is trained. `runner` trains the models (default: one after the
     other in this process); each is tested here. `loaded`: the folder's dataset and teacher,
-    already in memory (the search's own), so that they are not read again. Returns what
+    already in memory (the search's own), so that they are not read again. `given`: the
+    dataset, teacher and student factory given to run_search as objects. Every retrained
+    student's weights are saved under students/ (see kdsearch.students). Returns what
     final.json holds.
     """
+    given = given or Given()
     results = Path(results_dir)
     cfg, rows = read_searched(results)
     selection = select_settings(cfg, rows)
@@ -248,7 +258,12 @@ def evaluate_final(results_dir: str | os.PathLike[str], *, retrain: bool = True,
         for r in previous.get("rows", []):
             reusable[json.dumps(r.get("spec"), sort_keys=True)] = r
     old_teacher = (previous or {}).get("teacher") or {}
-    teacher_ok = old_teacher.get("key") == key and old_teacher.get("test_acc") is not None
+    teacher_ok = old_teacher.get("key") == key and (old_teacher.get("test_acc") is not None
+                                                    or old_teacher.get("params") is None)
+    students = results / STUDENTS_DIR
+    saved = kept_entries(students, [(r["kind"], r["width"], seed) for r in
+                                    (reusable.get(json.dumps(s.spec(cfg), sort_keys=True))
+                                     for s in selection.settings) if r for seed in seeds])
 
     todo = [s for s in selection.settings
             if json.dumps(s.spec(cfg), sort_keys=True) not in reusable]
@@ -279,43 +294,49 @@ def evaluate_final(results_dir: str | os.PathLike[str], *, retrain: bool = True,
                 raise ValueError(f"evaluate_final: the teacher passed in ({teacher.key}) is not "
                                  f"{results}'s ({key})")
             data = data.to(device)
-            teacher = dataclasses.replace(teacher, model=teacher.model.to(device),
-                                          train_logits=teacher.train_logits.to(device))
+            teacher = dataclasses.replace(
+                teacher, model=None if teacher.model is None else teacher.model.to(device),
+                train_logits=teacher.train_logits.to(device))
         else:
             data = load_dataset(cfg.dataset, data_dir=data_dir, cache_dir=cache_dir,
-                                device=device)
-            teacher = get_teacher(cfg, data, cache_dir=cache_dir, progress=not quiet)
+                                device=device, folders=code_folders(cfg), given=given.dataset)
+            teacher = get_teacher(cfg, data, cache_dir=cache_dir, progress=not quiet,
+                                  given=given.teacher)
         jobs: list[Retraining] = []
         n_params: dict[int, int] = {}
         for i, s in enumerate(selection.settings):
             if i in out_rows:
                 continue
             n_params[i] = count_parameters(build_student(
-                cfg.student.model, data.input_shape, data.num_classes, width=s.width))
+                cfg, data.input_shape, data.num_classes, width=s.width, factory=given.student))
             c0 = training_config(cfg, s, 0)
             small = device == "cpu" and n_params[i] * c0.training.batch_size < _SMALL_BATCH_WORK
             jobs += [Retraining(i, seed, training_config(cfg, s, seed), 1 if small else None)
                      for seed in seeds]
         # a runner may start training now, while the test split is read and the teacher tested
-        trained = (runner or in_process(data, teacher))(jobs)
+        trained = (runner or in_process(data, teacher, given.student))(jobs)
         # the one read of the test split in kdsearch
         test = load_test(cfg.dataset, data, data_dir=data_dir, cache_dir=cache_dir,
-                         device=device)
+                         device=device, folders=code_folders(cfg), given=given.dataset)
         data_info = {"train": len(data.train), "val": len(data.val), "test": len(test)}
-        teacher_acc = evaluate(teacher.model, test)[0]
-        teacher_info = {"model": cfg.teacher.model, "key": teacher.key,
-                        "params": count_parameters(teacher.model),
-                        "val_acc": teacher.val_acc, "test_acc": teacher_acc}
-        if not quiet:
-            log.info(f"final: teacher {cfg.teacher.model} test_acc {teacher_acc:.4f} "
-                f"({len(test):,} test examples)")
+        if teacher.model is not None:
+            teacher_acc = evaluate(teacher.model, test)[0]
+            teacher_info = {"model": cfg.teacher.model, "key": teacher.key,
+                            "params": count_parameters(teacher.model),
+                            "val_acc": teacher.val_acc, "test_acc": teacher_acc}
+            if not quiet:
+                log.info(f"final: teacher {cfg.teacher.model} test_acc {teacher_acc:.4f} "
+                         f"({len(test):,} test examples)")
+        else:  # logits from a file: nothing to test
+            teacher_info = {"model": cfg.teacher.model, "key": teacher.key, "params": None,
+                            "val_acc": None, "test_acc": None}
         outcomes: dict[tuple[int, int], tuple[Retrained, float | None, str | None]] = {}
         for done, (job, res) in enumerate(trained, 1):
             s = selection.settings[job.index]
             acc, packed = None, None
             if res.state is not None:
-                model = build_student(cfg.student.model, data.input_shape, data.num_classes,
-                                      width=s.width)
+                model = build_student(cfg, data.input_shape, data.num_classes, width=s.width,
+                                      factory=given.student)
                 model.load_state_dict(res.state)
                 try:
                     with torch_threads(job.threads):
@@ -327,6 +348,13 @@ def evaluate_final(results_dir: str | os.PathLike[str], *, retrain: bool = True,
                     torch.cuda.empty_cache()
                     res = dataclasses.replace(res, state=None, error=out_of_memory(e))
             outcomes[(job.index, job.seed)] = (res, acc, packed)
+            if acc is not None and res.state is not None:
+                name, sha = save_state(students, s.kind, s.width, job.seed, res.state)
+                saved.append({"kind": s.kind, "width": s.width, "seed": job.seed,
+                              "test_acc": acc, "file": name, "sha256": sha,
+                              "model": cfg.student.model, "kwargs": cfg.student.kwargs,
+                              "input_shape": list(data.input_shape),
+                              "num_classes": data.num_classes})
             if not quiet:
                 label = s.kind if s.tuned else f"{s.kind} (untuned)"
                 what = (res.error or "diverged") if acc is None else f"test_acc {acc:.4f}"
@@ -386,5 +414,8 @@ def evaluate_final(results_dir: str | os.PathLike[str], *, retrain: bool = True,
              "baseline_tuned": selection.baseline_tuned,
              "baseline_note": selection.baseline_note,
              "rows": [out_rows[i] for i in range(len(selection.settings))]}
+    best = {kind: next((s.width for s in selection.settings if s.best and s.kind == kind), None)
+            for kind in (DISTILLED, BASELINE)}
+    write_index(students, saved, best)
     write_json(results / FINAL_FILE, final)
     return final

@@ -19,14 +19,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Callable
 
 import ray
 import torch
 
 from kdsearch.config import ExperimentConfig, largest
 from kdsearch.data import Dataset
-from kdsearch.models import count_parameters, meta_student
+from kdsearch.builders import meta_student
+from kdsearch.models import count_parameters
 from kdsearch.results import searched_widths
 
 PACKING_LIMIT = 16  # trials a GPU at most (not measured on a GPU yet; see the module docstring)
@@ -44,12 +45,13 @@ def tile(k: int) -> float:
     return math.floor(RAY_PRECISION / k) / RAY_PRECISION
 
 
-def trial_bytes(cfg: ExperimentConfig, data: Dataset) -> int:
+def trial_bytes(cfg: ExperimentConfig, data: Dataset,
+                student: Callable[..., Any] | None = None) -> int:
     """A trial's GPU memory, estimated: the data, the widest student's weights, gradients and
     Adam's two moments, its activations at the largest batch (forward and backward), and its
     process's CUDA context."""
-    model = meta_student(cfg.student.model, data.input_shape, data.num_classes,
-                         width=max(searched_widths(cfg)))
+    model = meta_student(cfg, data.input_shape, data.num_classes,
+                         width=max(searched_widths(cfg)), factory=student)
     data_bytes = (data.train.x.numel() + data.val.x.numel()) * 4
     batch = int(largest(cfg, "batch_size", cfg.training.batch_size))  # the largest searched
     act = batch * sum(m.out_channels if hasattr(m, "out_channels") else 0
@@ -57,7 +59,8 @@ def trial_bytes(cfg: ExperimentConfig, data: Dataset) -> int:
     return data_bytes + count_parameters(model) * 16 + act * 4 * 3 + CUDA_CONTEXT_BYTES
 
 
-def gpu_share(cfg: ExperimentConfig, data: Dataset, memory: int | None) -> float:
+def gpu_share(cfg: ExperimentConfig, data: Dataset, memory: int | None,
+              student: Callable[..., Any] | None = None) -> float:
     """Each trial's share of a GPU: search.gpus_per_trial as set; else 1/search.trials_per_gpu;
     else as many trials a GPU of `memory` bytes (None: unknown) as fit, at most PACKING_LIMIT."""
     s = cfg.search
@@ -65,7 +68,8 @@ def gpu_share(cfg: ExperimentConfig, data: Dataset, memory: int | None) -> float
         return s.gpus_per_trial
     if s.trials_per_gpu is not None:
         return tile(s.trials_per_gpu)
-    fit = math.floor((memory or UNKNOWN_MEMORY) * MEMORY_FRACTION / trial_bytes(cfg, data))
+    need = trial_bytes(cfg, data, student)
+    fit = math.floor((memory or UNKNOWN_MEMORY) * MEMORY_FRACTION / need)
     return tile(max(1, min(PACKING_LIMIT, fit)))
 
 

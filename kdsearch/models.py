@@ -10,6 +10,7 @@ replaces torchex's GlobalAvgPool2d, and the max-pools are padded so that every i
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -17,7 +18,7 @@ from torch import nn
 
 from kdsearch.config import STUDENT_MODELS, TEACHER_MODELS
 
-InputShape = tuple[int, int, int]  # C, H, W
+InputShape = tuple[int, ...]  # one example's shape: C, H, W for images
 
 
 class MLP(nn.Module):
@@ -85,11 +86,11 @@ def cnn_student2(shape: InputShape, num_classes: int, width: int = 96) -> CNN:
 
 def mlp_teacher(shape: InputShape, num_classes: int, width: int = 1200,
                 dropout: float = 0.5) -> MLP:
-    return MLP(shape[0] * shape[1] * shape[2], width, num_classes, dropout)
+    return MLP(math.prod(shape), width, num_classes, dropout)
 
 
 def mlp_student(shape: InputShape, num_classes: int, width: int = 20) -> MLP:
-    return MLP(shape[0] * shape[1] * shape[2], width, num_classes)
+    return MLP(math.prod(shape), width, num_classes)
 
 
 # The one table from a model name to its constructor.
@@ -116,14 +117,6 @@ def build_teacher(name: str, shape: InputShape, num_classes: int, *, width: int 
 
 def build_student(name: str, shape: InputShape, num_classes: int, *, width: int) -> nn.Module:
     return MODELS[name](shape, num_classes, width=width)
-
-
-def meta_student(name: str, shape: InputShape, num_classes: int, *, width: int) -> nn.Module:
-    """The student on torch's meta device: its shapes without its memory, so the driver can
-    count the parameters of a width too large to allocate (that trial fails alone, with the
-    allocator's message, instead of the whole search)."""
-    with torch.device("meta"):
-        return build_student(name, shape, num_classes, width=width)
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -81,8 +81,9 @@ def plot_test_acc(final: dict[str, Any], path: Path) -> dict[str, Any]:
                     yerr=[100 * (r["std"] or 0.0) for r in rs], marker=marker, capsize=3,
                     label=label)
     t = final["teacher"]
-    ax.axhline(100 * t["test_acc"], color="grey", linestyle="--",
-               label=f"teacher ({t['params']:,} parameters)")
+    if t["test_acc"] is not None:  # (None: the teacher's logits came from a file)
+        ax.axhline(100 * t["test_acc"], color="grey", linestyle="--",
+                   label=f"teacher ({t['params']:,} parameters)")
     ax.set_xscale("log")
     from matplotlib.ticker import NullLocator
 

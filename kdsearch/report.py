@@ -32,6 +32,7 @@ from kdsearch.summary import (SUMMARY_CSV, SUMMARY_JSON, fmt_ci, fmt_gap, fmt_p,
 from kdsearch.tables import PROGRESS_FILE, TRIALS_FILE, read_table
 
 if TYPE_CHECKING:  # (annotations only: the final evaluation's types)
+    from kdsearch.builders import Given
     from kdsearch.data import Dataset
     from kdsearch.retrain import Runner
     from kdsearch.teacher import Teacher
@@ -101,7 +102,7 @@ def _verdict_cell(c: dict[str, Any]) -> str:
     return "none" if c["verdict"] != "no_comparison" else "no comparison"
 
 
-def _importance_table(importances: dict[str, Any] | None) -> list[str]:
+def importance_table(importances: dict[str, Any] | None) -> list[str]:
     """Each group's importances of the searched values (Optuna's), with the trials they rest on;
     a group with too few trials, or one value searched, says so instead."""
     if not importances:
@@ -212,10 +213,15 @@ def render(summary: dict[str, Any], plots: dict[str, dict[str, Any]]) -> str:
                        if s.get("per_width") or len(s["widths"]) == 1 else
                        "The searcher spent its budget on other widths: set "
                        "`search.per_width: true` to give every width an equal share.")]
-    out += ["", f"Teacher ({s['teacher_model']}, {t['params']:,} parameters): "
-                f"{pct(t['test_acc'])}% test accuracy, {pct(t['val_acc'])}% validation. "
-                f"Compression = teacher parameters / student parameters; gap recovered = "
-                f"(distilled − baseline) / (teacher − baseline).", ""]
+    if t["params"] is None:  # teacher.logits: no model here
+        out += ["", f"Teacher ({s['teacher_model']}): its logits on the training split came "
+                    f"from a file (`teacher.logits`), so there is no teacher accuracy, "
+                    f"compression or gap recovered.", ""]
+    else:
+        out += ["", f"Teacher ({s['teacher_model']}, {t['params']:,} parameters): "
+                    f"{pct(t['test_acc'])}% test accuracy, {pct(t['val_acc'])}% validation. "
+                    f"Compression = teacher parameters / student parameters; gap recovered = "
+                    f"(distilled − baseline) / (teacher − baseline).", ""]
     b = s["best"]
     if b["distilled_width"] != b["baseline_width"]:
         out += [f"Best overall: distilled width {b['distilled_width']} "
@@ -286,7 +292,7 @@ def render(summary: dict[str, Any], plots: dict[str, dict[str, Any]]) -> str:
     else:  # nothing retrained: a report of retrainings done before
         out += ["", f"Final evaluation: all {reused} on {s['final_device']}."]
 
-    out += ["", "## What mattered", ""] + _importance_table(s.get("importances"))
+    out += ["", "## What mattered", ""] + importance_table(s.get("importances"))
     out += ["", "## Plots", ""]
     for name, rec in plots.items():
         out += [f"![{rec['title']}]({name})", ""]
@@ -299,7 +305,10 @@ def render(summary: dict[str, Any], plots: dict[str, dict[str, Any]]) -> str:
             f"`{FINAL_FILE}` every retraining; `{TRIALS_FILE}` every trial of the search "
             f"(distilled and baseline); `{PROGRESS_FILE}` every epoch they reported; "
             f"`optuna.db` the Optuna studies; `importances.json` what mattered; `config.yaml` "
-            f"the resolved config.", ""]
+            f"the resolved config; `students/` the trained students of the retrainings (a "
+            f"state_dict each, `students/index.json` lists them with their test accuracy; "
+            f"`kdsearch.load_student(\"results/{summary['name']}\")` rebuilds the best distilled "
+            f"one).", ""]
     return "\n".join(out)
 
 
@@ -331,14 +340,16 @@ def _write(results: Path, final: dict[str, Any]) -> Path:
 
 def make_report(results_dir: str | os.PathLike[str], *, retrain: bool = True,
                 device: str = "auto", quiet: bool = False, runner: Runner | None = None,
-                loaded: tuple[Dataset, Teacher] | None = None) -> Path:
+                loaded: tuple[Dataset, Teacher] | None = None, given: Given | None = None
+                ) -> Path:
     """Run the final evaluation, then write report.md, summary.json, summary.csv and the plots;
     return report.md's path.
 
     With `retrain` every best setting is retrained; with `retrain=False` the rows of an
     up-to-date final.json are reused as they are and only what changed is trained. `runner`
     trains the models (default: one after the other in this process); `loaded` hands over the
-    dataset and teacher a search already holds (see `final.evaluate_final`).
+    dataset and teacher a search already holds (see `final.evaluate_final`); `given` the
+    objects run_search was given in place of the space file's names.
     """
     # the final evaluation trains (torch): loaded here, so that rendering alone never needs it
     from kdsearch.final import evaluate_final, read_searched
@@ -348,5 +359,5 @@ def make_report(results_dir: str | os.PathLike[str], *, retrain: bool = True,
     read_table(results / PROGRESS_FILE)
     read_run_if_any(results)
     final = evaluate_final(results, retrain=retrain, device=device, quiet=quiet,
-                           runner=runner, loaded=loaded)
+                           runner=runner, loaded=loaded, given=given)
     return _write(results, final)

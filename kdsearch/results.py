@@ -293,7 +293,10 @@ def _well_formed(final: dict[str, Any]) -> bool:
     seeds, teacher, rows = final.get("seeds"), final.get("teacher"), final.get("rows")
     if not (isinstance(seeds, list) and all(count(x) for x in seeds) and isinstance(rows, list)):
         return False
-    if teacher is not None and not (isinstance(teacher, dict) and count(teacher.get("params"))
+    # (params null: a teacher known by its logits alone, teacher.logits)
+    if teacher is not None and not (isinstance(teacher, dict)
+                                    and (count(teacher.get("params"))
+                                         or teacher.get("params") is None)
                                     and number(teacher.get("test_acc"), True)
                                     and number(teacher.get("val_acc"), True)):
         return False

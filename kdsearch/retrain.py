@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Callable, Iterable, Iterator
 
 import torch
+from torch import nn
 
 from kdsearch.config import ExperimentConfig
 from kdsearch.data import Dataset
@@ -65,14 +66,17 @@ def torch_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def train_one(job: Retraining, data: Dataset, teacher: Teacher | None) -> Retrained:
-    """Train one retraining's student from scratch on data.train (the same in every runner)."""
+def train_one(job: Retraining, data: Dataset, teacher: Teacher | None,
+              factory: Callable[..., nn.Module] | None = None) -> Retrained:
+    """Train one retraining's student from scratch on data.train (the same in every runner);
+    `factory`: a student factory given as an object."""
     t0 = time.perf_counter()
     kd = job.config.training.alpha < 1
     where = (data.train.x.device.type, f"{socket.gethostname()}:{os.getpid()}")
     with torch_threads(job.threads):
         try:
-            model, history = train_student(job.config, data, teacher=teacher if kd else None)
+            model, history = train_student(job.config, data, teacher=teacher if kd else None,
+                                           factory=factory)
         except Diverged:
             return Retrained(None, None, time.perf_counter() - t0, *where, error="diverged")
         except torch.cuda.OutOfMemoryError as e:
@@ -90,9 +94,10 @@ def out_of_memory(e: BaseException) -> str:
     return f"out of GPU memory: {first.strip()[:200]}"
 
 
-def in_process(data: Dataset, teacher: Teacher | None) -> Runner:
+def in_process(data: Dataset, teacher: Teacher | None,
+               factory: Callable[..., nn.Module] | None = None) -> Runner:
     """The default runner: the retrainings one after the other, here."""
     def run(jobs: list[Retraining]) -> Iterator[tuple[Retraining, Retrained]]:
         for job in jobs:
-            yield job, train_one(job, data, teacher)
+            yield job, train_one(job, data, teacher, factory)
     return run

@@ -24,15 +24,17 @@ from pathlib import Path
 from typing import Any, Iterator, Sequence
 
 import optuna
+import ray
 import torch
 from filelock import FileLock, Timeout
 from ray import tune
 
 from kdsearch import files, process, ray_workarounds
 from kdsearch.arms import PhaseScheduler, PhaseSearcher, make_search, random_search_note
+from kdsearch.builders import Given, check_student, code_folders, with_objects
 from kdsearch.cluster import (Resources, check_gpus, check_resources, hardware, ray_running,
                               trial_resources)
-from kdsearch.config import (ExperimentConfig, check_searchable, default_cache_dir,
+from kdsearch.config import (ConfigError, ExperimentConfig, check_searchable, default_cache_dir,
                              default_data_dir, dump_config, load_config, max_epochs)
 from kdsearch.data import Dataset, load_dataset
 from kdsearch.entry_points import EntryPointError, resolve
@@ -64,20 +66,32 @@ _fmt, _phase_of, _write_csv_atomic = fmt_setting, phase_of, write_table
 
 
 # --------------------------------------------------------------------------- inputs
-def prepare(cfg: ExperimentConfig, device: str = "cpu", *, progress: bool = True
-            ) -> tuple[Dataset, Teacher]:
-    """The dataset and the (cached, else trained) teacher of `cfg`, on `device`."""
+def prepare(cfg: ExperimentConfig, device: str = "cpu", *, progress: bool = True,
+            given: Given | None = None) -> tuple[Dataset, Teacher]:
+    """The dataset and the (cached, else trained) teacher of `cfg`, on `device`, and the
+    students of every searched width checked against the data (the objects `given` in place
+    of the config's names)."""
+    given = given or Given()
     cache_dir = default_cache_dir(cfg)
     data = load_dataset(cfg.dataset, data_dir=default_data_dir(cfg), cache_dir=cache_dir,
-                        device=device)
+                        device=device, folders=code_folders(cfg), given=given.dataset)
+    if len(data.input_shape) != 3 and (cfg.training.shift or cfg.teacher.shift):
+        raise ConfigError(f"training.shift / teacher.shift move images by pixels: they need "
+                          f"inputs of shape N x C x H x W, and {cfg.dataset.name}'s are "
+                          f"N x {' x '.join(map(str, data.input_shape))}; set them to 0")
+    check_student(cfg, searched_widths(cfg), data.train.x, data.num_classes, given.student)
     # a missing teacher trains on the driver's GPU when it has one (a cached one is read without
     # starting CUDA here); the trials get CPU tensors through the object store and move them to
     # their own device once
     teacher = get_teacher(cfg, data, cache_dir=cache_dir, progress=progress,
-                          train_device="cuda" if torch.cuda.is_available() else None)
+                          train_device="cuda" if torch.cuda.is_available() else None,
+                          given=given.teacher)
     if progress:
-        log.info(f"teacher: {cfg.teacher.model} on {cfg.dataset.name}, val_acc "
-                 f"{teacher.val_acc:.4f} ({'trained now' if teacher.trained_now else 'cached'}); "
+        how = ("given" if given.teacher is not None else "logits from a file"
+               if teacher.model is None else "cached" if not teacher.trained_now
+               else "loaded from its checkpoint" if cfg.teacher.checkpoint else "trained now")
+        acc = "" if teacher.val_acc is None else f", val_acc {teacher.val_acc:.4f}"
+        log.info(f"teacher: {cfg.teacher.model} on {cfg.dataset.name}{acc} ({how}); "
                  f"{len(data.train):,} training and {len(data.val):,} validation examples")
     return data, teacher
 
@@ -93,21 +107,28 @@ class Prepared:
     resources: Resources
     payload: dict[str, Any]
     cuda: list[CudaCheck]  # torch's CUDA where Ray reports GPUs (run.json's `cuda`)
+    given: Given  # the objects run_search was given in place of the config's names
 
 
-def prepare_search(cfg: ExperimentConfig, *, quiet: bool) -> Prepared:
+def prepare_search(cfg: ExperimentConfig, *, quiet: bool, given: Given | None = None
+                   ) -> Prepared:
     """`prepare`, then the cluster's resources and the trials' payload (Ray running). Where Ray
     reports GPUs that torch cannot use, one line says why and what to do."""
-    data, teacher = prepare(cfg, progress=not quiet)
+    given = given or Given()
+    data, teacher = prepare(cfg, progress=not quiet, given=given)
     found = hardware()
     cuda = check_gpus(cfg, found)
-    resources = trial_resources(cfg, data, found, cuda)
+    resources = trial_resources(cfg, data, found, cuda, given.student)
     unusable = [check for check in cuda if not check.usable]
     if unusable and not quiet:
         log.warning(explain(unusable, found["gpus"],
                             planned_for_cpu=resources.gpus_per_trial == 0))
-    payload = make_payload(cfg, data, teacher, cpus_per_trial=resources.cpus_per_trial)
-    return Prepared(data, teacher, found, resources, payload, cuda)
+    payload = make_payload(cfg, data, teacher, cpus_per_trial=resources.cpus_per_trial,
+                           student=given.student)
+    if cfg.code_dir and ray.get_runtime_context().runtime_env.get("working_dir"):
+        # the user's modules were shipped with the job: the trials import them from there
+        payload["config"]["code_dir"] = None
+    return Prepared(data, teacher, found, resources, payload, cuda, given)
 
 
 # --------------------------------------------------------------------------- the Tuner
@@ -260,7 +281,8 @@ def _execute(cfg: ExperimentConfig, results_dir: Path, run: dict[str, Any], *,
         # of the settings that did not change (they are keyed by setting, seeds and teacher)
         runner = ray_runner(prepared.payload, gpus_per_task=prepared.resources.gpus_per_trial)
         result.report_path = make_report(results_dir, retrain=False, runner=runner,
-                                         quiet=quiet, loaded=(data, teacher))
+                                         quiet=quiet, loaded=(data, teacher),
+                                         given=prepared.given)
     return result
 
 
@@ -268,7 +290,8 @@ def run_search(space: str | os.PathLike[str] | ExperimentConfig, *,
                overrides: list[str] | tuple[str, ...] = (), address: str | None = None,
                results_dir: str | os.PathLike[str] = "results",
                storage_path: str | None = None, force: bool = False, report: bool = True,
-               quiet: bool = False, callbacks: Sequence[tune.Callback] = ()) -> SearchResult:
+               quiet: bool = False, callbacks: Sequence[tune.Callback] = (),
+               dataset: Any = None, teacher: Any = None, student: Any = None) -> SearchResult:
     """Run the search described by a space file (or config); return what it found.
 
     The results land in `<results_dir>/<name>/`. An existing folder of that name is never
@@ -276,12 +299,23 @@ def run_search(space: str | os.PathLike[str] | ExperimentConfig, *,
     Ray Tune callbacks (`ray.tune.Callback`, such as `MLflowLoggerCallback`) that see every
     trial of both phases, as in any Tune run. kdsearch's messages go to the logger "kdsearch"
     (`logging.basicConfig(level=logging.INFO)` shows them); `quiet` gives none.
+
+    Python objects take the place of the space file's names (a notebook needs no module):
+    `dataset` a dict {"train": (x, y), "test": (x, y), ...} or a function that returns one,
+    `teacher` a ready (trained) `nn.Module`, `student` a factory called as
+    `student(width=W, **student.kwargs)`. They reach the trials through Ray's object store,
+    pickled with cloudpickle: a function or class defined in a notebook or script travels by
+    value; one imported from a module travels by name, so that module must be importable on
+    every node. Resume and report the search with the same objects (`resume_search(...,
+    dataset=...)`), and `load_student(..., student=...)`.
     """
     if isinstance(space, ExperimentConfig):
         cfg = space
     else:
         space = find(str(space))  # a file, or the name of a shipped space
         cfg = load_config(space, overrides)
+    given = Given(dataset, teacher, student)
+    cfg = with_objects(cfg, given)
     check_searchable(cfg, cfg.name if isinstance(space, ExperimentConfig) else str(space))
     out = (Path(results_dir) / cfg.name).resolve()
     _check_results_dir(out)
@@ -295,9 +329,10 @@ def run_search(space: str | os.PathLike[str] | ExperimentConfig, *,
         storage_path = storage_path.rstrip("/") + "/" + cfg.name if "://" in storage_path \
             else str(Path(storage_path) / cfg.name)
     _check_storage(storage_path, typed)
-    with _ray_for(address, out, quiet=quiet):
+    with _ray_for(address, out, quiet=quiet, code_dir=cfg.code_dir):
         check_resources(cfg)
-        prepared = prepare_search(cfg, quiet=quiet)  # data and teacher: before a file is touched
+        # data and teacher: before a file is touched
+        prepared = prepare_search(cfg, quiet=quiet, given=given)
         with exclusive(out):
             _refuse_existing(out, force)  # another kdsearch may have made it while we prepared
             return _start(cfg, out, storage_path, force, prepared, quiet=quiet, report=report,
@@ -324,9 +359,11 @@ def _start(cfg: ExperimentConfig, out: Path, storage_path: str | None, force: bo
 
 def resume_search(results: str | os.PathLike[str], *, address: str | None = None,
                   report: bool = True, quiet: bool = False,
-                  callbacks: Sequence[tune.Callback] = ()) -> SearchResult:
+                  callbacks: Sequence[tune.Callback] = (), dataset: Any = None,
+                  teacher: Any = None, student: Any = None) -> SearchResult:
     """Continue an interrupted search: finished trials kept, unfinished ones resumed.
-    `callbacks`: Ray Tune callbacks for the resumed run (Tune restores none)."""
+    `callbacks`: Ray Tune callbacks for the resumed run (Tune restores none); `dataset`,
+    `teacher`, `student`: the objects the search was started with (see run_search)."""
     out = Path(results).resolve()
     if not out.is_dir():
         raise SearchError(f"{results}: no such results folder; pass results/<name> of a search")
@@ -357,27 +394,32 @@ def resume_search(results: str | os.PathLike[str], *, address: str | None = None
         log.info(f"note: this search had finished ({len(trials)} trials); "
                  f"nothing to resume" + (", the report is written again (its retrainings reused "
                                          "where the settings are unchanged)" if report else ""))
-    with _ray_for(address, out, quiet=quiet), exclusive(out):
+    given = Given(dataset, teacher, student)
+    with _ray_for(address, out, quiet=quiet, code_dir=cfg.code_dir), exclusive(out):
         check_resources(cfg)
+        prepared = prepare_search(cfg, quiet=quiet, given=given)
         return _execute(cfg, out, run, restore=True, quiet=quiet, report=report,
-                        callbacks=callbacks)
+                        prepared=prepared, callbacks=callbacks)
 
 
 def report_search(results: str | os.PathLike[str], *, address: str | None = None,
-                  device: str = "auto", quiet: bool = False) -> Path:
+                  device: str = "auto", quiet: bool = False, dataset: Any = None,
+                  teacher: Any = None, student: Any = None) -> Path:
     """`kdsearch report`: retrain the best settings of a results folder and write its report,
     the retrainings as Ray tasks side by side, as `run` does (`report.make_report` alone runs
-    them one after the other in this process). Returns report.md's path."""
+    them one after the other in this process). Returns report.md's path. `dataset`,
+    `teacher`, `student`: the objects the search was started with (see run_search)."""
     out = Path(results).resolve()
     cfg, _ = read_searched(out)  # a folder that is not a search's is refused before Ray starts
+    given = Given(dataset, teacher, student)
     again = f"the report was not written; run kdsearch report {out} again"
-    with _ray_for(address, out, interrupted=again, quiet=quiet):
+    with _ray_for(address, out, interrupted=again, quiet=quiet, code_dir=cfg.code_dir):
         check_resources(cfg)
-        prepared = prepare_search(cfg, quiet=quiet)
+        prepared = prepare_search(cfg, quiet=quiet, given=given)
         write_importances(out, cfg)
         runner = ray_runner(prepared.payload, gpus_per_task=prepared.resources.gpus_per_trial)
         return make_report(out, quiet=quiet, device=device, runner=runner,
-                           loaded=(prepared.data, prepared.teacher))
+                           loaded=(prepared.data, prepared.teacher), given=given)
 
 
 def callbacks_named(names: list[str], folders: list[Path]) -> list[Any]:
@@ -452,12 +494,12 @@ def exclusive(out: Path) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _ray_for(address: str | None, out: Path, interrupted: str = "", *, quiet: bool = True
-             ) -> Iterator[None]:
+def _ray_for(address: str | None, out: Path, interrupted: str = "", *, quiet: bool = True,
+             code_dir: str | None = None) -> Iterator[None]:
     """Ray for one search of `out` (`cluster.ray_running`), the process's environment, warning
     filters and loggers put back after it (`process.restored`); Ctrl-C tells how to continue
     (`interrupted`, else with kdsearch resume)."""
-    with process.restored(), ray_running(address, quiet=quiet):
+    with process.restored(), ray_running(address, quiet=quiet, code_dir=code_dir):
         try:
             yield
         except KeyboardInterrupt:

@@ -107,7 +107,7 @@ def comparison(d_row: dict[str, Any] | None, b_row: dict[str, Any] | None,
     out: dict[str, Any] = {"distilled_width": d["width"], "baseline_width": b["width"],
                            "distilled_params": d["params"], "baseline_params": b["params"],
                            "compression": (teacher["params"] / d["params"]
-                                           if d["params"] else None),
+                                           if d["params"] and teacher["params"] else None),
                            "baseline_tuned": b["tuned"]}
     out.update(compare(d["accs"], b["accs"], teacher["test_acc"], n_test=n_test,
                        distilled_correct=d["correct"], baseline_correct=b["correct"]))
@@ -213,8 +213,11 @@ def headline(best: dict[str, Any], widths: list[dict[str, Any]], teacher: dict[s
         f"accuracy vs {pm(c['baseline_mean'], c['baseline_std'])} for {base}"
     if verdict != "no_comparison":
         s += f" ({points(c['difference'])} points; {seed_phrase(c)}; {test_phrase(c)})"
-    s += (f"; teacher {pct(teacher['test_acc'])}%; {fmt_ratio(c['compression'])} fewer "
-          f"parameters than the teacher.")
+    if teacher["test_acc"] is None:  # its logits came from a file: no model to test
+        s += "; the teacher's logits came from a file (no teacher accuracy)."
+    else:
+        s += (f"; teacher {pct(teacher['test_acc'])}%; {fmt_ratio(c['compression'])} fewer "
+              f"parameters than the teacher.")
     # the best student is often the widest, where a teacher helps least: say where it helps,
     # and where the baseline is significantly ahead (the widths' own comparisons, same width)
     others = [w for w in widths if (w["distilled_width"], w["baseline_width"])

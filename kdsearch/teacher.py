@@ -11,6 +11,12 @@ covers the settings, and cached logits line up with the training examples only i
 same examples in the same order (an entry cached before manifests held that hash is taken as it
 is, and vouches from then on for the data it was first used with). A file lock makes two
 processes asking for the same teacher at once train it once.
+
+A pretrained teacher (`teacher.checkpoint`: a state_dict of teacher.model) is loaded instead of
+trained, and cached the same way: its key holds the checkpoint file's sha256 (and the model's
+name and kwargs), so a new checkpoint is a new entry. A teacher given as a ready `nn.Module`
+(`run_search(teacher=...)`) is run once per process, not cached. A teacher that cannot run here
+gives its logits on the training rows (`teacher.logits`, a .npy file): no model, no accuracy.
 """
 
 from __future__ import annotations
@@ -25,15 +31,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from filelock import FileLock
 from torch import nn
 
 from kdsearch import files
+from kdsearch.builders import build_teacher, check_output
 from kdsearch.config import ExperimentConfig, TrainingConfig
 from kdsearch.data import Dataset, resolved_val_size
-from kdsearch.distill import VAL_ACC, FitState, fit, predict
-from kdsearch.models import TEACHERS_WITH_DROPOUT, build_teacher
+from kdsearch.distill import VAL_ACC, FitState, evaluate, fit, predict
+from kdsearch.errors import UserError, show
+from kdsearch.models import MODELS, TEACHERS_WITH_DROPOUT
 from kdsearch.version import __version__
 
 log = logging.getLogger(__name__)
@@ -41,11 +50,15 @@ log = logging.getLogger(__name__)
 CACHE_FORMAT = 2  # bump when the entry layout or the teacher's training code changes (2: cosine lr)
 
 
+class TeacherError(UserError, ValueError):
+    """A teacher's checkpoint or logits file that does not fit: the message says what."""
+
+
 @dataclass(frozen=True)
 class Teacher:
-    model: nn.Module  # in eval mode, on the dataset's device
+    model: nn.Module | None  # in eval mode, on the dataset's device; None: logits from a file
     train_logits: torch.Tensor  # N_train x classes, in data.train order, no augmentation
-    val_acc: float
+    val_acc: float | None  # None: logits from a file
     key: str
     path: Path | None  # the cache entry, None when the cache was not writable
     trained_now: bool  # False: loaded from the cache
@@ -57,6 +70,17 @@ def teacher_settings(cfg: ExperimentConfig) -> dict[str, Any]:
     teacher = dataclasses.asdict(cfg.teacher)
     if cfg.teacher.model not in TEACHERS_WITH_DROPOUT:  # build_teacher does not pass it on
         teacher["dropout"] = None
+    if cfg.teacher.model not in MODELS:  # a user's model takes its kwargs, not these
+        teacher["width"] = None
+    for key in ("kwargs", "checkpoint", "logits"):
+        if not teacher[key]:  # unset: the key of a teacher as before they could be set
+            del teacher[key]
+    for key in ("checkpoint", "logits"):  # a file's content, not where it lies
+        if key in teacher:
+            teacher[key] = _file_sha256(Path(teacher[key]), f"teacher.{key}")
+    if cfg.teacher.checkpoint or cfg.teacher.logits:  # not trained: no training settings
+        for key in ("epochs", "batch_size", "lr", "weight_decay", "shift", "seed", "dropout"):
+            teacher[key] = None
     return {"format": CACHE_FORMAT, "dataset": d.name,
             "val_size": resolved_val_size(d.name, d.val_size),
             "split_seed": d.split_seed, "teacher": teacher}
@@ -73,6 +97,14 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def _file_sha256(path: Path, key: str) -> str:
+    try:
+        return _sha256(path)
+    except OSError as e:
+        raise TeacherError(f"{key} = {show(str(path))}: cannot be read ({e.strerror}); give "
+                           f"the path of the file, relative to the space file") from None
 
 
 def data_sha256(data: Dataset) -> str:
@@ -144,21 +176,109 @@ def _clear(entry: Path) -> None:
 
 def _new_teacher(cfg: ExperimentConfig, data: Dataset) -> nn.Module:
     torch.manual_seed(cfg.teacher.seed)
-    t = cfg.teacher
-    return build_teacher(t.model, data.input_shape, data.num_classes, width=t.width,
-                         dropout=t.dropout)
+    return build_teacher(cfg, data.input_shape, data.num_classes)
+
+
+def _load_checkpoint(cfg: ExperimentConfig, data: Dataset) -> nn.Module:
+    """teacher.model with the weights of teacher.checkpoint, or a one-line TeacherError that
+    names the first key or shape that does not match."""
+    path = Path(str(cfg.teacher.checkpoint))
+    where = f"teacher.checkpoint = {show(str(path))}"
+    model = _new_teacher(cfg, data)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise TeacherError(f"{where}: no such file; give the path of "
+                           f"torch.save(model.state_dict(), path), relative to the space file"
+                           ) from None
+    except Exception as e:  # an unpickler refusal, a torn file
+        why = " ".join(str(e).split())[:160] or type(e).__name__
+        raise TeacherError(f"{where}: does not load with torch.load(weights_only=True) "
+                           f"({type(e).__name__}: {why}); save the weights alone: "
+                           f"torch.save(model.state_dict(), path)") from None
+    if isinstance(state, dict) and set(state) == {"model", "train_logits"}:
+        state = state["model"]  # a kdsearch cache entry's teacher.pt
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise TeacherError(f"{where}: holds {type(state).__name__}, not a state_dict of tensors; "
+                           f"save it with torch.save(model.state_dict(), path)")
+    own = model.state_dict()
+    what = f"the state_dict of teacher.model = {show(cfg.teacher.model)}"
+    for key, value in own.items():
+        if key not in state:
+            raise TeacherError(f"{where}: has no {key!r}, which {what} has "
+                               f"({len(own)} entries; the file has {len(state)})")
+        if tuple(state[key].shape) != tuple(value.shape):
+            raise TeacherError(f"{where}: {key!r} has shape {tuple(state[key].shape)}; "
+                               f"{what} has {tuple(value.shape)}")
+    extra = [k for k in state if k not in own]
+    if extra:
+        raise TeacherError(f"{where}: has {extra[0]!r}, which {what} does not have")
+    model.load_state_dict(state)
+    return model.eval()
+
+
+def _ready(model: nn.Module, data: Dataset, what: str) -> tuple[nn.Module, torch.Tensor, float]:
+    """A trained teacher checked against the data, on the data's device: (model, its logits on
+    data.train, its val accuracy)."""
+    check_output(what, model, data.train.x, data.num_classes)
+    model = model.to(data.train.x.device).eval()
+    return model, predict(model, data.train.x), evaluate(model, data.val)[0]
+
+
+def given_teacher(cfg: ExperimentConfig, data: Dataset, model: nn.Module) -> Teacher:
+    """A ready (trained) teacher given as an object: run here once, not cached."""
+    if not isinstance(model, nn.Module):
+        raise TeacherError(f"run_search(teacher=...): {type(model).__name__} is not a "
+                           f"torch.nn.Module")
+    model, logits, val_acc = _ready(model, data, "run_search(teacher=...)")
+    return Teacher(model, logits, val_acc, teacher_key(cfg), None, False)
+
+
+def logits_teacher(cfg: ExperimentConfig, data: Dataset) -> Teacher:
+    """The logits of teacher.logits, aligned with the training rows as loaded, on data.train."""
+    path = Path(str(cfg.teacher.logits))
+    where = f"teacher.logits = {show(str(path))}"
+    try:
+        found = np.load(path, allow_pickle=False)
+    except FileNotFoundError:
+        raise TeacherError(f"{where}: no such file; give a .npy file (numpy.save) of the "
+                           f"teacher's logits on the training rows, relative to the space file"
+                           ) from None
+    except Exception as e:
+        raise TeacherError(f"{where}: not a .npy array of numbers ({type(e).__name__}); write "
+                           f"it with numpy.save(path, logits)") from None
+    rows = data.loaded_rows if data.loaded_rows is not None else len(data.train)
+    expected = (rows, data.num_classes)
+    if not isinstance(found, np.ndarray) or found.dtype.kind not in "fiu" \
+            or tuple(found.shape) != expected:
+        shape = tuple(found.shape) if isinstance(found, np.ndarray) else type(found).__name__
+        raise TeacherError(f"{where}: has shape {shape} ({getattr(found, 'dtype', '?')}); "
+                           f"expected {expected}: a row of {data.num_classes} logits for each "
+                           f"of the {rows} training rows, in their order")
+    logits = torch.from_numpy(found.astype(np.float32))
+    if not torch.isfinite(logits).all():
+        raise TeacherError(f"{where}: holds NaN or inf")
+    if data.train_rows is not None:
+        logits = logits[data.train_rows]
+    return Teacher(None, logits.to(data.train.x.device), None, teacher_key(cfg), None, False)
 
 
 def train_teacher(cfg: ExperimentConfig, data: Dataset, *, progress: bool = True,
                   device: str | None = None) -> tuple[nn.Module, torch.Tensor, float]:
-    """Train the teacher from scratch: (model in eval mode, logits on data.train, val acc), on
-    `device` (default: the data's), returned on the data's device."""
+    """Train the teacher from scratch (with teacher.checkpoint: load it): (model in eval mode,
+    logits on data.train, val acc), on `device` (default: the data's), returned on the data's
+    device."""
+    if cfg.teacher.checkpoint is not None:
+        return _ready(_load_checkpoint(cfg, data), data,
+                      f"teacher.model = {show(cfg.teacher.model)}")
     home = data.train.x.device
     if device is not None and torch.device(device) != home:
         model, logits, val_acc = train_teacher(cfg, data.to(device), progress=progress)
         return model.to(home), logits.to(home), val_acc
     t = cfg.teacher
-    model = _new_teacher(cfg, data).to(home)
+    model = _new_teacher(cfg, data)
+    check_output(f"teacher.model = {show(t.model)}", model, data.train.x, data.num_classes)
+    model = model.to(home)
     training = TrainingConfig(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr,
                               weight_decay=t.weight_decay, alpha=1.0, shift=t.shift, seed=t.seed)
     bar = None
@@ -209,9 +329,14 @@ def _stamp(entry: Path, data_hash: str, lock: FileLock) -> None:
 
 
 def get_teacher(cfg: ExperimentConfig, data: Dataset, *, cache_dir: Path, progress: bool = True,
-                train_device: str | None = None) -> Teacher:
+                train_device: str | None = None, given: nn.Module | None = None) -> Teacher:
     """The cached teacher for `cfg`, training (once, under a file lock) if there is none, on
-    `train_device` (default: the data's; a cached teacher is read without touching it)."""
+    `train_device` (default: the data's; a cached teacher is read without touching it). A
+    teacher `given` as a module, or teacher.logits, is used as it is."""
+    if given is not None:
+        return given_teacher(cfg, data, given)
+    if cfg.teacher.logits is not None:
+        return logits_teacher(cfg, data)
     key = teacher_key(cfg)
     data_hash = data_sha256(data)
     root = cache_dir / "teachers"

@@ -11,6 +11,7 @@ best setting and sends the weights back to the driver, which alone reads the tes
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import socket
@@ -19,20 +20,22 @@ import time
 import uuid
 import warnings
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import ray
 import torch
 import yaml
 from ray import tune
+from torch import nn
 
 from kdsearch import ray_workarounds
 from kdsearch.config import ExperimentConfig, config_from_dict, dump_config, with_params
 from kdsearch.data import Dataset
 from kdsearch.distill import Diverged, FitState, train_student
 from kdsearch.metrics import EPOCH, TRAIN_LOSS, VAL_ACC, VAL_LOSS
-from kdsearch.models import build_teacher, count_parameters, meta_student
+from kdsearch.builders import meta_student
+from kdsearch.models import count_parameters
 from kdsearch.results import PHASE_KEY, phase_of, searched_widths
 from kdsearch.retrain import Retrained, Retraining, Runner, train_one
 from kdsearch.teacher import Teacher
@@ -70,21 +73,25 @@ def from_object_store(arrays: Any) -> Any:
 
 
 def make_payload(cfg: ExperimentConfig, data: Dataset, teacher: Teacher | None, *,
-                 cpus_per_trial: float) -> dict[str, Any]:
+                 cpus_per_trial: float, student: Callable[..., nn.Module] | None = None
+                 ) -> dict[str, Any]:
     """What every trial (and final retraining) gets through the object store, once. A resumed
     search sets its `finished`: the results of trials that ended before the killed driver's
-    saved state saw them (`ray_workarounds.finished_trials`), replayed, not trained again."""
+    saved state saw them (`ray_workarounds.finished_trials`), replayed, not trained again.
+    `student`: a student factory given as an object (cloudpickled with the payload); the
+    online teacher (training.shift > 0) travels as the module itself."""
     online = cfg.training.shift > 0
     return {
         "token": uuid.uuid4().hex,  # names this search's tensors in each trial actor's cache
         "config": yaml.safe_load(dump_config(cfg)),
         "data": for_object_store(data),
         "teacher_logits": for_object_store(teacher.train_logits) if teacher else None,
-        "teacher_state": (for_object_store(teacher.model.state_dict())
-                          if teacher and online else None),
+        "teacher_model": (copy.deepcopy(teacher.model).cpu()
+                          if teacher and teacher.model is not None and online else None),
+        "student_factory": student,
         "cpus_per_trial": cpus_per_trial,
         "params_by_width": {w: count_parameters(meta_student(
-            cfg.student.model, data.input_shape, data.num_classes, width=w))
+            cfg, data.input_shape, data.num_classes, width=w, factory=student))
             for w in searched_widths(cfg)},
         "finished": {},
     }
@@ -109,11 +116,8 @@ def trial_inputs(payload: dict[str, Any], device: str
     logits = from_object_store(payload["teacher_logits"])
     logits = logits.to(device) if logits is not None else None
     teacher = None
-    if payload["teacher_state"] is not None:
-        cfg = config_from_dict(payload["config"])
-        model = build_teacher(cfg.teacher.model, data.input_shape, data.num_classes,
-                              width=cfg.teacher.width, dropout=cfg.teacher.dropout)
-        model.load_state_dict(from_object_store(payload["teacher_state"]))
+    if payload["teacher_model"] is not None:
+        model = copy.deepcopy(payload["teacher_model"])
         teacher = Teacher(model.to(device).eval(), logits, 0.0, "", None, False)
     elif logits is not None:
         teacher = Teacher(torch.nn.Identity(), logits, 0.0, "", None, False)
@@ -177,7 +181,8 @@ def run_trial(params: dict[str, Any], payload: dict[str, Any]) -> None:
 
     try:
         _, history = train_student(cfg, data, teacher=teacher if cfg.training.alpha < 1 else None,
-                                   report=report, resume=resume)
+                                   report=report, resume=resume,
+                                   factory=payload["student_factory"])
         ray_workarounds.report_last_epoch_again(
             history, None if resumed_metrics is None else
             {**resumed_metrics, **extra, "diverged": 0}, tune.report)
@@ -198,7 +203,7 @@ def _retrain_task(payload: dict[str, Any], job: Retraining) -> Retrained:
     CPUs or GPU share, against the payload's data and teacher; the weights go back as arrays."""
     torch.set_num_threads(job.threads or max(1, int(payload["cpus_per_trial"])))
     data, _, teacher = trial_inputs(payload, _device())
-    return for_object_store(train_one(job, data, teacher))
+    return for_object_store(train_one(job, data, teacher, factory=payload["student_factory"]))
 
 
 def ray_runner(payload: dict[str, Any], *, gpus_per_task: float) -> Runner:
@@ -215,7 +220,8 @@ def ray_runner(payload: dict[str, Any], *, gpus_per_task: float) -> Runner:
         if not jobs:
             return iter(())
         ref = ray.put({k: payload[k] for k in ("token", "config", "data", "teacher_logits",
-                                               "teacher_state", "cpus_per_trial")})
+                                               "teacher_model", "student_factory",
+                                               "cpus_per_trial")})
         pending = {task.remote(ref, job): job for job in jobs}  # all submitted at once
         return _as_they_end(pending)
 

@@ -173,6 +173,50 @@ def test_search_runs_trials_on_both_nodes(two_nodes: tuple[str, dict[str, str]],
         assert noise not in run.stderr and noise not in run.stdout, noise
 
 
+@pytest.mark.slow
+def test_a_users_module_goes_to_every_node_with_the_job(two_nodes: tuple[str, dict[str, str]],
+                                                         tmp_path: Path) -> None:
+    """A student factory in a folder of the user's, outside the repository and not installed:
+    kdsearch ships that folder with the job (Ray's runtime_env working_dir), and the trial
+    workers import the shipped copy, not the user's folder (which a worker machine would not
+    have)."""
+    address, env = two_nodes
+    env = {**env, "KDSEARCH_CACHE_DIR": os.environ["KDSEARCH_CACHE_DIR"]}
+    user = tmp_path / "user"
+    user.mkdir()
+    imports = tmp_path / "imports.log"
+    (user / "shipped_nets.py").write_text(
+        "from torch import nn\n"
+        f"with open({str(imports)!r}, 'a') as f:\n"
+        "    f.write(__file__ + '\\n')\n"
+        "def make_student(width):\n"
+        "    return nn.Sequential(nn.Flatten(), nn.Linear(64, width), nn.ReLU(),\n"
+        "                         nn.Linear(width, 10))\n")
+    (user / "teacher.pt").write_bytes(b"x" * 1000)  # a large file: left out of what is shipped
+    space = user / "space.yaml"
+    space.write_text(QUICKSTART.read_text().replace("model: mlp_student",
+                                                    "model: shipped_nets:make_student"))
+    sets = ["search.num_samples=4", "training.epochs=100", "search.grace_period=100",
+            "training.batch_size=8", "search.baseline=false", "search.cpus_per_trial=1",
+            "teacher.width=64", "teacher.epochs=3"]
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    run = subprocess.run([sys.executable, "-m", "kdsearch", "run", str(space), "--address",
+                          address, "--results-dir", "results", "--no-report",
+                          *[a for s in sets for a in ("--set", s)]],
+                         cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    with open(elsewhere / "results" / "quickstart" / "trials.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4 and {r["status"] for r in rows} == {"TERMINATED"}
+    assert len({r["node"] for r in rows}) == 2  # trials on the second node too
+    paths = set(imports.read_text().split())
+    assert str(user / "shipped_nets.py") in paths  # the driver, checking the students
+    shipped = paths - {str(user / "shipped_nets.py")}
+    assert shipped and all("runtime_resources" in p for p in shipped), paths
+    assert all(not (Path(p).parent / "teacher.pt").exists() for p in shipped)
+
+
 # --------------------------------------------------------------------------- resources
 def test_fit_concurrency_takes_the_scarcer_resource() -> None:
     assert fit_concurrency({"cpus": 8, "gpus": 2}, 1.0, 0.5) == 4

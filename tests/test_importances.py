@@ -12,7 +12,7 @@ from pathlib import Path
 from kdsearch.config import load_config
 from kdsearch.importances import MIN_TRIALS, write_importances
 from kdsearch.plots import plot_importance
-from kdsearch.report import _importance_table
+from kdsearch.report import importance_table
 from kdsearch.results import IMPORTANCES_FILE, read_importances
 from kdsearch.tables import PROGRESS_FILE, TRIALS_FILE, write_table
 
@@ -99,7 +99,7 @@ def test_too_few_trials_give_a_count_and_no_importances_and_the_table_says_why(
     assert groups[("distill", None)] == {"phase": "distill", "width": None,
                                          "trials": MIN_TRIALS - 1, "importances": None}
     assert groups[("baseline", None)]["importances"] is not None
-    table = "\n".join(_importance_table(out))
+    table = "\n".join(importance_table(out))
     assert f"| distilled | {MIN_TRIALS - 1} | too few trials (fewer than {MIN_TRIALS})" in table
     assert "| baseline, width 8 | 3 | too few trials" in table
     assert "PED-ANOVA" in table and "val_acc at epoch 5" in table
@@ -114,5 +114,5 @@ def test_too_few_trials_give_a_count_and_no_importances_and_the_table_says_why(
 
 
 def test_a_report_without_importances_says_where_they_come_from() -> None:
-    text = " ".join(_importance_table(None))
+    text = " ".join(importance_table(None))
     assert text.startswith("No importances") and "kdsearch report" in text

@@ -1,0 +1,107 @@
+"""The rules a config value is checked by: each field's kind, range and allowed names, and the
+rules shared by a searched dimension's fixed value and its bounds. Used by `config` to declare
+its dataclasses; imports neither torch nor ray.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import field
+from typing import Any, Callable
+
+from kdsearch.entry_points import is_entry_point
+
+Check = Callable[[Any], bool]
+# a width of 2**20 units is a 2**40-weight layer, already far beyond any machine; wider ones
+# overflow torch's size arithmetic even on the meta device (an error with no trial to fail)
+MAX_WIDTH = 2**20
+MAX_TEMPERATURE = 1000.0  # Hinton et al. used up to 20
+MAX_SEED = 2**32 - 1  # Optuna's TPE seeds numpy's RandomState, which takes 32 bits
+
+
+def spec(default: Any, kind: type | tuple[type, ...], check: Check | None = None,
+          allowed: str = "", *, optional: bool = False) -> Any:
+    return field(default=default, metadata={"kind": kind, "check": check, "allowed": allowed,
+                                            "optional": optional})
+
+
+def positive(v: float) -> bool:
+    return v > 0
+
+
+def in_unit(v: float) -> bool:
+    return 0.0 <= v <= 1.0
+
+
+def gpu_share_ok(v: float) -> bool:
+    return 0 <= v <= 1 or (v > 1 and float(v).is_integer())
+
+
+def at_least(n: int) -> Check:
+    return lambda v: v >= n
+
+
+def one_of(names: tuple[str, ...]) -> tuple[Check, str]:
+    return (lambda v: v in names), "one of " + ", ".join(names)
+
+
+def is_object_name(name: str) -> bool:
+    """The name a config records for a Python object given to run_search: "<object NAME>"."""
+    return isinstance(name, str) and name.startswith("<object ") and name.endswith(">")
+
+
+def object_name(obj: Any) -> str:
+    what = getattr(obj, "__qualname__", None) or type(obj).__qualname__
+    return f"<object {what}>"
+
+
+def built_in_or_code(names: tuple[str, ...], what: str) -> tuple[Check, str]:
+    """A built-in name, or a user's code as "module:attribute" (see kdsearch.entry_points)."""
+    return ((lambda v: v in names or is_entry_point(v) or is_object_name(v)),
+            "one of " + ", ".join(names) + f", or module:attribute naming your own {what}")
+
+
+def plain(v: Any, depth: int = 0) -> bool:
+    """Plain YAML values (numbers, strings, booleans, null, lists and mappings of them)."""
+    if depth > 20:
+        return False
+    if v is None or isinstance(v, (bool, int, str)):
+        return True
+    if isinstance(v, float):
+        return math.isfinite(v)
+    if isinstance(v, list):
+        return all(plain(x, depth + 1) for x in v)
+    if isinstance(v, dict):
+        return all(isinstance(k, str) and plain(x, depth + 1) for k, x in v.items())
+    return False
+
+
+def kwargs_spec(called: str) -> Any:
+    # (left out of the hash: a frozen config with a dict in it still hashes)
+    return field(default_factory=dict, hash=False, metadata={
+        "kind": dict, "optional": False,
+        "check": lambda v: all(isinstance(k, str) and k.isidentifier() for k in v) and plain(v),
+        "allowed": f"a mapping of keyword names to plain values, passed to {called}"})
+
+
+# Rules for a searched dimension's values, shared by the fixed config fields and the space bounds.
+VALUE_RULES: dict[str, tuple[type, Check, str]] = {
+    # above ~1e4 the softened targets are uniform to float32 and the KD loss loses its digits
+    "temperature": (float, lambda v: 0 < v <= MAX_TEMPERATURE,
+                    f"a number in (0, {MAX_TEMPERATURE:g}]"),
+    "alpha": (float, in_unit, "a number in [0, 1] (the weight of the hard-label loss)"),
+    "lr": (float, positive, "a number > 0"),
+    "width": (int, lambda v: 1 <= v <= MAX_WIDTH, f"an integer in [1, {MAX_WIDTH}]"),
+    "batch_size": (int, at_least(1), "an integer >= 1"),
+    "weight_decay": (float, lambda v: v >= 0, "a number >= 0"),
+    "epochs": (int, at_least(1), "an integer >= 1"),
+}
+
+
+def rule(name: str, default: Any) -> Any:
+    kind, check, allowed = VALUE_RULES[name]
+    return spec(default, kind, check, allowed)
+
+
+def seed_spec() -> Any:
+    return spec(0, int, lambda v: 0 <= v <= MAX_SEED, "an integer in [0, 2**32 - 1]")

@@ -1,0 +1,152 @@
+"""The trained students of the final evaluation, handed back: `results/<name>/students/`.
+
+Every retraining that did not diverge or fail leaves `<kind>-w<width>-seed<seed>.pt`, the
+student's `state_dict` (`torch.save`, written to a temporary file and renamed into place), and
+`index.json` lists them: kind, width, seed, test accuracy, the model's name and kwargs, the
+file's sha256, and the input shape and class count it was built for; `best` names each kind's
+best width. `load_student` rebuilds the model (importing the user's factory as the search did)
+and loads the weights with `torch.load(weights_only=True)` after checking the sha256: a torn,
+bit-flipped or replaced file is refused in one line, never unpickled.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from kdsearch import files
+from kdsearch.builders import build_student
+from kdsearch.errors import UserError
+from kdsearch.results import BASELINE, DISTILLED, read_config
+
+STUDENTS_DIR = "students"
+INDEX_FILE = "index.json"
+INDEX_FORMAT = 1
+
+
+class StudentError(UserError, ValueError):
+    """A student that cannot be loaded: the message says which file and what to do."""
+
+
+def file_name(kind: str, width: int, seed: int) -> str:
+    return f"{kind}-w{width}-seed{seed}.pt"
+
+
+def save_state(folder: Path, kind: str, width: int, seed: int,
+               state: dict[str, torch.Tensor]) -> tuple[str, str]:
+    """Write one student's weights atomically; return (file name, sha256)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in state.items()}, buf)
+    blob = buf.getvalue()
+    name = file_name(kind, width, seed)
+    files.write_atomic(folder / name, lambda f: f.write(blob))
+    return name, hashlib.sha256(blob).hexdigest()
+
+
+def write_index(folder: Path, entries: list[dict[str, Any]], best: dict[str, int | None]) -> None:
+    """index.json (atomically), and no file left that it does not list."""
+    listed = {e["file"] for e in entries}
+    for f in folder.glob("*.pt"):
+        if f.name not in listed:
+            f.unlink()
+    entries = sorted(entries, key=lambda e: (e["kind"] != DISTILLED, e["width"], e["seed"]))
+    files.write_text(folder / INDEX_FILE, json.dumps(
+        {"format": INDEX_FORMAT, "best": best, "students": entries}, indent=2) + "\n")
+
+
+def read_index(results_dir: Path) -> dict[str, Any]:
+    path = Path(results_dir) / STUDENTS_DIR / INDEX_FILE
+    try:
+        index = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise StudentError(f"{path}: not found; the students are saved by the final evaluation "
+                           f"(`kdsearch report {results_dir}` runs it)") from None
+    except (OSError, ValueError) as e:
+        raise StudentError(f"{path}: unreadable ({type(e).__name__}); run `kdsearch report "
+                           f"{results_dir}` to write it again") from None
+    ok = isinstance(index, dict) and isinstance(index.get("students"), list) and all(
+        isinstance(e, dict) and {"kind", "width", "seed", "file", "sha256"} <= set(e)
+        for e in index["students"])
+    if not ok:
+        raise StudentError(f"{path}: not a students index; run `kdsearch report {results_dir}` "
+                           f"to write it again")
+    return index
+
+
+def _pick(index: dict[str, Any], path: Path, kind: str, width: int | None,
+          seed: int | None) -> dict[str, Any]:
+    if kind not in (DISTILLED, BASELINE):
+        raise StudentError(f"load_student: kind = {kind!r}; expected {DISTILLED!r} or "
+                           f"{BASELINE!r}")
+    mine = [e for e in index["students"] if e["kind"] == kind]
+    if width is None:
+        width = (index.get("best") or {}).get(kind)
+        if width is None and mine:
+            width = max(mine, key=lambda e: e.get("test_acc") or 0)["width"]
+    found = [e for e in mine if e["width"] == width and (seed is None or e["seed"] == seed)]
+    if not found:
+        have = ", ".join(sorted({f"width {e['width']} seed {e['seed']}" for e in mine})) or "none"
+        raise StudentError(f"{path}: no {kind} student of width {width}"
+                           f"{'' if seed is None else f' and seed {seed}'} (saved: {have})")
+    return min(found, key=lambda e: e["seed"])
+
+
+def load_student(results_dir: str | Path, kind: str = DISTILLED, width: int | None = None,
+                 seed: int | None = None, *, student: Callable[..., nn.Module] | None = None
+                 ) -> nn.Module:
+    """A trained student of the final evaluation, rebuilt and loaded, in eval mode on the CPU:
+    `kind` "distilled" or "baseline"; `width` None: the best width of that kind; `seed` None:
+    its first seed. `student`: the factory given to run_search, when it was an object."""
+    results_dir = Path(results_dir)
+    folder = results_dir / STUDENTS_DIR
+    index = read_index(results_dir)
+    entry = _pick(index, folder / INDEX_FILE, kind, width, seed)
+    path = folder / entry["file"]
+    try:
+        blob = path.read_bytes()
+    except OSError as e:
+        raise StudentError(f"{path}: cannot be read ({e.strerror}); run `kdsearch report "
+                           f"{results_dir}` to retrain it") from None
+    if hashlib.sha256(blob).hexdigest() != entry["sha256"]:
+        raise StudentError(f"{path}: does not match its sha256 in {INDEX_FILE} (truncated or "
+                           f"modified); run `kdsearch report {results_dir}` to retrain it")
+    try:
+        state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise StudentError(f"{path}: does not load as weights ({type(e).__name__}); run "
+                           f"`kdsearch report {results_dir}` to retrain it") from None
+    cfg = read_config(results_dir)
+    model = build_student(cfg, tuple(entry["input_shape"]), int(entry["num_classes"]),
+                          width=int(entry["width"]), factory=student)
+    try:
+        model.load_state_dict(state)
+    except Exception as e:
+        first = " ".join(str(e).split())[:200]
+        raise StudentError(f"{path}: does not fit student.model = {cfg.student.model!r} at "
+                           f"width {entry['width']} ({first})") from None
+    return model.eval()
+
+
+def kept_entries(folder: Path, wanted: list[tuple[str, int, int]]) -> list[dict[str, Any]]:
+    """The entries of the index in `folder` for the (kind, width, seed) of reused retrainings
+    whose file is still there and whole; the others are retrained or dropped."""
+    try:
+        index = json.loads((folder / INDEX_FILE).read_text())
+        entries = [e for e in index["students"] if (e["kind"], e["width"], e["seed"]) in wanted]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    out = []
+    for e in entries:
+        try:
+            if hashlib.sha256((folder / e["file"]).read_bytes()).hexdigest() == e["sha256"]:
+                out.append(e)
+        except (OSError, KeyError, TypeError):
+            pass
+    return out

@@ -1,0 +1,110 @@
+"""A user's dataset: what a function named `dataset.name: module:attribute` (or the dict given to
+`run_search(dataset=...)`) returns, checked and turned into tensors, used as given.
+
+The function takes no arguments and returns `{"train": (x, y), "test": (x, y)}`, with an
+optional `"val": (x, y)` (else kdsearch carves the validation split out of `train` with
+`dataset.split_seed`, as for its own datasets) and an optional `"num_classes"` (else the largest
+label + 1). `x` is float, of any shape N x ...; `y` holds integer class indices. Tensors or NumPy
+arrays. The inputs are not normalised: a pretrained teacher expects the preprocessing it was
+trained with.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import numpy as np
+import torch
+
+from kdsearch.errors import UserError, show
+
+SPLITS = ("train", "val", "test")
+
+
+class UserDataError(UserError, ValueError):
+    """A user's dataset function that returns something else than documented."""
+
+
+def _describe(v: Any) -> str:
+    if isinstance(v, (torch.Tensor, np.ndarray)):
+        return f"{type(v).__name__} of shape {tuple(v.shape)} and dtype {v.dtype}"
+    return type(v).__name__
+
+
+def _array(v: Any, where: str, what: str) -> np.ndarray | torch.Tensor:
+    if not isinstance(v, (torch.Tensor, np.ndarray)):
+        raise UserDataError(f"{where}: {what} is {_describe(v)}; expected a torch.Tensor or a "
+                            f"NumPy array")
+    return v
+
+
+def _split(raw: Any, where: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    key = f"[{split!r}]"
+    if not isinstance(raw, (tuple, list)) or len(raw) != 2:
+        raise UserDataError(f"{where}: {key} is {_describe(raw)}"
+                            f"{f' of length {len(raw)}' if isinstance(raw, (tuple, list)) else ''}"
+                            f"; expected a pair (x, y)")
+    x = _array(raw[0], where, f"{key} x")
+    y = _array(raw[1], where, f"{key} y")
+    xt = torch.as_tensor(np.asarray(x)) if isinstance(x, np.ndarray) else x.detach().cpu()
+    yt = torch.as_tensor(np.asarray(y)) if isinstance(y, np.ndarray) else y.detach().cpu()
+    if not (xt.is_floating_point()) or xt.ndim < 2:
+        raise UserDataError(f"{where}: {key} x is {_describe(x)}; expected floats of shape "
+                            f"N x ... (one row per example)")
+    if yt.is_floating_point() or yt.is_complex() or yt.dtype == torch.bool or yt.ndim != 1:
+        raise UserDataError(f"{where}: {key} y is {_describe(y)}; expected integer class "
+                            f"indices of shape (N,)")
+    if len(xt) != len(yt):
+        raise UserDataError(f"{where}: {key} has {len(xt)} inputs and {len(yt)} labels; "
+                            f"expected one label per input")
+    if len(xt) == 0:
+        raise UserDataError(f"{where}: {key} is empty")
+    if not torch.isfinite(xt).all():
+        raise UserDataError(f"{where}: {key} x holds NaN or inf")
+    return xt.to(torch.float32).contiguous(), yt.to(torch.int64).contiguous()
+
+
+def user_splits(source: Callable[[], Any] | dict[str, Any], where: str
+                ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], int]:
+    """The checked splits ("train", "test", maybe "val") and the number of classes."""
+    if callable(source):
+        try:
+            raw = source()
+        except UserError:
+            raise
+        except Exception as e:
+            why = " ".join(str(e).split())[:200] or type(e).__name__
+            raise UserDataError(f"{where}: calling it raised {type(e).__name__}: {why}") from None
+    else:
+        raw = source
+    if not isinstance(raw, dict):
+        raise UserDataError(f"{where}: returned {_describe(raw)}; expected a dict "
+                            f"{{'train': (x, y), 'test': (x, y)}} (optional 'val', "
+                            f"'num_classes')")
+    unknown = [k for k in raw if k not in (*SPLITS, "num_classes")]
+    missing = [k for k in ("train", "test") if k not in raw]
+    if unknown or missing:
+        raise UserDataError(f"{where}: returned a dict with keys {sorted(map(str, raw))}; "
+                            f"expected 'train' and 'test' (and optionally 'val', "
+                            f"'num_classes')")
+    splits = {s: _split(raw[s], where, s) for s in SPLITS if s in raw}
+    shape = tuple(splits["train"][0].shape[1:])
+    for s, (x, _) in splits.items():
+        if tuple(x.shape[1:]) != shape:
+            raise UserDataError(f"{where}: [{s!r}] x has examples of shape "
+                                f"{tuple(x.shape[1:])}, ['train'] of {shape}; expected the same")
+    top = max(int(y.max()) for _, y in splits.values())
+    low = min(int(y.min()) for _, y in splits.values())
+    num_classes = raw.get("num_classes", top + 1)
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise UserDataError(f"{where}: num_classes = {show(num_classes)}; expected an integer "
+                            f">= 2")
+    for s, (_, y) in splits.items():
+        bad = (y < 0) | (y >= num_classes)
+        if bad.any():
+            i = int(bad.nonzero()[0, 0])
+            raise UserDataError(f"{where}: [{s!r}] y[{i}] = {int(y[i])} is not a class index "
+                                f"in [0, {num_classes}) (num_classes = {num_classes}"
+                                f"{'' if 'num_classes' in raw else ', from the largest label'})")
+    del low
+    return splits, num_classes
