@@ -128,6 +128,17 @@ def check_output(what: str, model: nn.Module, x: torch.Tensor, num_classes: int)
                          f"(the data has {num_classes} classes)")
 
 
+def check_inputs(cfg: ExperimentConfig, widths: list[int], x: torch.Tensor, num_classes: int,
+                 factory: Callable[..., nn.Module] | None = None) -> None:
+    """What the data and the students must agree on before anything trains: a shift needs
+    images, and every width's student one logit per class."""
+    if x.ndim != 4 and (cfg.training.shift or cfg.teacher.shift):
+        raise ModelError(f"training.shift / teacher.shift move images by pixels: they need "
+                         f"inputs of shape N x C x H x W, and {cfg.dataset.name}'s are "
+                         f"N x {' x '.join(map(str, x.shape[1:]))}; set them to 0")
+    check_student(cfg, widths, x, num_classes, factory)
+
+
 def check_student(cfg: ExperimentConfig, widths: list[int], x: torch.Tensor, num_classes: int,
                   factory: Callable[..., nn.Module] | None = None) -> None:
     """Each searched width builds a student whose output fits the data (the narrowest is run;

@@ -46,7 +46,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from kdsearch.spaces import find
 
     cfg = load_config(find(args.config), args.set)  # bad input fails here, before torch loads
-    from kdsearch.builders import code_folders
+    from kdsearch.builders import check_inputs, code_folders
     from kdsearch.data import load_dataset
     from kdsearch.distill import EPOCH, TRAIN_LOSS, VAL_ACC, VAL_LOSS, Diverged, train_student
     from kdsearch.builders import build_student
@@ -57,6 +57,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     cache_dir = default_cache_dir(cfg)
     data = load_dataset(cfg.dataset, data_dir=default_data_dir(cfg), cache_dir=cache_dir,
                         device=device, folders=code_folders(cfg))
+    check_inputs(cfg, [cfg.student.width], data.train.x, data.num_classes)
     tr = cfg.training
     teacher = None
     if tr.alpha < 1.0:

@@ -166,6 +166,11 @@ def init_ray(address: str | None, code_dir: str | None = None) -> bool:
                  include_dashboard=False, configure_logging=True, **own)
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "runtime_env" in own and ("working_dir" in str(e) or "package" in str(e).lower()):
+            raise SearchError(f"cannot ship {code_dir} (the space file's folder, with the "
+                              f"modules it names) to the Ray cluster at {address!r}: "
+                              f"{first[:160]}; keep the space file and its modules in a small "
+                              f"folder of their own") from None
         raise SearchError(f"cannot reach the Ray cluster at {address!r}: {first[:160]}; start "
                           f"it (ray start --head) or omit --address for a local Ray") from None
     return True

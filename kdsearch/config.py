@@ -393,6 +393,9 @@ def _check_consistency(cfg: ExperimentConfig, source: str) -> None:
     if t.logits is not None and cfg.training.shift > 0:
         raise _fail(source, "training.shift", cfg.training.shift, "0 with teacher.logits (the "
                     "logits of the unshifted training examples are all there is)")
+    if "width" in cfg.student.kwargs:
+        raise ConfigError(f"{source}: student.kwargs has width, which kdsearch passes itself "
+                          f"(student.width, or the searched width); remove it from kwargs")
     for section in ("teacher", "student"):
         part = getattr(cfg, section)
         if part.kwargs and part.model in (*TEACHER_MODELS, *STUDENT_MODELS):

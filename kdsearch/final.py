@@ -45,7 +45,7 @@ from kdsearch.retrain import (Retrained, Retraining, Runner, in_process, out_of_
 from kdsearch.stats import mean_std, pack_correct
 from kdsearch.students import STUDENTS_DIR, kept_entries, save_state, write_index
 from kdsearch.tables import TRIALS_FILE, dim_column, read_table
-from kdsearch.teacher import Teacher, get_teacher, teacher_key
+from kdsearch.teacher import Teacher, TeacherError, get_teacher, teacher_key, user_file_sha256
 from kdsearch.version import __version__
 
 log = logging.getLogger(__name__)
@@ -68,10 +68,11 @@ class Setting:
     val_acc: float | None  # that trial's validation accuracy at its last epoch
     search_epochs: int | None  # the epochs that trial ran (fewer if ASHA stopped it)
 
-    def spec(self, cfg: ExperimentConfig) -> dict[str, Any]:
-        """Everything that determines the retrained models, but the seeds."""
+    def spec(self, fingerprint: str) -> dict[str, Any]:
+        """Everything that determines the retrained models, but the seeds (`fingerprint`: the
+        config's, `training_fingerprint`)."""
         return {"kind": self.kind, "width": self.width, "tuned": self.tuned,
-                "settings": self.settings, "config": _training_fingerprint(cfg)}
+                "settings": self.settings, "config": fingerprint}
 
 
 @dataclass(frozen=True)
@@ -81,9 +82,25 @@ class Selection:
     baseline_note: str  # why the baseline is untuned, "" when it is tuned
 
 
-def _training_fingerprint(cfg: ExperimentConfig) -> str:
-    """A hash of the config sections a retraining depends on (not search or report)."""
+def teacher_files(cfg: ExperimentConfig, recorded: dict[str, Any] | None = None
+                  ) -> dict[str, str]:
+    """The sha256 of teacher.checkpoint and teacher.logits, where set: read from the files, or,
+    where a file is gone (the folder reported on another machine), as final.json `recorded`."""
+    out = {}
+    for key in ("checkpoint", "logits"):
+        path = getattr(cfg.teacher, key)
+        if path:
+            out[key] = (user_file_sha256(Path(path)) or (recorded or {}).get(key)
+                        or "unreadable")
+    return out
+
+
+def training_fingerprint(cfg: ExperimentConfig, files: dict[str, str] | None = None) -> str:
+    """A hash of the config sections a retraining depends on (not search or report); a
+    teacher's checkpoint or logits by their content (`teacher_files`), not where they lie."""
     d = config_to_dict(cfg)
+    for key, sha in (files or {}).items():
+        d["teacher"][key] = sha
     if d["training"]["fast_step"] == "auto":  # the default: as before the setting existed
         del d["training"]["fast_step"]
     for section, key in (("teacher", "kwargs"), ("teacher", "checkpoint"),
@@ -136,7 +153,11 @@ def check_consistent(cfg: ExperimentConfig, rows: list[dict[str, str]], results_
         ran_with = run["teacher"]["key"]
     except (OSError, ValueError, KeyError, TypeError):
         return  # no record of the teacher (a search killed early, an older folder)
-    if ran_with and ran_with != teacher_key(cfg):
+    try:
+        key = teacher_key(cfg)
+    except TeacherError:
+        return  # its checkpoint or logits file is gone: a retraining that needs it says so
+    if ran_with and ran_with != key:
         raise ReportError(f"{results_dir / CONFIG_FILE}: its dataset or teacher settings differ "
                           f"from those the search ran with (teacher {ran_with} in {RUN_FILE}); "
                           f"{restore}")
@@ -251,8 +272,13 @@ def evaluate_final(results_dir: str | os.PathLike[str], *, retrain: bool = True,
     cfg, rows = read_searched(results)
     selection = select_settings(cfg, rows)
     seeds = list(range(cfg.report.seeds))
-    key = teacher_key(cfg)
     previous = None if retrain else read_final(results)
+    files = teacher_files(cfg, (read_final(results) or {}).get("teacher_files"))
+    fingerprint = training_fingerprint(cfg, files)
+    try:
+        key = teacher_key(cfg)
+    except TeacherError:  # its file is gone: final.json's teacher stands, if nothing is trained
+        key = ((previous or {}).get("teacher") or {}).get("key") or ""
     reusable: dict[str, dict[str, Any]] = {}
     if previous is not None and previous.get("seeds") == seeds:
         for r in previous.get("rows", []):
@@ -262,15 +288,16 @@ def evaluate_final(results_dir: str | os.PathLike[str], *, retrain: bool = True,
                                                     or old_teacher.get("params") is None)
     students = results / STUDENTS_DIR
     saved = kept_entries(students, [(r["kind"], r["width"], seed) for r in
-                                    (reusable.get(json.dumps(s.spec(cfg), sort_keys=True))
+                                    (reusable.get(json.dumps(s.spec(fingerprint),
+                                                             sort_keys=True))
                                      for s in selection.settings) if r for seed in seeds])
 
     todo = [s for s in selection.settings
-            if json.dumps(s.spec(cfg), sort_keys=True) not in reusable]
+            if json.dumps(s.spec(fingerprint), sort_keys=True) not in reusable]
     device = _device(device)
     out_rows: dict[int, dict[str, Any]] = {}
     for i, s in enumerate(selection.settings):
-        r = reusable.get(json.dumps(s.spec(cfg), sort_keys=True))
+        r = reusable.get(json.dumps(s.spec(fingerprint), sort_keys=True))
         if r is not None:
             out_rows[i] = {**r, "best": s.best, "trial_id": s.trial_id, "val_acc": s.val_acc,
                            "search_epochs": s.search_epochs}
@@ -391,7 +418,7 @@ def evaluate_final(results_dir: str | os.PathLike[str], *, retrain: bool = True,
                            # training time, summed over the seeds (they may run side by side)
                            "seconds": round(sum(outcomes[(i, seed)][0].seconds
                                                 for seed in seeds), 3),
-                           "spec": s.spec(cfg)}
+                           "spec": s.spec(fingerprint)}
         del data, teacher, test
         if device == "cuda":  # the driver's device (the test split, the teacher)
             torch.cuda.empty_cache()
@@ -410,6 +437,8 @@ def evaluate_final(results_dir: str | os.PathLike[str], *, retrain: bool = True,
              "reused_training_seconds": round(sum(float(r.get("seconds") or 0)
                                                   for r in reused_rows), 3),
              "data": data_info, "teacher": teacher_info,
+             # the content of teacher.checkpoint / teacher.logits the retrainings are of
+             **({"teacher_files": files} if files else {}),
              "student_model": cfg.student.model,
              "baseline_tuned": selection.baseline_tuned,
              "baseline_note": selection.baseline_note,

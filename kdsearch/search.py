@@ -31,10 +31,10 @@ from ray import tune
 
 from kdsearch import files, process, ray_workarounds
 from kdsearch.arms import PhaseScheduler, PhaseSearcher, make_search, random_search_note
-from kdsearch.builders import Given, check_student, code_folders, with_objects
+from kdsearch.builders import Given, check_inputs, code_folders, with_objects
 from kdsearch.cluster import (Resources, check_gpus, check_resources, hardware, ray_running,
                               trial_resources)
-from kdsearch.config import (ConfigError, ExperimentConfig, check_searchable, default_cache_dir,
+from kdsearch.config import (ExperimentConfig, check_searchable, default_cache_dir,
                              default_data_dir, dump_config, load_config, max_epochs)
 from kdsearch.data import Dataset, load_dataset
 from kdsearch.entry_points import EntryPointError, resolve
@@ -75,11 +75,7 @@ def prepare(cfg: ExperimentConfig, device: str = "cpu", *, progress: bool = True
     cache_dir = default_cache_dir(cfg)
     data = load_dataset(cfg.dataset, data_dir=default_data_dir(cfg), cache_dir=cache_dir,
                         device=device, folders=code_folders(cfg), given=given.dataset)
-    if len(data.input_shape) != 3 and (cfg.training.shift or cfg.teacher.shift):
-        raise ConfigError(f"training.shift / teacher.shift move images by pixels: they need "
-                          f"inputs of shape N x C x H x W, and {cfg.dataset.name}'s are "
-                          f"N x {' x '.join(map(str, data.input_shape))}; set them to 0")
-    check_student(cfg, searched_widths(cfg), data.train.x, data.num_classes, given.student)
+    check_inputs(cfg, searched_widths(cfg), data.train.x, data.num_classes, given.student)
     # a missing teacher trains on the driver's GPU when it has one (a cached one is read without
     # starting CUDA here); the trials get CPU tensors through the object store and move them to
     # their own device once

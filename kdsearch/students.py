@@ -52,6 +52,7 @@ def save_state(folder: Path, kind: str, width: int, seed: int,
 
 def write_index(folder: Path, entries: list[dict[str, Any]], best: dict[str, int | None]) -> None:
     """index.json (atomically), and no file left that it does not list."""
+    folder.mkdir(parents=True, exist_ok=True)
     listed = {e["file"] for e in entries}
     for f in folder.glob("*.pt"):
         if f.name not in listed:

@@ -99,12 +99,29 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _file_sha256(path: Path, key: str) -> str:
+_FILE_HASHES: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256
+
+
+def user_file_sha256(path: Path) -> str | None:
+    """The sha256 of a user's file (a checkpoint, a logits file), read once while it does not
+    change; None when it cannot be read."""
     try:
-        return _sha256(path)
-    except OSError as e:
-        raise TeacherError(f"{key} = {show(str(path))}: cannot be read ({e.strerror}); give "
-                           f"the path of the file, relative to the space file") from None
+        st = path.stat()
+        key = (str(path), st.st_size, st.st_mtime_ns)
+        if key not in _FILE_HASHES:
+            _FILE_HASHES[key] = _sha256(path)
+        return _FILE_HASHES[key]
+    except OSError:
+        return None
+
+
+def _file_sha256(path: Path, key: str) -> str:
+    found = user_file_sha256(path)
+    if found is None:
+        why = "no such file" if not path.exists() else "not a readable file"
+        raise TeacherError(f"{key} = {show(str(path))}: cannot be read ({why}); give the path "
+                           f"of the file, relative to the space file")
+    return found
 
 
 def data_sha256(data: Dataset) -> str:

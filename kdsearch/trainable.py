@@ -34,7 +34,8 @@ from kdsearch.config import ExperimentConfig, config_from_dict, dump_config, wit
 from kdsearch.data import Dataset
 from kdsearch.distill import Diverged, FitState, train_student
 from kdsearch.metrics import EPOCH, TRAIN_LOSS, VAL_ACC, VAL_LOSS
-from kdsearch.builders import meta_student
+from kdsearch.builders import build_teacher, meta_student
+from kdsearch.fields import is_object_name
 from kdsearch.models import count_parameters
 from kdsearch.results import PHASE_KEY, phase_of, searched_widths
 from kdsearch.retrain import Retrained, Retraining, Runner, train_one
@@ -86,8 +87,14 @@ def make_payload(cfg: ExperimentConfig, data: Dataset, teacher: Teacher | None, 
         "config": yaml.safe_load(dump_config(cfg)),
         "data": for_object_store(data),
         "teacher_logits": for_object_store(teacher.train_logits) if teacher else None,
+        # an online teacher of a name travels as its weights and is built in the trial (where
+        # the user's module is found from the config); one given as an object, whole
+        "teacher_state": (for_object_store(teacher.model.state_dict())
+                          if teacher and teacher.model is not None and online
+                          and not is_object_name(cfg.teacher.model) else None),
         "teacher_model": (copy.deepcopy(teacher.model).cpu()
-                          if teacher and teacher.model is not None and online else None),
+                          if teacher and teacher.model is not None and online
+                          and is_object_name(cfg.teacher.model) else None),
         "student_factory": student,
         "cpus_per_trial": cpus_per_trial,
         "params_by_width": {w: count_parameters(meta_student(
@@ -116,7 +123,12 @@ def trial_inputs(payload: dict[str, Any], device: str
     logits = from_object_store(payload["teacher_logits"])
     logits = logits.to(device) if logits is not None else None
     teacher = None
-    if payload["teacher_model"] is not None:
+    if payload["teacher_state"] is not None:
+        cfg = config_from_dict(payload["config"])
+        model = build_teacher(cfg, data.input_shape, data.num_classes)
+        model.load_state_dict(from_object_store(payload["teacher_state"]))
+        teacher = Teacher(model.to(device).eval(), logits, 0.0, "", None, False)
+    elif payload["teacher_model"] is not None:
         model = copy.deepcopy(payload["teacher_model"])
         teacher = Teacher(model.to(device).eval(), logits, 0.0, "", None, False)
     elif logits is not None:
@@ -220,7 +232,8 @@ def ray_runner(payload: dict[str, Any], *, gpus_per_task: float) -> Runner:
         if not jobs:
             return iter(())
         ref = ray.put({k: payload[k] for k in ("token", "config", "data", "teacher_logits",
-                                               "teacher_model", "student_factory",
+                                               "teacher_state", "teacher_model",
+                                               "student_factory",
                                                "cpus_per_trial")})
         pending = {task.remote(ref, job): job for job in jobs}  # all submitted at once
         return _as_they_end(pending)

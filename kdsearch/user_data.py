@@ -46,6 +46,10 @@ def _split(raw: Any, where: str, split: str) -> tuple[torch.Tensor, torch.Tensor
                             f"; expected a pair (x, y)")
     x = _array(raw[0], where, f"{key} x")
     y = _array(raw[1], where, f"{key} y")
+    for v, what in ((x, "x"), (y, "y")):
+        if isinstance(v, np.ndarray) and v.dtype.kind not in "biuf":
+            raise UserDataError(f"{where}: {key} {what} is {_describe(v)}; expected numbers "
+                                f"(x floats, y integer class indices)")
     xt = torch.as_tensor(np.asarray(x)) if isinstance(x, np.ndarray) else x.detach().cpu()
     yt = torch.as_tensor(np.asarray(y)) if isinstance(y, np.ndarray) else y.detach().cpu()
     if not (xt.is_floating_point()) or xt.ndim < 2:
@@ -96,6 +100,9 @@ def user_splits(source: Callable[[], Any] | dict[str, Any], where: str
     top = max(int(y.max()) for _, y in splits.values())
     low = min(int(y.min()) for _, y in splits.values())
     num_classes = raw.get("num_classes", top + 1)
+    if isinstance(num_classes, (np.integer, torch.Tensor)) and np.ndim(num_classes) == 0 \
+            and not isinstance(num_classes, np.bool_):
+        num_classes = int(num_classes)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise UserDataError(f"{where}: num_classes = {show(num_classes)}; expected an integer "
                             f">= 2")

@@ -200,7 +200,7 @@ def test_a_checkpoint_that_does_not_fit_names_the_first_mismatch(own: dict, tmp_
     # a checkpoint of another width: the first key whose shape differs
     assert "'features.0.weight' has shape (8, 1, 3, 3)" in _refused(
         space, "teacher.kwargs={channels: 4}")
-    assert "gone.pt': cannot be read (No such file or directory)" in _refused(
+    assert "gone.pt': cannot be read (no such file)" in _refused(
         space, "teacher.checkpoint=gone.pt")
 
 
@@ -480,3 +480,107 @@ def test_resume_and_report_find_the_users_modules_from_anywhere(
     assert final["retrained"] == 0 and final["reused"] == len(final["rows"])
     assert (folder / "students" / "index.json").read_text() == index_before
     assert type(load_student(folder)).__name__ == "ConvStudent"
+
+
+def test_labels_that_are_not_numbers_and_a_numpy_num_classes(own: dict, tmp_path: Path) -> None:
+    data = """
+        import numpy as np
+        def load():
+            x = np.zeros((100, 1, 8, 8), dtype=np.float32)
+            y = np.array(["cat", "dog"] * 50)
+            return {"train": (x, y), "test": (x, y)}
+        def numpy_classes():
+            x = np.random.default_rng(0).random((100, 1, 8, 8)).astype(np.float32)
+            y = np.arange(100) % 10
+            return {"train": (x, y), "test": (x, y), "num_classes": y.max() + 1}
+    """
+    space = _space(own, tmp_path, SPACE.replace("my_data:load", "bad_data:load"),
+                   **{"bad_data.py": data})
+    assert "['train'] y is ndarray of shape (100,) and dtype <U3; expected numbers" in \
+        _refused(space)
+    from kdsearch.data import load_dataset
+
+    cfg = load_config(space, ["dataset.name=bad_data:numpy_classes"])
+    ds = load_dataset(cfg.dataset, data_dir=tmp_path, cache_dir=tmp_path,
+                      folders=[space.parent])
+    assert ds.num_classes == 10 and ds.input_shape == (1, 8, 8)
+    assert ds.mean == () and float(ds.train.x.max()) < 1.0  # as given: not normalised
+
+
+def test_width_in_student_kwargs_is_refused(own: dict, tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="student.kwargs has width, which kdsearch passes itself"):
+        load_config(_space(own, tmp_path), ["student.kwargs={width: 3}"])
+
+
+def test_kdsearch_train_checks_the_inputs_as_a_search_does(own: dict, tmp_path: Path) -> None:
+    data = """
+        import numpy as np
+        def flat():
+            x = np.random.default_rng(0).random((200, 64)).astype(np.float32)
+            y = np.arange(200) % 10
+            return {"train": (x, y), "test": (x, y)}
+    """
+    text = SPACE.replace("my_data:load", "flat_data:flat").replace(
+        "model: my_nets:SmallCNN\n  kwargs: {channels: 8}\n  checkpoint: teacher.pt",
+        "model: mlp_teacher\n  width: 16\n  epochs: 1")
+    space = _space(own, tmp_path, text.replace("my_nets:make_student", "mlp_student"),
+                   **{"flat_data.py": data})
+    env = {**os.environ, "KDSEARCH_CACHE_DIR": str(tmp_path / "cache")}
+    p = subprocess.run([sys.executable, "-m", "kdsearch", "train", str(space), "--set",
+                        "training.shift=1"], capture_output=True, text=True, env=env,
+                       cwd=tmp_path)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert "they need inputs of shape N x C x H x W, and flat_data:flat's are N x 64" in p.stderr
+    ok = subprocess.run([sys.executable, "-m", "kdsearch", "train", str(space), "--set",
+                         "training.epochs=1"], capture_output=True, text=True, env=env,
+                        cwd=tmp_path)
+    assert ok.returncode == 0, ok.stderr[-2000:]  # flat inputs of one's own: an MLP takes them
+    assert "epoch   1/1" in ok.stdout
+
+
+@pytest.mark.slow  # a real Ray search
+def test_an_online_teacher_of_the_users_class_runs_in_the_trials(
+        own: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """training.shift > 0 runs the teacher in each trial: a teacher of the user's module is
+    rebuilt there from its name (local workers do not have the space file's folder on their
+    path), with the checkpoint's weights."""
+    from kdsearch import run_search
+
+    monkeypatch.setenv("KDSEARCH_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    space = _space(own, tmp_path)
+    result = run_search(space, results_dir=tmp_path / "results", quiet=True, report=False,
+                        overrides=["training.shift=1", "search.num_samples=2",
+                                   "search.baseline=false", "training.epochs=2",
+                                   "search.grace_period=1"])
+    rows = result.trials
+    assert len(rows) == 2 and set(rows["status"]) == {"TERMINATED"}, rows.get("error")
+
+
+@pytest.mark.slow  # a real Ray search (shared by the module)
+def test_a_report_reusing_its_retrainings_needs_no_checkpoint(own_search: dict,
+                                                             tmp_path: Path) -> None:
+    """The folder copied where the teacher's checkpoint is not: a report that reuses every
+    retraining is written; one that must retrain says in one line what is missing."""
+    from kdsearch import make_report
+
+    folder = tmp_path / "copy"
+    shutil.copytree(own_search["dir"], folder, ignore=shutil.ignore_patterns("search"))
+    config = (folder / "config.yaml").read_text()
+    (folder / "config.yaml").write_text(config.replace(
+        str(own_search["folder"] / "teacher.pt"), str(tmp_path / "elsewhere" / "teacher.pt")))
+    before = json.loads((folder / "final.json").read_text())
+    make_report(folder, retrain=False, quiet=True)
+    after = json.loads((folder / "final.json").read_text())
+    assert after["retrained"] == 0 and after["teacher"] == before["teacher"]
+    with pytest.raises(UserError, match=r"teacher.checkpoint = .*elsewhere/teacher.pt': cannot "
+                                        r"be read"):
+        make_report(folder, retrain=True, quiet=True)
+    assert json.loads((folder / "final.json").read_text()) == after  # nothing half-written
+
+
+def test_the_students_index_is_written_when_no_student_was_saved(tmp_path: Path) -> None:
+    from kdsearch.students import INDEX_FILE, write_index
+
+    write_index(tmp_path / "students", [], {"distilled": None, "baseline": None})
+    assert json.loads((tmp_path / "students" / INDEX_FILE).read_text())["students"] == []
