@@ -23,12 +23,11 @@ from torch import nn
 from kdsearch.config import ExperimentConfig
 from kdsearch.fields import is_object_name, object_name
 from kdsearch.entry_points import is_entry_point, resolve
-from kdsearch.errors import UserError, show
-from kdsearch.models import MODELS, count_parameters
+from kdsearch.errors import UserError, one_line, show
+from kdsearch.models import MODELS, InputShape, count_parameters
 from kdsearch.models import build_student as built_in_student
 from kdsearch.models import build_teacher as built_in_teacher
 
-InputShape = tuple[int, ...]  # one example's shape (C, H, W for the built-in image sets)
 
 
 class ModelError(UserError, ValueError):
@@ -49,7 +48,7 @@ def _called(what: str, fn: Callable[..., Any], kwargs: dict[str, Any]) -> nn.Mod
     except UserError:
         raise
     except Exception as e:
-        why = " ".join(str(e).split())[:200] or type(e).__name__
+        why = one_line(e) or type(e).__name__
         raise ModelError(f"{what}: calling it with ({args}) raised {type(e).__name__}: {why}"
                          ) from None
     if not isinstance(model, nn.Module):
@@ -88,9 +87,6 @@ def meta_student(cfg: ExperimentConfig, shape: InputShape, num_classes: int, *, 
     count the parameters of a width too large to allocate (that trial fails alone, with the
     allocator's message, instead of the whole search). A user's factory that cannot build on
     the meta device (it fills a tensor with data, say) is built on the CPU."""
-    if factory is None and cfg.student.model in MODELS:
-        with torch.device("meta"):
-            return build_student(cfg, shape, num_classes, width=width)
     try:
         with torch.device("meta"):
             return build_student(cfg, shape, num_classes, width=width, factory=factory)
@@ -116,7 +112,7 @@ def check_output(what: str, model: nn.Module, x: torch.Tensor, num_classes: int)
         with torch.no_grad():
             out = model.cpu()(sample)
     except Exception as e:
-        why = " ".join(str(e).split())[:200] or type(e).__name__
+        why = one_line(e) or type(e).__name__
         raise ModelError(f"{what}: its forward pass on two training examples of shape "
                          f"{tuple(sample.shape)} raised {type(e).__name__}: {why}") from None
     finally:

@@ -147,11 +147,11 @@ def init_ray(address: str | None, code_dir: str | None = None) -> bool:
     cluster, `code_dir` (the folder of the user's modules) goes with the job to every node as
     Ray's `runtime_env` working_dir, so that worker nodes need only kdsearch installed."""
     quiet_ray()
-    note = untested_ray(ray.__version__)
-    if note:
-        log.warning(note)
     if ray.is_initialized():
         return False
+    note = untested_ray(ray.__version__)  # (once a Ray start, not once a search)
+    if note:
+        log.warning(note)
     address = ray_address(address)
     check_reachable(address)
     # a Ray of our own: no idle workers started for the driver. Tune runs every trial in a

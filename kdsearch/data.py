@@ -24,7 +24,7 @@ from kdsearch.errors import UserError, show
 from kdsearch.user_data import user_splits
 
 # a user's data: a function of no arguments that returns the splits, or the dict itself
-Given = Callable[[], Any] | dict[str, Any]
+DataSource = Callable[[], Any] | dict[str, Any]
 
 # Files torchvision expects under <root>/<folder>/raw, for the error message.
 _TORCHVISION_FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST",
@@ -242,8 +242,8 @@ def _normalise(x: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -
     return (torch.from_numpy(np.ascontiguousarray(x)) - m) / s
 
 
-def _user_source(cfg: DatasetConfig, folders: list[Path], given: Given | None
-                 ) -> tuple[str, Given]:
+def _user_source(cfg: DatasetConfig, folders: list[Path], given: DataSource | None
+                 ) -> tuple[str, DataSource]:
     where = f"dataset.name = {show(cfg.name)}"
     if given is not None:
         return where, given
@@ -253,9 +253,10 @@ def _user_source(cfg: DatasetConfig, folders: list[Path], given: Given | None
     return where, resolve(cfg.name, where=where, folders=folders)
 
 
-def _load_user(cfg: DatasetConfig, folders: list[Path], given: Given | None
+def _load_user(cfg: DatasetConfig, folders: list[Path], given: DataSource | None
                ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], int]:
-    return user_splits(*reversed(_user_source(cfg, folders, given)))
+    where, source = _user_source(cfg, folders, given)
+    return user_splits(source, where)
 
 
 def is_builtin(cfg: DatasetConfig) -> bool:
@@ -264,7 +265,7 @@ def is_builtin(cfg: DatasetConfig) -> bool:
 
 def load_dataset(cfg: DatasetConfig, *, data_dir: Path, cache_dir: Path,
                  device: torch.device | str = "cpu", folders: list[Path] | None = None,
-                 given: Given | None = None) -> Dataset:
+                 given: DataSource | None = None) -> Dataset:
     """The train and val splits as tensors on `device` (test is not loaded): a built-in set
     normalised with its training split's statistics, a user's (a function named in
     dataset.name and looked for in `folders`, or `given`) as it is."""
@@ -296,7 +297,7 @@ def load_dataset(cfg: DatasetConfig, *, data_dir: Path, cache_dir: Path,
 
 def load_test(cfg: DatasetConfig, dataset: Dataset, *, data_dir: Path, cache_dir: Path,
               device: torch.device | str = "cpu", folders: list[Path] | None = None,
-              given: Given | None = None) -> Split:
+              given: DataSource | None = None) -> Split:
     """The held-out test split, normalised like `dataset` (a user's: as it is). Only the final
     evaluation calls this."""
     if given is not None or not is_builtin(cfg):

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from kdsearch.errors import UserError
+from kdsearch.errors import UserError, one_line, show
 
 _NAME = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*$")
 
@@ -29,8 +29,7 @@ def is_entry_point(name: str) -> bool:
     return isinstance(name, str) and bool(_NAME.match(name))
 
 
-def resolve(name: str, *, where: str, folders: Sequence[Path] = (), callable_: bool = True
-            ) -> Any:
+def resolve(name: str, *, where: str, folders: Sequence[Path] = ()) -> Any:
     """The object named "module:attribute". `where`: what named it, for messages ("search.callbacks
     in space.yaml", "--callback"); `folders`: searched for the module first, in order."""
     if not is_entry_point(name):
@@ -42,7 +41,7 @@ def resolve(name: str, *, where: str, folders: Sequence[Path] = (), callable_: b
     try:
         module = importlib.import_module(module_name)
     except Exception as e:  # ImportError, and whatever the module raises as it runs
-        why = " ".join(str(e).split())[:200] or type(e).__name__
+        why = one_line(e) or type(e).__name__
         looked = ", ".join(str(f) for f in folders)
         raise EntryPointError(f"{where}: {name}: module {module_name!r} does not import "
                               f"({type(e).__name__}: {why})"
@@ -58,15 +57,10 @@ def resolve(name: str, *, where: str, folders: Sequence[Path] = (), callable_: b
             raise EntryPointError(f"{where}: {name}: module {module_name!r} has no attribute "
                                   f"{attribute!r} (it has {_public(module)})")
         obj = getattr(obj, part)
-    if callable_ and not callable(obj):
+    if not callable(obj):
         raise EntryPointError(f"{where}: {name} is not a class or a function to call (it is "
-                              f"{type(obj).__name__} {_short(obj)})")
+                              f"{type(obj).__name__} {show(obj)})")
     return obj
-
-
-def _short(obj: Any) -> str:
-    text = repr(obj)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def _public(module: Any) -> str:

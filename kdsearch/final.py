@@ -272,8 +272,9 @@ def evaluate_final(results_dir: str | os.PathLike[str], *, retrain: bool = True,
     cfg, rows = read_searched(results)
     selection = select_settings(cfg, rows)
     seeds = list(range(cfg.report.seeds))
-    previous = None if retrain else read_final(results)
-    files = teacher_files(cfg, (read_final(results) or {}).get("teacher_files"))
+    found = read_final(results)
+    previous = None if retrain else found
+    files = teacher_files(cfg, (found or {}).get("teacher_files"))
     fingerprint = training_fingerprint(cfg, files)
     try:
         key = teacher_key(cfg)

@@ -24,9 +24,10 @@ from typing import Any, Callable
 import ray
 import torch
 
+from kdsearch.builders import meta_student
 from kdsearch.config import ExperimentConfig, largest
 from kdsearch.data import Dataset
-from kdsearch.builders import meta_student
+from kdsearch.errors import one_line
 from kdsearch.models import count_parameters
 from kdsearch.results import searched_widths
 
@@ -99,7 +100,7 @@ def check_cuda(where: str) -> CudaCheck:
             torch.cuda.init()  # raises with torch's own reason (no driver, a driver too old)
             why = "torch.cuda.is_available() is false"
         except Exception as e:
-            why = " ".join(str(e).split())[:200] or type(e).__name__
+            why = one_line(e) or type(e).__name__
         return CudaCheck(False, where, why)
     props = torch.cuda.get_device_properties(0)
     return CudaCheck(True, where, None, props.name, int(props.total_memory))

@@ -24,9 +24,10 @@ from optuna.trial import TrialState
 from ray import tune
 
 from kdsearch.config import ExperimentConfig
+from kdsearch.errors import one_line
 from kdsearch.metrics import EPOCH, VAL_ACC
 from kdsearch.optuna_space import optuna_space
-from kdsearch.results import OPTUNA_FILE, PHASES, phase_dimensions, phase_of
+from kdsearch.results import DONE_STATUSES, OPTUNA_FILE, PHASES, phase_dimensions, phase_of
 from kdsearch.tables import PROGRESS_FILE, TRIALS_FILE, dim_column, parse_value, read_table
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ def export_study(results_dir: Path, cfg: ExperimentConfig) -> None:
             params = {d.name: parse_value(r.get(dim_column(d.name))) for d in dims}
             if any(v in (None, "") for v in params.values()):
                 continue
-            state = _state(r) if r.get("status") in ("TERMINATED", "ERROR") \
+            state = _state(r) if r.get("status") in DONE_STATUSES \
                 else TrialState.RUNNING
             try:
                 study.add_trial(optuna.trial.create_trial(
@@ -90,38 +91,33 @@ def export_study(results_dir: Path, cfg: ExperimentConfig) -> None:
             except (ValueError, TypeError):
                 continue
     storage.engine.dispose()
-    if tmp.exists():
-        os.replace(tmp, path)
+    os.replace(tmp, path)
 
 
 class StudyWriter(tune.Callback):
     """optuna.db kept current while the search runs (see the module's docstring). The Tune loop
     only queues what happened; a thread writes it every `every` seconds, and all of it when the
-    search ends. `fresh`: a new search (an empty study); else a resumed one, whose study is
-    rebuilt from the records first, once the status callback has reconciled them."""
+    search ends. The study is first written whole from the records (empty for a new search),
+    once the status callback has reconciled them."""
 
-    def __init__(self, results_dir: Path, cfg: ExperimentConfig, *, fresh: bool,
+    def __init__(self, results_dir: Path, cfg: ExperimentConfig, *,
                  every: float = WRITE_EVERY_S) -> None:
-        self.results_dir, self.cfg, self.fresh, self.every = results_dir, cfg, fresh, every
+        self.results_dir, self.cfg, self.every = results_dir, cfg, every
         self.queue: queue.Queue[tuple[str, Any, dict[str, Any]]] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
-        self._started = False
-        self._failed = False
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its callbacks into tuner.pkl: the settings travel, not the thread
-        return {"results_dir": self.results_dir, "cfg": self.cfg, "fresh": self.fresh,
-                "every": self.every}
+        return {"results_dir": self.results_dir, "cfg": self.cfg, "every": self.every}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(state["results_dir"], state["cfg"],  # type: ignore[misc]
-                      fresh=state["fresh"], every=state["every"])
+                      every=state["every"])
 
     def _start(self) -> None:
-        if self._started:
+        if self._thread is not None:
             return
-        self._started = True
         # a new search: its studies, empty; a resumed one: rebuilt whole from the records
         export_study(self.results_dir, self.cfg)  # (made aside, then renamed into place)
         self._thread = threading.Thread(target=self._write_loop, name="kdsearch-optuna",
@@ -134,7 +130,7 @@ class StudyWriter(tune.Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
         if not result.get("replayed") and not result.get("diverged"):
-            self.queue.put(("epoch", trial.trial_id, {"config": dict(trial.config),
+            self.queue.put(("epoch", trial.trial_id, {"config": trial.config,
                                                        EPOCH: int(result.get(EPOCH, 0)),
                                                        VAL_ACC: result.get(VAL_ACC)}))
 
@@ -142,15 +138,14 @@ class StudyWriter(tune.Callback):
         last = trial.last_result or {}
         budget = int(trial.config.get("epochs", self.cfg.training.epochs))
         epochs = int(last.get(EPOCH, 0) or 0)
-        state = (TrialState.FAIL if last.get("diverged") else
-                 TrialState.PRUNED if epochs < budget else TrialState.COMPLETE)
-        self.queue.put(("end", trial.trial_id, {"config": dict(trial.config), "state": state,
-                                                VAL_ACC: last.get(VAL_ACC), "epochs": epochs}))
+        state = _state({"status": "TERMINATED", "diverged": last.get("diverged"),
+                        "stopped_early": int(epochs < budget)})
+        self.queue.put(("end", trial.trial_id, {"config": trial.config, "state": state,
+                                                VAL_ACC: last.get(VAL_ACC)}))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self.queue.put(("end", trial.trial_id, {"config": dict(trial.config),
-                                                "state": TrialState.FAIL, VAL_ACC: None,
-                                                "epochs": 0}))
+        self.queue.put(("end", trial.trial_id, {"config": trial.config,
+                                                "state": TrialState.FAIL, VAL_ACC: None}))
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self._start()
@@ -183,10 +178,8 @@ class StudyWriter(tune.Callback):
                     break
             storage.engine.dispose()
         except Exception as e:  # a full disk, a locked file: the search goes on without it
-            if not self._failed:
-                self._failed = True
-                log.warning(f"note: optuna.db stopped being updated ({type(e).__name__}: "
-                            f"{' '.join(str(e).split())[:160]}); kdsearch resume rebuilds it")
+            log.warning(f"note: optuna.db stopped being updated ({type(e).__name__}: "
+                        f"{one_line(e)}); kdsearch resume rebuilds it")
 
     def _write(self, storage: Any, studies: dict[str, int], ids: dict[str, int],
                ended: set[int]) -> None:

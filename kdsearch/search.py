@@ -38,6 +38,7 @@ from kdsearch.config import (ExperimentConfig, check_searchable, default_cache_d
                              default_data_dir, dump_config, load_config, max_epochs)
 from kdsearch.data import Dataset, load_dataset
 from kdsearch.entry_points import EntryPointError, resolve
+from kdsearch.errors import one_line
 from kdsearch.final import check_consistent, read_searched
 from kdsearch.gpu import CudaCheck, explain
 from kdsearch.metrics import VAL_ACC
@@ -172,7 +173,7 @@ def _run_tuner(phases: list[str], cfg: ExperimentConfig, results_dir: Path, stor
     # kdsearch's own (the status first: the study writer reads what it reconciled), then the user's
     ours = [StatusCallback(results_dir, cfg, budgets, quiet=quiet, fresh=not restore,
                            params_by_width=payload["params_by_width"]),
-            StudyWriter(results_dir, cfg, fresh=not restore)]
+            StudyWriter(results_dir, cfg)]
     every = [*ours, *callbacks]
     run_config = tune.RunConfig(name=EXPERIMENT, storage_path=storage_path, verbose=0,
                                 callbacks=every,
@@ -228,9 +229,8 @@ def _print_start(cfg: ExperimentConfig, phases: list[str], budgets: dict[str, in
 
 # --------------------------------------------------------------------------- a search, whole
 def _execute(cfg: ExperimentConfig, results_dir: Path, run: dict[str, Any], *,
-             restore: bool, quiet: bool, report: bool, prepared: Prepared | None = None,
+             restore: bool, quiet: bool, report: bool, prepared: Prepared,
              callbacks: Sequence[tune.Callback] = ()) -> SearchResult:
-    prepared = prepared or prepare_search(cfg, quiet=quiet)
     data, teacher = prepared.data, prepared.teacher
     run["teacher"] = {"key": teacher.key, "val_acc": teacher.val_acc}
     run["hardware"] = prepared.hardware
@@ -428,7 +428,7 @@ def callbacks_named(names: list[str], folders: list[Path]) -> list[Any]:
             callback = cls()
         except Exception as e:
             raise EntryPointError(f"--callback {name}: {name}() raised {type(e).__name__}: "
-                                  f"{' '.join(str(e).split())[:160]}") from None
+                                  f"{one_line(e)}") from None
         if not isinstance(callback, tune.Callback):
             raise EntryPointError(f"--callback {name}: {name}() made a "
                                   f"{type(callback).__name__}, not a ray.tune.Callback")

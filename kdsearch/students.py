@@ -22,7 +22,7 @@ from torch import nn
 
 from kdsearch import files
 from kdsearch.builders import build_student
-from kdsearch.errors import UserError
+from kdsearch.errors import UserError, one_line
 from kdsearch.results import BASELINE, DISTILLED, read_config
 
 STUDENTS_DIR = "students"
@@ -46,7 +46,7 @@ def save_state(folder: Path, kind: str, width: int, seed: int,
     torch.save({k: v.detach().cpu() for k, v in state.items()}, buf)
     blob = buf.getvalue()
     name = file_name(kind, width, seed)
-    files.write_atomic(folder / name, lambda f: f.write(blob))
+    files.write_bytes(folder / name, blob)
     return name, hashlib.sha256(blob).hexdigest()
 
 
@@ -129,7 +129,7 @@ def load_student(results_dir: str | Path, kind: str = DISTILLED, width: int | No
     try:
         model.load_state_dict(state)
     except Exception as e:
-        first = " ".join(str(e).split())[:200]
+        first = one_line(e)
         raise StudentError(f"{path}: does not fit student.model = {cfg.student.model!r} at "
                            f"width {entry['width']} ({first})") from None
     return model.eval()

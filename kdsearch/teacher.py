@@ -41,7 +41,7 @@ from kdsearch.builders import build_teacher, check_output
 from kdsearch.config import ExperimentConfig, TrainingConfig
 from kdsearch.data import Dataset, resolved_val_size
 from kdsearch.distill import VAL_ACC, FitState, evaluate, fit, predict
-from kdsearch.errors import UserError, show
+from kdsearch.errors import UserError, one_line, show
 from kdsearch.models import MODELS, TEACHERS_WITH_DROPOUT
 from kdsearch.version import __version__
 
@@ -209,7 +209,7 @@ def _load_checkpoint(cfg: ExperimentConfig, data: Dataset) -> nn.Module:
                            f"torch.save(model.state_dict(), path), relative to the space file"
                            ) from None
     except Exception as e:  # an unpickler refusal, a torn file
-        why = " ".join(str(e).split())[:160] or type(e).__name__
+        why = one_line(e) or type(e).__name__
         raise TeacherError(f"{where}: does not load with torch.load(weights_only=True) "
                            f"({type(e).__name__}: {why}); save the weights alone: "
                            f"torch.save(model.state_dict(), path)") from None

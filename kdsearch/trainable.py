@@ -81,7 +81,8 @@ def make_payload(cfg: ExperimentConfig, data: Dataset, teacher: Teacher | None, 
     saved state saw them (`ray_workarounds.finished_trials`), replayed, not trained again.
     `student`: a student factory given as an object (cloudpickled with the payload); the
     online teacher (training.shift > 0) travels as the module itself."""
-    online = cfg.training.shift > 0
+    online = cfg.training.shift > 0 and teacher is not None and teacher.model is not None
+    given = is_object_name(cfg.teacher.model)  # a module given to run_search, not a name
     return {
         "token": uuid.uuid4().hex,  # names this search's tensors in each trial actor's cache
         "config": yaml.safe_load(dump_config(cfg)),
@@ -90,11 +91,8 @@ def make_payload(cfg: ExperimentConfig, data: Dataset, teacher: Teacher | None, 
         # an online teacher of a name travels as its weights and is built in the trial (where
         # the user's module is found from the config); one given as an object, whole
         "teacher_state": (for_object_store(teacher.model.state_dict())
-                          if teacher and teacher.model is not None and online
-                          and not is_object_name(cfg.teacher.model) else None),
-        "teacher_model": (copy.deepcopy(teacher.model).cpu()
-                          if teacher and teacher.model is not None and online
-                          and is_object_name(cfg.teacher.model) else None),
+                          if online and not given else None),
+        "teacher_model": copy.deepcopy(teacher.model).cpu() if online and given else None,
         "student_factory": student,
         "cpus_per_trial": cpus_per_trial,
         "params_by_width": {w: count_parameters(meta_student(
@@ -122,14 +120,14 @@ def trial_inputs(payload: dict[str, Any], device: str
     data: Dataset = from_object_store(payload["data"]).to(device)
     logits = from_object_store(payload["teacher_logits"])
     logits = logits.to(device) if logits is not None else None
-    teacher = None
+    teacher, model = None, None
     if payload["teacher_state"] is not None:
-        cfg = config_from_dict(payload["config"])
-        model = build_teacher(cfg, data.input_shape, data.num_classes)
+        model = build_teacher(config_from_dict(payload["config"]), data.input_shape,
+                              data.num_classes)
         model.load_state_dict(from_object_store(payload["teacher_state"]))
-        teacher = Teacher(model.to(device).eval(), logits, 0.0, "", None, False)
     elif payload["teacher_model"] is not None:
         model = copy.deepcopy(payload["teacher_model"])
+    if model is not None:
         teacher = Teacher(model.to(device).eval(), logits, 0.0, "", None, False)
     elif logits is not None:
         teacher = Teacher(torch.nn.Identity(), logits, 0.0, "", None, False)

@@ -16,7 +16,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from kdsearch.errors import UserError, show
+from kdsearch.errors import UserError, one_line, show
 
 SPLITS = ("train", "val", "test")
 
@@ -77,7 +77,7 @@ def user_splits(source: Callable[[], Any] | dict[str, Any], where: str
         except UserError:
             raise
         except Exception as e:
-            why = " ".join(str(e).split())[:200] or type(e).__name__
+            why = one_line(e) or type(e).__name__
             raise UserDataError(f"{where}: calling it raised {type(e).__name__}: {why}") from None
     else:
         raw = source
@@ -98,7 +98,6 @@ def user_splits(source: Callable[[], Any] | dict[str, Any], where: str
             raise UserDataError(f"{where}: [{s!r}] x has examples of shape "
                                 f"{tuple(x.shape[1:])}, ['train'] of {shape}; expected the same")
     top = max(int(y.max()) for _, y in splits.values())
-    low = min(int(y.min()) for _, y in splits.values())
     num_classes = raw.get("num_classes", top + 1)
     if isinstance(num_classes, (np.integer, torch.Tensor)) and np.ndim(num_classes) == 0 \
             and not isinstance(num_classes, np.bool_):
@@ -113,5 +112,4 @@ def user_splits(source: Callable[[], Any] | dict[str, Any], where: str
             raise UserDataError(f"{where}: [{s!r}] y[{i}] = {int(y[i])} is not a class index "
                                 f"in [0, {num_classes}) (num_classes = {num_classes}"
                                 f"{'' if 'num_classes' in raw else ', from the largest label'})")
-    del low
     return splits, num_classes

@@ -37,7 +37,7 @@ def _until(check: Any, seconds: float = 10.0) -> Any:
 
 def test_the_study_is_brought_up_to_date_while_the_search_runs(tmp_path: Path) -> None:
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    writer = StudyWriter(tmp_path, CFG, fresh=True, every=0.05)
+    writer = StudyWriter(tmp_path, CFG, every=0.05)
     trials = {name: SimpleNamespace(trial_id=name, config={"phase": "distill", "lr": lr},
                                     last_result=None)
               for name, lr in (("a0000001", 0.01), ("a0000002", 0.02), ("a0000003", 0.05))}
