@@ -33,35 +33,36 @@ def main() -> None:
 
     import ray
 
+    from kdsearch.builders import UserObjects
     from kdsearch.cluster import init_ray
     from kdsearch.final import evaluate_final
     from kdsearch.results import read_config
-    from kdsearch.search import prepare_search
+    from kdsearch.search import set_up
     from kdsearch.trainable import ray_runner
 
     cfg = read_config(args.results)
     init_ray(None)
-    prepared = prepare_search(cfg, quiet=True)
-    resources = prepared.resources
+    setup = set_up(cfg, UserObjects())
+    resources = setup.resources
     walls: dict[str, list[float]] = {"Ray tasks": [], "one process": []}
     accs: dict[str, list] = {}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeats):
             for label, runner in (("Ray tasks", ray_runner(
-                    prepared.payload, gpus_per_task=resources.gpus_per_trial)),
+                    setup.payload, gpus_per_task=resources.gpus_per_trial)),
                                   ("one process", None)):
                 folder = Path(tmp) / f"{r}-{label.replace(' ', '_')}"
                 shutil.copytree(args.results, folder, ignore=shutil.ignore_patterns("search"))
                 (folder / "final.json").unlink(missing_ok=True)
                 t0 = time.perf_counter()
-                final = evaluate_final(folder, quiet=True, runner=runner)
+                final = evaluate_final(folder, runner=runner)
                 walls[label].append(time.perf_counter() - t0)
-                accs.setdefault(label, [row["test_accs"] for row in final["rows"]])
+                accs.setdefault(label, [row.test_accs for row in final.rows])
                 print(f"repeat {r + 1}, {label}: {walls[label][-1]:.1f} s, "
-                      f"{final['retrained']} retrainings", flush=True)
+                      f"{final.retrained} retrainings", flush=True)
     ray.shutdown()
     one, tasks = min(walls["one process"]), walls["Ray tasks"][0]
-    print(f"\n{cfg.name}: {final['retrained']} retrainings on {os.cpu_count()} cores, "
+    print(f"\n{cfg.name}: {final.retrained} retrainings on {os.cpu_count()} cores, "
           f"{resources.cpus_per_trial:g} CPU and {resources.gpus_per_trial:g} GPU each")
     print(f"  one process (kdsearch report)       : {one:6.1f} s (best of {args.repeats})")
     print(f"  Ray tasks, fresh workers (as in run) : {tasks:6.1f} s")

@@ -109,7 +109,7 @@ def main() -> None:
                                          f"search.num_samples={n}",
                                          f"search.max_concurrent_trials={n}",
                                          f"search.cpus_per_trial={cpus!r}"],
-                       results_dir=tmp, report=False, quiet=True)
+                       results_dir=tmp, report=False)
             r = {"row": name, "k": k, **steady(Path(tmp) / name),
                  "script_seconds": time.perf_counter() - t0}
             rows.append(r)

@@ -64,7 +64,7 @@ def compare(space: str, variants: dict[str, list[str]], seeds: list[int], root: 
                 continue
             t0 = time.time()
             run_search(space, overrides=[f"search.seed={seed}", *common, *sets],
-                       results_dir=out, report=False, quiet=True, force=True)
+                       results_dir=out, report=False, force=True)
             print(f"seed {seed}, {name}: {time.time() - t0:.0f} s", flush=True)
 
     (na, nb) = variants

@@ -60,7 +60,7 @@ def main() -> None:
                 run_search(SPACE, overrides=[*common, f"search.seed={seed}",
                                              f"search.algorithm={algo}",
                                              f"search.scheduler={sched}", f"name={name}"],
-                           results_dir=tmp, report=False, quiet=True)
+                           results_dir=tmp, report=False)
                 rows = list(csv.DictReader(open(Path(tmp) / name / "progress.csv")))
                 rows.sort(key=lambda r: float(r["wall_time"]))
                 runs[label] = (rows, time.perf_counter() - t0)

@@ -43,7 +43,7 @@ def main() -> None:
         t0 = time.perf_counter()
         init_ray(None)
         ray_start = time.perf_counter() - t0
-        run_search(args.space, overrides=args.set, results_dir=tmp, report=False, quiet=True)
+        run_search(args.space, overrides=args.set, results_dir=tmp, report=False)
         wall = time.perf_counter() - t0
         ray.shutdown()
         out = next(Path(tmp).iterdir())

@@ -1,33 +1,47 @@
 """kdsearch: search the hyperparameters of knowledge distillation with Ray Tune.
 
-`run_search`, `resume_search`, `report_search` and `make_report` are the Python API, and
-`load_student` hands back a trained student of a results folder; the CLI
-(`kdsearch ...`) calls the same functions (`report_search` runs the final retrainings as Ray
-tasks, `make_report` in this process). Importing kdsearch does not import Ray or torch: each
-entry point loads its module on first use.
+The Python API, the same functions the CLI (`kdsearch ...`) calls:
+
+- `run_search`: the search, its baseline, the final evaluation and the report;
+- `resume_search`: continue an interrupted search;
+- `report_search`: retrain the best settings of a results folder and write its report;
+- `load_student`: a trained student of a results folder, rebuilt;
+- `load_config`: a space file as an `ExperimentConfig`;
+- `SearchResult`: what `run_search` and `resume_search` return.
+
+kdsearch's messages go to the logger "kdsearch". Importing kdsearch imports neither Ray nor
+torch: each entry point loads its module on first use. Type checkers see the real signatures.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kdsearch.version import __version__
 
-__all__ = ["__version__", "load_config", "run_search", "resume_search", "report_search",
-           "make_report", "load_student"]
+if TYPE_CHECKING:
+    from kdsearch.config import ExperimentConfig, load_config
+    from kdsearch.results import SearchResult
+    from kdsearch.search import report_search, resume_search, run_search
+    from kdsearch.students import load_student
+
+__all__ = ["__version__", "ExperimentConfig", "SearchResult", "load_config", "load_student",
+           "report_search", "resume_search", "run_search"]
+
+# name -> the module that defines it, imported when the name is first used
+_WHERE = {"ExperimentConfig": "kdsearch.config", "load_config": "kdsearch.config",
+          "SearchResult": "kdsearch.results", "run_search": "kdsearch.search",
+          "resume_search": "kdsearch.search", "report_search": "kdsearch.search",
+          "load_student": "kdsearch.students"}
 
 
 def __getattr__(name: str) -> Any:
-    if name == "load_config":
-        from kdsearch.config import load_config
-        return load_config
-    if name in ("run_search", "resume_search", "report_search"):
-        from kdsearch import search
-        return getattr(search, name)
-    if name == "load_student":
-        from kdsearch.students import load_student
-        return load_student
-    if name == "make_report":
-        from kdsearch.report import make_report
-        return make_report
-    raise AttributeError(f"module 'kdsearch' has no attribute {name!r}")
+    if name not in _WHERE:
+        raise AttributeError(f"module 'kdsearch' has no attribute {name!r}")
+    import importlib
+
+    return getattr(importlib.import_module(_WHERE[name]), name)
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

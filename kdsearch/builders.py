@@ -57,12 +57,12 @@ def _called(what: str, fn: Callable[..., Any], kwargs: dict[str, Any]) -> nn.Mod
     return model
 
 
-def _user(section: str, cfg: ExperimentConfig, given: Callable[..., Any] | None
+def _user(section: str, cfg: ExperimentConfig, obj: Callable[..., Any] | None
           ) -> tuple[str, Callable[..., Any]]:
     name = getattr(cfg, section).model
     where = f"{section}.model = {show(name)}"
-    if given is not None:
-        return where, given
+    if obj is not None:
+        return where, obj
     if is_object_name(name):
         raise ModelError(f"{where} was a Python object given to run_search; pass it again "
                          f"({section}=...) to resume_search, report_search or load_student")
@@ -151,29 +151,29 @@ def check_student(cfg: ExperimentConfig, widths: list[int], x: torch.Tensor, num
 
 
 @dataclass(frozen=True)
-class Given:
-    """What run_search was given as Python objects, in place of the space file's names: the
-    data (a dict, or a function that returns one), a ready (trained) teacher, a student
-    factory. They reach the trials through Ray's object store (cloudpickle)."""
+class UserObjects:
+    """Python objects a user gave `run_search` in place of the space file's names: the data (a
+    dict, or a function that returns one), a ready (trained) teacher, a student factory. They
+    reach the trials through Ray's object store (cloudpickle). None: the space file's name."""
 
     dataset: Any = None
     teacher: nn.Module | None = None
     student: Callable[..., nn.Module] | None = None
 
 
-def with_objects(cfg: ExperimentConfig, given: Given) -> ExperimentConfig:
-    """`cfg` naming the objects `given` ("<object NAME>"): what the results folder records."""
-    if given.dataset is not None:
+def with_objects(cfg: ExperimentConfig, objects: UserObjects) -> ExperimentConfig:
+    """`cfg` naming the user's `objects` ("<object NAME>"): what the results folder records."""
+    if objects.dataset is not None:
         cfg = dataclasses.replace(cfg, dataset=dataclasses.replace(
-            cfg.dataset, name=object_name(given.dataset)))
-    if given.teacher is not None:
+            cfg.dataset, name=object_name(objects.dataset)))
+    if objects.teacher is not None:
         cfg = dataclasses.replace(cfg, teacher=dataclasses.replace(
-            cfg.teacher, model=object_name(given.teacher), kwargs={}, checkpoint=None,
+            cfg.teacher, model=object_name(objects.teacher), kwargs={}, checkpoint=None,
             logits=None))
-    if given.student is not None:
-        if not callable(given.student):
-            raise ModelError(f"run_search(student=...): {type(given.student).__name__} is not "
+    if objects.student is not None:
+        if not callable(objects.student):
+            raise ModelError(f"run_search(student=...): {type(objects.student).__name__} is not "
                              f"a factory to call as student(width=W, **student.kwargs)")
         cfg = dataclasses.replace(cfg, student=dataclasses.replace(
-            cfg.student, model=object_name(given.student)))
+            cfg.student, model=object_name(objects.student)))
     return cfg

@@ -6,6 +6,7 @@ Bad input ends in one line on stderr and exit code 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 from pathlib import Path
@@ -42,14 +43,13 @@ def _acc(x: float | None) -> str:
 def cmd_train(args: argparse.Namespace) -> int:
     """One distillation run without Ray: the way to try a setting before searching."""
     from kdsearch.config import default_cache_dir, default_data_dir, load_config
-
     from kdsearch.spaces import find
 
     cfg = load_config(find(args.config), args.set)  # bad input fails here, before torch loads
-    from kdsearch.builders import check_inputs, code_folders
+    from kdsearch.builders import build_student, check_inputs, code_folders
     from kdsearch.data import load_dataset
-    from kdsearch.distill import EPOCH, TRAIN_LOSS, VAL_ACC, VAL_LOSS, Diverged, train_student
-    from kdsearch.builders import build_student
+    from kdsearch.distill import Diverged, train_student
+    from kdsearch.metrics import EPOCH, TRAIN_LOSS, VAL_ACC, VAL_LOSS
     from kdsearch.models import count_parameters
     from kdsearch.teacher import get_teacher
 
@@ -71,6 +71,8 @@ def cmd_train(args: argparse.Namespace) -> int:
           f"T={tr.temperature:g} alpha={tr.alpha:g} lr={tr.lr:g} batch={tr.batch_size}")
 
     def report(m: dict[str, float], _state: object) -> None:
+        if args.level > logging.INFO:  # -q: the final line only
+            return
         print(f"epoch {int(m[EPOCH]):3d}/{tr.epochs}  train_loss {m[TRAIN_LOSS]:.4f}  "
               f"val_loss {m[VAL_LOSS]:.4f}  val_acc {m[VAL_ACC]:.4f}  "
               f"({m['epoch_seconds']:.2f} s)", flush=True)
@@ -135,24 +137,14 @@ def _print_result(result: "SearchResult") -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    if args.no_retrain or args.in_process:
-        # reused: nothing (or little) to train, so no Ray to start
-        from kdsearch.importances import write_importances
-        from kdsearch.report import make_report
-        from kdsearch.results import read_config
+    from kdsearch.search import report_search
 
-        write_importances(Path(args.results), read_config(Path(args.results)))
-
-        out = make_report(args.results, retrain=not args.no_retrain,
-                          device=_device(args.device))
-    else:
-        from kdsearch.search import report_search
-
-        try:
-            out = report_search(args.results, address=args.address,
-                                device=_device(args.device))
-        except KeyboardInterrupt:
-            return 130  # report_search has said what to do
+    try:
+        out = report_search(args.results, retrain=not args.no_retrain,
+                            in_process=args.in_process, address=args.address,
+                            device=_device(args.device))
+    except KeyboardInterrupt:
+        return 130  # report_search has said what to do
     print(f"report: {out}")
     return 0
 
@@ -176,20 +168,35 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _verbosity() -> argparse.ArgumentParser:
+    """-q and -v, which every subcommand takes."""
+    common = argparse.ArgumentParser(add_help=False)
+    level = common.add_mutually_exclusive_group()
+    level.add_argument("-q", "--quiet", dest="level", action="store_const", const=logging.WARNING,
+                       default=logging.INFO, help="print warnings and errors only")
+    level.add_argument("-v", "--verbose", dest="level", action="store_const",
+                       const=logging.DEBUG, help="print kdsearch's debugging messages too")
+    return common
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kdsearch", description="Search knowledge-distillation "
                                 "hyperparameters with Ray Tune.")
     p.add_argument("--version", action="version", version=f"kdsearch {__version__}")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = _verbosity()
 
-    t = sub.add_parser("train", help="one distillation run without Ray (try a setting)")
+    def add(name: str, **kwargs: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **kwargs)
+
+    t = add("train", help="one distillation run without Ray (try a setting)")
     t.add_argument("config", help="config / search-space YAML (its search section is ignored)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a value, e.g. --set training.temperature=8")
     t.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     t.set_defaults(func=cmd_train)
 
-    r = sub.add_parser("run", help="run a search described by a space file")
+    r = add("run", help="run a search described by a space file")
     r.add_argument("space", help="search-space YAML, or the name of a shipped one "
                                  "(kdsearch spaces), e.g. quickstart")
     r.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -211,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "file, in this folder, or installed")
     r.set_defaults(func=cmd_run)
 
-    s = sub.add_parser("resume", help="continue an interrupted search")
+    s = add("resume", help="continue an interrupted search")
     s.add_argument("results", help="the search's results folder, e.g. results/quickstart")
     s.add_argument("--address", default=None, help="Ray cluster to join (as for run)")
     s.add_argument("--no-report", action="store_true", help="skip the report at the end")
@@ -219,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a ray.tune.Callback for the resumed run (as for run)")
     s.set_defaults(func=cmd_resume)
 
-    o = sub.add_parser("report", help="write report.md, tables and plots for a search")
+    o = add("report", help="write report.md, tables and plots for a search")
     o.add_argument("results", help="the search's results folder, e.g. results/quickstart")
     o.add_argument("--no-retrain", action="store_true",
                    help="reuse the final evaluation already in the folder where the settings "
@@ -235,8 +242,8 @@ def build_parser() -> argparse.ArgumentParser:
                             "Ray (faster for a small search on a few cores)")
     o.set_defaults(func=cmd_report)
 
-    sub.add_parser("spaces", help="list the shipped search spaces").set_defaults(func=cmd_spaces)
-    i = sub.add_parser("init", help="copy a shipped search space here, to edit")
+    add("spaces", help="list the shipped search spaces").set_defaults(func=cmd_spaces)
+    i = add("init", help="copy a shipped search space here, to edit")
     i.add_argument("name", help="a shipped space's name (kdsearch spaces), e.g. quickstart")
     i.set_defaults(func=cmd_init)
     return p
@@ -246,7 +253,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
-        with logs.console():  # kdsearch's messages as plain lines: progress out, warnings err
+        # kdsearch's messages as plain lines: progress to stdout, warnings to stderr
+        with logs.console(args.level):
             return func(args)
     except KeyboardInterrupt:
         print("kdsearch: interrupted", file=sys.stderr)

@@ -201,11 +201,10 @@ def check_resources(cfg: ExperimentConfig) -> None:
 
 
 @contextlib.contextmanager
-def ray_running(address: str | None, *, quiet: bool = True, code_dir: str | None = None
-                ) -> Iterator[None]:
+def ray_running(address: str | None, *, code_dir: str | None = None) -> Iterator[None]:
     """Ray for the block: joined at `address` (with `code_dir` shipped, see `init_ray`), or
     started here and shut down after (unless it was running already)."""
-    if not quiet and not ray.is_initialized():  # a few seconds with nothing else to show
+    if not ray.is_initialized():  # a few seconds with nothing else to show
         where = ray_address(address)
         log.info("ray: starting a local Ray" if where == "local" else f"ray: connecting to {where}")
     started = init_ray(address, code_dir)

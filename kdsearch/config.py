@@ -30,6 +30,7 @@ STUDENT_MODELS = ("mlp_student", "cnn_student", "cnn_student2")
 OPTIMIZERS = ("adam", "sgd")
 LR_SCHEDULES = ("cosine", "constant")
 FAST_STEPS = ("auto", "off")  # training.fast_step: the CPU fast path of fit (kdsearch.fast_step)
+TRIAL_LOGS = ("none", "json", "all")  # search.trial_logs: Ray Tune's own per-trial outputs
 DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")
 SEARCH_ALGORITHMS = ("tpe", "random")
 SCHEDULERS = ("asha", "fifo")
@@ -75,7 +76,7 @@ class TeacherConfig:
     # teacher that cannot run here; relative to the space file; training.shift must be 0
     logits: str | None = spec(None, str, optional=True)
     width: int | None = spec(None, int, lambda v: 1 <= v <= MAX_WIDTH,
-                              f"an integer in [1, {MAX_WIDTH}] (null: the seed's width)",
+                              f"an integer in [1, {MAX_WIDTH}] (null: the family's default width)",
                               optional=True)
     dropout: float = spec(0.5, float, lambda v: 0 <= v < 1, "a number in [0, 1)")
     epochs: int = rule("epochs", 10)
@@ -161,10 +162,13 @@ class SearchConfig:
     # and is stopped early only against trials of its own width (every width equally tuned)
     per_width: bool = spec(False, bool)
     baseline: bool = spec(True, bool)  # also tune the student alone (alpha = 1)
-    # Ray Tune's own per-trial outputs (result.json, progress.csv, params.json; TensorBoard
-    # events with tensorboardX installed) in each trial's folder of the experiment; off by
-    # default: they cost the quickstart 8.5% of its wall time (bench/trial_logs.py)
-    trial_logs: bool = spec(False, bool)
+    # Ray Tune's own per-trial outputs in each trial's folder of the experiment: none; json
+    # (result.json and params.json: what ray.tune.ExperimentAnalysis reads); all (also
+    # progress.csv, and TensorBoard events with tensorboardX installed). true: all; false: none
+    trial_logs: str = spec("none", (str, bool), lambda v: isinstance(v, bool) or v in TRIAL_LOGS,
+                           "one of none, json, all (true: all, false: none)",
+                           convert=lambda v: ("all" if v else "none") if isinstance(v, bool)
+                           else v)
     # null: the same budget as the distillation search
     baseline_num_samples: int | None = spec(None, int, at_least(1), "an integer >= 1",
                                              optional=True)
@@ -203,11 +207,18 @@ def _fail(source: str, key: str, value: Any, allowed: str) -> ConfigError:
     return ConfigError(f"{source}: {key} = {show(value)} is not allowed: expected {allowed}")
 
 
+# YAML 1.1's other words for true and false, which yamlfile reads as text: still accepted
+_BOOL_WORDS = {"yes": True, "on": True, "no": False, "off": False}
+
+
 def _coerce(value: Any, kind: type | tuple[type, ...]) -> tuple[bool, Any]:
-    """Return (ok, value) with ints accepted as floats and '1e-3' strings as numbers."""
+    """Return (ok, value) with ints accepted as floats, '1e-3' strings as numbers, and yes, no,
+    on and off as booleans."""
     kinds = kind if isinstance(kind, tuple) else (kind,)
     if isinstance(value, bool):
         return (bool in kinds, value)
+    if bool in kinds and isinstance(value, str) and value.lower() in _BOOL_WORDS:
+        return True, _BOOL_WORDS[value.lower()]
     if isinstance(value, int) and abs(value) > MAX_INT:
         return False, value  # 10**400: beyond int64 and (as a float) infinite
     if float in kinds and isinstance(value, str):
@@ -264,7 +275,8 @@ def _build_section(cls: type, raw: Any, section: str, source: str) -> Any:
         check = meta.get("check")
         if check is not None and not check(value):
             raise _fail(source, key, raw[name], allowed)
-        values[name] = value
+        convert = meta.get("convert")
+        values[name] = convert(value) if convert is not None else value
     return cls(**values)
 
 

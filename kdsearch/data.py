@@ -242,21 +242,21 @@ def _normalise(x: np.ndarray, mean: tuple[float, ...], std: tuple[float, ...]) -
     return (torch.from_numpy(np.ascontiguousarray(x)) - m) / s
 
 
-def _user_source(cfg: DatasetConfig, folders: list[Path], given: DataSource | None
+def _user_source(cfg: DatasetConfig, folders: list[Path], source: DataSource | None
                  ) -> tuple[str, DataSource]:
     where = f"dataset.name = {show(cfg.name)}"
-    if given is not None:
-        return where, given
+    if source is not None:
+        return where, source
     if is_object_name(cfg.name):
         raise DataError(f"{where} was a Python object given to run_search; pass it again "
                         f"(dataset=...) to resume_search or report_search")
     return where, resolve(cfg.name, where=where, folders=folders)
 
 
-def _load_user(cfg: DatasetConfig, folders: list[Path], given: DataSource | None
+def _load_user(cfg: DatasetConfig, folders: list[Path], source: DataSource | None
                ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], int]:
-    where, source = _user_source(cfg, folders, given)
-    return user_splits(source, where)
+    where, found = _user_source(cfg, folders, source)
+    return user_splits(found, where)
 
 
 def is_builtin(cfg: DatasetConfig) -> bool:
@@ -265,12 +265,12 @@ def is_builtin(cfg: DatasetConfig) -> bool:
 
 def load_dataset(cfg: DatasetConfig, *, data_dir: Path, cache_dir: Path,
                  device: torch.device | str = "cpu", folders: list[Path] | None = None,
-                 given: DataSource | None = None) -> Dataset:
+                 source: DataSource | None = None) -> Dataset:
     """The train and val splits as tensors on `device` (test is not loaded): a built-in set
     normalised with its training split's statistics, a user's (a function named in
-    dataset.name and looked for in `folders`, or `given`) as it is."""
-    if given is not None or not is_builtin(cfg):
-        splits, num_classes = _load_user(cfg, folders or [], given)
+    dataset.name and looked for in `folders`, or `source`) as it is."""
+    if source is not None or not is_builtin(cfg):
+        splits, num_classes = _load_user(cfg, folders or [], source)
         x, y = splits["train"]
         if "val" in splits:
             rows = torch.arange(len(y))
@@ -297,11 +297,11 @@ def load_dataset(cfg: DatasetConfig, *, data_dir: Path, cache_dir: Path,
 
 def load_test(cfg: DatasetConfig, dataset: Dataset, *, data_dir: Path, cache_dir: Path,
               device: torch.device | str = "cpu", folders: list[Path] | None = None,
-              given: DataSource | None = None) -> Split:
+              source: DataSource | None = None) -> Split:
     """The held-out test split, normalised like `dataset` (a user's: as it is). Only the final
     evaluation calls this."""
-    if given is not None or not is_builtin(cfg):
-        splits, _ = _load_user(cfg, folders or [], given)
+    if source is not None or not is_builtin(cfg):
+        splits, _ = _load_user(cfg, folders or [], source)
         return Split(*splits["test"]).to(device)
     _, _, xs, ys = _raw(cfg, data_dir, cache_dir / "datasets")
     return Split(_normalise(xs, dataset.mean, dataset.std), torch.from_numpy(ys)).to(device)

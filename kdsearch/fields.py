@@ -20,9 +20,12 @@ MAX_SEED = 2**32 - 1  # Optuna's TPE seeds numpy's RandomState, which takes 32 b
 
 
 def spec(default: Any, kind: type | tuple[type, ...], check: Check | None = None,
-          allowed: str = "", *, optional: bool = False) -> Any:
+          allowed: str = "", *, optional: bool = False,
+          convert: Callable[[Any], Any] | None = None) -> Any:
+    """A config field: its default, its kind, the check its value must pass and the words that
+    say what is allowed; `convert` turns an allowed value into the one the config holds."""
     return field(default=default, metadata={"kind": kind, "check": check, "allowed": allowed,
-                                            "optional": optional})
+                                            "optional": optional, "convert": convert})
 
 
 def positive(v: float) -> bool:

@@ -2,13 +2,14 @@
 
 A search ranks settings by validation accuracy, so its numbers are optimistic and come from one
 seed. Here the best distilled setting and the best baseline setting (alpha = 1) of each student
-width are retrained with `report.seeds` seeds (seed s sets training.seed = s) on the training
-split, for the full epoch budget, and each model is evaluated once on the held-out test split.
-This module is the only caller of `data.load_test`: the search never sees the test split.
+width (`selection`) are retrained with `report.seeds` seeds (seed s sets training.seed = s) on
+the training split, for the full epoch budget. Each model is then evaluated once on the held-out
+test split. This module is the only caller of `data.load_test`: the search never sees the test
+split.
 
-The result is `final.json` in the results folder (written atomically). The report reads it;
-`evaluate_final(..., retrain=False)` reuses every row of an existing final.json whose setting and
-seeds are unchanged and trains only what is new (nothing, for an unchanged search).
+The result is final.json in the results folder (`final_record`). `evaluate_final(...,
+retrain=False)` reuses every row of an existing final.json whose setting and seeds are unchanged
+and trains only what is new (nothing, for an unchanged search).
 
 The retrainings are independent. `evaluate_final` hands them to a `Runner`: by default they
 run one after the other in this process; `kdsearch run` passes one (`trainable.ray_runner`) that
@@ -20,32 +21,31 @@ setting, seed and thread count.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
-import logging
 import json
+import logging
 import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import torch
 
-from kdsearch.config import (VALUE_RULES, ExperimentConfig, config_to_dict, default_cache_dir,
-                             default_data_dir, with_params)
-from kdsearch.builders import Given, build_student, code_folders
-from kdsearch.data import Dataset, load_dataset, load_test
+from kdsearch.builders import UserObjects, build_student, code_folders
+from kdsearch.config import ExperimentConfig, default_cache_dir, default_data_dir
+from kdsearch.data import Split, load_test
 from kdsearch.distill import correct_on, evaluate
+from kdsearch.final_record import (FINAL_FILE, DataSizes, FinalRecord, FinalRow, TeacherResult,
+                                   read_final, write_final)
+from kdsearch.inputs import Inputs, load_inputs
 from kdsearch.models import count_parameters
-from kdsearch.results import (BASELINE, CONFIG_FILE, DISTILLED, FINAL_FILE, FINAL_FORMAT, RUN_FILE,
-                              ReportError, best_trial, phase_dimensions, rank_key, read_config,
-                              read_final, row_width, write_json)
 from kdsearch.retrain import (Retrained, Retraining, Runner, in_process, out_of_memory,
                               torch_threads)
+from kdsearch.selection import (Selection, Setting, read_searched, select_settings,
+                                teacher_files, training_config, training_fingerprint)
 from kdsearch.stats import mean_std, pack_correct
-from kdsearch.students import STUDENTS_DIR, kept_entries, save_state, write_index
-from kdsearch.tables import TRIALS_FILE, dim_column, read_table
-from kdsearch.teacher import Teacher, TeacherError, get_teacher, teacher_key, user_file_sha256
+from kdsearch.students import STUDENTS_DIR, StudentEntry, kept_entries, save_state, write_index
+from kdsearch.tables import BASELINE, DISTILLED
+from kdsearch.teacher import TeacherError, teacher_key
 from kdsearch.version import __version__
 
 log = logging.getLogger(__name__)
@@ -55,397 +55,293 @@ log = logging.getLogger(__name__)
 _SMALL_BATCH_WORK = 5e6
 
 
+@dataclass
+class Plan:
+    """What the final evaluation of a folder trains, and what it reuses of final.json."""
+
+    cfg: ExperimentConfig
+    selection: Selection
+    seeds: list[int]
+    fingerprint: str  # `selection.training_fingerprint`: what the retrainings depend on
+    files: dict[str, str]  # `selection.teacher_files`
+    teacher_key: str
+    reused: dict[int, FinalRow]  # setting index -> its row of the earlier final.json
+    teacher: TeacherResult | None  # the earlier final.json's tested teacher, still good
+    previous: FinalRecord | None  # the earlier final.json rows are reused from
+
+    @property
+    def todo(self) -> list[int]:
+        """The indices of the settings to train."""
+        return [i for i in range(len(self.selection.settings)) if i not in self.reused]
+
+
 @dataclass(frozen=True)
-class Setting:
-    """One setting to retrain: the best of its kind at one student width."""
+class Outcome:
+    """One retrained model, tested on the test split."""
 
-    kind: str  # DISTILLED or BASELINE
-    width: int
-    settings: dict[str, Any]  # the phase's searched dimensions -> the trial's values
-    tuned: bool  # False: a baseline nobody searched for (the distilled setting with alpha = 1)
-    best: bool  # the best setting of its kind over all widths
-    trial_id: str | None  # the search trial it comes from (None for an untuned baseline)
-    val_acc: float | None  # that trial's validation accuracy at its last epoch
-    search_epochs: int | None  # the epochs that trial ran (fewer if ASHA stopped it)
-
-    def spec(self, fingerprint: str) -> dict[str, Any]:
-        """Everything that determines the retrained models, but the seeds (`fingerprint`: the
-        config's, `training_fingerprint`)."""
-        return {"kind": self.kind, "width": self.width, "tuned": self.tuned,
-                "settings": self.settings, "config": fingerprint}
+    result: Retrained
+    test_acc: float | None  # None: it diverged or failed
+    correct: str | None  # which test examples it got right (`stats.pack_correct`)
 
 
-@dataclass(frozen=True)
-class Selection:
-    settings: list[Setting]
-    baseline_tuned: bool  # a baseline search ran and has a finished trial
-    baseline_note: str  # why the baseline is untuned, "" when it is tuned
+# --------------------------------------------------------------------------- 1. the plan
+def _spec_key(setting: Setting, fingerprint: str) -> str:
+    return json.dumps(setting.spec(fingerprint), sort_keys=True)
 
 
-def teacher_files(cfg: ExperimentConfig, recorded: dict[str, Any] | None = None
-                  ) -> dict[str, str]:
-    """The sha256 of teacher.checkpoint and teacher.logits, where set: read from the files, or,
-    where a file is gone (the folder reported on another machine), as final.json `recorded`."""
-    out = {}
-    for key in ("checkpoint", "logits"):
-        path = getattr(cfg.teacher, key)
-        if path:
-            out[key] = (user_file_sha256(Path(path)) or (recorded or {}).get(key)
-                        or "unreadable")
-    return out
-
-
-def training_fingerprint(cfg: ExperimentConfig, files: dict[str, str] | None = None) -> str:
-    """A hash of the config sections a retraining depends on (not search or report); a
-    teacher's checkpoint or logits by their content (`teacher_files`), not where they lie."""
-    d = config_to_dict(cfg)
-    for key, sha in (files or {}).items():
-        d["teacher"][key] = sha
-    if d["training"]["fast_step"] == "auto":  # the default: as before the setting existed
-        del d["training"]["fast_step"]
-    for section, key in (("teacher", "kwargs"), ("teacher", "checkpoint"),
-                         ("teacher", "logits"), ("student", "kwargs")):
-        if not d[section][key]:  # unset: as before a user's models could be named
-            del d[section][key]
-    blob = json.dumps({k: d[k] for k in ("dataset", "teacher", "student", "training")},
-                      sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:16]
-
-
-# --------------------------------------------------------------------------- reading a folder
-def read_searched(results_dir: Path) -> tuple[ExperimentConfig, list[dict[str, str]]]:
-    """The config and trials of a results folder that a search has run in, or a ReportError."""
-    if not Path(results_dir).is_dir():
-        raise ReportError(f"{results_dir}: no such results folder; pass results/<name> of a "
-                          f"search")
-    cfg = read_config(results_dir)
-    rows = read_table(results_dir / TRIALS_FILE)
-    if not rows:
-        raise ReportError(f"{results_dir}: no {TRIALS_FILE} or no trials in it; run the search "
-                          f"first (kdsearch run SPACE.yaml)")
-    check_consistent(cfg, rows, results_dir)
-    return cfg, rows
-
-
-def check_consistent(cfg: ExperimentConfig, rows: list[dict[str, str]], results_dir: Path
-                     ) -> None:
-    """config.yaml is the one the search ran with: every ended trial holds exactly the
-    dimensions it searches, and its teacher is run.json's. A ReportError names what differs."""
-    path = results_dir / TRIALS_FILE
-    restore = (f"the two files are not of one search: restore {CONFIG_FILE} from a copy of the "
-               f"folder (the search's own config)")
-    known = {dim_column(name) for name in VALUE_RULES} - {dim_column("epochs")}
-    for phase in ("distill", "baseline"):
-        searched = {dim_column(d.name) for d in phase_dimensions(cfg, phase)}
-        for line, r in enumerate(rows, start=2):
-            if r.get("phase") != phase or r.get("status") != "TERMINATED":
-                continue
-            for column in sorted(searched):
-                if r.get(column) in (None, ""):
-                    raise ReportError(f"{path}: line {line}: no {column}, which {CONFIG_FILE} "
-                                      f"searches; {restore}")
-            for column in sorted(known - searched):
-                if r.get(column) not in (None, ""):
-                    raise ReportError(f"{path}: line {line}: the trial searched {column}, which "
-                                      f"{CONFIG_FILE} does not; {restore}")
-    try:
-        run = json.loads((results_dir / RUN_FILE).read_text())
-        ran_with = run["teacher"]["key"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return  # no record of the teacher (a search killed early, an older folder)
-    try:
-        key = teacher_key(cfg)
-    except TeacherError:
-        return  # its checkpoint or logits file is gone: a retraining that needs it says so
-    if ran_with and ran_with != key:
-        raise ReportError(f"{results_dir / CONFIG_FILE}: its dataset or teacher settings differ "
-                          f"from those the search ran with (teacher {ran_with} in {RUN_FILE}); "
-                          f"{restore}")
-
-
-# --------------------------------------------------------------------------- choosing settings
-def _best_by_width(rows: list[dict[str, Any]], cfg: ExperimentConfig, phase: str
-                   ) -> dict[int, tuple[dict[str, Any], dict[str, Any]]]:
-    dims = [d.name for d in phase_dimensions(cfg, phase)]
-    groups: dict[int, list[dict[str, Any]]] = {}
-    for r in rows:
-        w = row_width(r, cfg)
-        if r.get("phase") == phase and w is not None:
-            groups.setdefault(w, []).append(r)
-    out = {}
-    for w, group in groups.items():
-        best = best_trial(group, phase, dims)
-        if best is not None:
-            out[w] = best
-    return out
-
-
-def _overall_width(rows: list[dict[str, Any]], cfg: ExperimentConfig, phase: str) -> int | None:
-    dims = [d.name for d in phase_dimensions(cfg, phase)]
-    best = best_trial([r for r in rows if row_width(r, cfg) is not None], phase, dims)
-    return row_width(best[1], cfg) if best is not None else None
-
-
-def _setting(kind: str, width: int, best: tuple[dict[str, Any], dict[str, Any]],
-             is_best: bool) -> Setting:
-    settings, metrics = best
-    return Setting(kind, width, dict(settings), True, is_best, str(metrics.get("trial_id")),
-                   float(metrics["val_acc"]), int(float(metrics.get("epochs") or 0)))
-
-
-def _untuned(distilled: Setting, cfg: ExperimentConfig, is_best: bool) -> Setting:
-    dims = [d.name for d in phase_dimensions(cfg, "baseline")]
-    settings = {d: distilled.settings[d] for d in dims if d in distilled.settings}
-    return Setting(BASELINE, distilled.width, settings, False, is_best, None, None, None)
-
-
-def select_settings(cfg: ExperimentConfig, rows: list[dict[str, Any]]) -> Selection:
-    """The settings to retrain: per width, the best distilled and the best baseline trial.
-
-    Widths are ranked by their best distilled trial (as `search.best_trial` ranks trials) and
-    the best `report.max_widths` kept, plus the best baseline's width. A width whose baseline
-    has no finished trial gets an untuned baseline: its distilled setting with alpha = 1.
-    """
-    distilled = _best_by_width(rows, cfg, "distill")
-    if not distilled:
-        raise ReportError(f"no distillation trial finished in {TRIALS_FILE}; nothing to evaluate "
-                          f"(continue the search with `kdsearch resume`)")
-    baseline = _best_by_width(rows, cfg, "baseline") if cfg.search.baseline else {}
-    # the overall bests are the trials search.best_trial picks (the search's own summary line)
-    best_distilled = _overall_width(rows, cfg, "distill")
-    best_base = _overall_width(rows, cfg, "baseline") if baseline else None
-    ranked = sorted(distilled, reverse=True,
-                    key=lambda w: (w == best_distilled, rank_key(distilled[w][1])))
-    widths = set(ranked[:cfg.report.max_widths])
-    if best_base is not None:
-        widths.add(best_base)
-    if not cfg.search.baseline:
-        note = "the baseline was not tuned (search.baseline is false)"
-    elif not baseline:
-        note = "the baseline was not tuned (no baseline trial finished)"
-    else:
-        note = ""
-    out: list[Setting] = []
-    for w in sorted(widths):
-        d = _setting(DISTILLED, w, distilled[w], w == ranked[0]) if w in distilled else None
-        if d is not None:
-            out.append(d)
-        if w in baseline:
-            out.append(_setting(BASELINE, w, baseline[w], w == best_base))
-        elif d is not None:
-            out.append(_untuned(d, cfg, best_base is None and w == ranked[0]))
-    return Selection(out, bool(baseline), note)
-
-
-def training_config(cfg: ExperimentConfig, setting: Setting, seed: int) -> ExperimentConfig:
-    """The config a retraining runs: the setting's values, alpha = 1 for a baseline, the seed."""
-    c = with_params(cfg, {**setting.settings, "width": setting.width})
-    alpha = 1.0 if setting.kind == BASELINE else c.training.alpha
-    return dataclasses.replace(c, training=dataclasses.replace(c.training, seed=seed,
-                                                               alpha=alpha))
-
-
-# --------------------------------------------------------------------------- training
-def _device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
-
-
-def evaluate_final(results_dir: str | os.PathLike[str], *, retrain: bool = True,
-                   device: str = "auto", quiet: bool = False,
-                   runner: Runner | None = None,
-                   loaded: tuple[Dataset, Teacher] | None = None,
-                   given: Given | None = None) -> dict[str, Any]:
-    """Retrain the best settings of a results folder with K seeds; test once; write final.json.
-
-    With `retrain=False`, rows of an existing final.json with the same setting and seeds are
-    reused and only the rest is trained. `runner` trains the models (default: one after the
-    other in this process); each is tested here. `loaded`: the folder's dataset and teacher,
-    already in memory (the search's own), so that they are not read again. `given`: the
-    dataset, teacher and student factory given to run_search as objects. Every retrained
-    student's weights are saved under students/ (see kdsearch.students). Returns what
-    final.json holds.
-    """
-    given = given or Given()
-    results = Path(results_dir)
+def plan(results: Path, *, retrain: bool) -> Plan:
+    """Read the folder, select the settings to retrain, and find which rows of its final.json
+    can be reused (none with `retrain`)."""
     cfg, rows = read_searched(results)
     selection = select_settings(cfg, rows)
     seeds = list(range(cfg.report.seeds))
     found = read_final(results)
     previous = None if retrain else found
-    files = teacher_files(cfg, (found or {}).get("teacher_files"))
+    files = teacher_files(cfg, found.teacher_files if found else None)
     fingerprint = training_fingerprint(cfg, files)
+    old_teacher = previous.teacher if previous else None
     try:
         key = teacher_key(cfg)
     except TeacherError:  # its file is gone: final.json's teacher stands, if nothing is trained
-        key = ((previous or {}).get("teacher") or {}).get("key") or ""
-    reusable: dict[str, dict[str, Any]] = {}
-    if previous is not None and previous.get("seeds") == seeds:
-        for r in previous.get("rows", []):
-            reusable[json.dumps(r.get("spec"), sort_keys=True)] = r
-    old_teacher = (previous or {}).get("teacher") or {}
-    teacher_ok = old_teacher.get("key") == key and (old_teacher.get("test_acc") is not None
-                                                    or old_teacher.get("params") is None)
-    students = results / STUDENTS_DIR
-    saved = kept_entries(students, [(r["kind"], r["width"], seed) for r in
-                                    (reusable.get(json.dumps(s.spec(fingerprint),
-                                                             sort_keys=True))
-                                     for s in selection.settings) if r for seed in seeds])
-
-    todo = [s for s in selection.settings
-            if json.dumps(s.spec(fingerprint), sort_keys=True) not in reusable]
-    device = _device(device)
-    out_rows: dict[int, dict[str, Any]] = {}
+        key = old_teacher.key if old_teacher else ""
+    reusable: dict[str, FinalRow] = {}
+    if previous is not None and previous.seeds == seeds:
+        reusable = {json.dumps(r.spec, sort_keys=True): r for r in previous.rows}
+    reused = {}
     for i, s in enumerate(selection.settings):
-        r = reusable.get(json.dumps(s.spec(fingerprint), sort_keys=True))
-        if r is not None:
-            out_rows[i] = {**r, "best": s.best, "trial_id": s.trial_id, "val_acc": s.val_acc,
-                           "search_epochs": s.search_epochs}
-    reused_rows = list(out_rows.values())
-    if not retrain and todo and not quiet:  # say why "reuse" still trains
-        why = (f" (no earlier {FINAL_FILE})" if previous is None else
-               f" ({FINAL_FILE} has other seeds than report.seeds = {len(seeds)})"
-               if previous.get("seeds") != seeds else
-               f"; reusing {len(reused_rows)} unchanged settings of {FINAL_FILE}")
-        log.info(f"final: retraining {len(todo)} settings x {len(seeds)} seeds{why}")
-    teacher_info = old_teacher if teacher_ok else None
-    data_info = (previous or {}).get("data") if previous else None
-    started = time.perf_counter()
+        row = reusable.get(_spec_key(s, fingerprint))
+        if row is not None:  # the search's own record of the setting may have changed
+            reused[i] = dataclasses.replace(row, best=s.best, trial_id=s.trial_id,
+                                            val_acc=s.val_acc, search_epochs=s.search_epochs)
+    teacher_ok = old_teacher is not None and old_teacher.key == key and (
+        old_teacher.test_acc is not None or old_teacher.params is None)
+    return Plan(cfg, selection, seeds, fingerprint, files, key, reused,
+                old_teacher if teacher_ok else None, previous)
 
-    if todo or teacher_info is None:
-        cache_dir = default_cache_dir(cfg)
-        data_dir = default_data_dir(cfg)
-        if loaded is not None:
-            data, teacher = loaded
-            if teacher.key != key:
-                raise ValueError(f"evaluate_final: the teacher passed in ({teacher.key}) is not "
-                                 f"{results}'s ({key})")
-            data = data.to(device)
-            teacher = dataclasses.replace(
-                teacher, model=None if teacher.model is None else teacher.model.to(device),
-                train_logits=teacher.train_logits.to(device))
-        else:
-            data = load_dataset(cfg.dataset, data_dir=data_dir, cache_dir=cache_dir,
-                                device=device, folders=code_folders(cfg), given=given.dataset)
-            teacher = get_teacher(cfg, data, cache_dir=cache_dir, progress=not quiet,
-                                  given=given.teacher)
-        jobs: list[Retraining] = []
-        n_params: dict[int, int] = {}
-        for i, s in enumerate(selection.settings):
-            if i in out_rows:
-                continue
-            n_params[i] = count_parameters(build_student(
-                cfg, data.input_shape, data.num_classes, width=s.width, factory=given.student))
-            c0 = training_config(cfg, s, 0)
-            small = device == "cpu" and n_params[i] * c0.training.batch_size < _SMALL_BATCH_WORK
-            jobs += [Retraining(i, seed, training_config(cfg, s, seed), 1 if small else None)
-                     for seed in seeds]
-        # a runner may start training now, while the test split is read and the teacher tested
-        trained = (runner or in_process(data, teacher, given.student))(jobs)
-        # the one read of the test split in kdsearch
-        test = load_test(cfg.dataset, data, data_dir=data_dir, cache_dir=cache_dir,
-                         device=device, folders=code_folders(cfg), given=given.dataset)
-        data_info = {"train": len(data.train), "val": len(data.val), "test": len(test)}
-        if teacher.model is not None:
-            teacher_acc = evaluate(teacher.model, test)[0]
-            teacher_info = {"model": cfg.teacher.model, "key": teacher.key,
-                            "params": count_parameters(teacher.model),
-                            "val_acc": teacher.val_acc, "test_acc": teacher_acc}
-            if not quiet:
-                log.info(f"final: teacher {cfg.teacher.model} test_acc {teacher_acc:.4f} "
-                         f"({len(test):,} test examples)")
-        else:  # logits from a file: nothing to test
-            teacher_info = {"model": cfg.teacher.model, "key": teacher.key, "params": None,
-                            "val_acc": None, "test_acc": None}
-        outcomes: dict[tuple[int, int], tuple[Retrained, float | None, str | None]] = {}
-        for done, (job, res) in enumerate(trained, 1):
-            s = selection.settings[job.index]
-            acc, packed = None, None
-            if res.state is not None:
-                model = build_student(cfg, data.input_shape, data.num_classes, width=s.width,
-                                      factory=given.student)
-                model.load_state_dict(res.state)
-                try:
-                    with torch_threads(job.threads):
-                        right = correct_on(model.to(device), test)  # the one read of test
-                    # counted, then divided: equal counts tie exactly (as evaluate() does it)
-                    acc = int(right.sum().item()) / len(right)
-                    packed = pack_correct(right.cpu().numpy())
-                except torch.cuda.OutOfMemoryError as e:
-                    torch.cuda.empty_cache()
-                    res = dataclasses.replace(res, state=None, error=out_of_memory(e))
-            outcomes[(job.index, job.seed)] = (res, acc, packed)
-            if acc is not None and res.state is not None:
-                name, sha = save_state(students, s.kind, s.width, job.seed, res.state)
-                saved.append({"kind": s.kind, "width": s.width, "seed": job.seed,
-                              "test_acc": acc, "file": name, "sha256": sha,
-                              "model": cfg.student.model, "kwargs": cfg.student.kwargs,
-                              "input_shape": list(data.input_shape),
-                              "num_classes": data.num_classes})
-            if not quiet:
-                label = s.kind if s.tuned else f"{s.kind} (untuned)"
-                what = (res.error or "diverged") if acc is None else f"test_acc {acc:.4f}"
-                log.info(f"final [{done}/{len(jobs)}] {label} width {s.width} seed {job.seed}: "
-                    f"{what} ({job.config.training.epochs} epochs, {res.seconds:.1f} s)")
-        trained_on = sorted({res.device for res, _, _ in outcomes.values()})
-        for i in n_params:
-            s = selection.settings[i]
-            c0 = training_config(cfg, s, 0)
-            accs = [outcomes[(i, seed)][1] for seed in seeds]
-            val_accs = [outcomes[(i, seed)][0].val_acc for seed in seeds]
-            ok = [a for a in accs if a is not None]
-            mean, std = mean_std(ok)
-            out_rows[i] = {"kind": s.kind, "tuned": s.tuned, "best": s.best, "width": s.width,
-                           "params": n_params[i], "settings": s.settings,
-                           "epochs": c0.training.epochs,
-                           "alpha": c0.training.alpha, "trial_id": s.trial_id,
-                           "val_acc": s.val_acc, "search_epochs": s.search_epochs,
-                           "seeds": seeds, "test_accs": accs,
-                           # per seed, which test examples it got right (stats.pack_correct)
-                           "test_correct": [outcomes[(i, seed)][2] for seed in seeds],
-                           "final_val_accs": val_accs, "mean": mean, "std": std,
-                           # seeds without an accuracy: the loss diverged, or another
-                           # failure (out of GPU memory), each seed's in `errors`
-                           "errors": [outcomes[(i, seed)][0].error for seed in seeds],
-                           "diverged": sum(outcomes[(i, seed)][0].error == "diverged"
-                                           or (a is None and outcomes[(i, seed)][0].error is None)
-                                           for seed, a in zip(seeds, accs)),
-                           "failed": sum(a is None and outcomes[(i, seed)][0].error
-                                         not in (None, "diverged")
-                                         for seed, a in zip(seeds, accs)),
-                           # host:pid of the process that trained each seed
-                           "workers": [outcomes[(i, seed)][0].worker for seed in seeds],
-                           # training time, summed over the seeds (they may run side by side)
-                           "seconds": round(sum(outcomes[(i, seed)][0].seconds
-                                                for seed in seeds), 3),
-                           "spec": s.spec(fingerprint)}
-        del data, teacher, test
-        if device == "cuda":  # the driver's device (the test split, the teacher)
-            torch.cuda.empty_cache()
-        if trained_on:
-            device = "+".join(trained_on)
+
+def _say_why(p: Plan) -> None:
+    """Say why a final evaluation that may reuse final.json still trains."""
+    n, seeds = len(p.todo), len(p.seeds)
+    if p.previous is None:
+        why = f" (no earlier {FINAL_FILE})"
+    elif p.previous.seeds != p.seeds:
+        why = f" ({FINAL_FILE} has other seeds than report.seeds = {seeds})"
     else:
-        device = (previous or {}).get("device", device)  # where the reused rows were trained
-        if not quiet:
-            log.info(f"final: reusing {FINAL_FILE} (all {len(out_rows)} settings unchanged)")
+        why = f"; reusing {len(p.reused)} unchanged settings of {FINAL_FILE}"
+    log.info(f"final: retraining {n} settings x {seeds} seeds{why}")
 
-    final = {"format": FINAL_FORMAT, "kdsearch_version": __version__, "name": cfg.name,
-             "created": time.time(), "device": device, "seeds": seeds,
-             "seconds": round(time.perf_counter() - started, 3),
-             "retrained": len(todo) * len(seeds), "reused": len(reused_rows),
-             # the reused settings' training time when they were trained, summed over seeds
-             "reused_training_seconds": round(sum(float(r.get("seconds") or 0)
-                                                  for r in reused_rows), 3),
-             "data": data_info, "teacher": teacher_info,
-             # the content of teacher.checkpoint / teacher.logits the retrainings are of
-             **({"teacher_files": files} if files else {}),
-             "student_model": cfg.student.model,
-             "baseline_tuned": selection.baseline_tuned,
-             "baseline_note": selection.baseline_note,
-             "rows": [out_rows[i] for i in range(len(selection.settings))]}
-    best = {kind: next((s.width for s in selection.settings if s.best and s.kind == kind), None)
-            for kind in (DISTILLED, BASELINE)}
+
+# --------------------------------------------------------------------------- 2. the jobs
+def _on_device(inputs: Inputs, key: str, results: Path, device: str) -> Inputs:
+    """The search's inputs (already in memory) on `device`, checked to be this folder's."""
+    if inputs.teacher.key != key:
+        raise ValueError(f"evaluate_final: the teacher passed in ({inputs.teacher.key}) is not "
+                         f"{results}'s ({key})")
+    t = inputs.teacher
+    teacher = dataclasses.replace(
+        t, model=None if t.model is None else t.model.to(device),
+        train_logits=t.train_logits.to(device))
+    return dataclasses.replace(inputs, data=inputs.data.to(device), teacher=teacher)
+
+
+def make_jobs(p: Plan, inputs: Inputs, device: str) -> tuple[list[Retraining], dict[int, int]]:
+    """A retraining per setting to train and seed, and each such setting's parameter count."""
+    cfg, data = p.cfg, inputs.data
+    jobs: list[Retraining] = []
+    params: dict[int, int] = {}
+    for i in p.todo:
+        s = p.selection.settings[i]
+        params[i] = count_parameters(build_student(
+            cfg, data.input_shape, data.num_classes, width=s.width,
+            factory=inputs.objects.student))
+        batch = training_config(cfg, s, 0).training.batch_size
+        small = device == "cpu" and params[i] * batch < _SMALL_BATCH_WORK
+        jobs += [Retraining(i, seed, training_config(cfg, s, seed), 1 if small else None)
+                 for seed in p.seeds]
+    return jobs, params
+
+
+# --------------------------------------------------------------------------- 3. testing
+def score_teacher(cfg: ExperimentConfig, inputs: Inputs, test: Split) -> TeacherResult:
+    """The teacher's accuracy on the test split (none for a teacher known by its logits)."""
+    teacher = inputs.teacher
+    if teacher.model is None:  # logits from a file: nothing to test
+        return TeacherResult(cfg.teacher.model, teacher.key, None, None, None)
+    acc = evaluate(teacher.model, test)[0]
+    log.info(f"final: teacher {cfg.teacher.model} test_acc {acc:.4f} "
+             f"({len(test):,} test examples)")
+    return TeacherResult(cfg.teacher.model, teacher.key, count_parameters(teacher.model),
+                         teacher.val_acc, acc)
+
+
+def score_student(p: Plan, inputs: Inputs, job: Retraining, result: Retrained, test: Split,
+                 device: str) -> Outcome:
+    """A retrained student's test accuracy and per-example results (none when it diverged)."""
+    if result.state is None:
+        return Outcome(result, None, None)
+    s, data = p.selection.settings[job.index], inputs.data
+    model = build_student(p.cfg, data.input_shape, data.num_classes, width=s.width,
+                          factory=inputs.objects.student)
+    model.load_state_dict(result.state)
+    try:
+        with torch_threads(job.threads):
+            right = correct_on(model.to(device), test)  # the one read of test
+    except torch.cuda.OutOfMemoryError as e:
+        torch.cuda.empty_cache()
+        return Outcome(dataclasses.replace(result, state=None, error=out_of_memory(e)),
+                       None, None)
+    # counted, then divided: equal counts tie exactly (as evaluate() does it)
+    acc = int(right.sum().item()) / len(right)
+    return Outcome(result, acc, pack_correct(right.cpu().numpy()))
+
+
+def _log_outcome(s: Setting, job: Retraining, outcome: Outcome, done: int, total: int) -> None:
+    label = s.kind if s.tuned else f"{s.kind} (untuned)"
+    res = outcome.result
+    what = (res.error or "diverged") if outcome.test_acc is None \
+        else f"test_acc {outcome.test_acc:.4f}"
+    log.info(f"final [{done}/{total}] {label} width {s.width} seed {job.seed}: {what} "
+             f"({job.config.training.epochs} epochs, {res.seconds:.1f} s)")
+
+
+# --------------------------------------------------------------------------- 4. the rows
+def new_row(p: Plan, i: int, params: int, outcomes: list[Outcome]) -> FinalRow:
+    """final.json's row of setting `i`, from its outcomes, one per seed in order."""
+    s = p.selection.settings[i]
+    accs = [o.test_acc for o in outcomes]
+    errors = [o.result.error for o in outcomes]
+    mean, std = mean_std([a for a in accs if a is not None])
+    training = training_config(p.cfg, s, 0).training
+    return FinalRow(
+        kind=s.kind, tuned=s.tuned, best=s.best, width=s.width, params=params,
+        settings=s.settings, epochs=training.epochs, alpha=training.alpha,
+        trial_id=s.trial_id, val_acc=s.val_acc, search_epochs=s.search_epochs,
+        seeds=p.seeds, test_accs=accs, test_correct=[o.correct for o in outcomes],
+        final_val_accs=[o.result.val_acc for o in outcomes], mean=mean, std=std,
+        errors=errors,
+        # a seed without an accuracy diverged, or failed otherwise (out of GPU memory)
+        diverged=sum(a is None and e in (None, "diverged") for a, e in zip(accs, errors)),
+        failed=sum(a is None and e not in (None, "diverged") for a, e in zip(accs, errors)),
+        workers=[o.result.worker for o in outcomes],
+        # training time, summed over the seeds (they may run side by side)
+        seconds=round(sum(o.result.seconds for o in outcomes), 3),
+        spec=s.spec(p.fingerprint))
+
+
+def _student_entry(p: Plan, inputs: Inputs, s: Setting, seed: int, outcome: Outcome,
+                   folder: Path) -> StudentEntry:
+    assert outcome.result.state is not None and outcome.test_acc is not None
+    name, sha = save_state(folder, s.kind, s.width, seed, outcome.result.state)
+    return StudentEntry(kind=s.kind, width=s.width, seed=seed, test_acc=outcome.test_acc,
+                        file=name, sha256=sha, model=p.cfg.student.model,
+                        kwargs=p.cfg.student.kwargs,
+                        input_shape=list(inputs.data.input_shape),
+                        num_classes=inputs.data.num_classes)
+
+
+# --------------------------------------------------------------------------- the whole
+@dataclass
+class Trained:
+    """What a final evaluation that trains adds to its plan."""
+
+    rows: dict[int, FinalRow]
+    teacher: TeacherResult
+    data: DataSizes
+    students: list[StudentEntry]
+    device: str
+
+
+def train_and_test(p: Plan, inputs: Inputs, runner: Runner | None, device: str,
+                   folder: Path) -> Trained:
+    """Train the plan's settings with every seed, test each model and the teacher once, and
+    save each student that has a test accuracy in `folder`."""
+    cfg = p.cfg
+    jobs, params = make_jobs(p, inputs, device)
+    # a runner may start training now, while the test split is read and the teacher tested
+    trained = (runner or in_process(inputs.data, inputs.teacher, inputs.objects.student))(jobs)
+    # the one read of the test split in kdsearch
+    test = load_test(cfg.dataset, inputs.data, data_dir=default_data_dir(cfg),
+                     cache_dir=default_cache_dir(cfg), device=device, folders=code_folders(cfg),
+                     source=inputs.objects.dataset)
+    data = inputs.data
+    sizes = DataSizes(len(data.train), len(data.val), len(test))
+    teacher = score_teacher(cfg, inputs, test)
+    outcomes: dict[tuple[int, int], Outcome] = {}
+    students: list[StudentEntry] = []
+    for done, (job, result) in enumerate(trained, 1):
+        s = p.selection.settings[job.index]
+        outcome = outcomes[(job.index, job.seed)] = score_student(p, inputs, job, result, test,
+                                                                  device)
+        if outcome.test_acc is not None:
+            students.append(_student_entry(p, inputs, s, job.seed, outcome, folder))
+        _log_outcome(s, job, outcome, done, len(jobs))
+    rows = {i: new_row(p, i, params[i], [outcomes[(i, seed)] for seed in p.seeds])
+            for i in params}
+    where = sorted({o.result.device for o in outcomes.values()})
+    return Trained(rows, teacher, sizes, students, "+".join(where) if where else device)
+
+
+def evaluate_final(results_dir: str | os.PathLike[str], *, retrain: bool = True,
+                   device: str = "auto", runner: Runner | None = None,
+                   inputs: Inputs | None = None, objects: UserObjects | None = None
+                   ) -> FinalRecord:
+    """Retrain the best settings of a results folder with K seeds, test them once, and write
+    final.json and the students.
+
+    Args:
+        results_dir: the search's results folder.
+        retrain: retrain every setting; False: reuse the rows of an up-to-date final.json and
+            train only what changed.
+        device: where the test split is read and the models tested ("auto": CUDA if present).
+        runner: trains the models (default: one after the other in this process).
+        inputs: the folder's dataset and teacher, already in memory (the search's own).
+        objects: the Python objects the search was given in place of the config's names
+            (taken from `inputs` when it is given).
+
+    Returns:
+        What final.json now holds.
+
+    Raises:
+        ReportError: the folder has no search to evaluate.
+    """
+    results = Path(results_dir)
+    p = plan(results, retrain=retrain)
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if device == "auto" else device
+    started = time.perf_counter()
+    students = results / STUDENTS_DIR
+    saved = kept_entries(students, [(r.kind, r.width, seed) for r in p.reused.values()
+                                    for seed in p.seeds])
+    rows = dict(p.reused)
+    teacher, data = p.teacher, p.previous.data if p.previous else None
+    if p.todo or teacher is None:
+        if not retrain and p.todo:
+            _say_why(p)
+        if inputs is None:
+            inputs = load_inputs(p.cfg, device=device, objects=objects)
+        else:
+            inputs = _on_device(inputs, p.teacher_key, results, device)
+        trained = train_and_test(p, inputs, runner, device, students)
+        rows.update(trained.rows)
+        teacher, data, saved = trained.teacher, trained.data, saved + trained.students
+        del inputs
+        if device == "cuda":  # this process's device (the test split, the teacher)
+            torch.cuda.empty_cache()
+        device = trained.device  # where the models were trained
+    else:
+        assert p.previous is not None
+        device = p.previous.device  # where the reused rows were trained
+        log.info(f"final: reusing {FINAL_FILE} (all {len(rows)} settings unchanged)")
+    final = FinalRecord(
+        kdsearch_version=__version__, name=p.cfg.name, created=time.time(), device=device,
+        seeds=p.seeds, seconds=round(time.perf_counter() - started, 3),
+        retrained=len(p.todo) * len(p.seeds), reused=len(p.reused),
+        reused_training_seconds=round(sum(r.seconds or 0.0 for r in p.reused.values()), 3),
+        data=data, teacher=teacher, teacher_files=p.files or None,
+        student_model=p.cfg.student.model, baseline_tuned=p.selection.baseline_tuned,
+        baseline_note=p.selection.baseline_note,
+        rows=[rows[i] for i in range(len(p.selection.settings))])
+    best = {kind: next((s.width for s in p.selection.settings if s.best and s.kind == kind),
+                       None) for kind in (DISTILLED, BASELINE)}
     write_index(students, saved, best)
-    write_json(results / FINAL_FILE, final)
+    write_final(results, final)
     return final

@@ -21,9 +21,8 @@ from kdsearch import files
 from kdsearch.config import ExperimentConfig
 from kdsearch.metrics import EPOCH, VAL_ACC
 from kdsearch.optuna_space import optuna_space
-from kdsearch.results import (IMPORTANCES_FILE, PHASES, per_width, phase_dimensions,
-                              searched_widths)
-from kdsearch.tables import PROGRESS_FILE, TRIALS_FILE, dim_column, parse_value, read_table
+from kdsearch.results import IMPORTANCES_FILE, dimensions, per_width, searched_widths
+from kdsearch.tables import KINDS, PHASE, PROGRESS_FILE, TRIALS_FILE, read_table, read_trials
 
 MIN_TRIALS = 10  # the fewest trials an importance is computed from
 
@@ -44,8 +43,8 @@ def _importance(points: list[tuple[dict[str, Any], float]], dists: dict[str, Any
 
 
 def write_importances(results_dir: Path, cfg: ExperimentConfig) -> dict[str, Any]:
-    """Per phase (and per width, with search.per_width), which searched values mattered (see
-    the module's docstring), to importances.json; returns what it wrote."""
+    """Per kind of student (and per width, with search.per_width), which searched values
+    mattered (see the module's docstring), to importances.json; returns what it wrote."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     rung = cfg.search.grace_period if cfg.search.scheduler == "asha" else None
     out: dict[str, Any] = {"format": 1, "target": f"val_acc at epoch {rung}" if rung
@@ -54,19 +53,18 @@ def write_importances(results_dir: Path, cfg: ExperimentConfig) -> dict[str, Any
     for r in read_table(results_dir / PROGRESS_FILE):
         if rung is not None and int(r[EPOCH]) == rung and r.get(VAL_ACC) not in (None, ""):
             at_rung[r["trial_id"]] = float(r[VAL_ACC])
-    rows = read_table(results_dir / TRIALS_FILE)
-    for phase in PHASES:
-        dims = phase_dimensions(cfg, phase)
+    rows = read_trials(results_dir / TRIALS_FILE)
+    for kind in KINDS:
+        dims = dimensions(cfg, kind)
         points = []
         for r in rows:
-            if r.get("phase") != phase or r.get("status") != "TERMINATED" \
-                    or int(r.get("diverged") or 0):
+            if r.kind != kind or not r.completed or r.diverged:
                 continue
-            params = {d.name: parse_value(r.get(dim_column(d.name))) for d in dims}
-            value = at_rung.get(r["trial_id"]) if rung else parse_value(r.get(VAL_ACC))
-            if value is not None and "" not in params.values() and None not in params.values():
+            params = {d.name: r.value(d.name) for d in dims}
+            value = at_rung.get(r.trial_id) if rung else r.val_acc
+            if value is not None and None not in params.values():
                 points.append((params, float(value)))
-        if not rows or not any(r.get("phase") == phase for r in rows):
+        if not any(r.kind == kind for r in rows):
             continue
         groups: list[tuple[Any, list[tuple[dict[str, Any], float]]]] = [(None, points)]
         if per_width(cfg):
@@ -74,8 +72,8 @@ def write_importances(results_dir: Path, cfg: ExperimentConfig) -> dict[str, Any
                        for w in searched_widths(cfg)]
         for width, group in groups:
             kept = tuple(d for d in dims if not (width is not None and d.name == "width"))
-            entry: dict[str, Any] = {"phase": phase, "width": width, "trials": len(group),
-                                     "importances": None}
+            entry: dict[str, Any] = {"phase": PHASE[kind], "width": width,
+                                     "trials": len(group), "importances": None}
             if len(group) >= MIN_TRIALS and len(kept) > 1:
                 entry["importances"] = _importance(group, optuna_space(kept))
             out["groups"].append(entry)

@@ -27,8 +27,9 @@ from kdsearch.config import ExperimentConfig
 from kdsearch.errors import one_line
 from kdsearch.metrics import EPOCH, VAL_ACC
 from kdsearch.optuna_space import optuna_space
-from kdsearch.results import DONE_STATUSES, OPTUNA_FILE, PHASES, phase_dimensions, phase_of
-from kdsearch.tables import PROGRESS_FILE, TRIALS_FILE, dim_column, parse_value, read_table
+from kdsearch.results import OPTUNA_FILE, dimensions, kind_of_config, searched_kinds
+from kdsearch.tables import (KINDS, PHASE, PROGRESS_FILE, TRIALS_FILE, TrialRow, read_table,
+                             read_trials)
 
 log = logging.getLogger(__name__)
 
@@ -50,17 +51,26 @@ def _storage(path: Path) -> optuna.storages.RDBStorage:
     return storage
 
 
-def _state(row: dict[str, Any]) -> TrialState:
-    done = row.get("status") == "TERMINATED" and not int(row.get("diverged") or 0)
-    return (TrialState.FAIL if not done else
-            TrialState.PRUNED if int(row.get("stopped_early") or 0) else TrialState.COMPLETE)
+def _state(*, ended: bool, ok: bool, stopped_early: bool) -> TrialState:
+    """The Optuna state of a trial: RUNNING until it ends; then COMPLETE, PRUNED when ASHA
+    stopped it early, or FAIL when it raised or diverged."""
+    if not ended:
+        return TrialState.RUNNING
+    return (TrialState.FAIL if not ok else
+            TrialState.PRUNED if stopped_early else TrialState.COMPLETE)
+
+
+def _row_state(r: TrialRow) -> TrialState:
+    ok = r.completed and not r.diverged
+    return _state(ended=r.ended, ok=ok, stopped_early=r.stopped_early)
 
 
 def export_study(results_dir: Path, cfg: ExperimentConfig) -> None:
     """Write the search's trials, as trials.csv and progress.csv record them, into optuna.db
-    (a new file, renamed over the old one): a study for each phase the config searches."""
+    (a new file, renamed over the old one): a study for each kind the config searches, named
+    as the `phase` column names it ("distill", "baseline")."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    rows = read_table(results_dir / TRIALS_FILE)
+    rows = read_trials(results_dir / TRIALS_FILE)
     curves: dict[str, dict[int, float]] = {}
     for r in read_table(results_dir / PROGRESS_FILE):
         if r.get(VAL_ACC) not in (None, ""):
@@ -69,25 +79,25 @@ def export_study(results_dir: Path, cfg: ExperimentConfig) -> None:
     tmp = results_dir / (OPTUNA_FILE + ".tmp")
     tmp.unlink(missing_ok=True)
     storage = _storage(tmp)
-    for phase in PHASES:
-        dims = phase_dimensions(cfg, phase)
+    for kind in KINDS:
+        dims = dimensions(cfg, kind)
         dists = optuna_space(dims)
-        phase_rows = [r for r in rows if r.get("phase") == phase]
-        if not phase_rows and not (phase == "distill" or cfg.search.baseline):
+        mine = [r for r in rows if r.kind == kind]
+        if not mine and kind not in searched_kinds(cfg):
             continue
-        study = optuna.create_study(study_name=phase, storage=storage, direction="maximize")
-        for r in phase_rows:
-            params = {d.name: parse_value(r.get(dim_column(d.name))) for d in dims}
-            if any(v in (None, "") for v in params.values()):
+        study = optuna.create_study(study_name=PHASE[kind], storage=storage,
+                                    direction="maximize")
+        for r in mine:
+            params = {d.name: r.value(d.name) for d in dims}
+            if any(v is None for v in params.values()):
                 continue
-            state = _state(r) if r.get("status") in DONE_STATUSES \
-                else TrialState.RUNNING
+            state = _row_state(r)
             try:
                 study.add_trial(optuna.trial.create_trial(
                     params=params, distributions=dists, state=state,
-                    value=float(r["val_acc"]) if state == TrialState.COMPLETE else None,
-                    intermediate_values=curves.get(r["trial_id"], {}),
-                    user_attrs={"trial_id": r["trial_id"]}))
+                    value=r.val_acc if state == TrialState.COMPLETE else None,
+                    intermediate_values=curves.get(r.trial_id, {}),
+                    user_attrs={"trial_id": r.trial_id}))
             except (ValueError, TypeError):
                 continue
     storage.engine.dispose()
@@ -138,8 +148,7 @@ class StudyWriter(tune.Callback):
         last = trial.last_result or {}
         budget = int(trial.config.get("epochs", self.cfg.training.epochs))
         epochs = int(last.get(EPOCH, 0) or 0)
-        state = _state({"status": "TERMINATED", "diverged": last.get("diverged"),
-                        "stopped_early": int(epochs < budget)})
+        state = _state(ended=True, ok=not last.get("diverged"), stopped_early=epochs < budget)
         self.queue.put(("end", trial.trial_id, {"config": trial.config, "state": state,
                                                 VAL_ACC: last.get(VAL_ACC)}))
 
@@ -160,13 +169,13 @@ class StudyWriter(tune.Callback):
             studies: dict[str, int] = {}
             ids: dict[str, int] = {}  # Tune's trial id -> the Optuna trial's
             ended: set[int] = set()  # Optuna trials that have their final state
-            for phase in PHASES:
+            for kind in KINDS:
                 try:
-                    studies[phase] = storage.get_study_id_from_name(phase)
+                    studies[kind] = storage.get_study_id_from_name(PHASE[kind])
                 except KeyError:
                     continue
-                for t in storage.get_all_trials(studies[phase], deepcopy=False):
-                    number = storage.get_trial_id_from_study_id_trial_number(studies[phase],
+                for t in storage.get_all_trials(studies[kind], deepcopy=False):
+                    number = storage.get_trial_id_from_study_id_trial_number(studies[kind],
                                                                              t.number)
                     ids[t.user_attrs.get("trial_id", "")] = number
                     if t.state.is_finished():
@@ -185,29 +194,29 @@ class StudyWriter(tune.Callback):
                ended: set[int]) -> None:
         while True:
             try:
-                kind, trial_id, what = self.queue.get_nowait()
+                event, trial_id, what = self.queue.get_nowait()
             except queue.Empty:
                 return
-            phase = phase_of(what["config"])
-            if phase not in studies:
-                studies[phase] = storage.create_new_study(
-                    [optuna.study.StudyDirection.MAXIMIZE], phase)
+            kind = kind_of_config(what["config"])
+            if kind not in studies:
+                studies[kind] = storage.create_new_study(
+                    [optuna.study.StudyDirection.MAXIMIZE], PHASE[kind])
             if trial_id not in ids:
-                dims = phase_dimensions(self.cfg, phase)
+                dims = dimensions(self.cfg, kind)
                 params = {d.name: what["config"][d.name] for d in dims
                           if d.name in what["config"]}
                 if len(params) < len(dims):
                     continue
                 ids[trial_id] = storage.create_new_trial(
-                    studies[phase], template_trial=optuna.trial.create_trial(
+                    studies[kind], template_trial=optuna.trial.create_trial(
                         params=params, distributions=optuna_space(dims),
                         state=TrialState.RUNNING, user_attrs={"trial_id": trial_id}))
             number = ids[trial_id]
             if number in ended:
                 continue  # (a resumed trial that had ended: its record stands)
-            if kind == "epoch" and what[VAL_ACC] is not None:
+            if event == "epoch" and what[VAL_ACC] is not None:
                 storage.set_trial_intermediate_value(number, what[EPOCH], float(what[VAL_ACC]))
-            elif kind == "end":
+            elif event == "end":
                 state = what["state"]
                 storage.set_trial_state_values(
                     number, state, [float(what[VAL_ACC])] if state == TrialState.COMPLETE

@@ -12,9 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from kdsearch import files
-from kdsearch.results import (BASELINE, DISTILLED, PHASE_LABEL, PHASES, read_config,
-                              read_importances, row_width)
-from kdsearch.tables import PROGRESS_FILE, TRIALS_FILE, read_table
+from kdsearch.config import ExperimentConfig
+from kdsearch.final_record import FinalRecord
+from kdsearch.results import read_config, read_importances, row_width
+from kdsearch.tables import (BASELINE, DISTILLED, KINDS, PHASE, PROGRESS_FILE, TRIALS_FILE,
+                             TrialRow, kind_of, read_table, read_trials)
 
 PLOT_TEST_ACC = "test_acc_vs_params.png"
 PLOT_TEMPERATURE = "val_acc_vs_temperature.png"
@@ -66,57 +68,53 @@ def _save(fig: Any, ax: Any, path: Path, title: str) -> dict[str, Any]:
             "ylabel": ax.get_ylabel(), "series": _series(ax)}
 
 
-def plot_test_acc(final: dict[str, Any], path: Path) -> dict[str, Any]:
+def plot_test_acc(final: FinalRecord, path: Path) -> dict[str, Any]:
+    """Test accuracy (mean ± std over seeds) against student parameters, each kind a series."""
     fig, ax = _figure()
     groups = [(DISTILLED, True, "distilled", "o", 0.97),
               (BASELINE, True, "baseline", "s", 1.03),
               (BASELINE, False, "baseline (untuned)", "^", 1.03)]
     for kind, tuned, label, marker, shift in groups:
-        rs = sorted((r for r in final["rows"] if r["kind"] == kind and r["tuned"] == tuned
-                     and r["mean"] is not None), key=lambda r: r["params"])
+        rs = sorted((r for r in final.rows if r.kind == kind and r.tuned == tuned
+                     and r.mean is not None), key=lambda r: r.params)
         if not rs:
             continue
         # a small multiplicative shift keeps the two kinds' error bars apart on the log axis
-        ax.errorbar([r["params"] * shift for r in rs], [100 * r["mean"] for r in rs],
-                    yerr=[100 * (r["std"] or 0.0) for r in rs], marker=marker, capsize=3,
+        ax.errorbar([r.params * shift for r in rs], [100 * (r.mean or 0.0) for r in rs],
+                    yerr=[100 * (r.std or 0.0) for r in rs], marker=marker, capsize=3,
                     label=label)
-    t = final["teacher"]
-    if t["test_acc"] is not None:  # (None: the teacher's logits came from a file)
-        ax.axhline(100 * t["test_acc"], color="grey", linestyle="--",
-                   label=f"teacher ({t['params']:,} parameters)")
+    t = final.teacher
+    if t is not None and t.test_acc is not None and t.params is not None:
+        ax.axhline(100 * t.test_acc, color="grey", linestyle="--",
+                   label=f"teacher ({t.params:,} parameters)")
     ax.set_xscale("log")
     from matplotlib.ticker import NullLocator
 
-    sizes = sorted({(r["params"], r["width"]) for r in final["rows"]})
+    sizes = sorted({(r.params, r.width) for r in final.rows})
     ax.set_xticks([p for p, _ in sizes], labels=[f"{p:,}\nwidth {w}" for p, w in sizes],
                   fontsize=8)
     ax.xaxis.set_minor_locator(NullLocator())
     ax.set_xlabel("student parameters")
     ax.set_ylabel("test accuracy (%)")
-    title = f"Test accuracy vs student size (mean ± std, {len(final['seeds'])} seeds)"
+    title = f"Test accuracy vs student size (mean ± std, {len(final.seeds)} seeds)"
     ax.set_title(title, fontsize=10)
     return _save(fig, ax, path, title)
 
 
-def _finished(rows: list[dict[str, Any]], phase: str) -> list[dict[str, Any]]:
-    return [r for r in rows if r.get("phase") == phase and r.get("status") == "TERMINATED"
-            and not int(r.get("diverged") or 0) and r.get("val_acc") not in (None, "")]
-
-
-def plot_val_acc_vs(dim: str, cfg: Any, rows: list[dict[str, Any]], path: Path
+def plot_val_acc_vs(dim: str, cfg: ExperimentConfig, rows: list[TrialRow], path: Path
                     ) -> dict[str, Any] | None:
-    """val_acc of the finished distillation trials against `dim`, one colour per width."""
+    """val_acc of the distillation trials that ended well against `dim`, a colour per width."""
     spec = next((d for d in cfg.search.space if d.name == dim), None)
-    pts = [r for r in _finished(rows, "distill") if r.get(dim) not in (None, "")]
+    pts = [r for r in rows if r.kind == DISTILLED and r.ended_ok and r.value(dim) is not None]
     if spec is None or not pts:
         return None
     fig, ax = _figure()
-    widths = sorted({row_width(r, cfg) for r in pts})
+    widths = sorted({row_width(r, cfg) or 0 for r in pts})
     colours = [f"C{i % 10}" for i in range(len(widths))]
     for w, colour in zip(widths, colours):
-        rs = [r for r in pts if row_width(r, cfg) == w]
-        faces = ["none" if int(r.get("stopped_early") or 0) else colour for r in rs]
-        ax.scatter([float(r[dim]) for r in rs], [100 * float(r["val_acc"]) for r in rs],
+        rs = [r for r in pts if (row_width(r, cfg) or 0) == w]
+        faces = ["none" if r.stopped_early else colour for r in rs]
+        ax.scatter([float(r.value(dim)) for r in rs], [100 * (r.val_acc or 0.0) for r in rs],
                    facecolors=faces, edgecolors=colour, label=f"width {w}")
     if spec.distribution == "loguniform":
         from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
@@ -132,15 +130,15 @@ def plot_val_acc_vs(dim: str, cfg: Any, rows: list[dict[str, Any]], path: Path
     return _save(fig, ax, path, title)
 
 
-def plot_best_so_far(progress: list[dict[str, Any]], path: Path) -> dict[str, Any] | None:
+def plot_best_so_far(progress: list[dict[str, str]], path: Path) -> dict[str, Any] | None:
     """Running best val_acc against trial-epochs spent, in the order the epochs arrived."""
     if not progress:
         return None
     fig, ax = _figure()
-    for phase in PHASES:
+    for kind in KINDS:
         xs, ys, best, n = [], [], -math.inf, 0
         for r in progress:
-            if r.get("phase") != phase or r.get("val_acc") in (None, ""):
+            if r.get("phase") != PHASE[kind] or r.get("val_acc") in (None, ""):
                 continue
             n += 1
             acc = float(r["val_acc"])
@@ -149,7 +147,7 @@ def plot_best_so_far(progress: list[dict[str, Any]], path: Path) -> dict[str, An
             xs.append(n)
             ys.append(100 * best)
         if xs:
-            ax.step(xs, ys, where="post", label=PHASE_LABEL[phase])
+            ax.step(xs, ys, where="post", label=kind)
     ax.set_xlabel("trial-epochs spent")
     ax.set_ylabel("best validation accuracy so far (%)")
     title = "Search progress: best val_acc vs trial-epochs"
@@ -169,7 +167,7 @@ def plot_importance(importances: dict[str, Any] | None, path: Path) -> dict[str,
     for i, g in enumerate(groups):
         xs = [j - 0.4 + step * (i + 0.5) for j, n in enumerate(names) if n in g["importances"]]
         ys = [100 * g["importances"][n] for n in names if n in g["importances"]]
-        label = PHASE_LABEL[g["phase"]] + ("" if g["width"] is None else f", width {g['width']}")
+        label = kind_of(g["phase"]) + ("" if g["width"] is None else f", width {g['width']}")
         ax.bar(xs, ys, width=step, label=f"{label} ({g['trials']} trials)")
     ax.set_xticks(range(len(names)), labels=names)
     ax.set_xlabel("searched value")
@@ -179,10 +177,10 @@ def plot_importance(importances: dict[str, Any] | None, path: Path) -> dict[str,
     return _save(fig, ax, path, title)
 
 
-def write_plots(results_dir: Path, final: dict[str, Any]) -> dict[str, dict[str, Any]]:
+def write_plots(results_dir: Path, final: FinalRecord) -> dict[str, dict[str, Any]]:
     """Draw every plot that has data; return {file: what was drawn} (series and point counts)."""
     cfg = read_config(results_dir)
-    rows = read_table(results_dir / TRIALS_FILE)
+    rows = read_trials(results_dir / TRIALS_FILE)
     progress = read_table(results_dir / PROGRESS_FILE)
     drawn = {PLOT_TEST_ACC: plot_test_acc(final, results_dir / PLOT_TEST_ACC),
              PLOT_TEMPERATURE: plot_val_acc_vs("temperature", cfg, rows,

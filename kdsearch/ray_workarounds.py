@@ -58,8 +58,8 @@ import torch
 from kdsearch import files
 from kdsearch.metrics import EPOCH, EPOCH_SECONDS, TRAIN_LOSS, VAL_ACC, VAL_LOSS
 from kdsearch.results import SearchError
-from kdsearch.tables import (PROGRESS_FIELDS, PROGRESS_FILE, TEXT_FIELDS, TRIALS_FILE, parse_value,
-                             read_table, write_table)
+from kdsearch.tables import (PROGRESS_FIELDS, PROGRESS_FILE, TRIALS_FILE, TrialRow, read_table,
+                             read_trials, write_table)
 
 TUNER_COPY = ".kdsearch-tuner.pkl"  # kdsearch's copy of Tune's tuner.pkl, beside it
 TESTED_RAY = "2.60"  # the Ray release (any patch) these workarounds were checked against
@@ -267,17 +267,17 @@ def restored_trial_configs(searcher_state: Path) -> dict[str, dict[str, Any]] | 
 
 # --------------------------------------------------------------------------- 4. ended trials
 def finished_trials(results_dir: Path) -> dict[str, dict[str, Any]]:
-    """The final result of every trial that trials.csv records as ended."""
+    """The final result of every trial that trials.csv records as ended (status TERMINATED),
+    as the trial reported it to Tune: these are replayed to a resumed search."""
     out: dict[str, dict[str, Any]] = {}
-    for r in read_table(results_dir / TRIALS_FILE):
-        if r.get("status") != "TERMINATED":
+    for r in read_trials(results_dir / TRIALS_FILE):
+        if not r.completed:
             continue
-        metrics = {k: r[k] if k in TEXT_FIELDS else parse_value(r[k])
-                   for k in (VAL_LOSS, TRAIN_LOSS, "params", "node", "gpu_ids", "error")
-                   if r.get(k) not in (None, "")}
-        out[r["trial_id"]] = {**metrics, EPOCH: int(parse_value(r.get("epochs") or 0)),
-                              VAL_ACC: float(parse_value(r.get("val_acc") or 0.0)),
-                              "diverged": int(parse_value(r.get("diverged") or 0))}
+        metrics = {k: v for k, v in (
+            (VAL_LOSS, r.val_loss), (TRAIN_LOSS, r.train_loss), ("params", r.params),
+            ("node", r.node), ("gpu_ids", r.gpu_ids), ("error", r.error)) if v not in (None, "")}
+        out[r.trial_id] = {**metrics, EPOCH: r.epochs, VAL_ACC: r.val_acc or 0.0,
+                           "diverged": int(r.diverged)}
     return out
 
 
@@ -318,10 +318,10 @@ def _keep_progress(results_dir: Path, keep: Callable[[dict[str, str]], bool]
 
 
 def reload_records(results_dir: Path
-                   ) -> tuple[dict[str, dict[str, Any]], dict[str, dict[int, float]]]:
+                   ) -> tuple[dict[str, TrialRow], dict[str, dict[int, float]]]:
     """What a killed driver recorded, for a resumed search's status callback: trials.csv's rows
     by trial id, and each trial's reported epochs (epoch -> its seconds) from progress.csv."""
-    records = {row["trial_id"]: row for row in read_table(results_dir / TRIALS_FILE)}
+    records = {row.trial_id: row for row in read_trials(results_dir / TRIALS_FILE)}
     epochs: dict[str, dict[int, float]] = {}
     for r in _keep_progress(results_dir, lambda r: True):
         epochs.setdefault(r["trial_id"], {})[int(r["epoch"])] = \
@@ -329,7 +329,7 @@ def reload_records(results_dir: Path
     return records, epochs
 
 
-def drop_unseen(results_dir: Path, records: dict[str, dict[str, Any]],
+def drop_unseen(results_dir: Path, records: dict[str, TrialRow],
                 epochs: dict[str, dict[int, float]], restored: set[str]) -> set[str]:
     """At a resumed search's first step: the recorded trials that Ray's restored state never
     saw (the searcher suggests new ones in their place) leave `records`, `epochs` and

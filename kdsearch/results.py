@@ -1,17 +1,18 @@
 """The results folder `results/<name>/`: what its files are called and hold, read back checked.
 
 Every stage after the search reads the folder, never the search's code: the final evaluation,
-the report, a resume. This module holds what they share: the file names, the phases and how a
-trial's config names its phase, run.json (written by the search, checked when read), the ranking
-of trials (`best_trial`), final.json's shape, and `SearchResult`. No torch, no Ray, no Optuna:
-reading a folder needs none of them. The CSV tables have their own module, `tables`.
+the report, a resume. This module holds what they share: the file names, the two kinds of
+student and what each searches, run.json (written by the search, checked when read), the ranking
+of trials (`best_trial`) and `SearchResult`. No torch, no Ray, no Optuna: reading a folder needs
+none of them. The CSV tables have their own module, `tables`, and final.json `final_record`.
 
   config.yaml     the resolved config           run.json     search status, teacher, hardware
-  search/         Ray Tune's experiment, both phases' trials
+  search/         Ray Tune's experiment: the trials of both kinds
   trials.csv      every trial: config, status, final metrics (updated as trials end)
   progress.csv    every reported epoch of every trial, in the order they arrived
   optuna.db       the Optuna studies ("distill", "baseline")
   final.json      the final evaluation: each best setting retrained with K seeds, tested once
+  students/       the retrained students' weights, and index.json
   report.md, summary.json, summary.csv, *.png    the report
 """
 
@@ -21,28 +22,20 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from kdsearch import files
 from kdsearch.config import KD_DIMENSIONS, Dimension, ExperimentConfig, load_config
 from kdsearch.errors import UserError
-from kdsearch.tables import TEXT_FIELDS, TRIALS_FILE, dim_column, parse_value
+from kdsearch.tables import (BASELINE, DISTILLED, KINDS, PHASE, TEXT_FIELDS, TRIALS_FILE,
+                             TrialRow, kind_of)
 
 CONFIG_FILE = "config.yaml"
 RUN_FILE = "run.json"
 OPTUNA_FILE = "optuna.db"
-FINAL_FILE = "final.json"
 IMPORTANCES_FILE = "importances.json"  # which searched values mattered (optuna_study)
-EXPERIMENT = "search"  # Ray Tune's experiment folder, both phases in one
-
-PHASES = ("distill", "baseline")
-PHASE_KEY = "phase"  # in a trial's config: the phase (search) it belongs to
-PHASE_LABEL = {"distill": "distilled", "baseline": "baseline"}
-DISTILLED, BASELINE = "distilled", "baseline"  # the kinds of final.json's rows
-# trial statuses of a trial that will not run again; anything else (RUNNING, PENDING, PAUSED)
-# means the search stopped while the trial was in flight
-DONE_STATUSES = ("TERMINATED", "ERROR")
-FINAL_FORMAT = 1
+EXPERIMENT = "search"  # Ray Tune's experiment folder: the trials of both kinds
+KIND_KEY = "phase"  # the key of a trial's config that names its kind (as tables.PHASE)
 
 
 class SearchError(UserError, RuntimeError):
@@ -57,22 +50,36 @@ def write_json(path: Path, obj: Any) -> None:
     files.write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
 
 
-# --------------------------------------------------------------------------- phases
-def phase_of(config: dict[str, Any]) -> str:
-    """The phase a trial's config belongs to (set by the search's searcher)."""
-    return config.get(PHASE_KEY, "distill")
+# --------------------------------------------------------------------------- the two kinds
+def searched_kinds(cfg: ExperimentConfig) -> list[str]:
+    """The kinds of student the search tunes: distilled, and the baseline unless it is off."""
+    return [k for k in KINDS if k == DISTILLED or cfg.search.baseline]
 
 
-def phase_dimensions(cfg: ExperimentConfig, phase: str) -> tuple[Dimension, ...]:
-    """The dimensions a phase searches: the baseline drops temperature and alpha."""
-    if phase == "baseline":
+def kind_of_config(config: dict[str, Any]) -> str:
+    """The kind of student a trial's config trains (its `phase` key)."""
+    return kind_of(config.get(KIND_KEY, PHASE[DISTILLED]))
+
+
+def config_of_kind(kind: str) -> dict[str, str]:
+    """What a trial's config holds to name its kind."""
+    return {KIND_KEY: PHASE[kind]}
+
+
+def dimensions(cfg: ExperimentConfig, kind: str) -> tuple[Dimension, ...]:
+    """The dimensions the search of `kind` searches: the baseline drops temperature and alpha."""
+    if kind == BASELINE:
         return tuple(d for d in cfg.search.space if d.name not in KD_DIMENSIONS)
     return cfg.search.space
 
 
-def phase_samples(cfg: ExperimentConfig, phase: str) -> int:
-    """A phase's trial budget."""
-    if phase == "baseline":
+def dimension_names(cfg: ExperimentConfig, kind: str) -> list[str]:
+    return [d.name for d in dimensions(cfg, kind)]
+
+
+def trial_budget(cfg: ExperimentConfig, kind: str) -> int:
+    """How many trials the search of `kind` runs."""
+    if kind == BASELINE:
         return cfg.search.baseline_num_samples or cfg.search.num_samples
     return cfg.search.num_samples
 
@@ -87,53 +94,45 @@ def searched_widths(cfg: ExperimentConfig) -> list[int]:
     return [cfg.student.width]
 
 
+def width_searched(cfg: ExperimentConfig) -> bool:
+    return any(d.name == "width" for d in cfg.search.space)
+
+
 def per_width(cfg: ExperimentConfig) -> bool:
     """search.per_width, where width is searched (without a searched width it changes nothing)."""
-    return cfg.search.per_width and any(d.name == "width" for d in cfg.search.space)
+    return cfg.search.per_width and width_searched(cfg)
 
 
-def row_width(row: dict[str, Any], cfg: ExperimentConfig) -> int | None:
+def row_width(row: TrialRow, cfg: ExperimentConfig) -> int | None:
     """The student width a trial trained (the config's width when width was not searched)."""
-    if not any(d.name == "width" for d in cfg.search.space):
+    if not width_searched(cfg):
         return cfg.student.width
-    value = row.get("width")
-    if value in (None, ""):
-        return None
-    return int(float(value))
-
-
-def incomplete_trials(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Trials the search left in flight (status RUNNING, PENDING, PAUSED): a killed search."""
-    return [r for r in rows if r.get("status") not in DONE_STATUSES]
+    return row.width(cfg.student.width)
 
 
 # --------------------------------------------------------------------------- ranking
-def best_trial(rows: list[dict[str, Any]], phase: str, dims: list[str]
-               ) -> tuple[dict[str, Any], dict[str, Any]] | None:
-    """The best finished trial of `phase` (by `rank_key`): (its searched values, its row)."""
-    ok = [r for r in rows if r.get("phase") == phase and r.get("status") == "TERMINATED"
-          and not int(r.get("diverged") or 0) and r.get("val_acc") not in (None, "")]
+def best_trial(rows: Iterable[TrialRow], kind: str, dims: list[str]
+               ) -> tuple[dict[str, Any], TrialRow] | None:
+    """The best trial of `kind` that ended with a val_acc (by `rank_key`): (its searched
+    values, its row)."""
+    ok = [r for r in rows if r.kind == kind and r.ended_ok]
     if not ok:
         return None
     top = max(ok, key=rank_key)
-    return ({d: parse_value(top.get(dim_column(d))) for d in dims},
-            {k: v if k in TEXT_FIELDS else parse_value(v) for k, v in top.items()})
+    return {d: top.value(d) for d in dims}, top
 
 
-def rank_key(row: dict[str, Any]) -> tuple[bool, float, float, float, str]:
+def rank_key(row: TrialRow) -> tuple[bool, float, float, float, str]:
     """How trials are ranked (the best is the largest): those that ran their full budget first;
     then the highest final val_acc; among equal val_acc (common: a val split of a few hundred
     examples moves in steps of 1/n) the lower val_loss, then the smaller student, then the
     trial id, so the pick never depends on the order trials ended in."""
-    def number(key: str) -> float:
-        try:
-            v = float(row.get(key))  # type: ignore[arg-type]
-        except (TypeError, ValueError):
-            return math.inf
-        return v if math.isfinite(v) else math.inf
+    def low(v: float | None) -> float:
+        return -v if v is not None and math.isfinite(v) else -math.inf
 
-    return (not int(row.get("stopped_early") or 0), float(row["val_acc"]), -number("val_loss"),
-            -number("params"), str(row.get("trial_id") or ""))
+    assert row.val_acc is not None
+    return (not row.stopped_early, row.val_acc, low(row.val_loss),
+            low(None if row.params is None else float(row.params)), row.trial_id)
 
 
 def fmt_setting(v: Any) -> str:
@@ -266,64 +265,3 @@ def read_importances(results_dir: Path) -> dict[str, Any] | None:
         isinstance(g, dict) and isinstance(g.get("trials"), int)
         and isinstance(g.get("importances"), (dict, type(None))) for g in found["groups"])
     return found if ok else None
-
-
-# --------------------------------------------------------------------------- final.json
-def read_final(results_dir: Path) -> dict[str, Any] | None:
-    """final.json if it is there, of this format and well formed; else None (retrain it)."""
-    try:
-        final = json.loads((Path(results_dir) / FINAL_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    if not isinstance(final, dict) or final.get("format") != FINAL_FORMAT:
-        return None
-    return final if _well_formed(final) else None  # a damaged file: retrain what it held
-
-
-def _well_formed(final: dict[str, Any]) -> bool:
-    """final.json holds what evaluate_final reuses and the report reads, with those types."""
-    def number(v: Any, optional: bool = False) -> bool:
-        if v is None:
-            return optional
-        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-    def count(v: Any) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool) and v >= 0
-
-    seeds, teacher, rows = final.get("seeds"), final.get("teacher"), final.get("rows")
-    if not (isinstance(seeds, list) and all(count(x) for x in seeds) and isinstance(rows, list)):
-        return False
-    # (params null: a teacher known by its logits alone, teacher.logits)
-    if teacher is not None and not (isinstance(teacher, dict)
-                                    and (count(teacher.get("params"))
-                                         or teacher.get("params") is None)
-                                    and number(teacher.get("test_acc"), True)
-                                    and number(teacher.get("val_acc"), True)):
-        return False
-    data = final.get("data")
-    if data is not None and not (isinstance(data, dict) and all(count(v) for v in data.values())):
-        return False
-    for r in rows:
-        if not (isinstance(r, dict) and r.get("kind") in (DISTILLED, BASELINE)
-                and isinstance(r.get("tuned"), bool) and isinstance(r.get("best"), bool)
-                and isinstance(r.get("trial_id"), (str, type(None)))
-                and number(r.get("val_acc"), True)
-                and (r.get("search_epochs") is None or count(r.get("search_epochs")))
-                and count(r.get("width")) and count(r.get("params")) and count(r.get("epochs"))
-                and isinstance(r.get("settings"), dict) and isinstance(r.get("spec"), dict)
-                and number(r.get("alpha")) and number(r.get("mean"), True)
-                and number(r.get("std"), True) and count(r.get("diverged"))
-                and isinstance(r.get("test_accs"), list) and len(r["test_accs"]) == len(seeds)
-                and all(number(a, True) for a in r["test_accs"])):
-            return False
-        errors = r.get("errors")  # absent from final.json written before it was kept
-        if errors is not None and not (isinstance(errors, list) and len(errors) == len(seeds)
-                                       and all(isinstance(e, (str, type(None))) for e in errors)):
-            return False
-        packed = r.get("test_correct")  # (the same)
-        if packed is not None and not (
-                isinstance(packed, list) and len(packed) == len(seeds)
-                and all((p is None) == (a is None) and (p is None or isinstance(p, str))
-                        for p, a in zip(packed, r["test_accs"]))):
-            return False
-    return True

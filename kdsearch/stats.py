@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import base64
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, replace
 from fractions import Fraction
-from typing import Any, Sequence
+from typing import Sequence
 
 import numpy as np
 
@@ -185,52 +185,76 @@ def holm(pvalues: Sequence[float | None]) -> list[float | None]:
 
 
 # --------------------------------------------------------------------------- a comparison
+@dataclass(frozen=True)
+class Tests:
+    """Distilled against baseline test accuracies: the means, the seed test and the test-set
+    comparison (`compare`), and their Holm-adjusted p-values within a family (`adjust`)."""
+
+    distilled_mean: float | None
+    distilled_std: float | None  # sample standard deviation (ddof = 1); None with one seed
+    distilled_n: int  # seeds with an accuracy
+    baseline_mean: float | None
+    baseline_std: float | None
+    baseline_n: int
+    difference: float | None  # distilled mean - baseline mean
+    p_value: float | None  # `seed_test`; None: see seed_note
+    seed_note: str | None
+    test_difference: float | None  # `paired_comparison`; None: see test_note
+    test_ci_low: float | None
+    test_ci_high: float | None
+    test_p_value: float | None
+    test_n: int | None  # test examples
+    test_discordant: int | None
+    test_sd: float | None
+    test_note: str | None  # "no_per_example_results" (an older final.json)
+    # the fraction of the teacher-baseline gap the distillation closes: difference / (teacher -
+    # baseline mean); None when the teacher does not beat the baseline
+    gap_recovered: float | None
+    teacher_acc: float | None
+    p_value_holm: float | None = None  # set by `adjust`
+    test_p_value_holm: float | None = None
+
+
 def compare(distilled_accs: Sequence[float], baseline_accs: Sequence[float],
             teacher_acc: float | None, *, n_test: int | None = None,
             distilled_correct: Sequence[np.ndarray] | None = None,
-            baseline_correct: Sequence[np.ndarray] | None = None) -> dict[str, Any]:
+            baseline_correct: Sequence[np.ndarray] | None = None) -> Tests:
     """Distilled vs baseline test accuracies (fractions, one per seed) against the teacher's.
 
-    mean and sample std (ddof = 1) of each; difference = distilled mean - baseline mean;
-    p_value and seed_note: `seed_test`; test_*: `paired_comparison` when both sides' per-example
-    results are given (else test_note says so); gap_recovered = difference / (teacher -
-    baseline mean), the fraction of the teacher-baseline gap the distillation closes, None when
-    the teacher does not beat the baseline. The verdict comes from `decide`, once the p-values
-    of a family of comparisons are adjusted.
+    The seed test runs on the accuracies as exact counts of `n_test` examples; the test-set
+    comparison, when both sides' per-example results are given. The verdict comes from
+    `decide`, once the p-values of a family of comparisons are adjusted.
     """
     d = [float(a) for a in distilled_accs]
     b = [float(a) for a in baseline_accs]
     d_mean, d_std = mean_std(d)
     b_mean, b_std = mean_std(b)
     difference = d_mean - b_mean if d_mean is not None and b_mean is not None else None
-    out: dict[str, Any] = {
-        "distilled_mean": d_mean, "distilled_std": d_std, "distilled_n": len(d),
-        "baseline_mean": b_mean, "baseline_std": b_std, "baseline_n": len(b),
-        "difference": difference, "p_value": None, "seed_note": None,
-        "test_difference": None, "test_ci_low": None, "test_ci_high": None,
-        "test_p_value": None, "test_n": n_test, "test_discordant": None, "test_sd": None,
-        "test_note": None, "gap_recovered": None, "teacher_acc": teacher_acc}
+    out = Tests(d_mean, d_std, len(d), b_mean, b_std, len(b), difference, None, None,
+                None, None, None, None, n_test, None, None, None, None, teacher_acc)
     if difference is None:
         return out
     seeds = seed_test([exact(a, n_test) for a in d], [exact(a, n_test) for a in b])
-    out.update(p_value=seeds.p, seed_note=seeds.note)
+    out = replace(out, p_value=seeds.p, seed_note=seeds.note)
     if distilled_correct and baseline_correct:
         t = paired_comparison(distilled_correct, baseline_correct)
-        out.update(test_difference=t.difference, test_ci_low=t.ci_low, test_ci_high=t.ci_high,
-                   test_p_value=t.p, test_n=t.n, test_discordant=t.discordant, test_sd=t.sd)
+        out = replace(out, test_difference=t.difference, test_ci_low=t.ci_low,
+                      test_ci_high=t.ci_high, test_p_value=t.p, test_n=t.n,
+                      test_discordant=t.discordant, test_sd=t.sd)
     else:
-        out["test_note"] = "no_per_example_results"
-    if teacher_acc is not None and teacher_acc > b_mean:
-        out["gap_recovered"] = difference / (teacher_acc - b_mean)
+        out = replace(out, test_note="no_per_example_results")
+    if teacher_acc is not None and b_mean is not None and teacher_acc > b_mean:
+        out = replace(out, gap_recovered=difference / (teacher_acc - b_mean))
     return out
 
 
-def adjust(comparisons: list[dict[str, Any]]) -> None:
-    """Holm-adjust, in place, the seed and test-set p-values of a family of comparisons (the
-    widths of a report): `p_value_holm`, `test_p_value_holm`."""
-    for key in ("p_value", "test_p_value"):
-        for c, p in zip(comparisons, holm([c[key] for c in comparisons])):
-            c[f"{key}_holm"] = p
+def adjust(family: list[Tests]) -> list[Tests]:
+    """The family's comparisons (the widths of a report) with their seed and test-set p-values
+    Holm-adjusted over it."""
+    seeds = holm([t.p_value for t in family])
+    test = holm([t.test_p_value for t in family])
+    return [replace(t, p_value_holm=a, test_p_value_holm=b)
+            for t, a, b in zip(family, seeds, test)]
 
 
 @dataclass(frozen=True)
@@ -244,24 +268,26 @@ class Decision:
     test_examples_needed: int | None  # the same, from the per-example spread seen
 
 
-def decide(c: dict[str, Any], *, family: int | None = None) -> dict[str, Any]:
-    """`c`'s verdict from its tests, as a dict of the `Decision` fields: with `family` (the
-    number of comparisons adjusted together, the widths), from its Holm-adjusted p-values;
-    without, from its own. 'beats': distillation ahead, and the seed test (or, when the seeds
-    agree exactly, none) and the test-set comparison both below SIGNIFICANCE; 'does_not_beat':
-    not ahead; 'not_significant': ahead without that; 'no_comparison': a side has no accuracy
-    (every retraining diverged)."""
-    if c["distilled_mean"] is None or c["baseline_mean"] is None:
-        return asdict(Decision("no_comparison", False, [], None, None))
-    suffix = "_holm" if family is not None else ""
-    p_seed, p_test = c.get("p_value" + suffix), c.get("test_p_value" + suffix)
-    seeds_ok = (p_seed is not None and p_seed < SIGNIFICANCE) or c["seed_note"] == "no_spread"
+def decide(t: Tests, *, family: int | None = None) -> Decision:
+    """The verdict of `t` from its tests: with `family` (the number of comparisons adjusted
+    together, the widths), from its Holm-adjusted p-values; without, from its own.
+
+    'beats': distillation ahead, and the seed test (or, when the seeds agree exactly, none) and
+    the test-set comparison both below SIGNIFICANCE; 'does_not_beat': not ahead;
+    'not_significant': ahead without that; 'no_comparison': a side has no accuracy (every
+    retraining diverged).
+    """
+    if t.distilled_mean is None or t.baseline_mean is None or t.difference is None:
+        return Decision("no_comparison", False, [], None, None)
+    p_seed = t.p_value_holm if family is not None else t.p_value
+    p_test = t.test_p_value_holm if family is not None else t.test_p_value
+    seeds_ok = (p_seed is not None and p_seed < SIGNIFICANCE) or t.seed_note == "no_spread"
     test_ok = p_test is not None and p_test < SIGNIFICANCE
-    significant = seeds_ok and test_ok and c["difference"] != 0
-    verdict = ("does_not_beat" if c["difference"] <= 0 else
+    significant = seeds_ok and test_ok and t.difference != 0
+    verdict = ("does_not_beat" if t.difference <= 0 else
                "beats" if significant else "not_significant")
     level = SIGNIFICANCE / (family or 1)  # Holm's strictest step: the level to plan for
-    return asdict(Decision(verdict, significant, *_advice(c, seeds_ok, test_ok, level)))
+    return Decision(verdict, significant, *_advice(t, seeds_ok, test_ok, level))
 
 
 def seeds_for_power(diff: float, var_d: float, var_b: float, level: float) -> int:
@@ -279,13 +305,14 @@ def seeds_for_power(diff: float, var_d: float, var_b: float, level: float) -> in
     return 100_001
 
 
-def _advice(c: dict[str, Any], seeds_ok: bool, test_ok: bool, level: float
+def _advice(t: Tests, seeds_ok: bool, test_ok: bool, level: float
             ) -> tuple[list[str], int | None, int | None]:
     """What would settle a comparison that is not settled: how many seeds, or test examples,
     the spreads seen say it would take to find the difference seen at `level` with POWER."""
     from scipy import stats
 
-    diff = abs(c["difference"])
+    assert t.difference is not None
+    diff = abs(t.difference)
     advice: list[str] = []
     seeds = examples = None
     if seeds_ok and test_ok:
@@ -293,21 +320,21 @@ def _advice(c: dict[str, Any], seeds_ok: bool, test_ok: bool, level: float
     if diff == 0:
         return ["the two sides tie exactly: there is no difference to resolve"], None, None
     planned = f" at p < {level:.3g}" if level < SIGNIFICANCE else ""
-    if c["seed_note"] == "too_few_seeds":
+    if t.seed_note == "too_few_seeds":
         advice.append("one seed a side gives no seed test: raise report.seeds (3 or more)")
     elif not seeds_ok:
-        now = min(c["distilled_n"], c["baseline_n"])
-        seeds = max(now + 1, seeds_for_power(diff, (c["distilled_std"] or 0.0) ** 2,
-                                             (c["baseline_std"] or 0.0) ** 2, level))
+        now = min(t.distilled_n, t.baseline_n)
+        seeds = max(now + 1, seeds_for_power(diff, (t.distilled_std or 0.0) ** 2,
+                                             (t.baseline_std or 0.0) ** 2, level))
         advice.append(f"the seed test misses: about {seeds} seeds a side (report.seeds, now "
                       f"{now}) would find a difference this size{planned}")
-    if c["test_note"] == "no_per_example_results":
+    if t.test_note == "no_per_example_results":
         advice.append("this final.json has no per-example test results: retrain "
                       "(`kdsearch report`, without --no-retrain) for the test-set comparison")
-    elif not test_ok and c["test_sd"]:
+    elif not test_ok and t.test_sd and t.test_n is not None:
         z = float(stats.norm.ppf(1 - level / 2) + stats.norm.ppf(POWER))
-        examples = max(c["test_n"] + 1, math.ceil((z * c["test_sd"] / diff) ** 2))
+        examples = max(t.test_n + 1, math.ceil((z * t.test_sd / diff) ** 2))
         advice.append(f"the test split is too small for a difference this size: about "
-                      f"{examples:,} test examples (now {c['test_n']:,}) would resolve "
+                      f"{examples:,} test examples (now {t.test_n:,}) would resolve "
                       f"it{planned}")
     return advice, seeds, examples

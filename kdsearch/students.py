@@ -11,9 +11,11 @@ bit-flipped or replaced file is refused in one line, never unpickled.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -23,7 +25,8 @@ from torch import nn
 from kdsearch import files
 from kdsearch.builders import build_student
 from kdsearch.errors import UserError, one_line
-from kdsearch.results import BASELINE, DISTILLED, read_config
+from kdsearch.results import read_config
+from kdsearch.tables import BASELINE, DISTILLED
 
 STUDENTS_DIR = "students"
 INDEX_FILE = "index.json"
@@ -32,6 +35,25 @@ INDEX_FORMAT = 1
 
 class StudentError(UserError, ValueError):
     """A student that cannot be loaded: the message says which file and what to do."""
+
+
+@dataclass(frozen=True)
+class StudentEntry:
+    """One saved student, as index.json lists it."""
+
+    kind: str  # DISTILLED or BASELINE
+    width: int
+    seed: int
+    test_acc: float
+    file: str  # the weights' file name in students/
+    sha256: str  # of that file
+    model: str  # student.model
+    kwargs: dict[str, Any]  # student.kwargs
+    input_shape: list[int]  # one example's shape
+    num_classes: int
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 def file_name(kind: str, width: int, seed: int) -> str:
@@ -50,16 +72,18 @@ def save_state(folder: Path, kind: str, width: int, seed: int,
     return name, hashlib.sha256(blob).hexdigest()
 
 
-def write_index(folder: Path, entries: list[dict[str, Any]], best: dict[str, int | None]) -> None:
+def write_index(folder: Path, entries: list[StudentEntry], best: dict[str, int | None]
+                ) -> None:
     """index.json (atomically), and no file left that it does not list."""
     folder.mkdir(parents=True, exist_ok=True)
-    listed = {e["file"] for e in entries}
+    listed = {e.file for e in entries}
     for f in folder.glob("*.pt"):
         if f.name not in listed:
             f.unlink()
-    entries = sorted(entries, key=lambda e: (e["kind"] != DISTILLED, e["width"], e["seed"]))
+    entries = sorted(entries, key=lambda e: (e.kind != DISTILLED, e.width, e.seed))
     files.write_text(folder / INDEX_FILE, json.dumps(
-        {"format": INDEX_FORMAT, "best": best, "students": entries}, indent=2) + "\n")
+        {"format": INDEX_FORMAT, "best": best, "students": [e.to_json() for e in entries]},
+        indent=2) + "\n")
 
 
 def read_index(results_dir: Path) -> dict[str, Any]:
@@ -135,19 +159,20 @@ def load_student(results_dir: str | Path, kind: str = DISTILLED, width: int | No
     return model.eval()
 
 
-def kept_entries(folder: Path, wanted: list[tuple[str, int, int]]) -> list[dict[str, Any]]:
+def kept_entries(folder: Path, wanted: list[tuple[str, int, int]]) -> list[StudentEntry]:
     """The entries of the index in `folder` for the (kind, width, seed) of reused retrainings
     whose file is still there and whole; the others are retrained or dropped."""
     try:
         index = json.loads((folder / INDEX_FILE).read_text())
-        entries = [e for e in index["students"] if (e["kind"], e["width"], e["seed"]) in wanted]
+        entries = [StudentEntry(**e) for e in index["students"]
+                   if (e["kind"], e["width"], e["seed"]) in wanted]
     except (OSError, ValueError, KeyError, TypeError):
         return []
     out = []
     for e in entries:
         try:
-            if hashlib.sha256((folder / e["file"]).read_bytes()).hexdigest() == e["sha256"]:
+            if hashlib.sha256((folder / e.file).read_bytes()).hexdigest() == e.sha256:
                 out.append(e)
-        except (OSError, KeyError, TypeError):
+        except OSError:
             pass
     return out

@@ -1,22 +1,31 @@
 """summary.json and summary.csv: every number of the report, from final.json and the search's
 own records (trials.csv, progress.csv, run.json), and the headline sentence.
 
-report.md shows only these numbers, formatted by the functions here. No training, no torch.
+`summarize` returns a `Summary`: a `Comparison` of the distilled and the baseline student per
+width and for the best of each, what the search cost (`SearchCost`), and the headline. report.md
+shows only these numbers, formatted by `formatting`. No training, no torch.
 """
 
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kdsearch.config import max_epochs
-from kdsearch.results import (BASELINE, DISTILLED, PHASES, incomplete_trials, phase_samples,
-                              read_config, read_importances, read_run_if_any, search_state)
-from kdsearch.stats import SIGNIFICANCE, adjust, compare, decide, unpack_correct
-from kdsearch.tables import PROGRESS_FILE, TRIALS_FILE, read_table
+import numpy as np
+
+from kdsearch.config import ExperimentConfig, max_epochs
+from kdsearch.final_record import FinalRecord, FinalRow
+from kdsearch.formatting import examples_phrase, fmt_p, fmt_ratio, pct, pm, points, seed_phrase
+from kdsearch.results import (read_config, read_importances, read_run_if_any, row_width,
+                              search_state, searched_kinds, trial_budget)
+from kdsearch.stats import Decision, Tests, adjust, compare, decide, mean_std, unpack_correct
+from kdsearch.tables import (BASELINE, DISTILLED, KINDS, PHASE, PROGRESS_FILE, TRIALS_FILE,
+                             TrialRow, in_flight, read_table, read_trials)
 from kdsearch.version import __version__
 
 SUMMARY_JSON = "summary.json"
@@ -24,282 +33,375 @@ SUMMARY_CSV = "summary.csv"
 SUMMARY_FORMAT = 2  # 2: the seed test from exact counts, the test-set comparison, Holm
 
 
-# --------------------------------------------------------------------------- formatting
-# report.md shows only numbers formatted by these functions from summary.json's values.
-def pct(x: float | None) -> str:
-    return "n/a" if x is None else f"{100 * x:.2f}"
+# --------------------------------------------------------------------------- the records
+@dataclass(frozen=True)
+class Side:
+    """One side of a comparison: the setting of one kind at one width, retrained with every
+    seed and tested once (a side without a setting has width None)."""
+
+    kind: str  # DISTILLED or BASELINE
+    width: int | None
+    params: int | None
+    tuned: bool | None  # False: an untuned baseline (the distilled setting, alpha = 1)
+    trial: str | None  # the search trial the setting comes from
+    search_val_acc: float | None  # that trial's last validation accuracy
+    search_epochs: int | None  # the epochs that trial ran
+    settings: dict[str, Any] | None  # the searched values, alpha and epochs
+    accs: list[float]  # the test accuracy of each seed that has one
+    errors: list[str]  # why each other seed has none ("diverged", or a failure)
+    correct: list[np.ndarray] | None  # per seed, which test examples it got right
+    trials: int | None = None  # the search's trials of this kind and width that ended well
+    full_trials: int | None = None  # of those, the ones that ran their whole budget
+    mean: float | None = None  # of `accs`
+    std: float | None = None  # sample standard deviation of `accs`; None with one
+
+    @property
+    def stopped_early(self) -> bool:
+        """The setting comes from a trial ASHA stopped before its budget."""
+        own = (self.settings or {}).get("epochs")
+        return bool(self.trial) and own is not None and (self.search_epochs or own) < own
+
+    @classmethod
+    def of(cls, kind: str, row: FinalRow | None, n_test: int | None) -> Side:
+        if row is None:
+            return cls(kind, None, None, None, None, None, None, None, [], [], None)
+        correct = None
+        if row.test_correct is not None and n_test:
+            correct = [unpack_correct(p, n_test) for p in row.test_correct if p is not None]
+        accs = row.accuracies()
+        return cls(kind, row.width, row.params, row.tuned, row.trial_id, row.val_acc,
+                   row.search_epochs, {**row.settings, "alpha": row.alpha, "epochs": row.epochs},
+                   accs, row.seed_errors(), correct, None, None, *mean_std(accs))
+
+    @classmethod
+    def from_json(cls, kind: str, c: dict[str, Any]) -> Side:
+        """One side of summary.json's flat record of a comparison."""
+        def get(name: str) -> Any:
+            return c.get(f"{kind}_{name}")
+
+        return cls(kind, get("width"), get("params"),
+                   c.get("baseline_tuned") if kind == BASELINE else get("width") is not None,
+                   get("trial"), get("search_val_acc"), get("search_epochs"), get("settings"),
+                   list(get("accs") or []), list(get("errors") or []), None, get("trials"),
+                   get("full_trials"), get("mean"), get("std"))
 
 
-def pm(mean: float | None, std: float | None) -> str:
-    if mean is None:
-        return "n/a"
-    return f"{pct(mean)}%" if std is None else f"{pct(mean)} ± {pct(std)}%"
+@dataclass(frozen=True)
+class Comparison:
+    """A row of the report: the distilled setting of a width against the baseline (or the best
+    of each kind against each other)."""
+
+    distilled: Side
+    baseline: Side
+    compression: float | None  # teacher parameters / distilled student parameters
+    tests: Tests
+    decision: Decision
+    family: int | None = None  # the widths compared with it (Holm); None: the best's own
+
+    @property
+    def width(self) -> int | None:
+        return self.distilled.width or self.baseline.width
+
+    @property
+    def params(self) -> int | None:
+        return self.distilled.params or self.baseline.params
+
+    def side(self, kind: str) -> Side:
+        return self.distilled if kind == DISTILLED else self.baseline
+
+    @classmethod
+    def from_json(cls, c: dict[str, Any], *, family: int | None = None) -> Comparison:
+        """A comparison from summary.json's flat record; its verdict decided anew (with
+        `family`: from the Holm-adjusted p-values) when the record has none."""
+        tests = Tests(**{f.name: c.get(f.name) for f in dataclasses.fields(Tests)})
+        tests = dataclasses.replace(tests, distilled_n=tests.distilled_n or 0,
+                                    baseline_n=tests.baseline_n or 0)
+        decision = (Decision(**{f.name: c[f.name] for f in dataclasses.fields(Decision)})
+                    if "verdict" in c else decide(tests, family=family))
+        return cls(Side.from_json(DISTILLED, c), Side.from_json(BASELINE, c),
+                   c.get("compression"), tests, decision, family)
+
+    def to_json(self) -> dict[str, Any]:
+        """summary.json's flat record of the comparison."""
+        d, b = self.distilled, self.baseline
+        out: dict[str, Any] = {"distilled_width": d.width, "baseline_width": b.width,
+                               "distilled_params": d.params, "baseline_params": b.params,
+                               "compression": self.compression, "baseline_tuned": b.tuned}
+        tests = dataclasses.asdict(self.tests)
+        holm = {k: tests.pop(k) for k in ("p_value_holm", "test_p_value_holm")}
+        out.update(tests)
+        for name in ("accs", "errors", "trial", "search_val_acc", "search_epochs", "settings"):
+            out[f"distilled_{name}"] = getattr(d, name)
+            out[f"baseline_{name}"] = getattr(b, name)
+        if self.family is not None:
+            out.update(holm)
+        out.update(dataclasses.asdict(self.decision))
+        if self.family is not None:
+            for side in (d, b):
+                out[f"{side.kind}_trials"] = side.trials
+                out[f"{side.kind}_full_trials"] = side.full_trials
+        return out
 
 
-def points(diff: float | None) -> str:
-    return "n/a" if diff is None else f"{100 * diff:+.2f}"
+@dataclass(frozen=True)
+class Spent:
+    """What the search of one kind (or both, in total) spent."""
+
+    status: str  # run.json's search status, "off" for a kind not searched; "" for the total
+    planned: int
+    trials: int
+    full_budget: int
+    stopped_early: int
+    failed: int
+    diverged: int
+    incomplete: int
+    trial_epochs: int
+    training_seconds: float
+    wall_seconds: float  # both kinds run side by side: one wall time
+
+    def to_json(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        if not self.status:
+            del out["status"]
+        return out
 
 
-def fmt_p(p: float | None) -> str:
-    if p is None:
-        return "n/a"
-    if p < 0.01:
-        return f"{p:.1e}"
-    text = f"{p:.2f}"
-    # never round across the significance level: 0.0496 is not "0.05" beside "beats"
-    if float(text) == SIGNIFICANCE or (float(text) < SIGNIFICANCE) != (p < SIGNIFICANCE):
-        text = f"{p:.3g}"
-    return text
+@dataclass(frozen=True)
+class SearchCost:
+    kinds: dict[str, Spent]  # by kind
+    total: Spent
+    hardware: dict[str, Any]
+    max_concurrent_trials: int | None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"phases": {PHASE[k]: v.to_json() for k, v in self.kinds.items()},
+                "total": self.total.to_json(), "hardware": self.hardware,
+                "max_concurrent_trials": self.max_concurrent_trials}
 
 
-def fmt_gap(g: float | None) -> str:
-    return "n/a" if g is None else f"{100 * g:.0f}%"
+@dataclass(frozen=True)
+class TrialNote:
+    """A trial the report names: one left in flight, or one that failed or diverged."""
+
+    kind: str
+    trial_id: str
+    status: str
+    error: str = ""
 
 
-def fmt_ratio(r: float | None) -> str:
-    if r is None:
-        return "n/a"
-    return f"{r:,.0f}×" if r >= 10 else f"{r:.1f}×"
+@dataclass
+class Summary:
+    """Every number of report.md (summary.json)."""
+
+    name: str
+    created: float
+    dataset: str
+    teacher_model: str
+    student_model: str
+    headline: str
+    complete: bool
+    incomplete_kinds: list[str]  # the kinds whose search did not finish
+    incomplete_trials: list[TrialNote]
+    failed_trials: list[TrialNote]  # status ERROR, or diverged (status "diverged")
+    epoch_budget: int
+    per_width: bool
+    seeds: list[int]
+    final: FinalRecord
+    best: Comparison
+    widths: list[Comparison]
+    search: SearchCost
+    importances: dict[str, Any] | None
+    plots: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        f, t = self.final, self.final.teacher
+        return {
+            "format": SUMMARY_FORMAT, "kdsearch_version": __version__, "name": self.name,
+            "created": self.created, "dataset": self.dataset,
+            "teacher_model": self.teacher_model, "student_model": self.student_model,
+            "headline": self.headline, "complete": self.complete,
+            "incomplete_phases": [PHASE[k] for k in self.incomplete_kinds],
+            "incomplete_trials": [{"phase": PHASE[n.kind], "trial_id": n.trial_id,
+                                   "status": n.status} for n in self.incomplete_trials],
+            "failed_trials": [{"phase": PHASE[n.kind], "trial_id": n.trial_id,
+                               "kind": n.status, "error": n.error}
+                              for n in self.failed_trials],
+            "epoch_budget": self.epoch_budget, "per_width": self.per_width,
+            "seeds": self.seeds,
+            "data": dataclasses.asdict(f.data) if f.data else None,
+            "final_device": f.device, "final_seconds": f.seconds,
+            "final_retrained": f.retrained, "final_reused": f.reused,
+            "final_reused_training_seconds": f.reused_training_seconds,
+            "teacher": {"test_acc": t.test_acc if t else None,
+                        "val_acc": t.val_acc if t else None,
+                        "params": t.params if t else None},
+            "baseline_tuned": f.baseline_tuned, "baseline_note": f.baseline_note,
+            "best": self.best.to_json(), "widths": [w.to_json() for w in self.widths],
+            "search": self.search.to_json(), "importances": self.importances,
+            "plots": self.plots}
 
 
-def fmt_seconds(s: float | None) -> str:
-    if s is None:
-        return "n/a"
-    if s < 120:
-        return f"{s:.1f} s"
-    if s < 7200:
-        return f"{s / 60:.1f} min"
-    return f"{s / 3600:.2f} h"
+# --------------------------------------------------------------------------- comparisons
+def comparison(d_row: FinalRow | None, b_row: FinalRow | None, final: FinalRecord
+               ) -> tuple[Side, Side, Tests, float | None]:
+    """A distilled setting against a baseline setting: both sides, their tests
+    (`stats.compare`) and the distilled student's compression against the teacher."""
+    n_test = final.data.test if final.data else None
+    teacher = final.teacher
+    t_acc, t_params = (teacher.test_acc, teacher.params) if teacher else (None, None)
+    d, b = Side.of(DISTILLED, d_row, n_test), Side.of(BASELINE, b_row, n_test)
+    tests = compare(d.accs, b.accs, t_acc, n_test=n_test, distilled_correct=d.correct,
+                    baseline_correct=b.correct)
+    compression = t_params / d.params if d.params and t_params else None
+    return d, b, tests, compression
 
 
-def fmt_value(v: Any) -> str:
-    if isinstance(v, float):
-        return f"{v:.4g}"
-    return "" if v is None else str(v)
+def _search_behind(side: Side, width: int | None, rows: list[TrialRow],
+                   cfg: ExperimentConfig) -> Side:
+    """`side` with how many of the search's trials of its kind ran at `width`."""
+    ran = [r for r in rows if r.kind == side.kind and r.completed
+           and not r.diverged and row_width(r, cfg) == width]
+    return dataclasses.replace(side, trials=len(ran),
+                               full_trials=sum(not r.stopped_early for r in ran))
 
 
-# --------------------------------------------------------------------------- the summary
-def _row_summary(row: dict[str, Any] | None, n_test: int | None) -> dict[str, Any]:
-    if row is None:
-        return {"width": None, "params": None, "tuned": None, "trial": None,
-                "search_val_acc": None, "search_epochs": None, "settings": None, "accs": [],
-                "correct": None, "errors": []}
-    packed = row.get("test_correct")
-    correct = None
-    if packed is not None and n_test:
-        correct = [unpack_correct(p, n_test) for p in packed if p is not None]
-    # why a seed has no accuracy (older final.json: every one of them diverged)
-    errors = row.get("errors") or [None if a is not None else "diverged"
-                                   for a in row["test_accs"]]
-    return {"width": row["width"], "params": row["params"], "tuned": row["tuned"],
-            "trial": row["trial_id"], "search_val_acc": row["val_acc"],
-            "search_epochs": row.get("search_epochs"),
-            "settings": {**row["settings"], "alpha": row["alpha"], "epochs": row["epochs"]},
-            "accs": [a for a in row["test_accs"] if a is not None], "correct": correct,
-            "errors": [e for e in errors if e is not None]}
-
-
-def comparison(d_row: dict[str, Any] | None, b_row: dict[str, Any] | None,
-               teacher: dict[str, Any], n_test: int | None = None) -> dict[str, Any]:
-    """One row of the report: a distilled setting against a baseline setting (`stats.compare`);
-    `n_test`: the test split's size, which makes the accuracies exact counts."""
-    d, b = _row_summary(d_row, n_test), _row_summary(b_row, n_test)
-    out: dict[str, Any] = {"distilled_width": d["width"], "baseline_width": b["width"],
-                           "distilled_params": d["params"], "baseline_params": b["params"],
-                           "compression": (teacher["params"] / d["params"]
-                                           if d["params"] and teacher["params"] else None),
-                           "baseline_tuned": b["tuned"]}
-    out.update(compare(d["accs"], b["accs"], teacher["test_acc"], n_test=n_test,
-                       distilled_correct=d["correct"], baseline_correct=b["correct"]))
-    out.update({"distilled_accs": d["accs"], "baseline_accs": b["accs"],
-                # why the seeds missing from *_accs have no accuracy ("diverged", or a failure)
-                "distilled_errors": d["errors"], "baseline_errors": b["errors"],
-                "distilled_trial": d["trial"], "baseline_trial": b["trial"],
-                "distilled_search_val_acc": d["search_val_acc"],
-                "baseline_search_val_acc": b["search_val_acc"],
-                "distilled_search_epochs": d["search_epochs"],
-                "baseline_search_epochs": b["search_epochs"],
-                "distilled_settings": d["settings"], "baseline_settings": b["settings"]})
+def compare_widths(final: FinalRecord, rows: list[TrialRow], cfg: ExperimentConfig
+                   ) -> list[Comparison]:
+    """A comparison per width, its p-values Holm-adjusted over the widths."""
+    by_width: dict[int, dict[str, FinalRow]] = {}
+    for r in final.rows:
+        by_width.setdefault(r.width, {})[r.kind] = r
+    found = [comparison(k.get(DISTILLED), k.get(BASELINE), final)
+             for _, k in sorted(by_width.items())]
+    family = adjust([tests for _, _, tests, _ in found])  # the widths are one family
+    out = []
+    for (d, b, _, compression), tests in zip(found, family):
+        width = d.width or b.width
+        out.append(Comparison(_search_behind(d, width, rows, cfg),
+                              _search_behind(b, width, rows, cfg), compression, tests,
+                              decide(tests, family=len(found)), family=len(found)))
     return out
 
 
-def search_cost(cfg: Any, rows: list[dict[str, Any]], progress: list[dict[str, Any]],
-                run: dict[str, Any]) -> dict[str, Any]:
-    """What the search spent, per phase and in total (from trials.csv, progress.csv, run.json)."""
-    phases: dict[str, Any] = {}
-    search = search_state(run)  # both phases run side by side: one status, one wall time
-    wall = float(search.get("wall_seconds") or 0.0)
-    for phase in PHASES:
-        on = phase == "distill" or cfg.search.baseline
-        pr = [r for r in rows if r.get("phase") == phase]
-        done = [r for r in pr if r.get("status") == "TERMINATED"]
-        diverged = [r for r in done if int(r.get("diverged") or 0)]
-        early = [r for r in done if int(r.get("stopped_early") or 0) and r not in diverged]
-        epochs_rows = [r for r in progress if r.get("phase") == phase]
-        trial_epochs = (len(epochs_rows) if progress else
-                        sum(int(float(r.get("epochs") or 0)) for r in pr))
-        phases[phase] = {
-            "status": search.get("status", "not started") if on else "off",
-            "planned": phase_samples(cfg, phase) if on else 0,
-            "trials": len(pr),
-            "full_budget": len(done) - len(diverged) - len(early),
-            "stopped_early": len(early),
-            "failed": sum(r.get("status") == "ERROR" for r in pr),
-            "diverged": len(diverged),
-            "incomplete": len(incomplete_trials(pr)),
-            "trial_epochs": trial_epochs,
-            "training_seconds": sum(float(r.get("training_seconds") or 0) for r in pr),
-            "wall_seconds": wall}
-    keys = ("planned", "trials", "full_budget", "stopped_early", "failed", "diverged",
-            "incomplete", "trial_epochs", "training_seconds")
-    total = {k: sum(p[k] for p in phases.values() if p["status"] != "off") for k in keys}
-    total["wall_seconds"] = wall
-    return {"phases": phases, "total": total, "hardware": run.get("hardware") or {},
-            "max_concurrent_trials": run.get("max_concurrent_trials")}
+def compare_best(final: FinalRecord) -> Comparison:
+    """The best distilled setting against the best baseline, with its own tests."""
+    d, b, tests, compression = comparison(final.best_row(DISTILLED), final.best_row(BASELINE),
+                                          final)
+    return Comparison(d, b, compression, tests, decide(tests))
 
 
-def seed_phrase(c: dict[str, Any], *, holm: bool = False) -> str:
-    """The seed test in words: its p-value, or why there is none."""
-    n = min(c["distilled_n"], c["baseline_n"])
-    seeds = f"{n} seed{'' if n == 1 else 's'}"
-    note = c["seed_note"]
-    if note == "too_few_seeds":
-        return f"{seeds}: no seed test"
-    if note == "no_spread":
-        return f"the {seeds} of each side agree exactly: no seed test"
-    p = fmt_p(c["p_value"]) + (f", Holm {fmt_p(c.get('p_value_holm'))}" if holm else "")
-    agree = {"no_spread_distilled": "; the distilled seeds agree exactly",
-             "no_spread_baseline": "; the baseline seeds agree exactly"}.get(note or "", "")
-    return f"seeds: Welch p = {p}, {seeds}{agree}"
+# --------------------------------------------------------------------------- the search
+def search_cost(cfg: ExperimentConfig, rows: list[TrialRow], progress: list[dict[str, str]],
+                run: dict[str, Any]) -> SearchCost:
+    """What the search spent, per kind and in total (from trials.csv, progress.csv, run.json)."""
+    state = search_state(run)  # both kinds run side by side: one status, one wall time
+    wall = float(state.get("wall_seconds") or 0.0)
+    kinds: dict[str, Spent] = {}
+    for kind in KINDS:
+        on = kind in searched_kinds(cfg)
+        mine = [r for r in rows if r.kind == kind]
+        done = [r for r in mine if r.completed]
+        diverged = [r for r in done if r.diverged]
+        early = [r for r in done if r.stopped_early and not r.diverged]
+        epochs = [r for r in progress if r.get("phase") == PHASE[kind]]
+        kinds[kind] = Spent(
+            status=state.get("status", "not started") if on else "off",
+            planned=trial_budget(cfg, kind) if on else 0, trials=len(mine),
+            full_budget=len(done) - len(diverged) - len(early), stopped_early=len(early),
+            failed=sum(r.failed for r in mine), diverged=len(diverged),
+            incomplete=len(in_flight(mine)),
+            trial_epochs=len(epochs) if progress else sum(r.epochs for r in mine),
+            training_seconds=sum(r.training_seconds or 0.0 for r in mine), wall_seconds=wall)
+    on = [s for s in kinds.values() if s.status != "off"]
+    total = Spent("", *(sum(getattr(s, f.name) for s in on)
+                        for f in dataclasses.fields(Spent)[1:-1]), wall)
+    return SearchCost(kinds, total, run.get("hardware") or {}, run.get("max_concurrent_trials"))
 
 
-def fmt_ci(c: dict[str, Any]) -> str:
-    """The test-set comparison's 95% interval of the difference, in points."""
-    if c["test_ci_low"] is None:
-        return "n/a"
-    return f"{points(c['test_ci_low'])} to {points(c['test_ci_high'])}"
+def _trial_notes(rows: list[TrialRow]) -> tuple[list[TrialNote], list[TrialNote]]:
+    """The trials left in flight, and those that failed or diverged."""
+    flying = [TrialNote(r.kind, r.trial_id, r.status) for r in in_flight(rows)]
+    failed = [TrialNote(r.kind, r.trial_id, "diverged" if r.diverged else "error",
+                        r.error[:200]) for r in rows if r.failed or r.diverged]
+    return flying, failed
 
 
-def test_phrase(c: dict[str, Any], *, holm: bool = False) -> str:
-    """The test-set comparison in words."""
-    if c["test_p_value"] is None:
-        return ("no per-example test results for the test-set comparison"
-                if c["test_note"] == "no_per_example_results" else "no test-set comparison")
-    p = fmt_p(c["test_p_value"]) + (f", Holm {fmt_p(c.get('test_p_value_holm'))}" if holm
-                                    else "")
-    return (f"test set: 95% CI {fmt_ci(c)} points, p = {p} over {c['test_n']:,} examples, "
-            f"{c['test_discordant']:,} scored differently")
-
-
-def headline(best: dict[str, Any], widths: list[dict[str, Any]], teacher: dict[str, Any],
-             student_model: str, baseline_note: str) -> str:
+# --------------------------------------------------------------------------- the headline
+def headline(best: Comparison, widths: list[Comparison], *, student_model: str,
+             teacher_acc: float | None, baseline_note: str) -> str:
     """The sentence that opens report.md: the best distilled student against the best baseline
     (its own tests), then the widths where either side wins (Holm-adjusted over the widths)."""
-    c = best
-    student = (f"width-{c['distilled_width']} {student_model} "
-               f"({c['distilled_params']:,} parameters)")
-    base = "the tuned baseline" if c["baseline_tuned"] else "an untuned baseline"
-    if c["baseline_width"] != c["distilled_width"]:
-        base += f" (width {c['baseline_width']}, {c['baseline_params']:,} parameters)"
-    verdict = c["verdict"]
+    d, b, t, verdict = best.distilled, best.baseline, best.tests, best.decision.verdict
+    student = f"width-{d.width} {student_model} ({d.params:,} parameters)"
+    base = "the tuned baseline" if b.tuned else "an untuned baseline"
+    if b.width != d.width:
+        base += f" (width {b.width}, {b.params:,} parameters)"
     lead = {"beats": "Distillation beats the baseline",
             "not_significant": "Distillation does not beat the baseline significantly",
-            "does_not_beat": ("The baseline beats distillation" if c["significant"]
+            "does_not_beat": ("The baseline beats distillation" if best.decision.significant
                               else "Distillation does not beat the baseline"),
             "no_comparison": "No comparison: every retraining of the "
-                             + ("distilled" if c["distilled_mean"] is None else "baseline")
+                             + ("distilled" if d.mean is None else "baseline")
                              + " setting diverged"}[verdict]
-    s = f"{lead}: distilled {student} {pm(c['distilled_mean'], c['distilled_std'])} test " \
-        f"accuracy vs {pm(c['baseline_mean'], c['baseline_std'])} for {base}"
+    s = f"{lead}: distilled {student} {pm(d.mean, d.std)} test accuracy vs {pm(b.mean, b.std)} " \
+        f"for {base}"
     if verdict != "no_comparison":
-        s += f" ({points(c['difference'])} points; {seed_phrase(c)}; {test_phrase(c)})"
-    if teacher["test_acc"] is None:  # its logits came from a file: no model to test
+        s += f" ({points(t.difference)} points; {seed_phrase(t)}; {examples_phrase(t)})"
+    if teacher_acc is None:  # its logits came from a file: no model to test
         s += "; the teacher's logits came from a file (no teacher accuracy)."
     else:
-        s += (f"; teacher {pct(teacher['test_acc'])}%; {fmt_ratio(c['compression'])} fewer "
+        s += (f"; teacher {pct(teacher_acc)}%; {fmt_ratio(best.compression)} fewer "
               f"parameters than the teacher.")
-    # the best student is often the widest, where a teacher helps least: say where it helps,
-    # and where the baseline is significantly ahead (the widths' own comparisons, same width)
-    others = [w for w in widths if (w["distilled_width"], w["baseline_width"])
-              != (c["distilled_width"], c["baseline_width"])]
-    n = len(widths)
-    for words, group in (("Distillation beats the baseline at ",
-                          [w for w in others if w["verdict"] == "beats"]),
-                         ("The baseline beats distillation at ",
-                          [w for w in others if w["verdict"] == "does_not_beat"
-                           and w["significant"]])):
-        if group:
-            s += " " + words + ", ".join(
-                f"width {w['distilled_width']} ({points(w['difference'])} points, "
-                f"Holm-adjusted p = {fmt_p(w.get('p_value_holm'))} over seeds and "
-                f"{fmt_p(w.get('test_p_value_holm'))} over the test set"
-                + ("" if w["baseline_tuned"] else ", against an untuned baseline") + ")"
-                for w in group) + f" ({n} widths compared)."
-    if not c["baseline_tuned"] and baseline_note:
+    s += _other_widths(best, widths)
+    if not b.tuned and baseline_note:
         s += f" Note: {baseline_note}."
     return s
 
 
-def summarize(results_dir: Path, final: dict[str, Any]) -> dict[str, Any]:
-    """summary.json's contents (without the plots) from final.json and the search's records."""
+def _other_widths(best: Comparison, widths: list[Comparison]) -> str:
+    """Where distillation helps, and where the baseline is significantly ahead: the widths'
+    own comparisons (the best student is often the widest, where a teacher helps least)."""
+    others = [w for w in widths if (w.distilled.width, w.baseline.width)
+              != (best.distilled.width, best.baseline.width)]
+    s = ""
+    for words, group in (("Distillation beats the baseline at ",
+                          [w for w in others if w.decision.verdict == "beats"]),
+                         ("The baseline beats distillation at ",
+                          [w for w in others if w.decision.verdict == "does_not_beat"
+                           and w.decision.significant])):
+        if group:
+            s += " " + words + ", ".join(
+                f"width {w.distilled.width} ({points(w.tests.difference)} points, "
+                f"Holm-adjusted p = {fmt_p(w.tests.p_value_holm)} over seeds and "
+                f"{fmt_p(w.tests.test_p_value_holm)} over the test set"
+                + ("" if w.baseline.tuned else ", against an untuned baseline") + ")"
+                for w in group) + f" ({len(widths)} widths compared)."
+    return s
+
+
+# --------------------------------------------------------------------------- the summary
+def summarize(results_dir: Path, final: FinalRecord) -> Summary:
+    """Every number of the report, from final.json and the search's records."""
     cfg = read_config(results_dir)
-    rows = read_table(results_dir / TRIALS_FILE)
+    rows = read_trials(results_dir / TRIALS_FILE)
     progress = read_table(results_dir / PROGRESS_FILE)
     run = read_run_if_any(results_dir)  # without it the cost table says "not started"
-    teacher = final["teacher"]
-    by_width: dict[int, dict[str, dict[str, Any]]] = {}
-    best_rows: dict[str, dict[str, Any]] = {}
-    for r in final["rows"]:
-        by_width.setdefault(r["width"], {})[r["kind"]] = r
-        if r["best"]:
-            best_rows[r["kind"]] = r
-    n_test = (final.get("data") or {}).get("test")
-    widths = [comparison(k.get(DISTILLED), k.get(BASELINE), teacher, n_test)
-              for _, k in sorted(by_width.items())]
-    best = comparison(best_rows.get(DISTILLED), best_rows.get(BASELINE), teacher, n_test)
-    best.update(decide(best))  # its own tests: the one comparison it makes
-    adjust(widths)  # the widths are one family: Holm over them
-    for w in widths:
-        w.update(decide(w, family=len(widths)))
-        # how much search stands behind each side of the row
-        width = w["distilled_width"] or w["baseline_width"]
-        for kind, phase in (("distilled", "distill"), ("baseline", "baseline")):
-            ran = [r for r in rows if r.get("phase") == phase and r.get("status") == "TERMINATED"
-                   and str(r.get("width") or cfg.student.width) == str(width)
-                   and not int(r.get("diverged") or 0)]
-            w[f"{kind}_trials"] = len(ran)
-            w[f"{kind}_full_trials"] = sum(not int(r.get("stopped_early") or 0) for r in ran)
-    unfinished = incomplete_trials(rows)
-    expected = [p for p in PHASES if p == "distill" or cfg.search.baseline]
-    status = search_state(run).get("status", "not started")
-    open_phases = expected if status != "finished" else []
-    return {
-        "format": SUMMARY_FORMAT, "kdsearch_version": __version__, "name": cfg.name,
-        "created": time.time(), "dataset": cfg.dataset.name,
-        "teacher_model": cfg.teacher.model, "student_model": cfg.student.model,
-        "headline": headline(best, widths, teacher, cfg.student.model, final["baseline_note"]),
-        "complete": not unfinished and not open_phases,
-        "incomplete_phases": open_phases,
-        "incomplete_trials": [{"phase": r.get("phase"), "trial_id": r.get("trial_id"),
-                               "status": r.get("status")} for r in unfinished],
-        "failed_trials": [{"phase": r.get("phase"), "trial_id": r.get("trial_id"),
-                           "kind": "diverged" if str(r.get("diverged") or "0") not in ("0", "")
-                           else "error", "error": (r.get("error") or "")[:200]}
-                          for r in rows if r.get("status") == "ERROR"
-                          or str(r.get("diverged") or "0") not in ("0", "")],
-        "epoch_budget": max_epochs(cfg),
-        "per_width": cfg.search.per_width,
-        "seeds": final["seeds"], "data": final["data"],
-        "final_device": final["device"], "final_seconds": final["seconds"],
-        "final_retrained": final["retrained"], "final_reused": final["reused"],
-        "final_reused_training_seconds": final.get("reused_training_seconds"),
-        "teacher": {"test_acc": teacher["test_acc"], "val_acc": teacher["val_acc"],
-                    "params": teacher["params"]},
-        "baseline_tuned": final["baseline_tuned"], "baseline_note": final["baseline_note"],
-        "best": best, "widths": widths,
-        "search": search_cost(cfg, rows, progress, run),
-        "importances": read_importances(results_dir),
-    }
+    widths = compare_widths(final, rows, cfg)
+    best = compare_best(final)
+    flying, failed = _trial_notes(rows)
+    finished = search_state(run).get("status", "not started") == "finished"
+    open_kinds = [] if finished else searched_kinds(cfg)
+    return Summary(
+        name=cfg.name, created=time.time(), dataset=cfg.dataset.name,
+        teacher_model=cfg.teacher.model, student_model=cfg.student.model,
+        headline=headline(best, widths, student_model=cfg.student.model,
+                          teacher_acc=final.teacher.test_acc if final.teacher else None,
+                          baseline_note=final.baseline_note),
+        complete=not flying and not open_kinds,
+        incomplete_kinds=open_kinds, incomplete_trials=flying, failed_trials=failed,
+        epoch_budget=max_epochs(cfg), per_width=cfg.search.per_width, seeds=final.seeds,
+        final=final, best=best, widths=widths, search=search_cost(cfg, rows, progress, run),
+        importances=read_importances(results_dir))
 
 
 # --------------------------------------------------------------------------- summary.csv
@@ -313,11 +415,13 @@ CSV_FIELDS = ("comparison", "distilled_width", "baseline_width", "distilled_para
               "distilled_trial", "baseline_trial")
 
 
-def summary_csv(summary: dict[str, Any]) -> str:
-    entries = [("best", summary["best"])] + [("width", w) for w in summary["widths"]]
+def summary_csv(summary: Summary) -> str:
+    """summary.csv: a row per comparison (the best, then each width), its settings last."""
+    entries = [("best", summary.best.to_json())] + [("width", w.to_json())
+                                                    for w in summary.widths]
     setting_cols: list[str] = []
     for _, c in entries:
-        for kind in ("distilled", "baseline"):
+        for kind in KINDS:
             for k in c[f"{kind}_settings"] or {}:
                 col = f"{kind}_{k}"
                 if col not in setting_cols and col not in CSV_FIELDS:  # width has its column
@@ -330,7 +434,7 @@ def summary_csv(summary: dict[str, Any]) -> str:
         row["comparison"] = name
         for k in ("distilled_accs", "baseline_accs"):
             row[k] = ";".join(repr(a) for a in c[k])
-        for kind in ("distilled", "baseline"):
+        for kind in KINDS:
             for k, v in (c[f"{kind}_settings"] or {}).items():
                 if f"{kind}_{k}" not in CSV_FIELDS:
                     row[f"{kind}_{k}"] = v

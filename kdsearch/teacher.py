@@ -280,8 +280,8 @@ def logits_teacher(cfg: ExperimentConfig, data: Dataset) -> Teacher:
     return Teacher(None, logits.to(data.train.x.device), None, teacher_key(cfg), None, False)
 
 
-def train_teacher(cfg: ExperimentConfig, data: Dataset, *, progress: bool = True,
-                  device: str | None = None) -> tuple[nn.Module, torch.Tensor, float]:
+def train_teacher(cfg: ExperimentConfig, data: Dataset, *, device: str | None = None
+                  ) -> tuple[nn.Module, torch.Tensor, float]:
     """Train the teacher from scratch (with teacher.checkpoint: load it): (model in eval mode,
     logits on data.train, val acc), on `device` (default: the data's), returned on the data's
     device."""
@@ -290,7 +290,7 @@ def train_teacher(cfg: ExperimentConfig, data: Dataset, *, progress: bool = True
                       f"teacher.model = {show(cfg.teacher.model)}")
     home = data.train.x.device
     if device is not None and torch.device(device) != home:
-        model, logits, val_acc = train_teacher(cfg, data.to(device), progress=progress)
+        model, logits, val_acc = train_teacher(cfg, data.to(device))
         return model.to(home), logits.to(home), val_acc
     t = cfg.teacher
     model = _new_teacher(cfg, data)
@@ -299,7 +299,7 @@ def train_teacher(cfg: ExperimentConfig, data: Dataset, *, progress: bool = True
     training = TrainingConfig(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr,
                               weight_decay=t.weight_decay, alpha=1.0, shift=t.shift, seed=t.seed)
     bar = None
-    if progress:
+    if log.isEnabledFor(logging.INFO):  # a bar where kdsearch's progress messages are shown
         from tqdm import tqdm
         bar = tqdm(total=t.epochs, desc=f"teacher {t.model} on {cfg.dataset.name}", unit="epoch",
                    file=sys.stderr, leave=True)
@@ -345,13 +345,13 @@ def _stamp(entry: Path, data_hash: str, lock: FileLock) -> None:
         pass  # the manifest changed meanwhile, or cannot be written: a later use stamps it
 
 
-def get_teacher(cfg: ExperimentConfig, data: Dataset, *, cache_dir: Path, progress: bool = True,
-                train_device: str | None = None, given: nn.Module | None = None) -> Teacher:
+def get_teacher(cfg: ExperimentConfig, data: Dataset, *, cache_dir: Path,
+                train_device: str | None = None, model: nn.Module | None = None) -> Teacher:
     """The cached teacher for `cfg`, training (once, under a file lock) if there is none, on
     `train_device` (default: the data's; a cached teacher is read without touching it). A
-    teacher `given` as a module, or teacher.logits, is used as it is."""
-    if given is not None:
-        return given_teacher(cfg, data, given)
+    teacher given as a `model`, or teacher.logits, is used as it is."""
+    if model is not None:
+        return given_teacher(cfg, data, model)
     if cfg.teacher.logits is not None:
         return logits_teacher(cfg, data)
     key = teacher_key(cfg)
@@ -373,8 +373,7 @@ def get_teacher(cfg: ExperimentConfig, data: Dataset, *, cache_dir: Path, progre
             + "".join(f" and its entry {entry} {w}" for w in why)
             + "; training the teacher in memory without caching it (set KDSEARCH_CACHE_DIR to "
               "a writable folder)")
-        model, logits, val_acc = train_teacher(cfg, data, progress=progress,
-                                             device=train_device)
+        model, logits, val_acc = train_teacher(cfg, data, device=train_device)
         return Teacher(model, logits, val_acc, key, None, True)
 
     cached = _cached(entry, cfg, data, data_hash, why)
@@ -388,8 +387,7 @@ def get_teacher(cfg: ExperimentConfig, data: Dataset, *, cache_dir: Path, progre
         cached = _cached(entry, cfg, data, data_hash)
         if cached is not None:
             return cached
-        model, logits, val_acc = train_teacher(cfg, data, progress=progress,
-                                             device=train_device)
+        model, logits, val_acc = train_teacher(cfg, data, device=train_device)
         _clear(entry)
         entry.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu() for k, v in model.state_dict().items()}

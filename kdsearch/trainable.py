@@ -2,8 +2,8 @@
 the Ray tasks that train the final evaluation's retrainings.
 
 The driver loads the dataset and the teacher once and puts them in the object store once
-(`make_payload`, passed with `tune.with_parameters`), as NumPy arrays that a trial maps without a
-copy. Each trial actor moves them to its device once (`trial_inputs`; actors are reused), builds
+(`make_payload`, a `TrialPayload` passed with `tune.with_parameters`), as NumPy arrays that a
+trial maps without a copy. Each trial actor moves them to its device once (`trial_inputs`; actors are reused), builds
 the student of its config and runs `distill.train_student`, reporting every epoch to Tune with a
 checkpoint every few seconds. A retraining task (`ray_runner`) does the same for one seed of a
 best setting and sends the weights back to the driver, which alone reads the test split.
@@ -19,6 +19,7 @@ import tempfile
 import time
 import uuid
 import warnings
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -37,7 +38,8 @@ from kdsearch.metrics import EPOCH, TRAIN_LOSS, VAL_ACC, VAL_LOSS
 from kdsearch.builders import build_teacher, meta_student
 from kdsearch.fields import is_object_name
 from kdsearch.models import count_parameters
-from kdsearch.results import PHASE_KEY, phase_of, searched_widths
+from kdsearch.results import KIND_KEY, kind_of_config, searched_widths
+from kdsearch.tables import BASELINE
 from kdsearch.retrain import Retrained, Retraining, Runner, train_one
 from kdsearch.teacher import Teacher
 
@@ -73,60 +75,73 @@ def from_object_store(arrays: Any) -> Any:
         return _tensors_as(torch.from_numpy, arrays)
 
 
+@dataclass(frozen=True)
+class TrialPayload:
+    """What every trial (and final retraining) gets through Ray's object store, once."""
+
+    token: str  # names this search's tensors in each trial actor's cache
+    config: dict[str, Any]  # the search's config, as plain values
+    data: Dataset  # its tensors as NumPy arrays (`for_object_store`)
+    teacher_logits: Any  # an array, or None without a teacher
+    # an online teacher (training.shift > 0) named in the config travels as its weights and is
+    # built in the trial, where the user's module is found from the config; one given as an
+    # object travels whole
+    teacher_state: dict[str, Any] | None
+    teacher_model: nn.Module | None
+    student_factory: Callable[..., nn.Module] | None  # a factory given as an object
+    cpus_per_trial: float
+    params_by_width: dict[int, int]
+    # a resumed search's trials that ended before the killed driver's saved state saw them
+    # (`ray_workarounds.finished_trials`): their results are replayed, not trained again
+    replay: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
 def make_payload(cfg: ExperimentConfig, data: Dataset, teacher: Teacher | None, *,
                  cpus_per_trial: float, student: Callable[..., nn.Module] | None = None
-                 ) -> dict[str, Any]:
-    """What every trial (and final retraining) gets through the object store, once. A resumed
-    search sets its `finished`: the results of trials that ended before the killed driver's
-    saved state saw them (`ray_workarounds.finished_trials`), replayed, not trained again.
-    `student`: a student factory given as an object (cloudpickled with the payload); the
-    online teacher (training.shift > 0) travels as the module itself."""
+                 ) -> TrialPayload:
+    """The payload of `cfg`'s trials. `student`: a student factory given as an object
+    (cloudpickled with the payload)."""
     online = cfg.training.shift > 0 and teacher is not None and teacher.model is not None
-    given = is_object_name(cfg.teacher.model)  # a module given to run_search, not a name
-    return {
-        "token": uuid.uuid4().hex,  # names this search's tensors in each trial actor's cache
-        "config": yaml.safe_load(dump_config(cfg)),
-        "data": for_object_store(data),
-        "teacher_logits": for_object_store(teacher.train_logits) if teacher else None,
-        # an online teacher of a name travels as its weights and is built in the trial (where
-        # the user's module is found from the config); one given as an object, whole
-        "teacher_state": (for_object_store(teacher.model.state_dict())
-                          if online and not given else None),
-        "teacher_model": copy.deepcopy(teacher.model).cpu() if online and given else None,
-        "student_factory": student,
-        "cpus_per_trial": cpus_per_trial,
-        "params_by_width": {w: count_parameters(meta_student(
+    an_object = is_object_name(cfg.teacher.model)  # a module given to run_search, not a name
+    return TrialPayload(
+        token=uuid.uuid4().hex, config=yaml.safe_load(dump_config(cfg)),
+        data=for_object_store(data),
+        teacher_logits=for_object_store(teacher.train_logits) if teacher else None,
+        teacher_state=(for_object_store(teacher.model.state_dict())
+                       if online and not an_object and teacher and teacher.model else None),
+        teacher_model=(copy.deepcopy(teacher.model).cpu()
+                       if online and an_object and teacher and teacher.model else None),
+        student_factory=student, cpus_per_trial=cpus_per_trial,
+        params_by_width={w: count_parameters(meta_student(
             cfg, data.input_shape, data.num_classes, width=w, factory=student))
-            for w in searched_widths(cfg)},
-        "finished": {},
-    }
+            for w in searched_widths(cfg)})
 
 
 _DEVICE_DATA: dict[str, tuple[str, Dataset, torch.Tensor | None, Teacher | None]] = {}
 
 
-def trial_inputs(payload: dict[str, Any], device: str
+def trial_inputs(payload: TrialPayload, device: str
                  ) -> tuple[Dataset, torch.Tensor | None, Teacher | None]:
     """The payload's tensors on this trial's device, moved once per actor (reuse_actors=True).
 
     Keyed by the search's token, not id(payload): Ray deserialises the payload afresh for every
     trial, and a freed payload's id can come back for another search's data.
     """
-    key = payload["token"]
+    key = payload.token
     hit = _DEVICE_DATA.get(key)
     if hit is not None and hit[0] == device:
         return hit[1], hit[2], hit[3]
     _DEVICE_DATA.clear()
-    data: Dataset = from_object_store(payload["data"]).to(device)
-    logits = from_object_store(payload["teacher_logits"])
+    data: Dataset = from_object_store(payload.data).to(device)
+    logits = from_object_store(payload.teacher_logits)
     logits = logits.to(device) if logits is not None else None
     teacher, model = None, None
-    if payload["teacher_state"] is not None:
-        model = build_teacher(config_from_dict(payload["config"]), data.input_shape,
+    if payload.teacher_state is not None:
+        model = build_teacher(config_from_dict(payload.config), data.input_shape,
                               data.num_classes)
-        model.load_state_dict(from_object_store(payload["teacher_state"]))
-    elif payload["teacher_model"] is not None:
-        model = copy.deepcopy(payload["teacher_model"])
+        model.load_state_dict(from_object_store(payload.teacher_state))
+    elif payload.teacher_model is not None:
+        model = copy.deepcopy(payload.teacher_model)
     if model is not None:
         teacher = Teacher(model.to(device).eval(), logits, 0.0, "", None, False)
     elif logits is not None:
@@ -140,18 +155,18 @@ def _device() -> str:
 
 
 # --------------------------------------------------------------------------- the trial
-def run_trial(params: dict[str, Any], payload: dict[str, Any]) -> None:
+def run_trial(params: dict[str, Any], payload: TrialPayload) -> None:
     """One trial: train the student of `params` and report every epoch to Ray Tune."""
-    if ray_workarounds.replay_finished(payload["finished"], tune.get_context().get_trial_id(),
+    if ray_workarounds.replay_finished(payload.replay, tune.get_context().get_trial_id(),
                                        tune.report):
         return
-    phase = phase_of(params)
-    params = {k: v for k, v in params.items() if k != PHASE_KEY}
-    cfg = with_params(config_from_dict(payload["config"]), params)
-    if phase == "baseline":
+    kind = kind_of_config(params)
+    params = {k: v for k, v in params.items() if k != KIND_KEY}
+    cfg = with_params(config_from_dict(payload.config), params)
+    if kind == BASELINE:
         cfg = dataclasses.replace(cfg, training=dataclasses.replace(cfg.training, alpha=1.0))
     # torch threads match this trial's CPU share, so concurrent trials do not oversubscribe
-    threads = max(1, int(payload["cpus_per_trial"]))
+    threads = max(1, int(payload.cpus_per_trial))
     torch.set_num_threads(threads)
     gpu_ids = ray.get_gpu_ids()
     device = _device()
@@ -167,7 +182,7 @@ def run_trial(params: dict[str, Any], payload: dict[str, Any]) -> None:
             resume = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)
             if (Path(d) / "metrics.json").exists():
                 resumed_metrics = json.loads((Path(d) / "metrics.json").read_text())
-    extra = {"params": payload["params_by_width"].get(cfg.student.width, 0),
+    extra = {"params": payload.params_by_width.get(cfg.student.width, 0),
              "device": device, "gpu_ids": ",".join(str(g) for g in gpu_ids), "threads": threads,
              "node": socket.gethostname() + ":" + ray.get_runtime_context().get_node_id()[:8]}
 
@@ -192,7 +207,7 @@ def run_trial(params: dict[str, Any], payload: dict[str, Any]) -> None:
     try:
         _, history = train_student(cfg, data, teacher=teacher if cfg.training.alpha < 1 else None,
                                    report=report, resume=resume,
-                                   factory=payload["student_factory"])
+                                   factory=payload.student_factory)
         ray_workarounds.report_last_epoch_again(
             history, None if resumed_metrics is None else
             {**resumed_metrics, **extra, "diverged": 0}, tune.report)
@@ -208,15 +223,15 @@ run_trial.__name__ = TRAINABLE_NAME  # (pickled by its qualified name, run_trial
 
 
 # --------------------------------------------------------------------------- final retrainings
-def _retrain_task(payload: dict[str, Any], job: Retraining) -> Retrained:
+def _retrain_task(payload: TrialPayload, job: Retraining) -> Retrained:
     """A Ray task: one retraining of the final evaluation (`retrain.train_one`) on this worker's
     CPUs or GPU share, against the payload's data and teacher; the weights go back as arrays."""
-    torch.set_num_threads(job.threads or max(1, int(payload["cpus_per_trial"])))
+    torch.set_num_threads(job.threads or max(1, int(payload.cpus_per_trial)))
     data, _, teacher = trial_inputs(payload, _device())
-    return for_object_store(train_one(job, data, teacher, factory=payload["student_factory"]))
+    return for_object_store(train_one(job, data, teacher, factory=payload.student_factory))
 
 
-def ray_runner(payload: dict[str, Any], *, gpus_per_task: float) -> Runner:
+def ray_runner(payload: TrialPayload, *, gpus_per_task: float) -> Runner:
     """A `retrain.Runner` that trains the final evaluation's models as Ray tasks, side by side on
     the cluster's CPUs and GPU shares (the trials' resources each), and yields each as it ends.
 
@@ -224,15 +239,12 @@ def ray_runner(payload: dict[str, Any], *, gpus_per_task: float) -> Runner:
     the driver, which evaluates the weights that come back.
     """
     task = ray.remote(_retrain_task).options(
-        num_cpus=payload["cpus_per_trial"], num_gpus=gpus_per_task, max_retries=0)
+        num_cpus=payload.cpus_per_trial, num_gpus=gpus_per_task, max_retries=0)
 
     def run(jobs: list[Retraining]) -> Iterator[tuple[Retraining, Retrained]]:
         if not jobs:
             return iter(())
-        ref = ray.put({k: payload[k] for k in ("token", "config", "data", "teacher_logits",
-                                               "teacher_state", "teacher_model",
-                                               "student_factory",
-                                               "cpus_per_trial")})
+        ref = ray.put(dataclasses.replace(payload, replay={}))
         pending = {task.remote(ref, job): job for job in jobs}  # all submitted at once
         return _as_they_end(pending)
 

@@ -1,14 +1,17 @@
 """Reading YAML safely: a space file, and the values of `--set KEY=VALUE`.
 
 `yaml.SafeLoader` with limits a config never reaches (file size, nesting depth) and without
-PyYAML's silent keep-the-last of a key written twice. Every failure is a one-line ConfigError
-naming the file and, where PyYAML gives it, the line and column. No kdsearch config types here:
-this turns text into plain Python values, `config` validates them.
+PyYAML's silent keep-the-last of a key written twice. Booleans are YAML 1.2's: only true and
+false. PyYAML follows YAML 1.1, which also reads yes, no, on and off as booleans, so
+`fast_step: off` would arrive as False. Every failure is a one-line ConfigError naming the file
+and, where PyYAML gives it, the line and column. No kdsearch config types here: this turns text
+into plain Python values, `config` validates them.
 """
 
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -53,6 +56,15 @@ class _SafeLoader(yaml.SafeLoader):
                                            f"section; keep one", key_node.start_mark)
                 seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+# YAML 1.2's booleans in place of YAML 1.1's (which add yes, no, on, off and their capitals)
+_BOOL = "tag:yaml.org,2002:bool"
+_SafeLoader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != _BOOL]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_SafeLoader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                  list("tTfF"))
 
 
 def safe_load(text: str) -> Any:

@@ -288,3 +288,23 @@ def test_the_largest_value_of_a_dimension_is_one_optuna_can_suggest() -> None:
         check_searchable(dataclasses.replace(
             stepped, search=dataclasses.replace(stepped.search, grace_period=7)), "space.yaml")
     assert config_from_dict({"search": {"gpus_per_trial": 2}}).search.gpus_per_trial == 2
+
+
+# --------------------------------------------------------------------------- YAML's booleans
+def test_off_is_a_word_in_a_file_and_in_set_and_yes_no_on_off_still_set_booleans(
+        tmp_path: Path) -> None:
+    """YAML 1.1 reads `off` as false, so `fast_step: off` was refused as "False". Booleans are
+    YAML 1.2's (true, false); a boolean field still takes yes, no, on and off."""
+    path = _write(tmp_path, "training: {fast_step: off}\nsearch: {per_width: yes, baseline: off}\n"
+                            "student: {model: my_nets:make, kwargs: {mode: on, strict: false}}\n")
+    cfg = load_config(path)
+    assert cfg.training.fast_step == "off"
+    assert cfg.search.per_width is True and cfg.search.baseline is False
+    assert cfg.student.kwargs == {"mode": "on", "strict": False}  # a word, as written
+    assert load_config(path, ["training.fast_step=auto"]).training.fast_step == "auto"
+    assert load_config(_write(tmp_path, "name: x\n", "plain.yaml"),
+                       ["training.fast_step=off"]).training.fast_step == "off"
+    # the resolved config reads back the same, through kdsearch's loader and PyYAML's own
+    assert config_from_dict(yaml.safe_load(dump_config(cfg))).training.fast_step == "off"
+    assert "fast_step = 'maybe'" in _error(_write(tmp_path, "training: {fast_step: maybe}",
+                                                  "bad.yaml"))

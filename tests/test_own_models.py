@@ -113,13 +113,13 @@ def _space(own: dict[str, Any], tmp_path: Path, text: str = SPACE, **files: str)
 
 
 def _refused(space: Path, *overrides: str) -> str:
-    """The one-line message `prepare` refuses the space with (data, teacher, students checked,
+    """The one-line message `load_inputs` refuses the space with (data, teacher, students checked,
     no Ray)."""
-    from kdsearch.search import prepare
+    from kdsearch.inputs import load_inputs
 
     cfg = load_config(space, overrides)
     with pytest.raises(UserError) as e:
-        prepare(cfg, progress=False)
+        load_inputs(cfg)
     message = str(e.value)
     assert "\n" not in message
     return message
@@ -254,11 +254,12 @@ def test_the_cli_exits_2_with_one_line_and_writes_nothing(own: dict, tmp_path: P
 def test_teacher_logits_from_a_file_line_up_with_the_training_rows(own: dict, tmp_path: Path
                                                                    ) -> None:
     from kdsearch.distill import predict
-    from kdsearch.search import prepare
+    from kdsearch.inputs import load_inputs
 
     space = _space(own, tmp_path)
     cfg = load_config(space)
-    data, loaded = prepare(cfg, progress=False)
+    inputs = load_inputs(cfg)
+    data, loaded = inputs.data, inputs.teacher
     # the user's teacher, run by the user on the training rows as given (before any val split)
     my_data = _import_from(space.parent, "my_data")
     x = torch.as_tensor(my_data.load()["train"][0])
@@ -266,7 +267,8 @@ def test_teacher_logits_from_a_file_line_up_with_the_training_rows(own: dict, tm
     text = SPACE.replace("checkpoint: teacher.pt", "logits: train_logits.npy")
     cfg2 = load_config(_space(own, tmp_path / "b", text))
     shutil.copy(space.parent / "train_logits.npy", Path(cfg2.code_dir) / "train_logits.npy")
-    data2, from_file = prepare(cfg2, progress=False)
+    inputs2 = load_inputs(cfg2)
+    data2, from_file = inputs2.data, inputs2.teacher
     assert from_file.model is None and from_file.val_acc is None
     assert torch.equal(data2.train.y, data.train.y)
     # carved val split or not, each training example gets its own row's logits
@@ -288,7 +290,7 @@ def own_search(own: dict, tmp_path_factory: pytest.TempPathFactory) -> dict[str,
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("KDSEARCH_CACHE_DIR", str(out / "cache"))
         mp.chdir(out)  # not the user's folder: the space file's folder is where modules are
-        result = run_search(own["folder"] / "space.yaml", results_dir=out, quiet=True)
+        result = run_search(own["folder"] / "space.yaml", results_dir=out)
     return {**own, "result": result, "dir": out / "own"}
 
 
@@ -397,7 +399,7 @@ def test_python_objects_take_the_place_of_the_names(own: dict, tmp_path: Path,
         "  num_samples: 2\n", "  num_samples: 2\n  baseline: false\n")
     (tmp_path / "plain.yaml").write_text(text)
     monkeypatch.setenv("KDSEARCH_CACHE_DIR", str(tmp_path / "cache"))
-    result = run_search(tmp_path / "plain.yaml", results_dir=tmp_path, quiet=True,
+    result = run_search(tmp_path / "plain.yaml", results_dir=tmp_path,
                         dataset=lambda: data, teacher=teacher, student=student)
     folder = result.results_dir
     s = json.loads((folder / "summary.json").read_text())
@@ -413,13 +415,13 @@ def test_python_objects_take_the_place_of_the_names(own: dict, tmp_path: Path,
 
 def test_a_damaged_cache_entry_of_a_checkpoint_teacher_is_rebuilt_from_the_checkpoint(
         own: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from kdsearch.search import prepare
+    from kdsearch.inputs import load_inputs
 
     monkeypatch.setenv("KDSEARCH_CACHE_DIR", str(tmp_path / "cache"))
     cfg = load_config(_space(own, tmp_path))
-    _, first = prepare(cfg, progress=False)
+    first = load_inputs(cfg).teacher
     assert first.trained_now and first.path is not None  # computed from the checkpoint
-    assert not prepare(cfg, progress=False)[1].trained_now  # then read from the cache
+    assert not load_inputs(cfg).teacher.trained_now  # then read from the cache
     weights = first.path / "teacher.pt"
     blob = weights.read_bytes()
     flipped = bytearray(blob)
@@ -432,7 +434,7 @@ def test_a_damaged_cache_entry_of_a_checkpoint_teacher_is_rebuilt_from_the_check
 
     for damaged in (blob[: len(blob) // 2], bytes(flipped), pickle.dumps({"model": Boom()})):
         weights.write_bytes(damaged)
-        _, again = prepare(cfg, progress=False)
+        again = load_inputs(cfg).teacher
         assert again.trained_now  # rebuilt, from the checkpoint: the same logits
         assert torch.equal(again.train_logits, first.train_logits)
     assert not marker.exists()
@@ -440,8 +442,8 @@ def test_a_damaged_cache_entry_of_a_checkpoint_teacher_is_rebuilt_from_the_check
     torch.save({k: v + 0.01 for k, v in torch.load(Path(cfg.teacher.checkpoint),
                                                    weights_only=True).items()},
                Path(cfg.code_dir) / "other.pt")
-    _, other = prepare(load_config(Path(cfg.code_dir) / "space.yaml",
-                                   ["teacher.checkpoint=other.pt"]), progress=False)
+    other = load_inputs(load_config(Path(cfg.code_dir) / "space.yaml",
+                                    ["teacher.checkpoint=other.pt"])).teacher
     assert other.key != first.key and other.trained_now
 
 
@@ -474,7 +476,7 @@ def test_resume_and_report_find_the_users_modules_from_anywhere(
     index_before = (folder / "students" / "index.json").read_text()
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("KDSEARCH_CACHE_DIR", str(folder.parent / "cache"))
-    again = resume_search(folder, quiet=True)
+    again = resume_search(folder)
     assert again.best_config == own_search["result"].best_config
     final = json.loads((folder / "final.json").read_text())
     assert final["retrained"] == 0 and final["reused"] == len(final["rows"])
@@ -549,7 +551,7 @@ def test_an_online_teacher_of_the_users_class_runs_in_the_trials(
     monkeypatch.setenv("KDSEARCH_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.chdir(tmp_path)
     space = _space(own, tmp_path)
-    result = run_search(space, results_dir=tmp_path / "results", quiet=True, report=False,
+    result = run_search(space, results_dir=tmp_path / "results", report=False,
                         overrides=["training.shift=1", "search.num_samples=2",
                                    "search.baseline=false", "training.epochs=2",
                                    "search.grace_period=1"])
@@ -562,7 +564,7 @@ def test_a_report_reusing_its_retrainings_needs_no_checkpoint(own_search: dict,
                                                              tmp_path: Path) -> None:
     """The folder copied where the teacher's checkpoint is not: a report that reuses every
     retraining is written; one that must retrain says in one line what is missing."""
-    from kdsearch import make_report
+    from kdsearch.report import make_report
 
     folder = tmp_path / "copy"
     shutil.copytree(own_search["dir"], folder, ignore=shutil.ignore_patterns("search"))
@@ -570,12 +572,12 @@ def test_a_report_reusing_its_retrainings_needs_no_checkpoint(own_search: dict,
     (folder / "config.yaml").write_text(config.replace(
         str(own_search["folder"] / "teacher.pt"), str(tmp_path / "elsewhere" / "teacher.pt")))
     before = json.loads((folder / "final.json").read_text())
-    make_report(folder, retrain=False, quiet=True)
+    make_report(folder, retrain=False)
     after = json.loads((folder / "final.json").read_text())
     assert after["retrained"] == 0 and after["teacher"] == before["teacher"]
     with pytest.raises(UserError, match=r"teacher.checkpoint = .*elsewhere/teacher.pt': cannot "
                                         r"be read"):
-        make_report(folder, retrain=True, quiet=True)
+        make_report(folder, retrain=True)
     assert json.loads((folder / "final.json").read_text()) == after  # nothing half-written
 
 

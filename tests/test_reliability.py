@@ -67,8 +67,7 @@ def test_crashing_and_diverging_trials_fail_alone_and_the_report_counts_them(
             "search.space={lr: {distribution: choice, values: [0.003, 1.0e+12]}, "
             f"width: {{distribution: choice, values: [16, {TOO_WIDE}]}}}}",
             "search.max_failures=1", "search.max_concurrent_trials=2", "search.seed=4",
-            "search.per_width=false", "report.seeds=2"], results_dir=tmp_path, report=False,
-            quiet=True)
+            "search.per_width=false", "report.seeds=2"], results_dir=tmp_path, report=False)
     out = result.results_dir
     rows = _rows(out / "trials.csv")
     assert len(rows) == 4, "every trial recorded; the search went on"

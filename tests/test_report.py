@@ -18,13 +18,15 @@ from scipy import stats
 
 import kdsearch.data
 import kdsearch.final
+import kdsearch.inputs
 from kdsearch.final import evaluate_final
+from kdsearch.inputs import Inputs
 from kdsearch.plots import (PLOT_ALPHA, PLOT_BEST_SO_FAR, PLOT_IMPORTANCE, PLOT_TEMPERATURE,
                            PLOT_TEST_ACC, PLOTS)
 from kdsearch.report import make_report
 from kdsearch.search import run_search
 from kdsearch.stats import compare, unpack_correct
-from kdsearch.tables import read_table
+from kdsearch.tables import TrialRow, read_table
 
 QUICKSTART = Path(__file__).resolve().parents[1] / "search_spaces" / "quickstart.yaml"
 # a small search: two widths, a small quick teacher, 4-epoch students that ASHA may stop at 2
@@ -85,8 +87,7 @@ def search(tmp_path_factory: pytest.TempPathFactory) -> dict:
                  runtime_env={"worker_process_setup_hook": _guard_hook(str(guard))})
         try:
             root = tmp_path_factory.mktemp("results")
-            result = run_search(QUICKSTART, overrides=SMALL, results_dir=root, report=False,
-                                quiet=True)
+            result = run_search(QUICKSTART, overrides=SMALL, results_dir=root, report=False)
         finally:
             ray.shutdown()
             ray.cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
@@ -104,7 +105,7 @@ def reported(search_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("KDSEARCH_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "kdsearch-cache"))
         trials_before = (search_dir / "trials.csv").read_bytes()
-        path = make_report(search_dir, quiet=True)
+        path = make_report(search_dir)
         assert path == search_dir / "report.md"
         assert (search_dir / "trials.csv").read_bytes() == trials_before
     return search_dir
@@ -317,7 +318,7 @@ def test_a_retraining_out_of_gpu_memory_fails_that_setting_and_seed_alone(
         return real(cfg, data, **kwargs)
 
     monkeypatch.setattr(kdsearch.retrain, "train_student", short_of_memory)
-    make_report(folder, quiet=True)  # in this process; Ray's tasks call the same train_one
+    make_report(folder)  # in this process; Ray's tasks call the same train_one
     assert hit == [1]
     final = json.loads((folder / "final.json").read_text())
     row = next(r for r in final["rows"] if r["kind"] == "distilled" and r["width"] == 8)
@@ -383,37 +384,37 @@ def _welch(a: list[float], b: list[float]) -> float:
 def test_compare_on_a_hand_made_table() -> None:
     # means 0.98 and 0.95, both std 0.01, 3 seeds: t = 0.03 / sqrt(2e-4 / 3) = 3.674, df = 4
     c = compare([0.97, 0.98, 0.99], [0.94, 0.95, 0.96], 0.99)
-    assert c["distilled_mean"] == pytest.approx(0.98) and c["baseline_mean"] == pytest.approx(0.95)
-    assert c["distilled_std"] == pytest.approx(0.01) and c["baseline_std"] == pytest.approx(0.01)
-    assert c["difference"] == pytest.approx(0.03)
-    assert c["p_value"] == pytest.approx(2 * stats.t.sf(0.03 / math.sqrt(2e-4 / 3), 4))
-    assert c["p_value"] == pytest.approx(0.02131, abs=1e-5)
-    assert c["gap_recovered"] == pytest.approx(0.75)  # (0.98 - 0.95) / (0.99 - 0.95)
-    assert c["teacher_acc"] == 0.99 and c["distilled_n"] == c["baseline_n"] == 3
+    assert c.distilled_mean == pytest.approx(0.98) and c.baseline_mean == pytest.approx(0.95)
+    assert c.distilled_std == pytest.approx(0.01) and c.baseline_std == pytest.approx(0.01)
+    assert c.difference == pytest.approx(0.03)
+    assert c.p_value == pytest.approx(2 * stats.t.sf(0.03 / math.sqrt(2e-4 / 3), 4))
+    assert c.p_value == pytest.approx(0.02131, abs=1e-5)
+    assert c.gap_recovered == pytest.approx(0.75)  # (0.98 - 0.95) / (0.99 - 0.95)
+    assert c.teacher_acc == 0.99 and c.distilled_n == c.baseline_n == 3
 
     # unequal sizes and variances: Welch's df, not Student's
     d, b = [0.90, 0.92, 0.97, 0.95], [0.91, 0.93]
     c = compare(d, b, 0.99)
-    assert c["p_value"] == pytest.approx(_welch(d, b), rel=1e-9)
+    assert c.p_value == pytest.approx(_welch(d, b), rel=1e-9)
     student = stats.ttest_ind(d, b, equal_var=True).pvalue
-    assert abs(c["p_value"] - student) > 1e-3
-    assert c["gap_recovered"] == pytest.approx((0.935 - 0.92) / (0.99 - 0.92))
+    assert abs(c.p_value - student) > 1e-3
+    assert c.gap_recovered == pytest.approx((0.935 - 0.92) / (0.99 - 0.92))
 
     # distillation behind the baseline: a negative difference and a negative fraction
     c = compare([0.90, 0.91], [0.92, 0.94], 0.98)
-    assert c["difference"] == pytest.approx(-0.025)
-    assert c["gap_recovered"] == pytest.approx(-0.025 / (0.98 - 0.93))
+    assert c.difference == pytest.approx(-0.025)
+    assert c.gap_recovered == pytest.approx(-0.025 / (0.98 - 0.93))
 
 
 def test_compare_undefined_cases() -> None:
     c = compare([0.9], [0.8], 0.95)  # one seed: no std, no test
-    assert c["distilled_std"] is None and c["p_value"] is None
-    assert c["gap_recovered"] == pytest.approx(0.1 / 0.15)
+    assert c.distilled_std is None and c.p_value is None
+    assert c.gap_recovered == pytest.approx(0.1 / 0.15)
     c = compare([0.9, 0.9], [0.8, 0.8], 0.95)  # no variance at all: no test
-    assert c["distilled_std"] == 0 and c["p_value"] is None
+    assert c.distilled_std == 0 and c.p_value is None
     c = compare([0.9, 0.92], [0.95, 0.96], 0.94)  # the teacher below the baseline: no gap
-    assert c["gap_recovered"] is None
-    assert compare([0.9, 0.92], [0.95, 0.96], None)["gap_recovered"] is None
+    assert c.gap_recovered is None
+    assert compare([0.9, 0.92], [0.95, 0.96], None).gap_recovered is None
 
 
 # --------------------------------------------------------------------------- search states
@@ -438,7 +439,7 @@ def test_report_of_an_interrupted_search_names_the_incomplete_trials(
     run["search"]["status"] = "started"  # as a killed search leaves it
     (folder / "run.json").write_text(json.dumps(run))
 
-    make_report(folder, retrain=False, quiet=True)
+    make_report(folder, retrain=False)
     s = _summary(folder)
     report = (folder / "report.md").read_text()
     assert s["complete"] is False and s["incomplete_phases"] == ["distill", "baseline"]
@@ -508,10 +509,10 @@ def test_only_the_final_evaluation_reads_the_test_split(search: dict, tmp_path: 
 
     monkeypatch.setattr(kdsearch.data, "load_test", counting)
     monkeypatch.setattr(kdsearch.final, "load_test", counting)
-    make_report(folder, quiet=True)
+    make_report(folder)
     assert len(calls) == 1  # one read of the test split for the whole final evaluation
     trained = json.loads((folder / "final.json").read_text())
-    make_report(folder, retrain=False, quiet=True)
+    make_report(folder, retrain=False)
     assert len(calls) == 1  # nothing changed: final.json reused, the test split not read again
     reused = json.loads((folder / "final.json").read_text())
     assert (reused["retrained"], reused["reused"]) == (0, len(trained["rows"]))
@@ -522,15 +523,15 @@ def test_only_the_final_evaluation_reads_the_test_split(search: dict, tmp_path: 
     assert f"Final evaluation: all {len(trained['rows'])} settings reused from an earlier " \
            f"`final.json` (trained then in " in \
         (folder / "report.md").read_text()
-    evaluate_final(folder, quiet=True)
+    evaluate_final(folder)
     assert len(calls) == 2
 
 
 def test_headline_names_the_narrower_widths_where_distillation_wins() -> None:
-    from kdsearch.stats import decide
-    from kdsearch.summary import headline
+    from kdsearch.summary import Comparison, headline
 
-    def row(width: int, diff: float, p: float, test_p: float = 0.001, **extra: object) -> dict:
+    def row(width: int, diff: float, p: float, test_p: float = 0.001, **extra: object
+            ) -> Comparison:
         c = {"distilled_width": width, "baseline_width": width, "distilled_params": width * 100,
              "baseline_params": width * 100, "baseline_tuned": True, "distilled_mean": 0.9,
              "distilled_std": 0.01, "baseline_mean": 0.9 - diff, "baseline_std": 0.01,
@@ -539,31 +540,34 @@ def test_headline_names_the_narrower_widths_where_distillation_wins() -> None:
              "test_p_value_holm": test_p, "test_ci_low": diff - 0.01,
              "test_ci_high": diff + 0.01, "test_n": 1000, "test_discordant": 40,
              "test_sd": 0.2, "test_note": None, "compression": 100.0, **extra}
-        return {**c, **decide(c, family=3)}
+        return Comparison.from_json(c, family=3)
+
+    def headline_of(best: Comparison, widths: list[Comparison]) -> str:
+        return headline(best, widths, student_model="mlp_student", teacher_acc=0.98,
+                        baseline_note="")
 
     def named(text: str) -> str:
         return text.split("fewer parameters than the teacher.", 1)[1].strip()
 
     widths = [row(8, 0.0158, 0.04), row(16, 0.0093, 0.3), row(64, -0.001, 0.9)]
-    text = headline(widths[2], widths, {"test_acc": 0.98}, "mlp_student", "")
+    text = headline_of(widths[2], widths)
     assert text.startswith("Distillation does not beat the baseline:")
     assert named(text) == ("Distillation beats the baseline at width 8 (+1.58 points, "
                            "Holm-adjusted p = 0.04 over seeds and 1.0e-03 over the test set) "
                            "(3 widths compared).")
     # nothing to add when no other width wins
-    assert named(headline(widths[2], widths[1:], {"test_acc": 0.98}, "mlp_student", "")) == ""
+    assert named(headline_of(widths[2], widths[1:])) == ""
     # ahead over seeds, but not over the test examples: no verdict
-    assert row(8, 0.0158, 0.04, test_p=0.2)["verdict"] == "not_significant"
+    assert row(8, 0.0158, 0.04, test_p=0.2).decision.verdict == "not_significant"
     # the best comparison spans two widths: the best distilled width's own comparison is named
-    across = {**row(64, -0.001, 0.9), "baseline_width": 32, "baseline_params": 3200}
+    across = row(64, -0.001, 0.9, baseline_width=32, baseline_params=3200)
     same = row(64, 0.0065, 0.02)
-    text = headline(across, [row(32, 0.001, 0.5), same], {"test_acc": 0.98}, "mlp_student", "")
+    text = headline_of(across, [row(32, 0.001, 0.5), same])
     assert text.startswith("Distillation does not beat the baseline:")
     assert named(text).startswith("Distillation beats the baseline at width 64 (+0.65 points")
     # a width compared with an untuned baseline says so; a width the baseline wins is named
     untuned = row(8, 0.0158, 0.04, baseline_tuned=False)
-    text = headline(widths[2], [untuned, row(30, -0.0055, 0.03), widths[2]],
-                    {"test_acc": 0.98}, "mlp_student", "")
+    text = headline_of(widths[2], [untuned, row(30, -0.0055, 0.03), widths[2]])
     assert named(text) == (
         "Distillation beats the baseline at width 8 (+1.58 points, Holm-adjusted p = 0.04 "
         "over seeds and 1.0e-03 over the test set, against an untuned baseline) (3 widths "
@@ -598,7 +602,7 @@ def test_the_final_evaluation_takes_the_searchs_data_and_teacher_instead_of_load
     cfg = load_config(folder / "config.yaml", [])
     data = load_dataset(cfg.dataset, data_dir=default_data_dir(cfg),
                         cache_dir=default_cache_dir(cfg))
-    teacher = get_teacher(cfg, data, cache_dir=default_cache_dir(cfg), progress=False)
+    teacher = get_teacher(cfg, data, cache_dir=default_cache_dir(cfg))
 
     # a fresh cache: a final evaluation that looks for the teacher trains it there again
     cache = tmp_path / "empty-cache"
@@ -609,17 +613,17 @@ def test_the_final_evaluation_takes_the_searchs_data_and_teacher_instead_of_load
         loads.append(args)
         return load_dataset(*args, **kwargs)
 
-    monkeypatch.setattr(kdsearch.final, "load_dataset", counting)
-    handed = evaluate_final(folder, quiet=True, loaded=(data, teacher))
+    monkeypatch.setattr(kdsearch.inputs, "load_dataset", counting)
+    handed = evaluate_final(folder, inputs=Inputs(data, teacher))
     assert loads == [] and not (cache / "teachers").exists()
-    again = evaluate_final(folder, quiet=True)  # what `kdsearch report` does
+    again = evaluate_final(folder)  # what `kdsearch report` does
     assert len(loads) == 1 and (cache / "teachers" / teacher.key / "manifest.json").exists()
-    assert [r["test_accs"] for r in handed["rows"]] == [r["test_accs"] for r in again["rows"]]
-    assert handed["teacher"]["test_acc"] == again["teacher"]["test_acc"]
+    assert [r.test_accs for r in handed.rows] == [r.test_accs for r in again.rows]
+    assert handed.teacher == again.teacher
 
     other = dataclasses.replace(teacher, key="0" * len(teacher.key))
     with pytest.raises(ValueError, match="is not"):
-        evaluate_final(folder, quiet=True, loaded=(data, other))
+        evaluate_final(folder, inputs=Inputs(data, other))
 
 
 @pytest.mark.slow  # a real Ray search (shared by the module), then a Ray of its own
@@ -652,7 +656,7 @@ def test_trial_ids_that_look_like_numbers_are_kept_as_written(tmp_path: Path) ->
     """Tune's trial ids are 8 hex digits: "76e61933" reads as a float (inf) and "01234567" as an
     int without its 0. The report must name the trials it retrains as trials.csv wrote them."""
     from kdsearch.config import load_config
-    from kdsearch.final import select_settings
+    from kdsearch.selection import select_settings
 
     cfg = load_config(QUICKSTART, ["search.space.width.values=[8, 32]"])
 
@@ -666,7 +670,8 @@ def test_trial_ids_that_look_like_numbers_are_kept_as_written(tmp_path: Path) ->
     rows = [row("distill", "76e61933", 8, 0.95), row("distill", "01234567", 32, 0.97),
             row("distill", "12345678", 32, 0.96), row("baseline", "1e000000", 8, 0.94),
             row("baseline", "00000000", 32, 0.96)]
-    chosen = {(s.kind, s.width): s.trial_id for s in select_settings(cfg, rows).settings}
+    chosen = {(s.kind, s.width): s.trial_id
+              for s in select_settings(cfg, [TrialRow.from_csv(r) for r in rows]).settings}
     assert chosen == {("distilled", 8): "76e61933", ("distilled", 32): "01234567",
                       ("baseline", 8): "1e000000", ("baseline", 32): "00000000"}
 
@@ -684,7 +689,8 @@ def _crafted_report(folder: Path, ran: int, accs: dict[str, list[float | None]])
     """report.md of a hand-made search: `epochs` searched in [5, 10], one distilled and one
     baseline trial of budget 5 that ran `ran` epochs, retrained with the given accuracies."""
     from kdsearch.config import config_from_dict, dump_config
-    from kdsearch.final import read_searched, select_settings, training_config
+    from kdsearch.selection import read_searched, select_settings, training_config
+    from kdsearch.final_record import FinalRecord
     from kdsearch.report import render
     from kdsearch.stats import mean_std
     from kdsearch.summary import summarize
@@ -722,7 +728,7 @@ def _crafted_report(folder: Path, ran: int, accs: dict[str, list[float | None]])
              "rows": final_rows, "baseline_note": "", "baseline_tuned": True,
              "seeds": [0, 1, 2], "data": {"train": 1, "val": 1, "test": 1}, "device": "cpu",
              "seconds": 1.0, "retrained": 6, "reused": 0}
-    return render(summarize(folder, final), {})
+    return render(summarize(folder, FinalRecord.from_json(final)))
 
 
 ACCS: dict[str, list[float | None]] = {"distilled": [0.9, 0.91, 0.905],
@@ -751,17 +757,17 @@ def test_diverged_retrainings_are_counted_and_a_side_with_none_left_is_no_compar
 
 def test_p_values_never_round_across_the_significance_level_and_one_empty_side_is_no_comparison(
         ) -> None:
-    from kdsearch.stats import decide
-    from kdsearch.summary import fmt_p, headline
+    from kdsearch.formatting import fmt_p
+    from kdsearch.summary import Comparison, headline
 
     assert [fmt_p(p) for p in (0.0496, 0.0504, 0.047, 0.3, 0.004)] == [
         "0.0496", "0.0504", "0.047", "0.30", "4.0e-03"]
-    c = {"distilled_width": 20, "baseline_width": 20, "distilled_params": 1000,
-         "baseline_params": 1000, "baseline_tuned": True, "compression": 100.0,
-         **compare([0.90, 0.91, 0.905], [], 0.97)}
-    c.update(decide(c))
-    assert c["verdict"] == "no_comparison"
-    text = headline(c, [c], {"test_acc": 0.97}, "mlp_student", "")
+    c = Comparison.from_json({"distilled_width": 20, "baseline_width": 20,
+                              "distilled_params": 1000, "baseline_params": 1000,
+                              "baseline_tuned": True, "compression": 100.0,
+                              **dataclasses.asdict(compare([0.90, 0.91, 0.905], [], 0.97))})
+    assert c.decision.verdict == "no_comparison"
+    text = headline(c, [c], student_model="mlp_student", teacher_acc=0.97, baseline_note="")
     assert text.startswith("No comparison: every retraining of the baseline setting diverged")
 
 
@@ -784,19 +790,20 @@ def test_the_search_cost_counts_each_kind_of_trial_ending() -> None:
                  ("distill", "ERROR", 0, 0, 0), ("distill", "RUNNING", 0, 0, 3),
                  ("baseline", "TERMINATED"), ("baseline", "TERMINATED", 1, 0, 1)):
         rows.append(row(*spec))
-    cost = search_cost(cfg, rows, [], {"search": {"status": "started", "wall_seconds": 9.0}})
-    d, b = cost["phases"]["distill"], cost["phases"]["baseline"]
-    assert (d["trials"], d["full_budget"], d["stopped_early"], d["diverged"], d["failed"],
-            d["incomplete"]) == (6, 1, 2, 1, 1, 1)
-    assert d["trial_epochs"] == 4 + 1 + 2 + 0 + 0 + 3  # the epochs each ran, from trials.csv
-    assert (b["trials"], b["full_budget"], b["stopped_early"]) == (2, 1, 1)
-    assert cost["total"]["full_budget"] == 2 and cost["total"]["training_seconds"] == 8.0
-    assert cost["total"]["wall_seconds"] == 9.0  # the phases run side by side: one wall
+    cost = search_cost(cfg, [TrialRow.from_csv(r) for r in rows], [],
+                       {"search": {"status": "started", "wall_seconds": 9.0}})
+    d, b = cost.kinds["distilled"], cost.kinds["baseline"]
+    assert (d.trials, d.full_budget, d.stopped_early, d.diverged, d.failed,
+            d.incomplete) == (6, 1, 2, 1, 1, 1)
+    assert d.trial_epochs == 4 + 1 + 2 + 0 + 0 + 3  # the epochs each ran, from trials.csv
+    assert (b.trials, b.full_budget, b.stopped_early) == (2, 1, 1)
+    assert cost.total.full_budget == 2 and cost.total.training_seconds == 8.0
+    assert cost.total.wall_seconds == 9.0  # the kinds run side by side: one wall time
 
 
 def test_the_final_evaluation_keeps_the_best_max_widths_and_the_best_baselines_width() -> None:
     from kdsearch.config import config_from_dict
-    from kdsearch.final import select_settings
+    from kdsearch.selection import select_settings
 
     cfg = config_from_dict({"report": {"max_widths": 2}, "search": {"space": {
         "lr": {"distribution": "loguniform", "low": 1e-3, "high": 1e-1},
@@ -810,7 +817,7 @@ def test_the_final_evaluation_keeps_the_best_max_widths_and_the_best_baselines_w
     distilled = {8: 0.90, 16: 0.97, 32: 0.95, 64: 0.96}
     rows = [row("distill", w, a) for w, a in distilled.items()]
     rows += [row("baseline", w, a) for w, a in {8: 0.99, 16: 0.90, 32: 0.91, 64: 0.92}.items()]
-    chosen = select_settings(cfg, rows)
+    chosen = select_settings(cfg, [TrialRow.from_csv(r) for r in rows])
     kept = sorted({s.width for s in chosen.settings})
     assert kept == [8, 16, 64]  # the two best distilled widths, and the best baseline's (8)
     best = [s for s in chosen.settings if s.best]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 
 from kdsearch.results import best_trial
+from kdsearch.tables import TrialRow
 
 
 def test_the_best_trial_does_not_depend_on_the_order_trials_ended_in() -> None:
@@ -21,5 +22,6 @@ def test_the_best_trial_does_not_depend_on_the_order_trials_ended_in() -> None:
             row("a0000003", 32, "0.9861", "0.050", 3530),
             row("a0000004", 8, "0.9907", "0.020", 700, early=1)]  # stopped early: ranked last
     for order in itertools.permutations(rows):
-        settings, metrics = best_trial(list(order), "distill", ["width"])
-        assert settings == {"width": 16} and metrics["trial_id"] == "a0000002"
+        settings, best = best_trial([TrialRow.from_csv(r) for r in order], "distilled",
+                                    ["width"])
+        assert settings == {"width": 16} and best.trial_id == "a0000002"

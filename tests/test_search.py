@@ -31,13 +31,14 @@ import pytest
 import torch
 from ray import tune
 
-from kdsearch.arms import PhaseSearcher, arm_specs
+from kdsearch.searchers import PhaseSearcher, arm_specs
 from kdsearch.cluster import fit_concurrency, init_ray
 from kdsearch.config import load_config
 from kdsearch.data import Dataset, Split
 from kdsearch.ray_workarounds import TUNER_COPY, mend_torn_state
-from kdsearch.results import PHASES, SearchError, phase_dimensions
-from kdsearch.search import exclusive
+from kdsearch.results import SearchError, dimensions
+from kdsearch.tables import KINDS, kind_of
+from kdsearch.folders import exclusive
 from kdsearch.tables import PROGRESS_FIELDS, TRIAL_FIELDS
 from kdsearch.trainable import for_object_store, from_object_store
 
@@ -106,7 +107,7 @@ def digits_search(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[An
         result = run_search(QUICKSTART, overrides=[
             "search.num_samples=8", "training.epochs=6", "search.grace_period=1",
             "search.reduction_factor=3", "search.trial_logs=true", *TINY_TEACHER],
-            results_dir=root, report=False, quiet=True, callbacks=[Recorder()])
+            results_dir=root, report=False, callbacks=[Recorder()])
         _SIGINT_HANDLER["after"] = signal.getsignal(signal.SIGINT)
     yield result, root / "quickstart"
 
@@ -163,7 +164,7 @@ def test_a_searcher_state_older_than_the_experiment_state_keeps_the_budget(
 
     _, folder = digits_search
     cfg = load_config(folder / "config.yaml")
-    arms = arm_specs(cfg, list(PHASES))
+    arms = arm_specs(cfg, list(KINDS))
     state = max((folder / "search").glob("experiment_state-*.json"))
     session = state.name[len("experiment_state-"):-len(".json")]
     shutil.copy(state, tmp_path / state.name)
@@ -235,7 +236,7 @@ def test_search_records_every_trial_and_asha_stops_some(
     for phase in ("distill", "baseline"):
         rows = [r for r in trials if r["phase"] == phase]
         assert len(rows) == 8 and {r["status"] for r in rows} == {"TERMINATED"}
-        dims = [d.name for d in phase_dimensions(cfg, phase)]
+        dims = [d.name for d in dimensions(cfg, kind_of(phase))]
         assert all(r[d] != "" for r in rows for d in dims)
         for r in rows:
             epochs = [int(p["epoch"]) for p in progress
@@ -336,13 +337,13 @@ def test_resume_without_rays_saved_state_refuses_to_drop_the_ended_trials(
         # a started search copied elsewhere: Tune's state names the first folder
         with pytest.raises(SearchError, match=f"this search ran in {out}, .* resumes only "
                                               f"there"):
-            resume_search(folder, report=False, quiet=True)
+            resume_search(folder, report=False)
         run["storage_path"] = str(folder)  # as if it had run here
         (folder / "run.json").write_text(json.dumps(run))
         shutil.rmtree(folder / "search")
         with pytest.raises(SearchError, match=r"saved state of this search is not in .*"
                                               r"its 16 ended trials cannot be resumed"):
-            resume_search(folder, report=False, quiet=True)
+            resume_search(folder, report=False)
     assert [(folder / f).read_bytes() for f in ("trials.csv", "progress.csv")] == before
 
 
@@ -368,7 +369,7 @@ def _search(tmp_path: Path, *overrides: str, name: str) -> Any:
 
     return run_search(QUICKSTART, overrides=[f"name={name}", "search.baseline=false",
                                              *TINY_TEACHER, *overrides],
-                      results_dir=tmp_path, report=False, quiet=True)
+                      results_dir=tmp_path, report=False)
 
 
 @pytest.mark.slow
@@ -556,8 +557,8 @@ def test_a_trial_no_node_can_hold_is_refused_before_writing(
 def test_final_retrainings_run_as_ray_tasks_and_match_in_process(logical_gpus: None) -> None:
     from kdsearch.config import default_cache_dir, default_data_dir
     from kdsearch.data import load_dataset
-    from kdsearch.final import Setting, training_config
-    from kdsearch.results import BASELINE, DISTILLED
+    from kdsearch.selection import Setting, training_config
+    from kdsearch.tables import BASELINE, DISTILLED
     from kdsearch.retrain import Retraining, in_process
     from kdsearch.trainable import make_payload, ray_runner
     from kdsearch.teacher import get_teacher
@@ -565,7 +566,7 @@ def test_final_retrainings_run_as_ray_tasks_and_match_in_process(logical_gpus: N
     cfg = load_config(QUICKSTART, [*TINY_TEACHER, "training.epochs=3"])
     cache = default_cache_dir(cfg)
     data = load_dataset(cfg.dataset, data_dir=default_data_dir(cfg), cache_dir=cache)
-    teacher = get_teacher(cfg, data, cache_dir=cache, progress=False)
+    teacher = get_teacher(cfg, data, cache_dir=cache)
 
     def setting(kind: str, width: int, **values: Any) -> Setting:
         return Setting(kind, width, {"lr": 3e-3, **values}, True, False, None, None, None)
@@ -595,7 +596,7 @@ def test_final_retrainings_run_as_ray_tasks_and_match_in_process(logical_gpus: N
 
 
 @pytest.mark.slow
-def test_a_quiet_search_with_its_report_prints_nothing(logical_gpus: None, tmp_path: Path,
+def test_a_search_run_as_a_library_prints_nothing(logical_gpus: None, tmp_path: Path,
                                                        capfd: pytest.CaptureFixture) -> None:
     from kdsearch import run_search
 
@@ -603,7 +604,7 @@ def test_a_quiet_search_with_its_report_prints_nothing(logical_gpus: None, tmp_p
     result = run_search(QUICKSTART, overrides=["name=quiet", *TINY_TEACHER, "training.epochs=2",
                                                "search.num_samples=4", "search.grace_period=2",
                                                "search.gpus_per_trial=0.5", "report.seeds=1"],
-                        results_dir=tmp_path, quiet=True)
+                        results_dir=tmp_path)
     out, err = capfd.readouterr()
     assert "final" not in out + err and "search:" not in out + err, (out + err)[-2000:]
     # the report is still made in full (its retrainings asking for the trials' GPU share)
@@ -830,7 +831,7 @@ def test_one_kdsearch_at_a_time_runs_a_search_folder(tmp_path: Path) -> None:
     """Two `kdsearch run`s of one name at once wrote their trials into one folder."""
     out = tmp_path / "results" / "quickstart"
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from kdsearch.search import exclusive\n"
+        "import sys, time; from pathlib import Path; from kdsearch.folders import exclusive\n"
         f"with exclusive(Path({str(out)!r})):\n"
         "    print('held', flush=True); time.sleep(60)\n")], stdout=subprocess.PIPE, text=True)
     try:
@@ -855,7 +856,7 @@ def test_a_search_saved_before_the_search_module_was_split_still_restores() -> N
     status callback called there, and the trainable by the name Tune restores it under."""
     import pickle
 
-    from kdsearch.arms import PhaseScheduler
+    from kdsearch.searchers import PhaseScheduler
     from kdsearch.trainable import TRAINABLE_NAME
 
     # kdsearch's own test file, loaded as Tune loads it

@@ -3,6 +3,7 @@ reference in fractions; and the case that gave "p = 2e-28" for two test examples
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from fractions import Fraction
 
@@ -13,9 +14,9 @@ from hypothesis import strategies as st
 from scipy import stats as scipy_stats
 
 import kdsearch.stats
-from kdsearch.stats import (compare, decide, exact, holm, pack_correct, seed_test, sign_flip_p,
-                            paired_comparison, unpack_correct)
-from kdsearch.summary import headline
+from kdsearch.stats import (compare, exact, holm, pack_correct, paired_comparison, seed_test,
+                            sign_flip_p, unpack_correct)
+from kdsearch.summary import Comparison, headline
 
 
 # --------------------------------------------------------------------------- the seeds
@@ -123,19 +124,22 @@ def test_holms_adjustment_of_a_hand_computed_family() -> None:
 
 
 # --------------------------------------------------------------------------- "p = 2e-28"
-def _identical_seeds(distilled_right: int, baseline_right: int, n: int = 359
-                     ) -> dict[str, object]:
+def _identical_seeds(distilled_right: int, baseline_right: int, n: int = 359) -> Comparison:
     """Three seeds a side, each seed of a side right on the same examples: distilled on
     `distilled_right` of `n`, baseline on `baseline_right` (all but the first few)."""
     d, b = np.ones(n, dtype=bool), np.ones(n, dtype=bool)
     d[:n - distilled_right] = False
     b[:n - baseline_right] = False
-    c = {"distilled_width": 64, "baseline_width": 64, "distilled_params": 8970,
-         "baseline_params": 8970, "baseline_tuned": True, "compression": 171.0,
-         **compare([distilled_right / n] * 3, [baseline_right / n] * 3, 351 / n, n_test=n,
-                   distilled_correct=[d] * 3, baseline_correct=[b] * 3)}
-    c.update(decide(c))
-    return c
+    tests = compare([distilled_right / n] * 3, [baseline_right / n] * 3, 351 / n, n_test=n,
+                    distilled_correct=[d] * 3, baseline_correct=[b] * 3)
+    return Comparison.from_json({"distilled_width": 64, "baseline_width": 64,
+                                 "distilled_params": 8970, "baseline_params": 8970,
+                                 "baseline_tuned": True, "compression": 171.0,
+                                 **dataclasses.asdict(tests)})
+
+
+def _headline(c: Comparison) -> str:
+    return headline(c, [c], student_model="mlp_student", teacher_acc=351 / 359, baseline_note="")
 
 
 @pytest.mark.parametrize("distilled,baseline", [(351, 353), (353, 351)])
@@ -145,23 +149,24 @@ def test_identical_seeds_two_examples_apart_are_no_verdict(distilled: int, basel
     each side. scipy's Welch test on those floats gave p = 2.0e-28 and the headline read
     "Distillation beats the baseline"."""
     c = _identical_seeds(distilled, baseline)
-    assert c["seed_note"] == "no_spread" and c["p_value"] is None
-    assert c["verdict"] in ("not_significant", "does_not_beat") and not c["significant"]
-    assert c["test_p_value"] == pytest.approx(0.5)  # 2 examples against 0: McNemar's 0.5
-    assert c["test_ci_low"] < 0 < c["test_ci_high"]
-    text = headline(c, [c], {"test_acc": 351 / 359}, "mlp_student", "")
+    t, verdict = c.tests, c.decision
+    assert t.seed_note == "no_spread" and t.p_value is None
+    assert verdict.verdict in ("not_significant", "does_not_beat") and not verdict.significant
+    assert t.test_p_value == pytest.approx(0.5)  # 2 examples against 0: McNemar's 0.5
+    assert t.test_ci_low < 0 < t.test_ci_high
+    text = _headline(c)
     assert not text.startswith(("Distillation beats", "The baseline beats")), text
     assert "the 3 seeds of each side agree exactly: no seed test" in text
     assert "test set: 95% CI " in text
     assert "p = 0.50 over 359 examples, 2 scored differently" in text
-    assert not [p for p in (c["p_value"], c["test_p_value"]) if p is not None and p < 0.05]
-    assert any("(now 359) would resolve it" in a for a in c["advice"])
+    assert not [p for p in (t.p_value, t.test_p_value) if p is not None and p < 0.05]
+    assert any("(now 359) would resolve it" in a for a in verdict.advice)
 
 
 def test_identical_seeds_far_apart_rest_the_verdict_on_the_test_set() -> None:
     c = _identical_seeds(359 - 10, 359 - 40)  # 30 examples apart, every seed alike
-    assert c["seed_note"] == "no_spread" and c["significant"]
-    assert c["verdict"] == "beats" and c["test_p_value"] < 1e-6
+    assert c.tests.seed_note == "no_spread" and c.decision.significant
+    assert c.decision.verdict == "beats" and (c.tests.test_p_value or 1) < 1e-6
 
 
 def test_seeds_for_power_follows_the_textbook_two_sample_size() -> None:

@@ -16,6 +16,7 @@ from kdsearch.config import config_from_dict
 from kdsearch.ray_workarounds import finished_trials
 from kdsearch.results import best_trial
 from kdsearch.status import StatusCallback
+from kdsearch.tables import TrialRow
 
 
 def _rows(path: Path) -> list[dict[str, str]]:
@@ -30,7 +31,7 @@ def test_a_searched_epoch_budget_does_not_overwrite_the_epochs_a_trial_ran(tmp_p
     cfg = config_from_dict({"training": {"epochs": 10}, "search": {"space": {
         "lr": {"distribution": "loguniform", "low": 1e-3, "high": 1e-1},
         "epochs": {"distribution": "choice", "values": [5, 20]}}}})
-    callback = StatusCallback(tmp_path, cfg, {"distill": 2}, quiet=True, fresh=True)
+    callback = StatusCallback(tmp_path, cfg, {"distilled": 2}, fresh=True)
     callback.setup()
     for trial_id, budget, ran, acc in (("a0000001", 20, 2, 0.8), ("a0000002", 5, 5, 0.7)):
         trial = SimpleNamespace(trial_id=trial_id, config={"phase": "distill", "lr": 0.01,
@@ -44,8 +45,9 @@ def test_a_searched_epoch_budget_does_not_overwrite_the_epochs_a_trial_ran(tmp_p
         ("2", "20", "1"), ("5", "5", "0")]
     assert {k: v["epoch"] for k, v in finished_trials(tmp_path).items()} == {
         "a0000001": 2, "a0000002": 5}
-    settings, metrics = best_trial(rows, "distill", ["lr", "epochs"])
-    assert settings["epochs"] == 5 and metrics["trial_id"] == "a0000002"  # full budget first
+    settings, best = best_trial([TrialRow.from_csv(r) for r in rows], "distilled",
+                                ["lr", "epochs"])
+    assert settings["epochs"] == 5 and best.trial_id == "a0000002"  # full budget first
 
 
 def test_trials_csv_and_the_live_status_record_what_each_trial_ran(
@@ -57,7 +59,7 @@ def test_trials_csv_and_the_live_status_record_what_each_trial_ran(
                             "search": {"space": {
                                 "lr": {"distribution": "loguniform", "low": 1e-3, "high": 1e-1},
                                 "epochs": {"distribution": "choice", "values": [5, 20]}}}})
-    callback = StatusCallback(tmp_path, cfg, {"distill": 3}, quiet=False, fresh=True,
+    callback = StatusCallback(tmp_path, cfg, {"distilled": 3}, fresh=True,
                               params_by_width={16: 1530})
     callback.setup()
     caplog.set_level(logging.INFO, logger="kdsearch")
@@ -78,8 +80,7 @@ def test_trials_csv_and_the_live_status_record_what_each_trial_ran(
     # a running trial's row follows the result being reported (Tune updates last_result after)
     running = trial("a0000004", {"epoch": 1, "val_acc": 0.5, "diverged": 0})
     callback.on_trial_result(0, [], running, {"epoch": 2, "val_acc": 0.6, "diverged": 0})
-    assert (callback.records["a0000004"]["epochs"], callback.records["a0000004"]["val_acc"]) == \
-        (2, 0.6)
+    assert (callback.records["a0000004"].epochs, callback.records["a0000004"].val_acc) == (2, 0.6)
     rows = {r["trial_id"]: r for r in _rows(tmp_path / "trials.csv")}
     assert (rows["a0000002"]["epochs"], rows["a0000002"]["diverged"]) == ("1", "1")
     assert rows["a0000003"]["status"] == "ERROR" and rows["a0000003"]["params"] == "1530"

@@ -9,8 +9,9 @@ import pytest
 
 from kdsearch.cli import main
 from kdsearch.config import config_from_dict, dump_config
-from kdsearch.final import read_searched
-from kdsearch.results import FINAL_FORMAT, ReportError, SearchError, check_run, read_final
+from kdsearch.selection import read_searched
+from kdsearch.final_record import FINAL_FORMAT, read_final
+from kdsearch.results import ReportError, SearchError, check_run
 from kdsearch.tables import REQUIRED_PROGRESS, TableError, read_table
 
 HEADER = "phase,trial_id,status,stopped_early,diverged,epochs,val_acc,val_loss,lr,width\n"
@@ -161,7 +162,7 @@ def test_a_config_edited_away_from_its_search_is_refused(tmp_path: Path) -> None
         **space, "width": {"distribution": "choice", "values": [16, 32]}}}})
     (tmp_path / "config.yaml").write_text(dump_config(cfg))
     (tmp_path / "run.json").write_text(json.dumps({"teacher": {"key": teacher_key(cfg)}}))
-    assert read_searched(tmp_path)[1][0]["trial_id"] == "76e61933"
+    assert read_searched(tmp_path)[1][0].trial_id == "76e61933"
     (tmp_path / "run.json").write_text(json.dumps({"teacher": {"key": "0123456789abcdef"}}))
     with pytest.raises(ReportError, match="dataset or teacher settings differ"):
         read_searched(tmp_path)

@@ -49,7 +49,7 @@ def _get(cfg: ExperimentConfig, data: Dataset, cache: Path, log: list[str] | Non
     logger = logging.getLogger("kdsearch.teacher")
     logger.addHandler(handler)
     try:
-        return get_teacher(cfg, data, cache_dir=cache, progress=False)
+        return get_teacher(cfg, data, cache_dir=cache)
     finally:
         logger.removeHandler(handler)
 
@@ -325,7 +325,7 @@ _CONCURRENT = textwrap.dedent("""
         if time.monotonic() > deadline:
             sys.exit("the other process never got ready")
         time.sleep(0.005)
-    teacher = get_teacher(cfg, data, cache_dir=cache, progress=False)
+    teacher = get_teacher(cfg, data, cache_dir=cache)
     print(f"trained_now={teacher.trained_now} logits_sum={teacher.train_logits.sum().item()!r}")
 """)
 

@@ -7,7 +7,7 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-from kdsearch.arms import (PhaseScheduler, PhaseSearcher, arm_specs, random_search_note,
+from kdsearch.searchers import (PhaseScheduler, PhaseSearcher, arm_specs, random_search_note,
                            sampler, searcher_seed)
 from kdsearch.config import load_config
 
@@ -68,7 +68,7 @@ def test_per_width_arms_split_the_budget_and_stop_within_a_width() -> None:
 
     cfg = load_config(QUICKSTART, ["search.per_width=true", "search.num_samples=10",
                                    "search.baseline_num_samples=3"])
-    arms = arm_specs(cfg, ["distill", "baseline"])
+    arms = arm_specs(cfg, ["distilled", "baseline"])
     widths = [8, 16, 32, 64]
     assert [a for a in arms] == [f"distill:w{w}" for w in widths] + [
         f"baseline:w{w}" for w in widths[:3]]  # 3 baseline trials: the fourth width gets none
@@ -77,7 +77,7 @@ def test_per_width_arms_split_the_budget_and_stop_within_a_width() -> None:
                for a, v in arms.items())
     assert {d.name for d in arms["distill:w8"][0]} == {"temperature", "alpha", "lr"}
     assert {d.name for d in arms["baseline:w8"][0]} == {"lr"}
-    assert list(arm_specs(load_config(QUICKSTART, ["search.per_width=false"]), ["distill"])) == [
+    assert list(arm_specs(load_config(QUICKSTART, ["search.per_width=false"]), ["distilled"])) == [
         "distill"]
 
     scheduler = PhaseScheduler({a: ASHAScheduler(time_attr="epoch", max_t=8, grace_period=1,
@@ -97,7 +97,7 @@ def test_per_width_arms_split_the_budget_and_stop_within_a_width() -> None:
 def test_per_width_without_a_searched_width_changes_nothing() -> None:
     cfg = load_config(QUICKSTART, ["search.per_width=true", "search.space={lr: {distribution: "
                                    "loguniform, low: 0.001, high: 0.1}}"])
-    assert list(arm_specs(cfg, ["distill", "baseline"])) == ["distill", "baseline"]
+    assert list(arm_specs(cfg, ["distilled", "baseline"])) == ["distill", "baseline"]
 
 
 def test_tpe_draws_its_first_startup_trials_at_random_then_learns() -> None:
@@ -128,8 +128,8 @@ def test_tpe_draws_its_first_startup_trials_at_random_then_learns() -> None:
 def test_a_search_too_small_for_tpe_says_it_is_random_search() -> None:
     def note(*sets: str) -> str | None:
         cfg = load_config(QUICKSTART, list(sets))
-        return random_search_note(cfg, ["distill", "baseline"] if cfg.search.baseline
-                                   else ["distill"])
+        return random_search_note(cfg, ["distilled", "baseline"] if cfg.search.baseline
+                                   else ["distilled"])
 
     assert note() is None  # 48 trials over 4 widths: 12 per width, 2 of them TPE's
     assert note("search.num_samples=32") == (
@@ -152,8 +152,8 @@ def test_a_search_too_small_for_tpe_says_it_is_random_search() -> None:
     cfg = load_config(QUICKSTART, ["search.baseline_num_samples=4"])
     no_lr = dataclasses.replace(cfg, search=dataclasses.replace(
         cfg.search, space=tuple(d for d in cfg.search.space if d.name != "lr")))
-    assert random_search_note(no_lr, ["distill", "baseline"]) is None
-    assert random_search_note(cfg, ["distill", "baseline"]) is not None
+    assert random_search_note(no_lr, ["distilled", "baseline"]) is None
+    assert random_search_note(cfg, ["distilled", "baseline"]) is not None
 
 
 def test_each_searcher_draws_its_own_random_numbers() -> None:

@@ -1,10 +1,13 @@
-"""The searchers and schedulers: one arm per phase (and per width with search.per_width).
+"""The searchers and schedulers: one of each per group of trials that is tuned on its own.
 
 Both searches, the distillation search and the baseline (the student alone, alpha = 1), run in
-one Tuner. An *arm* is a phase, or a phase and one width with `search.per_width`: it has its own
-Optuna sampler (TPE, or random search), seeded from `search.seed` and its name, its own budget,
-and its own ASHA (or FIFO) scheduler, so a trial is stopped early only by comparison with trials
-of its own arm. `PhaseSearcher` and `PhaseScheduler` route each trial to its arm's.
+one Tuner. Each kind of student is tuned on its own, and with `search.per_width` each width of
+it too. Such a group of trials is an *arm* (named "distill", "baseline", or "distill:w16" per
+width). An arm has its own Optuna sampler (TPE, or random search) seeded from `search.seed` and
+its name, its own trial budget, and its own ASHA (or FIFO) scheduler: a trial is stopped early
+only by comparison with trials of its own arm. `PhaseSearcher` and `PhaseScheduler` route each
+trial to its arm's. (Ray Tune's saved state of a search names these two classes: renaming them
+would stop such a search from resuming.)
 """
 
 from __future__ import annotations
@@ -23,20 +26,21 @@ from kdsearch.config import Dimension, ExperimentConfig, SearchConfig, max_epoch
 from kdsearch.metrics import EPOCH, VAL_ACC
 from kdsearch.optuna_space import optuna_space
 from kdsearch.ray_workarounds import restored_trial_configs
-from kdsearch.results import (PHASE_KEY, per_width, phase_dimensions, phase_of, phase_samples,
-                              searched_widths)
+from kdsearch.results import (config_of_kind, dimensions, kind_of_config, per_width,
+                              searched_widths, trial_budget)
+from kdsearch.tables import DISTILLED, PHASE
 
 TPE_STARTUP_TRIALS = 10  # Optuna's TPESampler's n_startup_trials, kept when it is not set
 
 
 class PhaseSearcher(Searcher):
-    """Both searches in one Tuner: a searcher per arm (a phase, or a phase and a width with
-    search.per_width), each with its own budget and the values it fixes.
+    """Both searches in one Tuner: a searcher per arm (a kind of student, or a kind and a width
+    with search.per_width), each with its own budget and the values it fixes.
 
     Suggestions alternate so that the arms advance side by side (the arm furthest behind
-    its budget goes next); every trial's config names its phase, and results go back to
+    its budget goes next); every trial's config names its kind, and results go back to
     the searcher that suggested it. One Tuner starts the trial actors once for both
-    phases, and the cores are shared to the end, instead of idling through the tail and
+    kinds, and the cores are shared to the end, instead of idling through the tail and
     start-up between two Tuners.
     """
 
@@ -103,9 +107,10 @@ class PhaseSearcher(Searcher):
         # suggested has no Optuna trial to report to: its results go nowhere, as before
         self.arm_of = {t: a for t, a in self.arm_of.items() if t in configs}
 
+
 class PhaseScheduler(FIFOScheduler):
     """A scheduler per arm (ASHA or FIFO): trials are stopped early only by comparison
-    with trials of their own phase (and width, with search.per_width), as if each ran
+    with trials of their own kind (and width, with search.per_width), as if each ran
     alone."""
 
     def __init__(self, schedulers: dict[str, Any], per_width: bool) -> None:
@@ -116,8 +121,8 @@ class PhaseScheduler(FIFOScheduler):
             s.supports_buffered_results for s in schedulers.values())
 
     def _of(self, trial: Any) -> Any:
-        return self.schedulers[arm_name(phase_of(trial.config),
-                                    trial.config.get("width") if self.per_width else None)]
+        return self.schedulers[arm_name(kind_of_config(trial.config),
+                                        trial.config.get("width") if self.per_width else None)]
 
     def set_search_properties(self, metric: str | None, mode: str | None,
                               **spec: Any) -> bool:
@@ -152,41 +157,42 @@ def searcher_seed(seed: int, arm: str, per_width: bool) -> int:
     """Each arm draws its own sequence from search.seed. With one searcher over all widths the
     distilled arm takes search.seed itself (as Optuna's own seed would), and the baseline its
     own: the same seed would give its first draws the distilled arm's random numbers."""
-    return _arm_seed(seed, arm) if per_width or arm != arm_name("distill", None) else seed
+    return _arm_seed(seed, arm) if per_width or arm != arm_name(DISTILLED, None) else seed
 
 
-def arm_name(phase: str, width: Any) -> str:
-    """An arm's name: its phase, and its width with search.per_width."""
-    return phase if width is None else f"{phase}:w{width}"
+def arm_name(kind: str, width: Any) -> str:
+    """An arm's name: its kind as the `phase` column names it, and its width with
+    search.per_width ("distill", "baseline:w16")."""
+    return PHASE[kind] if width is None else f"{PHASE[kind]}:w{width}"
 
 
-def arm_specs(cfg: ExperimentConfig, phases: list[str]
+def arm_specs(cfg: ExperimentConfig, kinds: list[str]
               ) -> dict[str, tuple[tuple[Dimension, ...], int, dict[str, Any]]]:
     """arm -> (its searched dimensions, its trial budget, the values it fixes).
 
-    An arm is a phase; with search.per_width, a phase and one width, the phase's budget split
-    evenly over the widths (the first widths take the remainder).
+    An arm is a kind of student; with search.per_width, a kind and one width, the kind's budget
+    split evenly over the widths (the first widths take the remainder).
     """
     out: dict[str, tuple[tuple[Dimension, ...], int, dict[str, Any]]] = {}
-    for phase in phases:
-        dims, budget = phase_dimensions(cfg, phase), phase_samples(cfg, phase)
+    for kind in kinds:
+        dims, budget = dimensions(cfg, kind), trial_budget(cfg, kind)
         if not per_width(cfg):
-            out[arm_name(phase, None)] = (dims, budget, {PHASE_KEY: phase})
+            out[arm_name(kind, None)] = (dims, budget, config_of_kind(kind))
             continue
         widths = searched_widths(cfg)
         rest = tuple(d for d in dims if d.name != "width")
         for i, w in enumerate(widths):
             share = budget // len(widths) + (i < budget % len(widths))
             if share:
-                out[arm_name(phase, w)] = (rest, share, {"width": w, PHASE_KEY: phase})
+                out[arm_name(kind, w)] = (rest, share, {"width": w, **config_of_kind(kind)})
     return out
 
 
-def random_search_note(cfg: ExperimentConfig, phases: list[str]) -> str | None:
+def random_search_note(cfg: ExperimentConfig, kinds: list[str]) -> str | None:
     """What to tell a user whose TPE budget never gets past TPE's random start-up trials."""
     s = cfg.search
     startup = s.startup_trials or TPE_STARTUP_TRIALS
-    budgets = [n for dims, n, _ in arm_specs(cfg, phases).values() if dims]  # arms with a searcher
+    budgets = [n for dims, n, _ in arm_specs(cfg, kinds).values() if dims]  # arms with a searcher
     if s.algorithm != "tpe" or not budgets or min(budgets) > startup:
         return None
     least = min(budgets)
@@ -205,11 +211,11 @@ def sampler(search: SearchConfig, seed: int) -> Any:
         seed=seed, n_startup_trials=search.startup_trials or TPE_STARTUP_TRIALS)
 
 
-def make_search(cfg: ExperimentConfig, phases: list[str]) -> tuple[PhaseSearcher, PhaseScheduler]:
-    """A new search's searcher and scheduler: an arm each for every phase (and width)."""
+def make_search(cfg: ExperimentConfig, kinds: list[str]) -> tuple[PhaseSearcher, PhaseScheduler]:
+    """A new search's searcher and scheduler: an arm each for every kind (and width)."""
     s = cfg.search
     searchers, schedulers = {}, {}
-    specs = arm_specs(cfg, phases)
+    specs = arm_specs(cfg, kinds)
     for arm, (dims, _, _) in specs.items():
         # seeded: TPE, or random search (Optuna's RandomSampler) for comparisons
         seed = searcher_seed(s.seed, arm, per_width(cfg))
