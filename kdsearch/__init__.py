@@ -6,6 +6,7 @@ The Python API, the same functions the CLI (`kdsearch ...`) calls:
 - `resume_search`: continue an interrupted search;
 - `report_search`: retrain the best settings of a results folder and write its report;
 - `load_student`: a trained student of a results folder, rebuilt;
+- `export_student`: a trained student written as ONNX or torch.export, checked;
 - `load_config`: a space file as an `ExperimentConfig`;
 - `SearchResult`: what `run_search` and `resume_search` return.
 
@@ -21,18 +22,19 @@ from kdsearch.version import __version__
 
 if TYPE_CHECKING:
     from kdsearch.config import ExperimentConfig, load_config
-    from kdsearch.results import SearchResult
+    from kdsearch.export import export_student
+    from kdsearch.search_result import SearchResult
     from kdsearch.search import report_search, resume_search, run_search
     from kdsearch.students import load_student
 
-__all__ = ["__version__", "ExperimentConfig", "SearchResult", "load_config", "load_student",
-           "report_search", "resume_search", "run_search"]
+__all__ = ["__version__", "ExperimentConfig", "SearchResult", "export_student", "load_config",
+           "load_student", "report_search", "resume_search", "run_search"]
 
 # name -> the module that defines it, imported when the name is first used
 _WHERE = {"ExperimentConfig": "kdsearch.config", "load_config": "kdsearch.config",
-          "SearchResult": "kdsearch.results", "run_search": "kdsearch.search",
+          "SearchResult": "kdsearch.search_result", "run_search": "kdsearch.search",
           "resume_search": "kdsearch.search", "report_search": "kdsearch.search",
-          "load_student": "kdsearch.students"}
+          "load_student": "kdsearch.students", "export_student": "kdsearch.export"}
 
 
 def __getattr__(name: str) -> Any:

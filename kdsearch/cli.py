@@ -17,7 +17,7 @@ from kdsearch.errors import UserError
 from kdsearch.version import __version__
 
 if TYPE_CHECKING:
-    from kdsearch.results import SearchResult
+    from kdsearch.search_result import SearchResult
 
 EXIT_USAGE = 2
 
@@ -122,15 +122,15 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
 
 def _print_result(result: "SearchResult") -> None:
-    """The search's best settings, then the report's headline: the test-set verdict."""
+    """The search's best settings, then the report's first line: the answer."""
     import json
 
     from kdsearch.summary import SUMMARY_JSON
 
     print(result.summary_line())
     if result.report_path is not None:
-        summary = result.report_path.with_name(SUMMARY_JSON)
-        print(json.loads(summary.read_text())["headline"])
+        summary = json.loads(result.report_path.with_name(SUMMARY_JSON).read_text())
+        print(summary["answer_text"])
     else:  # --no-report
         print(f"no report written (--no-report); write it with: kdsearch report "
               f"{result.results_dir}")
@@ -146,6 +146,41 @@ def cmd_report(args: argparse.Namespace) -> int:
     except KeyboardInterrupt:
         return 130  # report_search has said what to do
     print(f"report: {out}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """A trained student written as ONNX or a torch.export program, checked on the test split."""
+    from kdsearch.export import export_student
+
+    done = export_student(args.results, width=args.width, kind=args.kind, seed=args.seed,
+                          format=args.format, out=args.out, quantize=args.quantize)
+    shape = "x".join(map(str, done.input_shape))
+    print(f"wrote {done.path} ({done.format}: {done.kind} width {done.width}, seed "
+          f"{done.seed}; input batch x {shape}, any batch size)")
+    print(f"checked on the test split: largest logit difference from torch "
+          f"{done.max_abs_diff:.1e}; test accuracy {100 * done.test_acc:.2f}% in torch, "
+          f"{100 * done.exported_acc:.2f}% exported")
+    if done.int8_path is not None:
+        print(f"wrote {done.int8_path} (int8, ONNX Runtime's static quantization)")
+        for q in done.quantized:
+            print(f"  {q.kind} width {q.width}: {100 * q.float_acc:.2f}% float, "
+                  f"{100 * q.int8_acc:.2f}% int8 ({100 * (q.int8_acc - q.float_acc):+.2f} "
+                  f"points)")
+    return 0
+
+
+def cmd_latency(args: argparse.Namespace) -> int:
+    """The saved students timed on this machine; the report's latency columns and plot
+    rewritten."""
+    from kdsearch.latency import measure
+    from kdsearch.report import write_report
+
+    record = measure(args.results, device=args.device, threads=args.threads)
+    for t in record.timings:
+        print(f"{t.kind:9} width {t.width:>5}: {t.batch1_ms:.3f} ms an example, "
+              f"{t.throughput(record.batch):,.0f} examples/s at batch {record.batch}")
+    print(f"report: {write_report(args.results)}")
     return 0
 
 
@@ -168,23 +203,23 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
-def _verbosity() -> argparse.ArgumentParser:
-    """-q and -v, which every subcommand takes."""
-    common = argparse.ArgumentParser(add_help=False)
-    level = common.add_mutually_exclusive_group()
-    level.add_argument("-q", "--quiet", dest="level", action="store_const", const=logging.WARNING,
-                       default=logging.INFO, help="print warnings and errors only")
-    level.add_argument("-v", "--verbose", dest="level", action="store_const",
+def _add_verbosity(parser: argparse.ArgumentParser, dest: str) -> None:
+    """-q and -v, before the subcommand (`dest` "first_level") or after it ("level")."""
+    level = parser.add_mutually_exclusive_group()
+    level.add_argument("-q", "--quiet", dest=dest, action="store_const", const=logging.WARNING,
+                       default=None, help="print warnings and errors only")
+    level.add_argument("-v", "--verbose", dest=dest, action="store_const",
                        const=logging.DEBUG, help="print kdsearch's debugging messages too")
-    return common
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="kdsearch", description="Search knowledge-distillation "
                                 "hyperparameters with Ray Tune.")
     p.add_argument("--version", action="version", version=f"kdsearch {__version__}")
+    _add_verbosity(p, "first_level")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    common = _verbosity()
+    common = argparse.ArgumentParser(add_help=False)
+    _add_verbosity(common, "level")
 
     def add(name: str, **kwargs: str) -> argparse.ArgumentParser:
         return sub.add_parser(name, parents=[common], **kwargs)
@@ -242,6 +277,30 @@ def build_parser() -> argparse.ArgumentParser:
                             "Ray (faster for a small search on a few cores)")
     o.set_defaults(func=cmd_report)
 
+    e = add("export", help="write a trained student as ONNX or torch.export, checked")
+    e.add_argument("results", help="the search's results folder, e.g. results/quickstart")
+    which = e.add_mutually_exclusive_group()
+    which.add_argument("--answer", action="store_true",
+                       help="the answer's student: the smallest that meets the target "
+                            "(the default)")
+    which.add_argument("--width", type=int, default=None, help="the student's width")
+    e.add_argument("--kind", choices=("distilled", "baseline"), default="distilled",
+                   help="distilled, or baseline for the student trained alone")
+    e.add_argument("--seed", type=int, default=None, help="which retraining (default: the "
+                                                           "first saved)")
+    e.add_argument("--format", choices=("onnx", "pt2"), default="onnx")
+    e.add_argument("--out", default=None, help="the file to write (default: "
+                                               "RESULTS/export/KIND-wWIDTH-seedSEED.FORMAT)")
+    e.add_argument("--quantize", choices=("int8",), default=None,
+                   help="also write the ONNX file quantized to int8, and test it")
+    e.set_defaults(func=cmd_export)
+
+    lt = add("latency", help="time the saved students on this machine; rewrite the report")
+    lt.add_argument("results", help="the search's results folder, e.g. results/quickstart")
+    lt.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    lt.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
+    lt.set_defaults(func=cmd_latency)
+
     add("spaces", help="list the shipped search spaces").set_defaults(func=cmd_spaces)
     i = add("init", help="copy a shipped search space here, to edit")
     i.add_argument("name", help="a shipped space's name (kdsearch spaces), e.g. quickstart")
@@ -251,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.level = args.level or args.first_level or logging.INFO
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         # kdsearch's messages as plain lines: progress to stdout, warnings to stderr
@@ -259,6 +319,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("kdsearch: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader of stdout stopped reading (`kdsearch spaces | head`)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except Exception as e:
         if isinstance(e, UserError):
             # one line even when a message quotes user text with a line break in it

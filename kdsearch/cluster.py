@@ -16,6 +16,7 @@ import platform
 import socket
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import ray
@@ -24,7 +25,8 @@ import torch
 from kdsearch.config import ExperimentConfig
 from kdsearch.data import Dataset
 from kdsearch.gpu import CudaCheck, check_cuda, gpu_share, probe
-from kdsearch.ray_workarounds import STATE_LOGGER, DropTmpFileRace, untested_ray
+from kdsearch.ray_workarounds import (STATE_LOGGER, DropTmpFileRace, end_orphans,
+                                      register_session, unregister_session, untested_ray)
 from kdsearch.results import SearchError
 
 log = logging.getLogger(__name__)
@@ -142,10 +144,13 @@ SHIP_EXCLUDES = ["*.pt", "*.pth", "*.ckpt", "*.npy", "*.npz", "*.safetensors", "
                  "data/", "datasets/"]
 
 
-def init_ray(address: str | None, code_dir: str | None = None) -> bool:
-    """Connect to (or start) Ray; True if we started it here and should shut it down. Joining a
-    cluster, `code_dir` (the folder of the user's modules) goes with the job to every node as
-    Ray's `runtime_env` working_dir, so that worker nodes need only kdsearch installed."""
+def init_ray(address: str | None, code_dir: str | None = None) -> Path | bool:
+    """Connect to (or start) Ray. Returns False when Ray was running already; else what
+    `ray_running` shuts down after: True for a cluster joined, the session's record for a local
+    Ray started here (`ray_workarounds.register_session`; True where it cannot be recorded).
+    Joining a cluster, `code_dir` (the folder of the user's modules) goes with the job to every
+    node as Ray's `runtime_env` working_dir, so that worker nodes need only kdsearch
+    installed."""
     quiet_ray()
     if ray.is_initialized():
         return False
@@ -161,9 +166,11 @@ def init_ray(address: str | None, code_dir: str | None = None) -> bool:
         if address == "local" else {}
     if address != "local" and code_dir:
         own["runtime_env"] = {"working_dir": code_dir, "excludes": SHIP_EXCLUDES}
+    if address == "local":  # what a killed kdsearch's own Ray left running (ray_workarounds, 8)
+        end_orphans(log.info)
     try:
-        ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False,
-                 include_dashboard=False, configure_logging=True, **own)
+        context = ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False,
+                           include_dashboard=False, configure_logging=True, **own)
     except (ConnectionError, RuntimeError, ValueError, TimeoutError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if "runtime_env" in own and ("working_dir" in str(e) or "package" in str(e).lower()):
@@ -173,6 +180,8 @@ def init_ray(address: str | None, code_dir: str | None = None) -> bool:
                               f"folder of their own") from None
         raise SearchError(f"cannot reach the Ray cluster at {address!r}: {first[:160]}; start "
                           f"it (ray start --head) or omit --address for a local Ray") from None
+    if address == "local":
+        return register_session(context.address_info["session_dir"]) or True
     return True
 
 
@@ -213,3 +222,4 @@ def ray_running(address: str | None, *, code_dir: str | None = None) -> Iterator
     finally:
         if started:
             ray.shutdown()
+            unregister_session(started if isinstance(started, Path) else None)

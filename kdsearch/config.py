@@ -19,7 +19,7 @@ import yaml
 
 from kdsearch.entry_points import is_entry_point
 from kdsearch.fields import (MAX_WIDTH, VALUE_RULES, at_least, built_in_or_code, gpu_share_ok,
-                             kwargs_spec, one_of, positive, rule, seed_spec, spec)
+                             kwargs_spec, one_of, positive, rule, seed_spec, spec, target_spec)
 from kdsearch.errors import MAX_INT, ConfigError, show, show_key
 from kdsearch.yamlfile import apply_overrides, read_yaml
 
@@ -178,6 +178,9 @@ class SearchConfig:
 class ReportConfig:
     seeds: int = spec(3, int, at_least(1), "an integer >= 1 (retrainings per setting)")
     max_widths: int = spec(6, int, at_least(1), "an integer >= 1")
+    # the accuracy the answer's student must reach: {within_teacher: P}, P points below the
+    # teacher's test accuracy, or {accuracy: A}, a test accuracy in percent
+    target: dict[str, float] = target_spec()
 
 
 @dataclass(frozen=True)
@@ -470,7 +473,8 @@ def load_config(path: str | os.PathLike[str], overrides: list[str] | tuple[str, 
         for text in reversed(overrides):  # the last --set of a key is the one that holds
             key = text.partition("=")[0].strip()
             if key and (named == key or named.startswith(f"{key}.") or (
-                    rest.startswith("unknown key ") and key.startswith(f"{named}."))):
+                    key.startswith(f"{named}.") and (rest.startswith("unknown key ") or (
+                        named.count(".") >= 1 and _dimension_of(named) is None)))):
                 raise ConfigError(f"--set {show(text)}: {rest}") from None
         for text in reversed(overrides):
             # a dimension's keys are checked together (low below high, values with choice

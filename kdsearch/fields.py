@@ -87,6 +87,32 @@ def kwargs_spec(called: str) -> Any:
         "allowed": f"a mapping of keyword names to plain values, passed to {called}"})
 
 
+TARGETS = ("within_teacher", "accuracy")  # report.target's kinds
+
+
+def _target_ok(v: dict[str, Any]) -> bool:
+    if len(v) != 1:
+        return False
+    (kind, value), = v.items()
+    if kind not in TARGETS or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    if not math.isfinite(value):
+        return False
+    # an accuracy of 100% can never be shown: a 95% lower bound is always below it
+    return 0 <= value < 100 if kind == "within_teacher" else 0 < value < 100
+
+
+def target_spec() -> Any:
+    """report.target: the accuracy a student must reach, relative to the teacher's test
+    accuracy ({within_teacher: P}, P points below it) or absolute ({accuracy: A}, percent)."""
+    return field(default_factory=lambda: {"within_teacher": 1.0}, hash=False, metadata={
+        "kind": dict, "optional": False, "check": _target_ok,
+        "convert": lambda v: {k: float(x) for k, x in v.items()},
+        "allowed": "one of {within_teacher: P} (P points below the teacher's test accuracy, "
+                   "0 <= P < 100) or {accuracy: A} (a test accuracy in percent, 0 < A < 100: "
+                   "100% can never be shown)"})
+
+
 # Rules for a searched dimension's values, shared by the fixed config fields and the space bounds.
 VALUE_RULES: dict[str, tuple[type, Check, str]] = {
     # above ~1e4 the softened targets are uniform to float32 and the KD loss loses its digits

@@ -27,17 +27,19 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import torch
+from torch import nn
 
 from kdsearch.builders import UserObjects, build_student, code_folders
 from kdsearch.config import ExperimentConfig, default_cache_dir, default_data_dir
 from kdsearch.data import Split, load_test
-from kdsearch.distill import correct_on, evaluate
+from kdsearch.distill import correct_on
 from kdsearch.final_record import (FINAL_FILE, DataSizes, FinalRecord, FinalRow, TeacherResult,
                                    read_final, write_final)
 from kdsearch.inputs import Inputs, load_inputs
-from kdsearch.models import count_parameters
+from kdsearch.models import count_macs, count_parameters
 from kdsearch.retrain import (Retrained, Retraining, Runner, in_process, out_of_memory,
                               torch_threads)
 from kdsearch.selection import (Selection, Setting, read_searched, select_settings,
@@ -113,8 +115,10 @@ def plan(results: Path, *, retrain: bool) -> Plan:
         if row is not None:  # the search's own record of the setting may have changed
             reused[i] = dataclasses.replace(row, best=s.best, trial_id=s.trial_id,
                                             val_acc=s.val_acc, search_epochs=s.search_epochs)
+    # a teacher tested before its per-example results were kept is tested again (the target's
+    # bound pairs the students' examples with its own)
     teacher_ok = old_teacher is not None and old_teacher.key == key and (
-        old_teacher.test_acc is not None or old_teacher.params is None)
+        old_teacher.test_correct is not None or old_teacher.params is None)
     return Plan(cfg, selection, seeds, fingerprint, files, key, reused,
                 old_teacher if teacher_ok else None, previous)
 
@@ -144,34 +148,63 @@ def _on_device(inputs: Inputs, key: str, results: Path, device: str) -> Inputs:
     return dataclasses.replace(inputs, data=inputs.data.to(device), teacher=teacher)
 
 
-def make_jobs(p: Plan, inputs: Inputs, device: str) -> tuple[list[Retraining], dict[int, int]]:
-    """A retraining per setting to train and seed, and each such setting's parameter count."""
+@dataclass(frozen=True)
+class Size:
+    """A student's size: its parameters, and the multiply-accumulates of one example."""
+
+    params: int
+    macs: int
+
+
+def student_size(cfg: ExperimentConfig, width: int, input_shape: tuple[int, ...],
+                 num_classes: int, factory: Callable[..., nn.Module] | None) -> Size:
+    """The size of `cfg`'s student at `width`, built on the CPU."""
+    model = build_student(cfg, input_shape, num_classes, width=width, factory=factory)
+    return Size(count_parameters(model), count_macs(model, input_shape))
+
+
+def make_jobs(p: Plan, inputs: Inputs, device: str) -> tuple[list[Retraining], dict[int, Size]]:
+    """A retraining per setting to train and seed, and each such setting's student size."""
     cfg, data = p.cfg, inputs.data
     jobs: list[Retraining] = []
-    params: dict[int, int] = {}
+    sizes: dict[int, Size] = {}
     for i in p.todo:
         s = p.selection.settings[i]
-        params[i] = count_parameters(build_student(
-            cfg, data.input_shape, data.num_classes, width=s.width,
-            factory=inputs.objects.student))
+        sizes[i] = student_size(cfg, s.width, data.input_shape, data.num_classes,
+                                inputs.objects.student)
         batch = training_config(cfg, s, 0).training.batch_size
-        small = device == "cpu" and params[i] * batch < _SMALL_BATCH_WORK
+        small = device == "cpu" and sizes[i].params * batch < _SMALL_BATCH_WORK
         jobs += [Retraining(i, seed, training_config(cfg, s, seed), 1 if small else None)
                  for seed in p.seeds]
-    return jobs, params
+    return jobs, sizes
+
+
+def _with_macs(p: Plan, rows: dict[int, FinalRow], students: list[StudentEntry],
+               factory: Callable[..., nn.Module] | None) -> dict[int, FinalRow]:
+    """Reused rows of an older final.json, which lacks their MACs, with them (the input shape
+    from the students' index)."""
+    entry = students[0] if students else None
+    if entry is None or all(r.macs is not None for r in rows.values()):
+        return rows
+    shape, classes = tuple(entry.input_shape), entry.num_classes
+    return {i: r if r.macs is not None else dataclasses.replace(
+        r, macs=student_size(p.cfg, r.width, shape, classes, factory).macs)
+        for i, r in rows.items()}
 
 
 # --------------------------------------------------------------------------- 3. testing
 def score_teacher(cfg: ExperimentConfig, inputs: Inputs, test: Split) -> TeacherResult:
-    """The teacher's accuracy on the test split (none for a teacher known by its logits)."""
+    """The teacher's accuracy on the test split, and which examples it got right (none for a
+    teacher known by its logits)."""
     teacher = inputs.teacher
     if teacher.model is None:  # logits from a file: nothing to test
         return TeacherResult(cfg.teacher.model, teacher.key, None, None, None)
-    acc = evaluate(teacher.model, test)[0]
+    right = correct_on(teacher.model, test)
+    acc = int(right.sum().item()) / len(right)  # counted, then divided, as evaluate() does
     log.info(f"final: teacher {cfg.teacher.model} test_acc {acc:.4f} "
              f"({len(test):,} test examples)")
     return TeacherResult(cfg.teacher.model, teacher.key, count_parameters(teacher.model),
-                         teacher.val_acc, acc)
+                         teacher.val_acc, acc, pack_correct(right.cpu().numpy()))
 
 
 def score_student(p: Plan, inputs: Inputs, job: Retraining, result: Retrained, test: Split,
@@ -205,7 +238,7 @@ def _log_outcome(s: Setting, job: Retraining, outcome: Outcome, done: int, total
 
 
 # --------------------------------------------------------------------------- 4. the rows
-def new_row(p: Plan, i: int, params: int, outcomes: list[Outcome]) -> FinalRow:
+def new_row(p: Plan, i: int, size: Size, outcomes: list[Outcome]) -> FinalRow:
     """final.json's row of setting `i`, from its outcomes, one per seed in order."""
     s = p.selection.settings[i]
     accs = [o.test_acc for o in outcomes]
@@ -213,7 +246,7 @@ def new_row(p: Plan, i: int, params: int, outcomes: list[Outcome]) -> FinalRow:
     mean, std = mean_std([a for a in accs if a is not None])
     training = training_config(p.cfg, s, 0).training
     return FinalRow(
-        kind=s.kind, tuned=s.tuned, best=s.best, width=s.width, params=params,
+        kind=s.kind, tuned=s.tuned, best=s.best, width=s.width, params=size.params,
         settings=s.settings, epochs=training.epochs, alpha=training.alpha,
         trial_id=s.trial_id, val_acc=s.val_acc, search_epochs=s.search_epochs,
         seeds=p.seeds, test_accs=accs, test_correct=[o.correct for o in outcomes],
@@ -225,7 +258,7 @@ def new_row(p: Plan, i: int, params: int, outcomes: list[Outcome]) -> FinalRow:
         workers=[o.result.worker for o in outcomes],
         # training time, summed over the seeds (they may run side by side)
         seconds=round(sum(o.result.seconds for o in outcomes), 3),
-        spec=s.spec(p.fingerprint))
+        spec=s.spec(p.fingerprint), macs=size.macs)
 
 
 def _student_entry(p: Plan, inputs: Inputs, s: Setting, seed: int, outcome: Outcome,
@@ -256,7 +289,7 @@ def train_and_test(p: Plan, inputs: Inputs, runner: Runner | None, device: str,
     """Train the plan's settings with every seed, test each model and the teacher once, and
     save each student that has a test accuracy in `folder`."""
     cfg = p.cfg
-    jobs, params = make_jobs(p, inputs, device)
+    jobs, sizes = make_jobs(p, inputs, device)
     # a runner may start training now, while the test split is read and the teacher tested
     trained = (runner or in_process(inputs.data, inputs.teacher, inputs.objects.student))(jobs)
     # the one read of the test split in kdsearch
@@ -264,7 +297,7 @@ def train_and_test(p: Plan, inputs: Inputs, runner: Runner | None, device: str,
                      cache_dir=default_cache_dir(cfg), device=device, folders=code_folders(cfg),
                      source=inputs.objects.dataset)
     data = inputs.data
-    sizes = DataSizes(len(data.train), len(data.val), len(test))
+    counts = DataSizes(len(data.train), len(data.val), len(test))
     teacher = score_teacher(cfg, inputs, test)
     outcomes: dict[tuple[int, int], Outcome] = {}
     students: list[StudentEntry] = []
@@ -275,10 +308,10 @@ def train_and_test(p: Plan, inputs: Inputs, runner: Runner | None, device: str,
         if outcome.test_acc is not None:
             students.append(_student_entry(p, inputs, s, job.seed, outcome, folder))
         _log_outcome(s, job, outcome, done, len(jobs))
-    rows = {i: new_row(p, i, params[i], [outcomes[(i, seed)] for seed in p.seeds])
-            for i in params}
+    rows = {i: new_row(p, i, sizes[i], [outcomes[(i, seed)] for seed in p.seeds])
+            for i in sizes}
     where = sorted({o.result.device for o in outcomes.values()})
-    return Trained(rows, teacher, sizes, students, "+".join(where) if where else device)
+    return Trained(rows, teacher, counts, students, "+".join(where) if where else device)
 
 
 def evaluate_final(results_dir: str | os.PathLike[str], *, retrain: bool = True,
@@ -311,7 +344,8 @@ def evaluate_final(results_dir: str | os.PathLike[str], *, retrain: bool = True,
     students = results / STUDENTS_DIR
     saved = kept_entries(students, [(r.kind, r.width, seed) for r in p.reused.values()
                                     for seed in p.seeds])
-    rows = dict(p.reused)
+    objects = inputs.objects if inputs is not None else objects or UserObjects()
+    rows = _with_macs(p, dict(p.reused), saved, objects.student)
     teacher, data = p.teacher, p.previous.data if p.previous else None
     if p.todo or teacher is None:
         if not retrain and p.todo:

@@ -1,10 +1,11 @@
-"""final.json: the final evaluation's record, typed (`FinalRecord`, `FinalRow`), written and read
-back checked.
+"""The final evaluation's records, typed, written and read back checked: final.json
+(`FinalRecord`, `FinalRow`) and latency.json (`LatencyRecord`).
 
-The final evaluation writes it; the summary, the plots and the report read it, and a later final
-evaluation reuses its rows. A file that is not of this format, or not well formed, reads as None,
-and the next final evaluation retrains what it held. Rows written by older kdsearch versions lack
-some fields (`errors`, `test_correct`, ...): they read as None. No torch, no Ray.
+The final evaluation writes final.json; the summary, the plots and the report read it, and a
+later final evaluation reuses its rows. A file that is not of this format, or not well formed,
+reads as None, and the next final evaluation retrains what it held. Rows written by older
+kdsearch versions lack some fields (`errors`, `test_correct`, `macs`, ...): they read as None.
+latency.json holds each retrained student's measured latency (`latency`). No torch, no Ray.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from kdsearch.tables import KINDS
 
 FINAL_FILE = "final.json"
 FINAL_FORMAT = 1
+LATENCY_FILE = "latency.json"
+LATENCY_FORMAT = 1
 
 
 @dataclass(frozen=True)
@@ -53,6 +56,7 @@ class FinalRow:
     workers: list[str] | None  # per seed, host:pid of the process that trained it
     seconds: float | None  # training time, summed over the seeds
     spec: dict[str, Any]  # everything the retrained models depend on but the seeds
+    macs: int | None = None  # multiply-accumulates of one example's forward pass
 
     def accuracies(self) -> list[float]:
         """The test accuracies of the seeds that have one."""
@@ -81,6 +85,8 @@ class TeacherResult:
     params: int | None
     val_acc: float | None
     test_acc: float | None
+    # which test examples it got right (`stats.pack_correct`); None for an older final.json
+    test_correct: str | None = None
 
 
 @dataclass(frozen=True)
@@ -186,6 +192,11 @@ def _well_formed(final: dict[str, Any]) -> bool:
     seeds, teacher, rows = final.get("seeds"), final.get("teacher"), final.get("rows")
     if not (isinstance(seeds, list) and all(_count(x) for x in seeds) and isinstance(rows, list)):
         return False
+    if not (all(_number(final.get(k), True) for k in ("created", "seconds",
+                                                       "reused_training_seconds"))
+            and all(final.get(k) is None or _count(final.get(k)) for k in ("retrained", "reused"))
+            and isinstance(final.get("teacher_files") or {}, dict)):
+        return False
     if teacher is not None and not _teacher_ok(teacher):
         return False
     data = final.get("data")
@@ -202,7 +213,15 @@ def _teacher_ok(teacher: Any) -> bool:
             and isinstance(teacher.get("model", ""), str)
             and isinstance(teacher.get("key", ""), str)
             and (_count(teacher.get("params")) or teacher.get("params") is None)
-            and _number(teacher.get("test_acc"), True) and _number(teacher.get("val_acc"), True))
+            and _number(teacher.get("test_acc"), True) and _number(teacher.get("val_acc"), True)
+            and isinstance(teacher.get("test_correct"), (str, type(None))))
+
+
+def seeds_of(n_seeds: int, r: dict[str, Any]) -> Any:
+    """A row's seeds as they must be: a list of n_seeds whole numbers (its own, if it is one)."""
+    seeds = r.get("seeds")
+    ok = isinstance(seeds, list) and len(seeds) == n_seeds and all(_count(x) for x in seeds)
+    return seeds if ok else object()
 
 
 def _row_ok(r: dict[str, Any], n_seeds: int) -> bool:
@@ -215,9 +234,20 @@ def _row_ok(r: dict[str, Any], n_seeds: int) -> bool:
             and isinstance(r.get("settings"), dict) and isinstance(r.get("spec"), dict)
             and _number(r.get("alpha")) and _number(r.get("mean"), True)
             and _number(r.get("std"), True) and _count(r.get("diverged"))
+            and (r.get("macs") is None or _count(r.get("macs")))
             and isinstance(r.get("test_accs"), list) and len(r["test_accs"]) == n_seeds
             and all(_number(a, True) for a in r["test_accs"])):
         return False
+    if not (r.get("seeds") is None or r.get("seeds") == seeds_of(n_seeds, r)):
+        return False
+    if not (_number(r.get("seconds"), True) and (r.get("failed") is None or _count(r["failed"]))):
+        return False
+    for key, ok in (("workers", lambda x: isinstance(x, str)),
+                    ("final_val_accs", lambda x: _number(x, True))):
+        value = r.get(key)
+        if value is not None and not (isinstance(value, list) and len(value) == n_seeds
+                                      and all(ok(x) for x in value)):
+            return False
     errors = r.get("errors")  # absent from final.json written before it was kept
     if errors is not None and not (isinstance(errors, list) and len(errors) == n_seeds
                                    and all(isinstance(e, (str, type(None))) for e in errors)):
@@ -229,3 +259,68 @@ def _row_ok(r: dict[str, Any], n_seeds: int) -> bool:
                     for p, a in zip(packed, r["test_accs"]))):
         return False
     return True
+
+
+# --------------------------------------------------------------------------- latency.json
+@dataclass(frozen=True)
+class Timing:
+    """One student's measured latency: the median time of a forward pass in eval mode."""
+
+    kind: str
+    width: int
+    seed: int  # the retraining whose saved weights were timed
+    batch1_ms: float  # one example
+    batch_ms: float  # a batch of `LatencyRecord.batch` examples
+    repeats: int  # timed calls at each batch size, after the warm-up
+    spread: float  # (slowest - fastest) / median of the batch-1 calls, a noise measure
+
+    def throughput(self, batch: int) -> float:
+        """Examples a second at the large batch (`LatencyRecord.batch`)."""
+        return 0.0 if self.batch_ms <= 0 else batch * 1000.0 / self.batch_ms
+
+
+@dataclass(frozen=True)
+class LatencyRecord:
+    """latency.json: where and how the students were timed, and each one's timing."""
+
+    device: str  # "cpu" or "cuda", with the GPU's name
+    threads: int  # torch's intra-op threads
+    torch: str
+    host: str
+    created: float
+    batch: int  # the throughput batch
+    warmup: int  # calls before the timed ones
+    timings: list[Timing]
+
+    def of(self, kind: str, width: int) -> Timing | None:
+        return next((t for t in self.timings if t.kind == kind and t.width == width), None)
+
+    def to_json(self) -> dict[str, Any]:
+        out = {"format": LATENCY_FORMAT, **dataclasses.asdict(self)}
+        return out
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> LatencyRecord:
+        timings = [Timing(**t) for t in d["timings"]]
+        return cls(**{**{k: d[k] for k in ("device", "threads", "torch", "host", "created",
+                                           "batch", "warmup")}, "timings": timings})
+
+
+def write_latency(results_dir: Path, record: LatencyRecord) -> None:
+    """latency.json, written atomically."""
+    files.write_text(Path(results_dir) / LATENCY_FILE,
+                     json.dumps(record.to_json(), indent=2, allow_nan=False) + "\n")
+
+
+def read_latency(results_dir: Path) -> LatencyRecord | None:
+    """latency.json if it is there and whole, else None (the report says it was not timed)."""
+    try:
+        d = json.loads((Path(results_dir) / LATENCY_FILE).read_text())
+        if d.get("format") != LATENCY_FORMAT:
+            return None
+        record = LatencyRecord.from_json(d)
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return None
+    ok = all(t.kind in KINDS and _count(t.width) and _number(t.batch1_ms) and _number(t.batch_ms)
+             for t in record.timings)
+    return record if ok else None

@@ -33,9 +33,11 @@ def fmt_p(p: float | None) -> str:
         return "n/a"
     if p < 0.01:
         return f"{p:.1e}"
-    text = f"{p:.2f}"
-    if float(text) == SIGNIFICANCE or (float(text) < SIGNIFICANCE) != (p < SIGNIFICANCE):
-        text = f"{p:.3g}"
+    text, digits = f"{p:.2f}", 3
+    # more digits until the text and p are on the same side of the level (0.04996, not 0.05)
+    while digits <= 12 and (float(text) == SIGNIFICANCE and p != SIGNIFICANCE
+                            or (float(text) < SIGNIFICANCE) != (p < SIGNIFICANCE)):
+        text, digits = f"{p:.{digits}g}", digits + 1
     return text
 
 

@@ -121,3 +121,20 @@ def build_student(name: str, shape: InputShape, num_classes: int, *, width: int)
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+def count_macs(model: nn.Module, shape: InputShape) -> int:
+    """The multiply-accumulates of one example's forward pass in eval mode: the matrix products
+    and convolutions, as torch's FlopCounterMode counts them (two FLOPs each)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    was_training = model.training
+    model.eval()
+    first = next(iter(model.parameters()), None)
+    x = torch.zeros(1, *shape, device=first.device if first is not None else "cpu")
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            model(x)
+    finally:
+        model.train(was_training)
+    return int(counter.get_total_flops()) // 2

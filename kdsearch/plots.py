@@ -1,5 +1,6 @@
-"""The report's plots, as PNG files in the results folder: test accuracy against student size,
-val_acc against temperature and against alpha, and the search's best val_acc so far.
+"""The report's plots, as PNG files in the results folder: test accuracy against student size
+and against latency (the front), val_acc against temperature and against alpha, and the
+search's best val_acc so far.
 
 Each function returns what it drew (title, axes, the series and their point counts), which
 summary.json keeps. matplotlib's Agg canvas directly, never pyplot: no global backend switch.
@@ -12,18 +13,21 @@ from pathlib import Path
 from typing import Any
 
 from kdsearch import files
+from kdsearch.answer import Side
 from kdsearch.config import ExperimentConfig
-from kdsearch.final_record import FinalRecord
 from kdsearch.results import read_config, read_importances, row_width
+from kdsearch.summary import Summary
 from kdsearch.tables import (BASELINE, DISTILLED, KINDS, PHASE, PROGRESS_FILE, TRIALS_FILE,
                              TrialRow, kind_of, read_table, read_trials)
 
 PLOT_TEST_ACC = "test_acc_vs_params.png"
+PLOT_LATENCY = "test_acc_vs_latency.png"
 PLOT_TEMPERATURE = "val_acc_vs_temperature.png"
 PLOT_ALPHA = "val_acc_vs_alpha.png"
 PLOT_BEST_SO_FAR = "best_val_acc_vs_trial_epochs.png"
 PLOT_IMPORTANCE = "importance.png"
-PLOTS = (PLOT_TEST_ACC, PLOT_TEMPERATURE, PLOT_ALPHA, PLOT_BEST_SO_FAR, PLOT_IMPORTANCE)
+PLOTS = (PLOT_TEST_ACC, PLOT_LATENCY, PLOT_TEMPERATURE, PLOT_ALPHA, PLOT_BEST_SO_FAR,
+         PLOT_IMPORTANCE)
 
 
 def _series(ax: Any) -> dict[str, int]:
@@ -68,36 +72,66 @@ def _save(fig: Any, ax: Any, path: Path, title: str) -> dict[str, Any]:
             "ylabel": ax.get_ylabel(), "series": _series(ax)}
 
 
-def plot_test_acc(final: FinalRecord, path: Path) -> dict[str, Any]:
-    """Test accuracy (mean ± std over seeds) against student parameters, each kind a series."""
+_SERIES = [(DISTILLED, True, "distilled", "o", 0.97), (BASELINE, True, "alone (baseline)", "s", 1.03),
+           (BASELINE, False, "alone, untuned", "^", 1.03)]
+
+
+def _front(summary: Summary, path: Path, *, x: str) -> dict[str, Any] | None:
+    """Test accuracy (mean, bar: the 95% bound below and as far above) of each retrained
+    student against its parameters (`x` "params") or its latency ("latency"), both kinds, the
+    teacher's and the target's lines, the answer circled."""
+    from matplotlib.ticker import NullLocator
+
+    def where(side: Side) -> float | None:
+        if x == "params":
+            return float(side.params) if side.params else None
+        return side.latency.batch1_ms if side.latency else None
+
+    sides = [side for c in summary.widths for side in (c.distilled, c.baseline)
+             if side.mean is not None and where(side) is not None]
+    if not sides:
+        return None
     fig, ax = _figure()
-    groups = [(DISTILLED, True, "distilled", "o", 0.97),
-              (BASELINE, True, "baseline", "s", 1.03),
-              (BASELINE, False, "baseline (untuned)", "^", 1.03)]
-    for kind, tuned, label, marker, shift in groups:
-        rs = sorted((r for r in final.rows if r.kind == kind and r.tuned == tuned
-                     and r.mean is not None), key=lambda r: r.params)
-        if not rs:
+    for kind, tuned, label, marker, shift in _SERIES:
+        mine = sorted((s for s in sides if s.kind == kind and bool(s.tuned) == tuned),
+                      key=lambda s: (s.params or 0, s.width or 0))  # joined in width order
+        if x == "latency":
+            shift = 1.0  # (a latency is measured, not a size shared by both kinds)
+        if not mine:
             continue
-        # a small multiplicative shift keeps the two kinds' error bars apart on the log axis
-        ax.errorbar([r.params * shift for r in rs], [100 * (r.mean or 0.0) for r in rs],
-                    yerr=[100 * (r.std or 0.0) for r in rs], marker=marker, capsize=3,
-                    label=label)
-    t = final.teacher
+        half = [100 * (s.bound.half_width if s.bound and s.bound.half_width is not None
+                       else s.std or 0.0) for s in mine]
+        # a small multiplicative shift keeps the two kinds' bars apart on the log axis
+        ax.errorbar([(where(s) or 0.0) * shift for s in mine], [100 * (s.mean or 0.0) for s in mine],
+                    yerr=half, marker=marker, capsize=3, label=label)
+    a, t = summary.answer, summary.final.teacher
     if t is not None and t.test_acc is not None and t.params is not None:
         ax.axhline(100 * t.test_acc, color="grey", linestyle="--",
                    label=f"teacher ({t.params:,} parameters)")
-    ax.set_xscale("log")
-    from matplotlib.ticker import NullLocator
-
-    sizes = sorted({(r.params, r.width) for r in final.rows})
-    ax.set_xticks([p for p, _ in sizes], labels=[f"{p:,}\nwidth {w}" for p, w in sizes],
-                  fontsize=8)
-    ax.xaxis.set_minor_locator(NullLocator())
-    ax.set_xlabel("student parameters")
+    if a.needed is not None:
+        ax.axhline(100 * a.needed, color="C3", linestyle=":",
+                   label=f"target ({100 * a.needed:.2f}%)")
+    for side, shift in ((a.distilled, 0.97), (a.baseline, 1.03)):
+        if side is not None and where(side) is not None:
+            shift = shift if x == "params" else 1.0
+            ax.scatter([(where(side) or 0.0) * shift], [100 * (side.mean or 0.0)], s=250,
+                       facecolors="none", edgecolors="C3", linewidths=1.5)
+    spread = [where(s) or 0.0 for s in sides]
+    if x == "params" or max(spread) > 10 * min(spread):
+        ax.set_xscale("log")
+    if x == "params":
+        sizes = sorted({(s.params, s.width) for s in sides})
+        ax.set_xticks([float(p or 0) for p, _ in sizes],
+                      labels=[f"{p:,}\nwidth {w}" for p, w in sizes], fontsize=8)
+        ax.xaxis.set_minor_locator(NullLocator())
+        ax.set_xlabel("student parameters")
+    else:
+        ax.set_xlabel(f"latency of one example (ms, {summary.latency.device if summary.latency else ''})")
     ax.set_ylabel("test accuracy (%)")
-    title = f"Test accuracy vs student size (mean ± std, {len(final.seeds)} seeds)"
-    ax.set_title(title, fontsize=10)
+    what = "size" if x == "params" else "latency"
+    title = (f"Test accuracy vs student {what} ({len(summary.seeds)} seeds; bars: 95% bound; "
+             f"circled: the answer)")
+    ax.set_title(title, fontsize=9)
     return _save(fig, ax, path, title)
 
 
@@ -177,12 +211,13 @@ def plot_importance(importances: dict[str, Any] | None, path: Path) -> dict[str,
     return _save(fig, ax, path, title)
 
 
-def write_plots(results_dir: Path, final: FinalRecord) -> dict[str, dict[str, Any]]:
+def write_plots(results_dir: Path, summary: Summary) -> dict[str, dict[str, Any]]:
     """Draw every plot that has data; return {file: what was drawn} (series and point counts)."""
     cfg = read_config(results_dir)
     rows = read_trials(results_dir / TRIALS_FILE)
     progress = read_table(results_dir / PROGRESS_FILE)
-    drawn = {PLOT_TEST_ACC: plot_test_acc(final, results_dir / PLOT_TEST_ACC),
+    drawn = {PLOT_TEST_ACC: _front(summary, results_dir / PLOT_TEST_ACC, x="params"),
+             PLOT_LATENCY: _front(summary, results_dir / PLOT_LATENCY, x="latency"),
              PLOT_TEMPERATURE: plot_val_acc_vs("temperature", cfg, rows,
                                                results_dir / PLOT_TEMPERATURE),
              PLOT_ALPHA: plot_val_acc_vs("alpha", cfg, rows, results_dir / PLOT_ALPHA),

@@ -37,6 +37,16 @@ Ray Tune's process-wide behaviour:
 7. **Tune's SIGINT handler outlives `Tuner.fit`** (`sigint_handler_kept`): `fit()` installs its
    own and leaves it after a search that ended without a Ctrl-C, so the next Ctrl-C (of the
    final evaluation) is swallowed.
+
+Ray's own processes:
+
+8. **A local Ray's agents outlive a killed driver** (`register_session`, `end_orphans`): when
+   the driver that started a local Ray is killed (SIGKILL), its GCS server and raylet end with
+   it, but the raylet's children `ray::DashboardAgent` and `ray::RuntimeEnvAgent` stay alive,
+   adopted by init, for minutes. kdsearch registers each local Ray it starts (its session
+   folder and the driver's pid) and, before it starts the next one, ends the processes of
+   every registered session whose driver is gone. Another Ray on the machine (a cluster
+   started with `ray start`, another search's) is never registered as such, so never touched.
 """
 
 from __future__ import annotations
@@ -50,6 +60,7 @@ import re
 import signal
 import tempfile
 import threading
+import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -396,3 +407,91 @@ def sigint_handler_kept() -> Iterator[None]:
     finally:
         if threading.current_thread() is threading.main_thread():
             signal.signal(signal.SIGINT, handler)
+
+
+
+# --------------------------------------------------------------------------- 8. orphans
+SESSIONS = "ray-sessions"  # in kdsearch's cache folder: the local Rays kdsearch started
+
+
+def _sessions_folder() -> Path:
+    env = os.environ.get("KDSEARCH_CACHE_DIR")
+    return (Path(env).expanduser() if env else Path.home() / ".cache" / "kdsearch") / SESSIONS
+
+
+def _started(pid: int) -> str | None:
+    """When process `pid` started (clock ticks since boot, /proc/<pid>/stat field 22): with the
+    pid, it names one process, even once the pid is reused. None: no such process."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if fields[0] == "Z" else fields[19]
+
+
+def register_session(session_dir: str) -> Path | None:
+    """Record a local Ray this process started; returns the record (None: not writable)."""
+    folder = _sessions_folder()
+    record = folder / f"{Path(session_dir).name}.json"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        files.write_text(record, json.dumps({"session_dir": session_dir, "pid": os.getpid(),
+                                             "started": _started(os.getpid())}))
+    except OSError:
+        return None
+    return record
+
+
+def unregister_session(record: Path | None) -> None:
+    """The local Ray of `record` was shut down by its driver: nothing to end later."""
+    if record is not None:
+        record.unlink(missing_ok=True)
+
+
+def _holding(folder: str) -> list[int]:
+    """The processes with a file open in `folder` (a Ray session's logs and sockets)."""
+    pids = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit() or int(d) == os.getpid():
+            continue
+        try:
+            links = [os.readlink(f"/proc/{d}/fd/{fd}") for fd in os.listdir(f"/proc/{d}/fd")]
+        except OSError:  # gone meanwhile, or another user's
+            continue
+        if any(link.startswith(folder + "/") for link in links):
+            pids.append(int(d))
+    return pids
+
+
+def end_orphans(log: Callable[[str], None] | None = None, grace: float = 2.0) -> list[int]:
+    """End the processes of every registered local Ray whose driver is gone; returns their
+    pids. A session whose driver still runs (another search) is left alone."""
+    folder = _sessions_folder()
+    ended: list[int] = []
+    for record in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        try:
+            entry = json.loads(record.read_text())
+            session, pid, started = entry["session_dir"], int(entry["pid"]), entry["started"]
+        except (OSError, ValueError, KeyError, TypeError):
+            record.unlink(missing_ok=True)
+            continue
+        if started is not None and _started(pid) == started:
+            continue  # its driver runs
+        orphans = found = _holding(session)
+        for signum in (signal.SIGTERM, signal.SIGKILL):
+            for orphan in orphans:
+                with contextlib.suppress(OSError):
+                    os.kill(orphan, signum)
+            deadline = time.monotonic() + grace
+            while time.monotonic() < deadline and any(_started(o) for o in orphans):
+                time.sleep(0.05)
+            orphans = [o for o in orphans if _started(o)]
+            if not orphans:
+                break
+        record.unlink(missing_ok=True)
+        if found:
+            ended += found
+            if log is not None:
+                log(f"note: ended {len(found)} processes that a killed kdsearch left running "
+                    f"(its Ray session {Path(session).name})")
+    return ended

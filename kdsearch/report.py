@@ -4,14 +4,15 @@ The test accuracies come from the final evaluation (final.json: each best settin
 several seeds, tested once). `write_report` turns them and the search's own records (trials.csv,
 progress.csv, run.json) into:
 
-  report.md        a headline sentence first, then tables and the plots (relative links)
+  report.md        the answer first (the smallest student that meets the target), then
+                   tables and the plots (relative links)
   summary.json     every number in report.md, unrounded (`summary`); report.md formats these
   summary.csv      the comparisons as a flat table, one row per comparison
   *.png            test accuracy vs student parameters, val_acc vs temperature and vs alpha,
                    best-so-far val_acc vs trial-epochs spent (`plots`)
 
-`make_report` runs the final evaluation first (`final.evaluate_final`: training, torch), then
-`write_report`. Rendering needs neither torch nor Ray. It works on a finished, an interrupted or
+`make_report` runs the final evaluation first (`final.evaluate_final`: training, torch) and
+times the students (`latency.measure`), then `write_report`. Rendering needs neither torch nor Ray. It works on a finished, an interrupted or
 a resumed search, and on a folder copied elsewhere: nothing written names an absolute path.
 Each section of report.md has a function of its own; `render` puts them in order.
 """
@@ -23,7 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from kdsearch import files
-from kdsearch.final_record import FINAL_FILE, FinalRecord, read_final
+from kdsearch.answer import Side, rule_sentences, to_show
+from kdsearch.final_record import FINAL_FILE, LATENCY_FILE, FinalRecord, read_final
 from kdsearch.formatting import (examples_phrase, fmt_ci, fmt_gap, fmt_p, fmt_ratio,
                                  fmt_seconds, fmt_value, pct, pm, points, seed_phrase)
 from kdsearch.plots import PLOTS, write_plots
@@ -40,6 +42,7 @@ if TYPE_CHECKING:  # (annotations only: the final evaluation's types)
     from kdsearch.retrain import Runner
 
 REPORT_FILE = "report.md"
+TEACHER_CHECK_LEVEL = 0.01  # below it, the report says the teacher's val accuracy is too high
 # run.json's search states as the cost table words them ("started": running, or killed)
 _STATUS = {"finished": "finished", "started": "unfinished (interrupted?)",
            "not started": "not started"}
@@ -101,6 +104,59 @@ def notices(s: Summary) -> list[str]:
     return out
 
 
+# --------------------------------------------------------------------------- the front
+_MEETS = {"meets": "yes", "likely": "likely, not shown", "misses": "no", "unknown": "n/a"}
+
+
+def _standing(side: Side) -> list[str]:
+    if side.width is None:
+        return ["—", "—", "—"]
+    b = side.bound
+    lower = f"{pct(b.lower)}%" if b is not None and b.lower is not None else "n/a"
+    return [pm(side.mean, side.std), lower, _MEETS[side.status]]
+
+
+def front_table(s: Summary) -> list[str]:
+    """Each width's size, cost, and each kind's accuracy against the target."""
+    a = s.answer
+    if a.needed is None:
+        return []
+    rows = []
+    for c in s.widths:
+        t = c.distilled.latency or c.baseline.latency
+        macs = c.distilled.macs or c.baseline.macs
+        rows.append([str(c.width), f"{c.params:,}", "n/a" if macs is None else f"{macs:,}",
+                     "n/a" if t is None else f"{t.batch1_ms:.3f}",
+                     "n/a" if t is None or s.latency is None
+                     else f"{t.throughput(s.latency.batch):,.0f}",
+                     *_standing(c.distilled), *_standing(c.baseline)])
+    batch = f", batch {s.latency.batch}" if s.latency else ""
+    out = [f"## The smallest student {a.target.words(a.teacher_acc)}", ""]
+    out += _table(["width", "parameters", "MACs / example", "latency (ms), 1 example",
+                   f"examples / s{batch}", "distilled", "at least (95%)", "meets",
+                   "alone", "at least (95%)", "meets"], rows, "rrrrrllllll")
+    unshown = [side for c in s.widths for side in (c.distilled, c.baseline)
+               if side.status == "likely"]
+    if unshown:
+        out += ["", "What would show the \"likely\" rows:", ""]
+        out += [f"- width {side.width}, {'distilled' if side.kind == 'distilled' else 'alone'}: "
+                f"{to_show(side)}." for side in unshown]
+    return out + _latency_note(s)
+
+
+def _latency_note(s: Summary) -> list[str]:
+    r = s.latency
+    if r is None:
+        return ["", f"Not timed: no `{LATENCY_FILE}` (`kdsearch latency results/{s.name}` "
+                    f"times the saved students)."]
+    return ["", f"Latency: measured on {r.device}, {r.threads} torch thread"
+                f"{'s' if r.threads > 1 else ''}, torch {r.torch}, on {r.host}; the median of "
+                f"timed calls after {r.warmup} warm-up calls, one example and a batch of "
+                f"{r.batch}. Time them where they will run with `kdsearch latency "
+                f"results/{s.name} [--device cuda] [--threads N]`; export one with `kdsearch "
+                f"export results/{s.name} --answer --format onnx`."]
+
+
 # --------------------------------------------------------------------------- by width
 def _p_pair(raw: float | None, adjusted: float | None) -> str:
     return "n/a" if raw is None else f"{fmt_p(raw)} ({fmt_p(adjusted)})"
@@ -136,7 +192,7 @@ def width_table(s: Summary) -> list[str]:
                      pm(d.mean, d.std), base, points(t.difference), _seed_cell(t), fmt_ci(t),
                      _p_pair(t.test_p_value, t.test_p_value_holm), _verdict_cell(c),
                      fmt_gap(t.gap_recovered), searched])
-    out = ["## Test accuracy by student width", ""]
+    out = ["## Distilled against alone, width by width", "", f"{s.headline}", ""]
     out += _table(["width", "parameters", "compression", "distilled", "baseline",
                    "difference (points)", "seeds: Welch p (Holm)", "test set: 95% CI (points)",
                    "test set: p (Holm)", "verdict", "gap recovered",
@@ -177,10 +233,19 @@ def teacher_line(s: Summary) -> list[str]:
         return ["", f"Teacher ({s.teacher_model}): its logits on the training split came "
                     f"from a file (`teacher.logits`), so there is no teacher accuracy, "
                     f"compression or gap recovered.", ""]
-    return ["", f"Teacher ({s.teacher_model}, {t.params:,} parameters): {pct(t.test_acc)}% test "
-                f"accuracy, {pct(t.val_acc)}% validation. Compression = teacher parameters / "
-                f"student parameters; gap recovered = (distilled − baseline) / (teacher − "
-                f"baseline).", ""]
+    out = ["", f"Teacher ({s.teacher_model}, {t.params:,} parameters): {pct(t.test_acc)}% test "
+               f"accuracy, {pct(t.val_acc)}% validation. Compression = teacher parameters / "
+               f"student parameters; gap recovered = (distilled − baseline) / (teacher − "
+               f"baseline).", ""]
+    p = s.teacher_val_above_test_p
+    if p is not None and p < TEACHER_CHECK_LEVEL:
+        out += [f"> **The teacher's validation accuracy is above its test accuracy by more than "
+                f"chance allows** (Fisher's exact test, one-sided p = {fmt_p(p)}): it may have "
+                f"been trained on the rows kdsearch holds out for validation. The students are "
+                f"not harmed, but its validation accuracy overstates it. If it was trained on "
+                f"all of your `train` rows, return your own `\"val\"` rows from your dataset "
+                f"function (docs/own_models.md).", ""]
+    return out
 
 
 def best_line(s: Summary) -> list[str]:
@@ -258,9 +323,11 @@ def cost_table(s: Summary) -> list[str]:
         line("incomplete (interrupted)", lambda x: str(x.incomplete)),
         line("trial-epochs", lambda x: f"{x.trial_epochs:,}"),
         line("training time (sum over trials)", lambda x: fmt_seconds(x.training_seconds)),
-        ["wall time (the phases run side by side)", *("" for _ in kinds),
-         fmt_seconds(tot.wall_seconds)],
-        ["phase status", *(_STATUS.get(s.search.kinds[k].status, s.search.kinds[k].status)
+        ["time spent searching, over all its runs (both kinds side by side)",
+         *("" for _ in kinds), fmt_seconds(tot.wall_seconds)],
+        ["time from its first start to its end", *("" for _ in kinds),
+         fmt_seconds(s.search.elapsed_seconds)],
+        ["status", *(_STATUS.get(s.search.kinds[k].status, s.search.kinds[k].status)
                            for k in kinds), "complete" if s.complete else "incomplete"]],
         "l" + "r" * (len(kinds) + 1))
     hw = s.search.hardware
@@ -342,7 +409,10 @@ def file_list(s: Summary) -> list[str]:
 
 def render(s: Summary) -> str:
     """report.md: every number formatted from `s` by the section functions above."""
-    out = [f"**{s.headline}**", ""] + intro(s) + notices(s) + width_table(s)
+    data = s.final.data
+    rule = rule_sentences(s.answer, len(s.seeds), data.test if data else 0)
+    out = [f"**{s.answer_text}**", ""] + ([rule, ""] if rule else []) + intro(s) + notices(s)
+    out += front_table(s) + [""] + width_table(s)
     out += teacher_line(s) + best_line(s) + per_seed(s) + setting_table(s) + cost_table(s)
     out += ["", "## What mattered", ""] + importance_table(s.importances)
     out += plot_links(s) + file_list(s)
@@ -364,7 +434,7 @@ def write_report(results_dir: str | os.PathLike[str]) -> Path:
 
 def _write(results: Path, final: FinalRecord) -> Path:
     summary = summarize(results, final)
-    summary.plots = write_plots(results, final)
+    summary.plots = write_plots(results, summary)
     # everything rendered before anything is written: a failure leaves the three files as they were
     table, text = summary_csv(summary), render(summary)
     write_json(results / SUMMARY_JSON, summary.to_json())
@@ -389,4 +459,17 @@ def make_report(results_dir: str | os.PathLike[str], *, retrain: bool = True,
     read_run_if_any(results)
     final = evaluate_final(results, retrain=retrain, device=device, runner=runner,
                            inputs=inputs, objects=objects)
+    _time_students(results, final, objects if inputs is None else inputs.objects)
     return _write(results, final)
+
+
+def _time_students(results: Path, final: FinalRecord, objects: UserObjects | None) -> None:
+    """Time the saved students on this machine's CPU, one thread (latency.json); a report that
+    retrained nothing keeps the timings it has of this machine."""
+    from kdsearch.latency import measure, measured_alike
+    from kdsearch.students import read_entries
+
+    if final.retrained == 0 and measured_alike(results, read_entries(results), "cpu", 1):
+        return
+    measure(results, device="cpu", threads=1,
+            student=objects.student if objects is not None else None)

@@ -3,7 +3,7 @@
 Every stage after the search reads the folder, never the search's code: the final evaluation,
 the report, a resume. This module holds what they share: the file names, the two kinds of
 student and what each searches, run.json (written by the search, checked when read), the ranking
-of trials (`best_trial`) and `SearchResult`. No torch, no Ray, no Optuna: reading a folder needs
+of trials (`best_trial`). No torch, no Ray, no Optuna: reading a folder needs
 none of them. The CSV tables have their own module, `tables`, and final.json `final_record`.
 
   config.yaml     the resolved config           run.json     search status, teacher, hardware
@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -142,36 +141,6 @@ def fmt_setting(v: Any) -> str:
     return str(v)
 
 
-@dataclass
-class SearchResult:
-    """What a search found: the best settings, their metrics, and every trial as a table."""
-
-    results_dir: Path
-    best_config: dict[str, Any]
-    best_metrics: dict[str, Any]
-    baseline_config: dict[str, Any] | None
-    baseline_metrics: dict[str, Any] | None
-    report_path: Path | None = None
-
-    @property
-    def trials(self) -> Any:
-        """All trials (distilled and baseline) as a pandas DataFrame."""
-        import pandas as pd
-
-        return pd.read_csv(self.results_dir / TRIALS_FILE, dtype=dict.fromkeys(TEXT_FIELDS, str))
-
-    def summary_line(self) -> str:
-        acc = self.best_metrics.get("val_acc")
-        setting = ", ".join(f"{k}={fmt_setting(v)}" for k, v in self.best_config.items())
-        line = f"best distilled: val_acc {float(acc):.4f} ({setting})"
-        if self.baseline_metrics:
-            line += f"; best baseline: val_acc {float(self.baseline_metrics['val_acc']):.4f}"
-        line += f"; results in {self.results_dir}"
-        if self.report_path:
-            line += f"; report {self.report_path}"
-        return line
-
-
 # --------------------------------------------------------------------------- config.yaml
 def read_config(results_dir: Path) -> ExperimentConfig:
     """The config a search ran with (its results folder's config.yaml), or a ReportError."""
@@ -203,7 +172,8 @@ _RUN_SHAPE: dict[str, tuple[type | tuple[type, ...], str]] = {
     "storage_path": (str, "a path"), "storage_is_results_dir": (bool, "true or false"),
     "max_concurrent_trials": _NUMBER, "gpus_per_trial": _NUMBER,
     "search.status": (str, "a status"), "search.wall_seconds": _NUMBER,
-    "search.started": _NUMBER, "search.finished": _NUMBER,
+    "search.started": _NUMBER, "search.finished": _NUMBER, "search.run_started": _NUMBER,
+    "search.elapsed_seconds": _NUMBER,
     "hardware.cpus": _NUMBER, "hardware.gpus": _NUMBER, "hardware.nodes": _NUMBER}
 
 

@@ -27,8 +27,8 @@ from ray import tune
 
 from kdsearch import files, process, searchers, tables
 from kdsearch.builders import UserObjects, with_objects
-from kdsearch.cluster import (Resources, check_gpus, check_resources, hardware, ray_running,
-                              trial_resources)
+from kdsearch.cluster import (Resources, check_gpus, check_reachable, check_resources, hardware,
+                              ray_address, ray_running, trial_resources)
 from kdsearch.config import ExperimentConfig, check_searchable, dump_config, load_config
 from kdsearch.entry_points import EntryPointError, resolve
 from kdsearch.errors import one_line
@@ -38,7 +38,8 @@ from kdsearch.importances import write_importances
 from kdsearch.inputs import Inputs, load_inputs
 from kdsearch.optuna_study import export_study
 from kdsearch.report import make_report
-from kdsearch.results import (CONFIG_FILE, OPTUNA_FILE, RUN_FILE, SearchError, SearchResult,
+from kdsearch.search_result import SearchResult
+from kdsearch.results import (CONFIG_FILE, OPTUNA_FILE, RUN_FILE, SearchError,
                               best_trial, dimension_names, fmt_setting, kind_of_config,
                               read_config, read_run, search_state, searched_kinds, write_run)
 from kdsearch.selection import check_consistent, read_searched
@@ -73,10 +74,10 @@ class SearchSetup:
     cuda: list[CudaCheck]  # torch's CUDA where Ray reports GPUs (run.json's `cuda`)
 
 
-def set_up(cfg: ExperimentConfig, objects: UserObjects) -> SearchSetup:
-    """Load the inputs, then work out the trials' resources and payload (Ray running). Where
-    Ray reports GPUs that torch cannot use, a warning says why and what to do."""
-    inputs = load_inputs(cfg, objects=objects)
+def set_up(cfg: ExperimentConfig, inputs: Inputs) -> SearchSetup:
+    """Work out the trials' resources and payload for `inputs` (Ray running). Where Ray reports
+    GPUs that torch cannot use, a warning says why and what to do."""
+    objects = inputs.objects
     found = hardware()
     cuda = check_gpus(cfg, found)
     resources = trial_resources(cfg, inputs.data, found, cuda, objects.student)
@@ -93,6 +94,15 @@ def set_up(cfg: ExperimentConfig, objects: UserObjects) -> SearchSetup:
 
 
 # --------------------------------------------------------------------------- a search, whole
+def _warn_seeds(cfg: ExperimentConfig) -> None:
+    """report.seeds: 1 gives the report no seed test and no seed bound: no verdict can be
+    reached and no student shown to meet the target. Said at the start, not after the search."""
+    if cfg.report.seeds == 1:
+        log.warning("note: report.seeds is 1: the final evaluation gives no seed test and no "
+                    "seed bound, so the report can reach no verdict and show no student meeting "
+                    "the target; set report.seeds to 3 or more for them")
+
+
 def _record_setup(run: dict[str, Any], setup: SearchSetup) -> None:
     """run.json's record of the teacher and of what the trials run on."""
     teacher = setup.inputs.teacher
@@ -103,28 +113,47 @@ def _record_setup(run: dict[str, Any], setup: SearchSetup) -> None:
     run["max_concurrent_trials"] = setup.resources.concurrency
 
 
+def _last_write(results_dir: Path, since: float) -> float:
+    """When a killed driver last wrote its records (trials.csv, progress.csv): the end of its
+    run, as near as the folder tells."""
+    times = [since]
+    for name in (TRIALS_FILE, PROGRESS_FILE):
+        try:
+            times.append((results_dir / name).stat().st_mtime)
+        except OSError:
+            pass
+    return max(times)
+
+
 def _search(cfg: ExperimentConfig, results_dir: Path, run: dict[str, Any], setup: SearchSetup,
             *, restore: bool, callbacks: Sequence[tune.Callback]) -> None:
-    """Run (or continue) the search unless run.json says it finished; keep run.json's status
-    and wall time current, a Ctrl-C or an error included."""
+    """Run (or continue) the search unless run.json says it finished. run.json keeps its
+    status, `wall_seconds` (the time spent searching, over every run of it, a killed run's
+    up to its last write) and, once finished, `elapsed_seconds` (from its first start to its
+    end, the time between runs included)."""
     state = run.get("search", {})
     if state.get("status") == "finished":
         return
     started = state.get("status") == "started"
-    run["search"] = {"status": "started", "started": state.get("started", time.time()),
-                     "wall_seconds": state.get("wall_seconds", 0.0)}
-    write_run(results_dir, run)
+    spent = float(state.get("wall_seconds", 0.0))
+    if state.get("run_started") is not None:  # the run before was killed: count it
+        killed = float(state["run_started"])
+        spent += max(0.0, _last_write(results_dir, killed) - killed)
     t0 = time.time()
+    run["search"] = {"status": "started", "started": state.get("started", t0),
+                     "wall_seconds": spent, "run_started": t0}
+    write_run(results_dir, run)
     try:
         run_tuner(cfg, searched_kinds(cfg), results_dir, run["storage_path"], setup.payload,
                   setup.resources, restore=restore or started, callbacks=callbacks)
     except BaseException:
         # Ctrl-C or an error: the search stays "started", and a resume adds to its time
-        run["search"]["wall_seconds"] += time.time() - t0
+        run["search"].update(wall_seconds=spent + time.time() - t0, run_started=None)
         write_run(results_dir, run)
         raise
-    run["search"].update(status="finished", finished=time.time(),
-                         wall_seconds=run["search"]["wall_seconds"] + time.time() - t0)
+    end = time.time()
+    run["search"].update(status="finished", finished=end, wall_seconds=spent + end - t0,
+                         elapsed_seconds=end - run["search"]["started"], run_started=None)
     write_run(results_dir, run)
 
 
@@ -216,10 +245,15 @@ def run_search(space: str | os.PathLike[str] | ExperimentConfig, *,
     out = (Path(results_dir) / cfg.name).resolve()
     check_results_dir(out)
     refuse_existing(out, force)
-    storage = storage_for(storage_path, cfg.name)  # (all that can fail before a file is touched)
+    storage = storage_for(storage_path, cfg.name)
+    check_reachable(ray_address(address))  # an address nothing listens at: in seconds
+    _warn_seeds(cfg)
+    # the user's data, models and checkpoint: checked (the teacher trained, if it must be)
+    # before Ray starts and before a file is written
+    inputs = load_inputs(cfg, objects=objects)
     with _ray_for(address, out, code_dir=cfg.code_dir):
         check_resources(cfg)
-        setup = set_up(cfg, objects)  # data and teacher: before a file is touched
+        setup = set_up(cfg, inputs)
         with exclusive(out):
             refuse_existing(out, force)  # another kdsearch may have made it while we set up
             run = _new_folder(cfg, out, storage, force)
@@ -298,10 +332,11 @@ def resume_search(results: str | os.PathLike[str], *, address: str | None = None
     """
     out = Path(results).resolve()
     cfg, run = _resumable(out)
-    objects = UserObjects(dataset, teacher, student)
+    check_reachable(ray_address(address))
+    inputs = load_inputs(cfg, objects=UserObjects(dataset, teacher, student))
     with _ray_for(address, out, code_dir=cfg.code_dir), exclusive(out):
         check_resources(cfg)
-        setup = set_up(cfg, objects)
+        setup = set_up(cfg, inputs)
         return _search_then_report(cfg, out, run, setup, restore=True, report=report,
                                    callbacks=callbacks)
 
@@ -337,9 +372,11 @@ def report_search(results: str | os.PathLike[str], *, retrain: bool = True,
         write_importances(out, cfg)
         return make_report(out, retrain=retrain, device=device, objects=objects)
     again = f"the report was not written; run kdsearch report {out} again"
+    check_reachable(ray_address(address))
+    inputs = load_inputs(cfg, objects=objects)
     with _ray_for(address, out, interrupted=again, code_dir=cfg.code_dir):
         check_resources(cfg)
-        setup = set_up(cfg, objects)
+        setup = set_up(cfg, inputs)
         write_importances(out, cfg)
         runner = ray_runner(setup.payload, gpus_per_task=setup.resources.gpus_per_trial)
         return make_report(out, device=device, runner=runner, inputs=setup.inputs)

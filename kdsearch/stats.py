@@ -338,3 +338,88 @@ def _advice(t: Tests, seeds_ok: bool, test_ok: bool, level: float
                       f"{examples:,} test examples (now {t.test_n:,}) would resolve "
                       f"it{planned}")
     return advice, seeds, examples
+
+
+# --------------------------------------------------------------------------- a target
+CONFIDENCE = 0.95  # the one-sided level of a student's lower bound against a target
+
+
+@dataclass(frozen=True)
+class Bound:
+    """Whether a student reaches the test accuracy a target asks for, with 95% confidence.
+
+    `lower` is the smaller of two one-sided 95% lower bounds of the student's accuracy: over
+    its seeds (Student's t on the seeds' accuracies) and over the test examples (the t bound of
+    the mean of the per-example results, averaged over seeds; for a target relative to the
+    teacher, of the per-example differences from the teacher's own results). Both must clear
+    the target, as both tests must agree for a verdict.
+    """
+
+    needed: float | None  # the accuracy the target asks for; None: unknown (no teacher)
+    mean: float | None  # of the seeds' test accuracies
+    lower: float | None  # None: a bound is missing (one seed, or no per-example results)
+    seed_lower: float | None
+    example_lower: float | None
+    status: str  # meets | likely (the mean clears it, the bound does not) | misses | unknown
+    seeds_needed: int | None  # per side, for the seed bound to clear it, from the spread seen
+    test_examples_needed: int | None  # the same for the test examples
+    seeds: int = 0  # the seeds with an accuracy
+
+    @property
+    def half_width(self) -> float | None:
+        """How far below the mean the bound lies."""
+        return None if self.mean is None or self.lower is None else self.mean - self.lower
+
+
+def _t(df: int) -> float:
+    from scipy import stats
+
+    return float(stats.t.ppf(CONFIDENCE, df))
+
+
+def _mean_sd(x: np.ndarray) -> tuple[float, float]:
+    return float(np.mean(x)), float(np.std(x, ddof=1)) if len(x) > 1 else 0.0
+
+
+def target_bound(accs: Sequence[float], correct: Sequence[np.ndarray] | None, *,
+                 needed: float | None, teacher_correct: np.ndarray | None = None) -> Bound:
+    """The `Bound` of a student with test accuracies `accs` (one per seed) and per-seed
+    per-example results `correct`, against the accuracy `needed`. `teacher_correct`: the
+    teacher's per-example results, for a target relative to the teacher (the pairing)."""
+    needed = None if needed is None else float(needed)
+    if not accs:
+        return Bound(needed, None, None, None, None, "unknown", None, None)
+    k = len(accs)
+    mean, sd_seeds = _mean_sd(np.asarray(accs, dtype=float))
+    seed_lower = mean - _t(k - 1) * sd_seeds / math.sqrt(k) if k > 1 else None
+    example_lower = sd_examples = None
+    n = 0
+    if correct:
+        per_example = np.mean(np.asarray(correct, dtype=float), axis=0)
+        n = len(per_example)
+        values = (teacher_correct.astype(float) - per_example if teacher_correct is not None
+                  else per_example)
+        sd_examples = _mean_sd(values)[1]
+        half = _t(n - 1) * sd_examples / math.sqrt(n) if n > 1 else 0.0
+        example_lower = float(np.mean(per_example)) - half
+    lower = (None if seed_lower is None or example_lower is None
+             else min(seed_lower, example_lower))
+    if needed is None or lower is not None and lower > needed or mean <= needed:
+        status = "unknown" if needed is None else "misses" if mean <= needed else "meets"
+        return Bound(needed, mean, lower, seed_lower, example_lower, status, None, None, k)
+    gap = mean - needed
+    seeds = None
+    if k > 1 and (seed_lower is None or seed_lower <= needed) and sd_seeds > 0:
+        seeds = next((m for m in range(k + 1, 100_001)
+                      if _t(m - 1) * sd_seeds / math.sqrt(m) < gap), 100_001)
+    examples = None
+    if example_lower is not None and example_lower <= needed and sd_examples:
+        z = float(_normal_ppf(CONFIDENCE))
+        examples = max(n + 1, math.ceil((z * sd_examples / gap) ** 2))
+    return Bound(needed, mean, lower, seed_lower, example_lower, "likely", seeds, examples, k)
+
+
+def _normal_ppf(q: float) -> float:
+    from scipy import stats
+
+    return float(stats.norm.ppf(q))

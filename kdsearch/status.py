@@ -1,8 +1,10 @@
-"""The live status of a search: a line per ended trial, and trials.csv and progress.csv kept
-current as results arrive (a Ray Tune callback).
+"""The live status of a search: a line per ended trial, a line on the running trials every
+`PROGRESS_EVERY_S` seconds, and trials.csv and progress.csv kept current as results arrive (a
+Ray Tune callback).
 
-Each ended trial prints its phase, how many of its phase's trials have ended, its val_acc and
+Each ended trial prints its kind, how many of its kind's trials have ended, its val_acc and
 setting, the counts of running, finished, early-stopped and failed trials, and the best so far.
+While trials run, a line says the epoch each running trial is at and estimates the time left.
 trials.csv is rewritten (atomically) as trials start and end; progress.csv gets a row per
 reported epoch. On resume the records a killed driver left are reconciled with the trials Ray
 restored (`ray_workarounds`, part 4).
@@ -28,6 +30,8 @@ from kdsearch.tables import (ERROR, PAUSED, PENDING, PHASE, PROGRESS_FIELDS, PRO
 
 log = logging.getLogger(__name__)
 
+PROGRESS_EVERY_S = 30.0  # how often a line says where the running trials are
+
 
 class StatusCallback(tune.Callback):
     """Logs a status line per ended trial and keeps trials.csv / progress.csv current.
@@ -41,9 +45,12 @@ class StatusCallback(tune.Callback):
     """
 
     def __init__(self, results_dir: Path, cfg: ExperimentConfig, budgets: dict[str, int], *,
-                 fresh: bool, params_by_width: dict[int, int] | None = None) -> None:
+                 fresh: bool, params_by_width: dict[int, int] | None = None,
+                 concurrency: int = 1) -> None:
         self.results_dir, self.cfg, self.budgets = results_dir, cfg, budgets
         self.fresh, self.params_by_width = fresh, params_by_width or {}
+        self.concurrency = concurrency  # trials at once, for the estimate of the time left
+        self._said = time.monotonic()  # when the last progress line was logged
         self.dims = {k: dimension_names(cfg, k) for k in budgets}
         self.records: dict[str, TrialRow] = {}
         self.finished: set[str] = set()  # trials that ended before this driver started
@@ -141,6 +148,32 @@ class StatusCallback(tune.Callback):
             w.writerow({"phase": PHASE[kind_of_config(trial.config)],
                         "trial_id": trial.trial_id, "wall_time": round(time.time(), 3),
                         **result})
+        if time.monotonic() - self._said >= PROGRESS_EVERY_S:
+            self._said = time.monotonic()
+            log.info(self.progress_line())
+
+    def progress_line(self) -> str:
+        """Where the search is: the trials ended, the epoch each running trial is at, and an
+        estimate of the time left (the trial-epochs left, at the mean epoch time so far)."""
+        rows = list(self.records.values())
+        ended = [r for r in rows if r.ended]
+        running = [r for r in rows if r.status == RUNNING]
+        total = sum(self.budgets.values())
+        at = ", ".join(f"{r.kind} w{r.width(self.cfg.student.width)} epoch {r.epochs}/"
+                       f"{r.epoch_budget}" for r in running[:6])
+        more = f" and {len(running) - 6} more" if len(running) > 6 else ""
+        line = f"search: {len(ended)} of {total} trials ended; running: {at or 'none'}{more}"
+        seconds = [s for epochs in self.epochs.values() for s in epochs.values()]
+        if not seconds:
+            return line
+        # a trial not yet started runs as many epochs as the ended trials did on average
+        # (ASHA stops most early), or its whole budget while none has ended
+        per_trial = (sum(r.epochs for r in ended) / len(ended) if ended
+                     else float(self.cfg.training.epochs))
+        left = sum(max(0, (r.epoch_budget or 0) - r.epochs) for r in running) \
+            + max(0, total - len(rows)) * per_trial
+        eta = left * (sum(seconds) / len(seconds)) / max(1, self.concurrency)
+        return f"{line}; about {_minutes(eta)} left"
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any,
                           **info: Any) -> None:
@@ -193,3 +226,7 @@ class StatusCallback(tune.Callback):
                  f"val_acc {acc} ({setting}) | running {counts['running']}, done "
                  f"{counts['done']}, stopped early {counts['early']}, failed {counts['failed']} "
                  f"| best {'-' if math.isnan(best) else f'{best:.4f}'}")
+
+
+def _minutes(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.1f} min"

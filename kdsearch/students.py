@@ -97,12 +97,37 @@ def read_index(results_dir: Path) -> dict[str, Any]:
         raise StudentError(f"{path}: unreadable ({type(e).__name__}); run `kdsearch report "
                            f"{results_dir}` to write it again") from None
     ok = isinstance(index, dict) and isinstance(index.get("students"), list) and all(
-        isinstance(e, dict) and {"kind", "width", "seed", "file", "sha256"} <= set(e)
-        for e in index["students"])
+        _entry_ok(e) for e in index["students"]) and isinstance(index.get("best", {}), dict)
     if not ok:
         raise StudentError(f"{path}: not a students index; run `kdsearch report {results_dir}` "
                            f"to write it again")
     return index
+
+
+def _entry_ok(e: Any) -> bool:
+    """An index entry with every field of a StudentEntry, of its type; its file a plain name
+    in students/ (not a path elsewhere)."""
+    fields = {f.name for f in dataclasses.fields(StudentEntry)}
+    if not (isinstance(e, dict) and set(e) == fields):
+        return False
+    counts = all(isinstance(e[k], int) and not isinstance(e[k], bool) and e[k] >= 0
+                 for k in ("width", "seed", "num_classes"))
+    return (counts and e["kind"] in (DISTILLED, BASELINE) and isinstance(e["file"], str)
+            and Path(e["file"]).name == e["file"] and e["file"] not in ("", ".", "..")
+            and isinstance(e["sha256"], str) and isinstance(e["model"], str)
+            and isinstance(e["kwargs"], dict) and isinstance(e["test_acc"], (int, float))
+            and isinstance(e["input_shape"], list)
+            and all(isinstance(x, int) and x > 0 for x in e["input_shape"]))
+
+
+def read_entries(results_dir: Path) -> list[StudentEntry]:
+    """The saved students that index.json lists ([] when it lists none), or a StudentError."""
+    try:
+        return [StudentEntry(**e) for e in read_index(results_dir)["students"]]
+    except TypeError:
+        raise StudentError(f"{Path(results_dir) / STUDENTS_DIR / INDEX_FILE}: not a students "
+                           f"index; run `kdsearch report {results_dir}` to write it again"
+                           ) from None
 
 
 def _pick(index: dict[str, Any], path: Path, kind: str, width: int | None,

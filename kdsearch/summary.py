@@ -1,9 +1,10 @@
-"""summary.json and summary.csv: every number of the report, from final.json and the search's
-own records (trials.csv, progress.csv, run.json), and the headline sentence.
+"""summary.json and summary.csv: every number of the report, from final.json, latency.json and
+the search's own records (trials.csv, progress.csv, run.json).
 
-`summarize` returns a `Summary`: a `Comparison` of the distilled and the baseline student per
-width and for the best of each, what the search cost (`SearchCost`), and the headline. report.md
-shows only these numbers, formatted by `formatting`. No training, no torch.
+`summarize` returns a `Summary`: the answer (`answer.find_answer`), a `Comparison` of the
+distilled and the baseline student per width and for the best of each, what the search cost
+(`SearchCost`), and the sentences that open the report. report.md shows only these numbers,
+formatted by `formatting`. No training, no torch.
 """
 
 from __future__ import annotations
@@ -16,14 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
+from kdsearch.answer import Answer, Side, Target, answer_sentence, find_answer
 from kdsearch.config import ExperimentConfig, max_epochs
-from kdsearch.final_record import FinalRecord, FinalRow
+from kdsearch.fields import is_object_name
+from kdsearch.final_record import FinalRecord, FinalRow, LatencyRecord, read_latency
 from kdsearch.formatting import examples_phrase, fmt_p, fmt_ratio, pct, pm, points, seed_phrase
 from kdsearch.results import (read_config, read_importances, read_run_if_any, row_width,
                               search_state, searched_kinds, trial_budget)
-from kdsearch.stats import Decision, Tests, adjust, compare, decide, mean_std, unpack_correct
+from kdsearch.stats import Decision, Tests, adjust, compare, decide
 from kdsearch.tables import (BASELINE, DISTILLED, KINDS, PHASE, PROGRESS_FILE, TRIALS_FILE,
                              TrialRow, in_flight, read_table, read_trials)
 from kdsearch.version import __version__
@@ -34,58 +35,6 @@ SUMMARY_FORMAT = 2  # 2: the seed test from exact counts, the test-set compariso
 
 
 # --------------------------------------------------------------------------- the records
-@dataclass(frozen=True)
-class Side:
-    """One side of a comparison: the setting of one kind at one width, retrained with every
-    seed and tested once (a side without a setting has width None)."""
-
-    kind: str  # DISTILLED or BASELINE
-    width: int | None
-    params: int | None
-    tuned: bool | None  # False: an untuned baseline (the distilled setting, alpha = 1)
-    trial: str | None  # the search trial the setting comes from
-    search_val_acc: float | None  # that trial's last validation accuracy
-    search_epochs: int | None  # the epochs that trial ran
-    settings: dict[str, Any] | None  # the searched values, alpha and epochs
-    accs: list[float]  # the test accuracy of each seed that has one
-    errors: list[str]  # why each other seed has none ("diverged", or a failure)
-    correct: list[np.ndarray] | None  # per seed, which test examples it got right
-    trials: int | None = None  # the search's trials of this kind and width that ended well
-    full_trials: int | None = None  # of those, the ones that ran their whole budget
-    mean: float | None = None  # of `accs`
-    std: float | None = None  # sample standard deviation of `accs`; None with one
-
-    @property
-    def stopped_early(self) -> bool:
-        """The setting comes from a trial ASHA stopped before its budget."""
-        own = (self.settings or {}).get("epochs")
-        return bool(self.trial) and own is not None and (self.search_epochs or own) < own
-
-    @classmethod
-    def of(cls, kind: str, row: FinalRow | None, n_test: int | None) -> Side:
-        if row is None:
-            return cls(kind, None, None, None, None, None, None, None, [], [], None)
-        correct = None
-        if row.test_correct is not None and n_test:
-            correct = [unpack_correct(p, n_test) for p in row.test_correct if p is not None]
-        accs = row.accuracies()
-        return cls(kind, row.width, row.params, row.tuned, row.trial_id, row.val_acc,
-                   row.search_epochs, {**row.settings, "alpha": row.alpha, "epochs": row.epochs},
-                   accs, row.seed_errors(), correct, None, None, *mean_std(accs))
-
-    @classmethod
-    def from_json(cls, kind: str, c: dict[str, Any]) -> Side:
-        """One side of summary.json's flat record of a comparison."""
-        def get(name: str) -> Any:
-            return c.get(f"{kind}_{name}")
-
-        return cls(kind, get("width"), get("params"),
-                   c.get("baseline_tuned") if kind == BASELINE else get("width") is not None,
-                   get("trial"), get("search_val_acc"), get("search_epochs"), get("settings"),
-                   list(get("accs") or []), list(get("errors") or []), None, get("trials"),
-                   get("full_trials"), get("mean"), get("std"))
-
-
 @dataclass(frozen=True)
 class Comparison:
     """A row of the report: the distilled setting of a width against the baseline (or the best
@@ -140,6 +89,8 @@ class Comparison:
             for side in (d, b):
                 out[f"{side.kind}_trials"] = side.trials
                 out[f"{side.kind}_full_trials"] = side.full_trials
+        for side in (d, b):  # the front: its size, cost and standing against the target
+            out.update({f"{side.kind}_{k}": v for k, v in side.front_json().items()})
         return out
 
 
@@ -172,11 +123,15 @@ class SearchCost:
     total: Spent
     hardware: dict[str, Any]
     max_concurrent_trials: int | None
+    # from the search's first start to its end, the time between a kill and a resume
+    # included; None until it has finished (or for a search of an older kdsearch)
+    elapsed_seconds: float | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {"phases": {PHASE[k]: v.to_json() for k, v in self.kinds.items()},
                 "total": self.total.to_json(), "hardware": self.hardware,
-                "max_concurrent_trials": self.max_concurrent_trials}
+                "max_concurrent_trials": self.max_concurrent_trials,
+                "elapsed_seconds": self.elapsed_seconds}
 
 
 @dataclass(frozen=True)
@@ -211,6 +166,13 @@ class Summary:
     widths: list[Comparison]
     search: SearchCost
     importances: dict[str, Any] | None
+    answer: Answer
+    answer_text: str  # the answer in words: the first line of report.md
+    # a teacher not trained by kdsearch (a checkpoint, an object): how likely a validation
+    # accuracy this far above its test accuracy is by chance (one-sided Fisher's exact test);
+    # a small p suggests it was trained on the rows held out for validation
+    teacher_val_above_test_p: float | None
+    latency: LatencyRecord | None  # where and how the students were timed
     plots: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
@@ -219,6 +181,7 @@ class Summary:
             "format": SUMMARY_FORMAT, "kdsearch_version": __version__, "name": self.name,
             "created": self.created, "dataset": self.dataset,
             "teacher_model": self.teacher_model, "student_model": self.student_model,
+            "answer_text": self.answer_text, "answer": self.answer.to_json(),
             "headline": self.headline, "complete": self.complete,
             "incomplete_phases": [PHASE[k] for k in self.incomplete_kinds],
             "incomplete_trials": [{"phase": PHASE[n.kind], "trial_id": n.trial_id,
@@ -234,22 +197,36 @@ class Summary:
             "final_reused_training_seconds": f.reused_training_seconds,
             "teacher": {"test_acc": t.test_acc if t else None,
                         "val_acc": t.val_acc if t else None,
-                        "params": t.params if t else None},
+                        "params": t.params if t else None,
+                        "val_above_test_p": self.teacher_val_above_test_p},
             "baseline_tuned": f.baseline_tuned, "baseline_note": f.baseline_note,
             "best": self.best.to_json(), "widths": [w.to_json() for w in self.widths],
             "search": self.search.to_json(), "importances": self.importances,
+            "latency": None if self.latency is None else {
+                k: v for k, v in self.latency.to_json().items() if k != "timings"},
             "plots": self.plots}
 
 
 # --------------------------------------------------------------------------- comparisons
-def comparison(d_row: FinalRow | None, b_row: FinalRow | None, final: FinalRecord
+@dataclass(frozen=True)
+class Context:
+    """What every comparison of a report is made against."""
+
+    final: FinalRecord
+    target: Target
+    latency: LatencyRecord | None
+
+
+def comparison(d_row: FinalRow | None, b_row: FinalRow | None, ctx: Context
                ) -> tuple[Side, Side, Tests, float | None]:
     """A distilled setting against a baseline setting: both sides, their tests
     (`stats.compare`) and the distilled student's compression against the teacher."""
+    final = ctx.final
     n_test = final.data.test if final.data else None
     teacher = final.teacher
     t_acc, t_params = (teacher.test_acc, teacher.params) if teacher else (None, None)
-    d, b = Side.of(DISTILLED, d_row, n_test), Side.of(BASELINE, b_row, n_test)
+    d = Side.of(DISTILLED, d_row, final, ctx.target, ctx.latency)
+    b = Side.of(BASELINE, b_row, final, ctx.target, ctx.latency)
     tests = compare(d.accs, b.accs, t_acc, n_test=n_test, distilled_correct=d.correct,
                     baseline_correct=b.correct)
     compression = t_params / d.params if d.params and t_params else None
@@ -265,13 +242,13 @@ def _search_behind(side: Side, width: int | None, rows: list[TrialRow],
                                full_trials=sum(not r.stopped_early for r in ran))
 
 
-def compare_widths(final: FinalRecord, rows: list[TrialRow], cfg: ExperimentConfig
+def compare_widths(ctx: Context, rows: list[TrialRow], cfg: ExperimentConfig
                    ) -> list[Comparison]:
     """A comparison per width, its p-values Holm-adjusted over the widths."""
     by_width: dict[int, dict[str, FinalRow]] = {}
-    for r in final.rows:
+    for r in ctx.final.rows:
         by_width.setdefault(r.width, {})[r.kind] = r
-    found = [comparison(k.get(DISTILLED), k.get(BASELINE), final)
+    found = [comparison(k.get(DISTILLED), k.get(BASELINE), ctx)
              for _, k in sorted(by_width.items())]
     family = adjust([tests for _, _, tests, _ in found])  # the widths are one family
     out = []
@@ -283,10 +260,11 @@ def compare_widths(final: FinalRecord, rows: list[TrialRow], cfg: ExperimentConf
     return out
 
 
-def compare_best(final: FinalRecord) -> Comparison:
+def compare_best(ctx: Context) -> Comparison:
     """The best distilled setting against the best baseline, with its own tests."""
+    final = ctx.final
     d, b, tests, compression = comparison(final.best_row(DISTILLED), final.best_row(BASELINE),
-                                          final)
+                                          ctx)
     return Comparison(d, b, compression, tests, decide(tests))
 
 
@@ -315,7 +293,8 @@ def search_cost(cfg: ExperimentConfig, rows: list[TrialRow], progress: list[dict
     on = [s for s in kinds.values() if s.status != "off"]
     total = Spent("", *(sum(getattr(s, f.name) for s in on)
                         for f in dataclasses.fields(Spent)[1:-1]), wall)
-    return SearchCost(kinds, total, run.get("hardware") or {}, run.get("max_concurrent_trials"))
+    return SearchCost(kinds, total, run.get("hardware") or {}, run.get("max_concurrent_trials"),
+                      state.get("elapsed_seconds"))
 
 
 def _trial_notes(rows: list[TrialRow]) -> tuple[list[TrialNote], list[TrialNote]]:
@@ -334,8 +313,8 @@ def headline(best: Comparison, widths: list[Comparison], *, student_model: str,
     d, b, t, verdict = best.distilled, best.baseline, best.tests, best.decision.verdict
     student = f"width-{d.width} {student_model} ({d.params:,} parameters)"
     base = "the tuned baseline" if b.tuned else "an untuned baseline"
-    if b.width != d.width:
-        base += f" (width {b.width}, {b.params:,} parameters)"
+    if b.width is not None and b.width != d.width:
+        base += f" (width {b.width}, {b.params or 0:,} parameters)"
     lead = {"beats": "Distillation beats the baseline",
             "not_significant": "Distillation does not beat the baseline significantly",
             "does_not_beat": ("The baseline beats distillation" if best.decision.significant
@@ -380,14 +359,36 @@ def _other_widths(best: Comparison, widths: list[Comparison]) -> str:
 
 
 # --------------------------------------------------------------------------- the summary
+def val_above_test_p(val_acc: float, n_val: int, test_acc: float, n_test: int) -> float:
+    """One-sided Fisher's exact test that a validation accuracy is above a test accuracy by
+    more than chance: the p-value of counts this far apart or more."""
+    from scipy import stats
+
+    val_right, test_right = round(val_acc * n_val), round(test_acc * n_test)
+    table = [[val_right, n_val - val_right], [test_right, n_test - test_right]]
+    return float(stats.fisher_exact(table, alternative="greater").pvalue)
+
+
+def _teacher_check(cfg: ExperimentConfig, final: FinalRecord) -> float | None:
+    t, data = final.teacher, final.data
+    loaded = cfg.teacher.checkpoint is not None or is_object_name(cfg.teacher.model)
+    if not loaded or t is None or t.val_acc is None or t.test_acc is None or data is None:
+        return None  # a teacher kdsearch trained never saw the validation split
+    return val_above_test_p(t.val_acc, data.val, t.test_acc, data.test)
+
+
 def summarize(results_dir: Path, final: FinalRecord) -> Summary:
-    """Every number of the report, from final.json and the search's records."""
+    """Every number of the report, from final.json, latency.json and the search's records."""
     cfg = read_config(results_dir)
     rows = read_trials(results_dir / TRIALS_FILE)
     progress = read_table(results_dir / PROGRESS_FILE)
     run = read_run_if_any(results_dir)  # without it the cost table says "not started"
-    widths = compare_widths(final, rows, cfg)
-    best = compare_best(final)
+    ctx = Context(final, Target.of(cfg.report.target), read_latency(results_dir))
+    widths = compare_widths(ctx, rows, cfg)
+    best = compare_best(ctx)
+    teacher_acc = final.teacher.test_acc if final.teacher else None
+    answer = find_answer([side for c in widths for side in (c.distilled, c.baseline)],
+                         ctx.target, teacher_acc)
     flying, failed = _trial_notes(rows)
     finished = search_state(run).get("status", "not started") == "finished"
     open_kinds = [] if finished else searched_kinds(cfg)
@@ -401,7 +402,9 @@ def summarize(results_dir: Path, final: FinalRecord) -> Summary:
         incomplete_kinds=open_kinds, incomplete_trials=flying, failed_trials=failed,
         epoch_budget=max_epochs(cfg), per_width=cfg.search.per_width, seeds=final.seeds,
         final=final, best=best, widths=widths, search=search_cost(cfg, rows, progress, run),
-        importances=read_importances(results_dir))
+        importances=read_importances(results_dir), answer=answer,
+        answer_text=answer_sentence(answer, cfg.student.model),
+        teacher_val_above_test_p=_teacher_check(cfg, final), latency=ctx.latency)
 
 
 # --------------------------------------------------------------------------- summary.csv
@@ -412,7 +415,13 @@ CSV_FIELDS = ("comparison", "distilled_width", "baseline_width", "distilled_para
               "test_ci_high", "test_p_value", "test_p_value_holm", "test_n", "test_discordant",
               "test_note", "gap_recovered", "teacher_acc", "verdict", "significant",
               "seeds_needed", "test_examples_needed", "distilled_accs", "baseline_accs",
-              "distilled_trial", "baseline_trial")
+              "distilled_trial", "baseline_trial",
+              # the front: each side's size, cost and standing against the target
+              "distilled_macs", "distilled_latency_ms", "distilled_batch_latency_ms",
+              "distilled_lower", "distilled_meets", "distilled_seeds_to_show",
+              "distilled_test_examples_to_show", "baseline_macs", "baseline_latency_ms",
+              "baseline_batch_latency_ms", "baseline_lower", "baseline_meets",
+              "baseline_seeds_to_show", "baseline_test_examples_to_show")
 
 
 def summary_csv(summary: Summary) -> str:

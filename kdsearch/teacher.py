@@ -1,22 +1,25 @@
 """Train the teacher once, cache it by a hash of everything that determines it, with its logits.
 
-An entry is a folder `<cache_dir>/teachers/<key>/` holding `teacher.pt` (weights and the logits
-on the training split, read with `torch.load(weights_only=True)`) and `manifest.json` (the
-settings, the teacher's val accuracy, the sha256 of `teacher.pt` and the sha256 of the training
-and validation splits it was trained on). Both are written to a temporary file and renamed into
-place, the manifest last, so a reader sees a whole entry or none; a truncated or bit-flipped
-`teacher.pt` fails its checksum, is reported in one line and rebuilt. So is an entry trained on
-other data than the data at hand (the dataset's files replaced, or read otherwise): the key
-covers the settings, and cached logits line up with the training examples only if those are the
-same examples in the same order (an entry cached before manifests held that hash is taken as it
-is, and vouches from then on for the data it was first used with). A file lock makes two
+An entry is a folder `<cache_dir>/teachers/<key>-<data>/`: `key` hashes the teacher's settings,
+`data` begins the sha256 of the training and validation splits it was trained on (or loaded
+for), so that the teachers of two versions of a dataset are cached side by side. It holds
+`teacher.pt` (the weights and the logits on the training split, read with
+`torch.load(weights_only=True)`) and `manifest.json` (the settings, the teacher's val accuracy,
+the sha256 of `teacher.pt` and the splits' full sha256). Both are written to a temporary file
+and renamed into place, the manifest last, so a reader sees a whole entry or none. A truncated
+or bit-flipped `teacher.pt` fails its checksum, is reported in one line and rebuilt. Cached
+logits line up with the training examples only if those are the same examples in the same
+order: an entry whose manifest names other data is not used. Entries made before entries were
+kept per data (`teachers/<key>/`) are used for the data they hold. A file lock makes two
 processes asking for the same teacher at once train it once.
 
 A pretrained teacher (`teacher.checkpoint`: a state_dict of teacher.model) is loaded instead of
 trained, and cached the same way: its key holds the checkpoint file's sha256 (and the model's
-name and kwargs), so a new checkpoint is a new entry. A teacher given as a ready `nn.Module`
-(`run_search(teacher=...)`) is run once per process, not cached. A teacher that cannot run here
-gives its logits on the training rows (`teacher.logits`, a .npy file): no model, no accuracy.
+name and kwargs), so a new checkpoint is a new entry. A checkpoint that does not fit the model,
+and a model that does not fit the data, are refused before anything is written. A teacher
+given as a ready `nn.Module` (`run_search(teacher=...)`) is run once per process, not cached.
+A teacher that cannot run here gives its logits on the training rows (`teacher.logits`, a .npy
+file): no model, no accuracy.
 """
 
 from __future__ import annotations
@@ -156,9 +159,8 @@ def _load_entry(entry: Path, cfg: ExperimentConfig, data: Dataset, data_hash: st
     if not 0.0 <= val_acc <= 1.0:  # NaN too
         raise CorruptEntry(f"the manifest's val_acc {val_acc!r} is not an accuracy")
     if trained_on is not None and trained_on != data_hash:
-        raise OtherData("was trained on other data: the training or validation split differs "
-                        "from the one it was cached with (the dataset's files changed, or "
-                        "data_dir points at another copy)")
+        raise OtherData("holds the teacher of other data (its training and validation splits "
+                        "differ from these)")
     if not weights_path.is_file():
         raise CorruptEntry("teacher.pt is missing")
     if _sha256(weights_path) != expected:
@@ -176,7 +178,9 @@ def _load_entry(entry: Path, cfg: ExperimentConfig, data: Dataset, data_hash: st
     if not torch.isfinite(logits).all():
         raise CorruptEntry("cached logits hold NaN or inf")
     device = data.train.x.device
-    return Teacher(model.to(device).eval(), logits.to(device), val_acc, entry.name, entry, False)
+    # the key of the settings, as a teacher trained now has (the entry's name adds the data)
+    return Teacher(model.to(device).eval(), logits.to(device), val_acc, teacher_key(cfg), entry,
+                   False)
 
 
 def _clear(entry: Path) -> None:
@@ -345,11 +349,47 @@ def _stamp(entry: Path, data_hash: str, lock: FileLock) -> None:
         pass  # the manifest changed meanwhile, or cannot be written: a later use stamps it
 
 
+def _check_model(cfg: ExperimentConfig, data: Dataset) -> None:
+    """The teacher to train or load fits the data: its checkpoint loads into its model, or its
+    model builds and gives a logit per class. A TeacherError or ModelError otherwise, before the
+    cache is touched."""
+    if cfg.teacher.checkpoint is not None:
+        _load_checkpoint(cfg, data)
+    else:
+        check_output(f"teacher.model = {show(cfg.teacher.model)}", _new_teacher(cfg, data),
+                     data.train.x, data.num_classes)
+
+
+def _from_cache(root: Path, key: str, cfg: ExperimentConfig, data: Dataset, data_hash: str,
+                why: list[str]) -> Teacher | None:
+    """The cached teacher of these settings and this data: its own entry, else an entry made
+    before entries were kept per data (`teachers/<key>`), when it is of this data."""
+    cached = _cached(root / f"{key}-{data_hash[:12]}", cfg, data, data_hash, why)
+    if cached is not None:
+        return cached
+    older = _cached(root / key, cfg, data, data_hash)  # of other data: left as it is
+    if older is not None and older.path is not None:
+        try:
+            _stamp(older.path, data_hash, FileLock(str(root / f"{key}.lock")))
+        except OSError:
+            pass
+    return older
+
+
+def _building(cfg: ExperimentConfig) -> str:
+    """What making a cache entry does, in words."""
+    if cfg.teacher.checkpoint is not None:
+        return "computing the teacher's logits from teacher.checkpoint"
+    return "training the teacher"
+
+
 def get_teacher(cfg: ExperimentConfig, data: Dataset, *, cache_dir: Path,
                 train_device: str | None = None, model: nn.Module | None = None) -> Teacher:
-    """The cached teacher for `cfg`, training (once, under a file lock) if there is none, on
-    `train_device` (default: the data's; a cached teacher is read without touching it). A
-    teacher given as a `model`, or teacher.logits, is used as it is."""
+    """The cached teacher for `cfg` and `data`, else trained (or loaded from its checkpoint)
+    once, under a file lock, and cached, on `train_device` (default: the data's; a cached
+    teacher is read without touching it). Each dataset has its own entry, so entries for a
+    subset and the full set stand side by side. A teacher given as a `model`, or
+    teacher.logits, is used as it is."""
     if model is not None:
         return given_teacher(cfg, data, model)
     if cfg.teacher.logits is not None:
@@ -357,31 +397,26 @@ def get_teacher(cfg: ExperimentConfig, data: Dataset, *, cache_dir: Path,
     key = teacher_key(cfg)
     data_hash = data_sha256(data)
     root = cache_dir / "teachers"
-    entry = root / key
+    entry = root / f"{key}-{data_hash[:12]}"
     why: list[str] = []
+    cached = _from_cache(root, key, cfg, data, data_hash, why)
+    if cached is not None:
+        return cached
+    _check_model(cfg, data)  # bad input is refused before anything is written
     try:
         root.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(root / f"{key}.lock"))
+        lock = FileLock(str(root / f"{entry.name}.lock"))
         with lock:
             pass
     except OSError as e:
-        # a shared read-only cache: its whole entries of this data are used as they are
-        cached = _cached(entry, cfg, data, data_hash, why)
-        if cached is not None:
-            return cached
         log.warning(f"kdsearch: teacher cache {cache_dir} is not writable ({e.strerror})"
-            + "".join(f" and its entry {entry} {w}" for w in why)
-            + "; training the teacher in memory without caching it (set KDSEARCH_CACHE_DIR to "
-              "a writable folder)")
+                    + "".join(f" and its entry {entry} {w}" for w in why)
+                    + f"; {_building(cfg)} in memory without caching it (set "
+                      f"KDSEARCH_CACHE_DIR to a writable folder)")
         model, logits, val_acc = train_teacher(cfg, data, device=train_device)
         return Teacher(model, logits, val_acc, key, None, True)
-
-    cached = _cached(entry, cfg, data, data_hash, why)
-    if cached is not None:
-        _stamp(entry, data_hash, lock)
-        return cached
     for w in why:
-        log.warning(f"kdsearch: teacher cache entry {entry} {w}; rebuilding it")
+        log.warning(f"kdsearch: teacher cache entry {entry} {w}; {_building(cfg)} again")
     with lock:
         # another process may have built it while we waited for the lock
         cached = _cached(entry, cfg, data, data_hash)

@@ -71,12 +71,13 @@ def can_restore(exp_path: str, local: bool, results_dir: Path) -> bool:
 
 
 def _callbacks(cfg: ExperimentConfig, results_dir: Path, budgets: dict[str, int],
-               payload: TrialPayload, *, fresh: bool, user: Sequence[tune.Callback]
-               ) -> list[Any]:
+               payload: TrialPayload, *, fresh: bool, concurrency: int,
+               user: Sequence[tune.Callback]) -> list[Any]:
     # kdsearch's own (the status first: the study writer reads what it reconciled), Tune's
     # JSON logger with search.trial_logs: json, then the user's
     ours: list[Any] = [StatusCallback(results_dir, cfg, budgets, fresh=fresh,
-                                      params_by_width=payload.params_by_width),
+                                      params_by_width=payload.params_by_width,
+                                      concurrency=concurrency),
                        StudyWriter(results_dir, cfg)]
     if cfg.search.trial_logs == "json":
         ours.append(JsonLoggerCallback())
@@ -119,7 +120,7 @@ def run_tuner(cfg: ExperimentConfig, kinds: list[str], results_dir: Path, storag
     run_config = tune.RunConfig(
         name=EXPERIMENT, storage_path=storage_path, verbose=0,
         callbacks=_callbacks(cfg, results_dir, budgets, payload, fresh=not restore,
-                             user=callbacks),
+                             concurrency=resources.concurrency, user=callbacks),
         failure_config=tune.FailureConfig(max_failures=cfg.search.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=1))
     optuna.logging.set_verbosity(optuna.logging.ERROR)

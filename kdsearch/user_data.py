@@ -99,9 +99,10 @@ def user_splits(source: Callable[[], Any] | dict[str, Any], where: str
                                 f"{tuple(x.shape[1:])}, ['train'] of {shape}; expected the same")
     top = max(int(y.max()) for _, y in splits.values())
     num_classes = raw.get("num_classes", top + 1)
-    if isinstance(num_classes, (np.integer, torch.Tensor)) and np.ndim(num_classes) == 0 \
-            and not isinstance(num_classes, np.bool_):
-        num_classes = int(num_classes)
+    whole_tensor = isinstance(num_classes, torch.Tensor) and not num_classes.is_floating_point() \
+        and num_classes.dtype != torch.bool
+    if (isinstance(num_classes, np.integer) or whole_tensor) and np.ndim(num_classes) == 0:
+        num_classes = int(num_classes)  # (a float tensor stays refused below, as a float is)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise UserDataError(f"{where}: num_classes = {show(num_classes)}; expected an integer "
                             f">= 2")

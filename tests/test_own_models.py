@@ -238,16 +238,38 @@ def test_outputs_that_are_not_one_logit_per_class_are_refused(own: dict, tmp_pat
         in _refused(space)
 
 
-def test_the_cli_exits_2_with_one_line_and_writes_nothing(own: dict, tmp_path: Path) -> None:
-    space = _space(own, tmp_path, SPACE.replace("my_nets:make_student", "my_nets:nothing"))
-    out = tmp_path / "results"
-    env = {**os.environ, "KDSEARCH_CACHE_DIR": str(tmp_path / "cache")}
+BAD_CODE = {
+    "a factory without width": ({"bad.py": "def make(channels=4):\n    return None\n"},
+                                ("my_nets:make_student", "bad:make"), (),
+                                "got an unexpected keyword argument 'width'"),
+    "a checkpoint of the wrong shape": ({}, ("kwargs: {channels: 8}", "kwargs: {channels: 4}"),
+                                        (), "'features.0.weight' has shape (8, 1, 3, 3)"),
+    "a module that does not exist": ({}, ("my_nets:make_student", "nowhere:make"), (),
+                                     "does not import"),
+    "labels out of range": ({"bad_data.py": "from my_data import load as mine\n"
+                             "def load():\n    d = mine()\n    d['num_classes'] = 5\n"
+                             "    return d\n"}, ("my_data:load", "bad_data:load"), (),
+                            "is not a class index in [0, 5)"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CODE))
+def test_bad_user_code_is_refused_before_ray_starts_and_writes_nothing(
+        own: dict, tmp_path: Path, case: str) -> None:
+    """`kdsearch run` on each kind of bad code: one line, exit 2, no Ray started, and nothing
+    written: no results folder, nothing in the teacher cache (no lock file either)."""
+    files, (old, new), _, expected = BAD_CODE[case]
+    space = _space(own, tmp_path, SPACE.replace(old, new), **files)
+    out, cache = tmp_path / "results", tmp_path / "cache"
+    env = {**os.environ, "KDSEARCH_CACHE_DIR": str(cache)}
     p = subprocess.run([sys.executable, "-m", "kdsearch", "run", str(space), "--results-dir",
                         str(out)], capture_output=True, text=True, env=env, cwd=tmp_path)
     assert p.returncode == 2, p.stderr
     assert len(p.stderr.strip().splitlines()) == 1 and "Traceback" not in p.stderr
-    assert "student.model = 'my_nets:nothing'" in p.stderr and "has no attribute" in p.stderr
+    assert expected in p.stderr, p.stderr
+    assert "ray:" not in p.stdout  # "ray: starting a local Ray" comes after the checks
     assert not out.exists()
+    assert [f for f in cache.rglob("*") if f.is_file()] == []
 
 
 # --------------------------------------------------------------------------- teacher.logits
@@ -586,3 +608,27 @@ def test_the_students_index_is_written_when_no_student_was_saved(tmp_path: Path)
 
     write_index(tmp_path / "students", [], {"distilled": None, "baseline": None})
     assert json.loads((tmp_path / "students" / INDEX_FILE).read_text())["students"] == []
+
+
+@pytest.mark.slow  # a real Ray search (shared by the module)
+def test_the_users_cnn_student_exports_to_onnx_and_pt2_and_quantizes(own_search: dict,
+                                                                     tmp_path: Path) -> None:
+    """The user's own student class (a CNN with BatchNorm), rebuilt from its module, exported
+    both ways; onnxruntime's and torch.export's logits within 1e-4 of torch's on the test
+    split; both kinds of student of that width tested in int8."""
+    from kdsearch import export_student
+
+    folder = own_search["dir"]
+    onnx = export_student(folder, width=4, format="onnx", quantize="int8",
+                          out=tmp_path / "cnn.onnx")
+    assert onnx.max_abs_diff <= 1e-4 and onnx.input_shape == (1, 8, 8)
+    assert onnx.exported_acc == onnx.test_acc
+    index = json.loads((folder / "students" / "index.json").read_text())
+    saved = next(e for e in index["students"] if e["kind"] == "distilled" and e["width"] == 4
+                 and e["seed"] == onnx.seed)
+    assert onnx.test_acc == saved["test_acc"]  # the same student the final evaluation tested
+    assert [q.kind for q in onnx.quantized] == ["distilled", "baseline"]
+    assert onnx.int8_path is not None and onnx.int8_path.is_file()
+    pt2 = export_student(folder, width=2, kind="baseline", format="pt2",
+                         out=tmp_path / "cnn.pt2")
+    assert pt2.max_abs_diff <= 1e-4 and pt2.path.is_file()

@@ -21,8 +21,8 @@ import kdsearch.final
 import kdsearch.inputs
 from kdsearch.final import evaluate_final
 from kdsearch.inputs import Inputs
-from kdsearch.plots import (PLOT_ALPHA, PLOT_BEST_SO_FAR, PLOT_IMPORTANCE, PLOT_TEMPERATURE,
-                           PLOT_TEST_ACC, PLOTS)
+from kdsearch.plots import (PLOT_ALPHA, PLOT_BEST_SO_FAR, PLOT_IMPORTANCE, PLOT_LATENCY,
+                           PLOT_TEMPERATURE, PLOT_TEST_ACC, PLOTS)
 from kdsearch.report import make_report
 from kdsearch.search import run_search
 from kdsearch.stats import compare, unpack_correct
@@ -33,7 +33,8 @@ QUICKSTART = Path(__file__).resolve().parents[1] / "search_spaces" / "quickstart
 SMALL = ["search.num_samples=4", "search.baseline_num_samples=3", "training.epochs=4",
          "search.grace_period=2", "teacher.epochs=3", "teacher.width=256",
          "search.space.width.values=[8, 32]", "search.seed=1"]
-WRITTEN = ("report.md", "summary.json", "summary.csv", "final.json", "importances.json")
+WRITTEN = ("report.md", "summary.json", "summary.csv", "final.json", "importances.json",
+           "latency.json")
 # the small search has too few trials for importances: every plot but theirs
 DRAWN = tuple(p for p in PLOTS if p != PLOT_IMPORTANCE)
 _REAL_LOAD_TEST = kdsearch.data.load_test
@@ -183,7 +184,8 @@ def test_report_numbers_equal_summary_json(reported: Path) -> None:
     s = _summary(reported)
     final = json.loads((reported / "final.json").read_text())
     lines = (reported / "report.md").read_text().splitlines()
-    assert lines[0] == f"**{s['headline']}**"  # the headline comes first
+    assert lines[0] == f"**{s['answer_text']}**"  # the answer comes first
+    assert f"\n{s['headline']}\n" in "\n".join(lines)  # the verdicts' sentence, below
 
     # summary.json's statistics are those of final.json's per-seed accuracies
     for c in s["widths"]:
@@ -202,7 +204,7 @@ def test_report_numbers_equal_summary_json(reported: Path) -> None:
                                                      abs=1e-12)
 
     # the per-width table: every number equals summary.json's, as rounded for display
-    start = lines.index("## Test accuracy by student width") + 4
+    start = lines.index("## Distilled against alone, width by width") + 6
     table = [ln for ln in lines[start:start + len(s["widths"])]]
     assert len(table) == len(s["widths"])
     for line, c in zip(table, s["widths"]):
@@ -284,6 +286,86 @@ def test_report_numbers_equal_summary_json(reported: Path) -> None:
 
 
 @pytest.mark.slow  # a real Ray search (shared by the module)
+def test_the_answer_opens_the_report_and_every_number_in_it_is_summary_jsons(reported: Path
+                                                                           ) -> None:
+    s = _summary(reported)
+    answer, text = s["answer"], s["answer_text"]
+    assert (reported / "report.md").read_text().startswith(f"**{text}**")
+    needed = s["teacher"]["test_acc"] - answer["target"]["value"] / 100
+    assert answer["target"] == {"kind": "within_teacher", "value": 1.0}
+    assert answer["needed"] == pytest.approx(needed, abs=1e-12)
+    assert f"within 1.0 point of the teacher ({100 * s['teacher']['test_acc']:.2f}%)" in text
+    # each side's standing against the target is the rule applied to its own bound
+    sides = [(c, k) for c in s["widths"] for k in ("distilled", "baseline")
+             if c[f"{k}_width"] is not None]
+    for c, kind in sides:
+        lower, mean = c[f"{kind}_lower"], c[f"{kind}_mean"]
+        expected = ("meets" if lower is not None and lower > needed else
+                    "likely" if mean > needed else "misses")
+        assert c[f"{kind}_meets"] == expected
+        assert c[f"{kind}_macs"] > 0 and c[f"{kind}_latency_ms"] > 0
+    for kind in ("distilled", "baseline"):
+        pick = answer[kind]
+        meeting = [c for c, k in sides if k == kind and c[f"{kind}_meets"] == "meets"]
+        if not meeting:
+            assert pick is None
+            continue
+        smallest = min(meeting, key=lambda c: c[f"{kind}_params"])
+        assert pick["width"] == smallest[f"{kind}_width"]
+        if kind == "distilled":  # its numbers in the sentence, as rounded for display
+            mean, std = _pm(re.search(rf"({_NUM} ± {_NUM})%", text).group(1) + "%")
+            assert _close(mean, pick["mean"], 100, 2) and _close(std, pick["std"], 100, 2)
+            assert f"{pick['params']:,} parameters" in text
+            low = re.search(rf"at least ({_NUM})% at 95%", text).group(1)
+            assert _close(low, pick["lower"], 100, 2)
+    if answer["distilled"] is None and answer["baseline"] is None:
+        assert text.startswith("No student is shown within 1.0 point of the teacher")
+
+
+@pytest.mark.slow  # a real Ray search (shared by the module)
+def test_kdsearch_latency_rewrites_the_latency_columns(reported: Path, tmp_path: Path) -> None:
+    from kdsearch.cli import main
+
+    folder = _copy(reported, tmp_path / "copy")
+    before = json.loads((folder / "latency.json").read_text())
+    assert main(["latency", str(folder), "--threads", "2"]) == 0
+    after = json.loads((folder / "latency.json").read_text())
+    assert after["threads"] == 2 and after["created"] > before["created"]
+    s = _summary(folder)
+    assert s["latency"]["threads"] == 2
+    for t in after["timings"]:
+        c = next(c for c in s["widths"] if c[f"{t['kind']}_width"] == t["width"])
+        assert c[f"{t['kind']}_latency_ms"] == t["batch1_ms"]
+    assert "2 torch threads" in (folder / "report.md").read_text()
+
+
+@pytest.mark.slow  # a real Ray search (shared by the module)
+def test_the_answers_student_exports_to_onnx_that_onnxruntime_runs(reported: Path,
+                                                                   tmp_path: Path) -> None:
+    """With a target the small search meets, `kdsearch export --answer` writes the answer's
+    student; onnxruntime's logits are within 1e-4 of torch's; int8 reports its accuracy."""
+    import yaml
+
+    from kdsearch.cli import main
+    from kdsearch.export import export_student
+    from kdsearch.report import write_report
+
+    folder = _copy(reported, tmp_path / "copy")
+    cfg = yaml.safe_load((folder / "config.yaml").read_text())
+    cfg["report"]["target"] = {"accuracy": 50.0}
+    (folder / "config.yaml").write_text(yaml.safe_dump(cfg))
+    write_report(folder)
+    answer = _summary(folder)["answer"]
+    assert answer["distilled"] is not None
+    assert main(["export", str(folder), "--answer", "--format", "onnx"]) == 0
+    done = export_student(folder, format="onnx", quantize="int8", out=tmp_path / "a.onnx")
+    assert done.width == answer["distilled"]["width"] and done.max_abs_diff <= 1e-4
+    assert (folder / "export" / f"distilled-w{done.width}-seed0.onnx").is_file()
+    assert {q.kind for q in done.quantized} <= {"distilled", "baseline"} and done.quantized
+    assert all(0 < q.int8_acc <= 1 for q in done.quantized)
+
+
+@pytest.mark.slow  # a real Ray search (shared by the module)
 def test_every_field_of_summary_json_is_documented(reported: Path) -> None:
     docs = (Path(__file__).resolve().parents[1] / "docs" / "results.md").read_text()
     s = _summary(reported)
@@ -354,8 +436,11 @@ def test_plots_are_pngs_with_the_expected_series(reported: Path) -> None:
     assert series["distilled"] == sum(r["kind"] == "distilled" for r in final["rows"])
     tuned = sum(r["kind"] == "baseline" and r["tuned"] for r in final["rows"])
     untuned = sum(r["kind"] == "baseline" and not r["tuned"] for r in final["rows"])
-    assert series.get("baseline", 0) == tuned and series.get("baseline (untuned)", 0) == untuned
+    assert series.get("alone (baseline)", 0) == tuned
+    assert series.get("alone, untuned", 0) == untuned
     assert any(label.startswith("teacher") for label in series)
+    assert any(label.startswith("target") for label in series)
+    assert plots[PLOT_LATENCY]["series"]["distilled"] == series["distilled"]
 
     trials = read_table(reported / "trials.csv")
     done = [r for r in trials if r["phase"] == "distill" and r["status"] == "TERMINATED"
@@ -676,7 +761,7 @@ def test_trial_ids_that_look_like_numbers_are_kept_as_written(tmp_path: Path) ->
                       ("baseline", 8): "1e000000", ("baseline", 32): "00000000"}
 
     # the same ids in the Python API's table of all trials
-    from kdsearch.results import SearchResult
+    from kdsearch.search_result import SearchResult
     from kdsearch.tables import write_table
 
     write_table(tmp_path / "trials.csv", [r for r in rows if r["trial_id"] != "12345678"])
@@ -685,9 +770,12 @@ def test_trial_ids_that_look_like_numbers_are_kept_as_written(tmp_path: Path) ->
     assert list(table["node"]) == ["10.0.0.1:1e5"] * 4 and list(table["val_acc"])[0] == 0.95
 
 
-def _crafted_report(folder: Path, ran: int, accs: dict[str, list[float | None]]) -> str:
+def _crafted_report(folder: Path, ran: int, accs: dict[str, list[float | None]], *,
+                    teacher: dict | None = None, data: dict | None = None,
+                    checkpoint: str | None = None) -> str:
     """report.md of a hand-made search: `epochs` searched in [5, 10], one distilled and one
-    baseline trial of budget 5 that ran `ran` epochs, retrained with the given accuracies."""
+    baseline trial of budget 5 that ran `ran` epochs, retrained with the given accuracies
+    (`teacher`, `data`: final.json's; `checkpoint`: a teacher loaded, not trained)."""
     from kdsearch.config import config_from_dict, dump_config
     from kdsearch.selection import read_searched, select_settings, training_config
     from kdsearch.final_record import FinalRecord
@@ -695,7 +783,8 @@ def _crafted_report(folder: Path, ran: int, accs: dict[str, list[float | None]])
     from kdsearch.stats import mean_std
     from kdsearch.summary import summarize
 
-    cfg = config_from_dict({"name": "own", "training": {"epochs": 10}, "search": {
+    cfg = config_from_dict({"name": "own", "training": {"epochs": 10},
+                            "teacher": {"checkpoint": checkpoint}, "search": {
         "num_samples": 2, "space": {
             "lr": {"distribution": "loguniform", "low": 0.001, "high": 0.1},
             "epochs": {"distribution": "choice", "values": [5, 10]}}}})
@@ -724,11 +813,14 @@ def _crafted_report(folder: Path, ran: int, accs: dict[str, list[float | None]])
                            "search_epochs": s.search_epochs, "seeds": [0, 1, 2],
                            "test_accs": got, "mean": mean, "std": std,
                            "diverged": sum(a is None for a in got)})
-    final = {"teacher": {"test_acc": 0.97, "val_acc": 0.97, "params": 100000},
+    final = {"teacher": teacher or {"test_acc": 0.97, "val_acc": 0.97, "params": 100000},
              "rows": final_rows, "baseline_note": "", "baseline_tuned": True,
-             "seeds": [0, 1, 2], "data": {"train": 1, "val": 1, "test": 1}, "device": "cpu",
+             "seeds": [0, 1, 2], "data": data or {"train": 1, "val": 1, "test": 1},
+             "device": "cpu",
              "seconds": 1.0, "retrained": 6, "reused": 0}
-    return render(summarize(folder, FinalRecord.from_json(final)))
+    summary = summarize(folder, FinalRecord.from_json(final))
+    (folder / "summary.json").write_text(json.dumps(summary.to_json()))
+    return render(summary)
 
 
 ACCS: dict[str, list[float | None]] = {"distilled": [0.9, 0.91, 0.905],
@@ -745,12 +837,38 @@ def test_the_stopped_early_caution_weighs_a_trial_against_its_own_searched_budge
     assert "per_width" not in report  # one width: nothing to share out
 
 
+@pytest.mark.parametrize("checkpoint, val_acc, warned", [
+    ("teacher.pt", 0.95, True),  # 950 of 1,000 against 880 of 1,000: far beyond chance
+    ("teacher.pt", 0.89, False),  # within chance
+    (None, 0.95, False),  # a teacher kdsearch trained never saw the validation split
+])
+def test_a_loaded_teacher_far_better_on_validation_than_on_test_is_said(
+        tmp_path: Path, checkpoint: str | None, val_acc: float, warned: bool) -> None:
+    """A user's teacher trained on all of its `train` rows saw kdsearch's validation split: its
+    validation accuracy is then above its test accuracy by more than chance allows."""
+    from scipy import stats as scipy_stats
+
+    report = _crafted_report(tmp_path, 5, ACCS, checkpoint=checkpoint,
+                             teacher={"test_acc": 0.88, "val_acc": val_acc, "params": 100000},
+                             data={"train": 5000, "val": 1000, "test": 1000})
+    s = _summary(tmp_path)
+    assert ("more than chance allows" in report) is warned
+    p = s["teacher"]["val_above_test_p"]
+    if checkpoint is None:
+        assert p is None
+    else:  # the one-sided tail of the hypergeometric distribution, written out
+        right = round(val_acc * 1000) + 880
+        expected = scipy_stats.hypergeom.sf(round(val_acc * 1000) - 1, 2000, right, 1000)
+        assert p == pytest.approx(expected, rel=1e-9) and (p < 0.01) is warned
+
+
 def test_diverged_retrainings_are_counted_and_a_side_with_none_left_is_no_comparison(
         tmp_path: Path) -> None:
     report = _crafted_report(tmp_path, 5, {"distilled": [0.9, None, 0.905],
                                            "baseline": [None, None, None]})
-    assert report.startswith("**No comparison: every retraining of the baseline setting "
-                             "diverged")
+    assert "\nNo comparison: every retraining of the baseline setting diverged" in report
+    # no student meets the target: the closest is named, and why
+    assert report.startswith("**No student is shown within 1.0 point of the teacher (97.00%)")
     assert "- width 20, distilled: 90.00, 90.50 (1 of 3 seeds diverged)" in report
     assert "- width 20, baseline: none (3 of 3 seeds diverged)" in report
 

@@ -691,8 +691,11 @@ def _simulate_lost_checkpoint(exp_dir: Path) -> bool:
     return False
 
 
-def _run_and_kill(tmp_path: Path) -> tuple[Path, dict[str, str], list[str]]:
-    """`kdsearch run` in a subprocess, SIGKILLed with its Ray about halfway through."""
+def _run_and_kill(tmp_path: Path, *, driver_only: bool = False
+                  ) -> tuple[Path, dict[str, str], list[str]]:
+    """`kdsearch run` in a subprocess, SIGKILLed with its Ray about halfway through (with
+    `driver_only`, the driver alone, as `kill -9 <pid>` does: then `_LEFT` holds the processes
+    its Ray had started)."""
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     cmd = [sys.executable, "-m", "kdsearch"]
     sets = [a for s in RESUME_ARGS for a in ("--set", s)]
@@ -715,12 +718,21 @@ def _run_and_kill(tmp_path: Path) -> tuple[Path, dict[str, str], list[str]]:
                     break
             time.sleep(0.05)
     finally:
-        tree = _kill_tree(proc)
+        if driver_only:
+            _LEFT[:] = sorted(_descendants(proc.pid))
+            proc.kill()
+            proc.wait()
+    if driver_only:
+        return folder, env, cmd
+    tree = _kill_tree(proc)
     deadline = time.monotonic() + 30
     while any(_alive(p) for p in tree) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert not any(_alive(p) for p in tree), "Ray processes of the killed driver linger"
     return folder, env, cmd
+
+
+_LEFT: list[int] = []  # the processes a driver killed alone had started
 
 
 def assert_study_is_the_records(folder: Path) -> None:
@@ -791,7 +803,16 @@ def test_resume_after_a_kill_that_tore_rays_saved_state(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
-    folder, env, cmd = _run_and_kill(tmp_path)
+    """`kill -9` of the driver alone, then `kdsearch resume`: the search completes, and no
+    process the killed driver's Ray started is left (Ray 2.60 leaves its dashboard and
+    runtime-env agents running: the resume ends them)."""
+    folder, env, cmd = _run_and_kill(tmp_path, driver_only=True)
+    started_by_killed_run = list(_LEFT)
+    time.sleep(1.0)
+    lingering = [p for p in started_by_killed_run if _alive(p)]
+    first_start = json.loads((folder / "run.json").read_text())["search"]["started"]
+    killed_searched = max(float(p["wall_time"]) for p in _rows(folder / "progress.csv")) \
+        - first_start
 
     before = {r["trial_id"]: r for r in _rows(folder / "trials.csv")}
     progress_before = Counter(p["trial_id"] for p in _rows(folder / "progress.csv")
@@ -807,6 +828,15 @@ def test_resume_after_the_driver_is_killed(tmp_path: Path) -> None:
     assert "Warning" not in resumed.stderr, resumed.stderr[-3000:]  # (Optuna's, on re-reports)
     assert "search resumed:" in resumed.stdout
     assert "best distilled: val_acc" in resumed.stdout
+    assert [p for p in started_by_killed_run if _alive(p)] == []
+    # the time spent searching counts the killed run's too; the elapsed time, the pause as well
+    search = json.loads((folder / "run.json").read_text())["search"]
+    assert search["status"] == "finished" and search["started"] == first_start
+    assert search["wall_seconds"] > killed_searched > 0
+    assert search["elapsed_seconds"] == pytest.approx(search["finished"] - first_start)
+    assert search["elapsed_seconds"] >= search["wall_seconds"] - 0.5
+    if lingering:
+        assert "processes that a killed kdsearch left running" in resumed.stdout, lingering
 
     trials = _rows(folder / "trials.csv")
     assert len(trials) == 12, "exactly num_samples trials"

@@ -84,3 +84,32 @@ def test_trials_csv_and_the_live_status_record_what_each_trial_ran(
     rows = {r["trial_id"]: r for r in _rows(tmp_path / "trials.csv")}
     assert (rows["a0000002"]["epochs"], rows["a0000002"]["diverged"]) == ("1", "1")
     assert rows["a0000003"]["status"] == "ERROR" and rows["a0000003"]["params"] == "1530"
+
+
+def test_while_trials_run_a_line_says_their_epochs_and_the_time_left(
+        tmp_path: Path, caplog: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Long epochs left the console silent until a trial ended: every PROGRESS_EVERY_S seconds
+    a line gives each running trial's epoch and an estimate of the time left."""
+    import kdsearch.status
+
+    cfg = config_from_dict({"training": {"epochs": 10}, "student": {"width": 16}, "search": {
+        "space": {"lr": {"distribution": "loguniform", "low": 1e-3, "high": 1e-1}}}})
+    callback = StatusCallback(tmp_path, cfg, {"distilled": 4}, fresh=True, concurrency=2)
+    callback.setup()
+    caplog.set_level(logging.INFO, logger="kdsearch")
+
+    def trial(trial_id: str) -> SimpleNamespace:
+        return SimpleNamespace(trial_id=trial_id, config={"phase": "distill", "lr": 0.01},
+                               last_result=None, error_file=None)
+
+    a, b = trial("a0000001"), trial("a0000002")
+    callback.on_trial_result(0, [], a, {"epoch": 1, "val_acc": 0.5, "epoch_seconds": 2.0})
+    assert not any(m.startswith("search:") for m in caplog.messages)  # not yet: 30 s apart
+    monkeypatch.setattr(kdsearch.status, "PROGRESS_EVERY_S", 0.0)
+    callback.on_trial_result(0, [], b, {"epoch": 3, "val_acc": 0.6, "epoch_seconds": 2.0})
+    line = caplog.messages[-1]
+    assert line.startswith("search: 0 of 4 trials ended; running: distilled w16 epoch 1/10, "
+                           "distilled w16 epoch 3/10"), line
+    # left: 9 + 7 epochs of the running trials, 2 trials of 10 not started; 2 s an epoch, 2 at
+    # a time: (16 + 20) * 2 / 2 = 36 s
+    assert line.endswith("; about 36 s left"), line

@@ -20,7 +20,7 @@ import torch
 
 from kdsearch.config import ExperimentConfig, config_from_dict
 from kdsearch.data import Dataset, load_dataset
-from kdsearch.teacher import get_teacher, teacher_key
+from kdsearch.teacher import data_sha256, get_teacher, teacher_key
 
 
 def _cfg(**teacher: Any) -> ExperimentConfig:
@@ -63,7 +63,7 @@ def test_miss_then_hit(digits: Dataset, tmp_path: Path) -> None:
     cfg, log = _cfg(), []
     first = _get(cfg, digits, tmp_path, log)
     assert first.trained_now
-    assert first.path == tmp_path / "teachers" / teacher_key(cfg)
+    assert first.path == tmp_path / "teachers" / f"{teacher_key(cfg)}-{data_sha256(digits)[:12]}"
     assert {"teacher.pt", "manifest.json"} <= {p.name for p in first.path.iterdir()}
     assert first.train_logits.shape == (len(digits.train), 10)
     assert first.val_acc > 0.3  # two epochs of a 64-wide MLP on digits; chance is 0.1
@@ -159,57 +159,101 @@ def test_a_changed_setting_misses_the_cache(digits: Dataset, tmp_path: Path) -> 
     assert not _get(_cfg(), digits, tmp_path).trained_now
 
 
-def test_an_entry_trained_on_other_data_is_rebuilt_not_used(digits: Dataset,
-                                                             tmp_path: Path) -> None:
-    """Same settings, same key, other examples (the files replaced, another copy, rows in
-    another order): cached logits would line up with the wrong examples. The entry is rebuilt;
-    an entry cached before the manifest held the data's hash is taken as it is."""
+def test_other_data_gets_an_entry_of_its_own_and_switching_back_rebuilds_nothing(
+        digits: Dataset, tmp_path: Path) -> None:
+    """Same settings, other examples (a subset, the rows in another order): cached logits
+    line up with their own examples only, so each dataset has its own entry, side by side.
+    Switching back and forth trains nothing again and says nothing."""
     from kdsearch.data import Split
 
     cfg = _cfg()
-    first = _get(cfg, digits, tmp_path)
     perm = torch.randperm(len(digits.train), generator=torch.Generator().manual_seed(0))
     shuffled = dataclasses.replace(digits, train=Split(digits.train.x[perm],
                                                        digits.train.y[perm]))
     log: list[str] = []
-    second = _get(cfg, shuffled, tmp_path, log)
-    assert second.trained_now and second.path == first.path
-    assert len(log) == 1 and "was trained on other data" in log[0] and "rebuilding" in log[0]
+    first, second = _get(cfg, digits, tmp_path, log), _get(cfg, shuffled, tmp_path, log)
+    assert first.trained_now and second.trained_now and first.path != second.path
+    assert first.key == second.key  # the settings' key: the same teacher, other data
     with torch.no_grad():
         assert torch.allclose(second.train_logits, second.model(shuffled.train.x), atol=1e-5)
-    assert not torch.allclose(second.train_logits, first.train_logits)
-    assert not _get(cfg, shuffled, tmp_path).trained_now  # the new entry serves this data
-
-    # a manifest without the field (an older entry): used as it is, and stamped with the data
-    manifest = first.path / "manifest.json"
-    old = json.loads(manifest.read_text())
-    stamp = old.pop("data_sha256")
-    manifest.write_text(json.dumps(old))
-    log.clear()
-    third = _get(cfg, shuffled, tmp_path, log)
-    assert not third.trained_now and log == []
-    assert json.loads(manifest.read_text())["data_sha256"] == stamp
-    assert _get(cfg, digits, tmp_path, log).trained_now  # from then on, checked
-    assert len(log) == 1 and "was trained on other data" in log[0]
+    for data, entry in ((digits, first), (shuffled, second), (digits, first)):
+        again = _get(cfg, data, tmp_path, log)
+        assert not again.trained_now and again.path == entry.path
+        assert torch.equal(again.train_logits, entry.train_logits)
+    assert log == []
 
 
-def test_a_read_only_cache_with_an_entry_of_other_data_says_so_in_one_line(
+def test_an_entry_from_before_entries_were_kept_per_data_serves_its_own_data(
+        digits: Dataset, tmp_path: Path) -> None:
+    """`teachers/<key>` (no data in the name): used for the data its manifest names, or, with
+    no data named, taken as it is and stamped; not used for other data."""
+    from kdsearch.data import Split
+
+    cfg = _cfg()
+    first = _get(cfg, digits, tmp_path)
+    assert first.path is not None
+    older = tmp_path / "teachers" / teacher_key(cfg)
+    first.path.rename(older)
+    manifest = json.loads((older / "manifest.json").read_text())
+    stamp = manifest.pop("data_sha256")
+    (older / "manifest.json").write_text(json.dumps(manifest))
+    log: list[str] = []
+    again = _get(cfg, digits, tmp_path, log)
+    assert not again.trained_now and again.path == older and log == []
+    assert json.loads((older / "manifest.json").read_text())["data_sha256"] == stamp
+    reversed_rows = dataclasses.replace(digits, train=Split(digits.train.x.flip(0),
+                                                            digits.train.y.flip(0)))
+    other = _get(cfg, reversed_rows, tmp_path, log)
+    assert other.trained_now and other.path != older and log == []
+
+
+def test_a_checkpoint_teachers_data_switched_back_and_forth_reuses_two_entries(
+        digits: Dataset, tmp_path: Path) -> None:
+    """A teacher loaded from teacher.checkpoint, for a subset of the data and then the whole:
+    two entries, each computed once; the messages never say it was trained."""
+    from kdsearch.config import config_from_dict
+    from kdsearch.data import Split
+    from kdsearch.models import build_teacher
+
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "teacher.pt"
+    torch.save(build_teacher("mlp_teacher", digits.input_shape, 10, width=32).state_dict(),
+               checkpoint)
+    cfg = config_from_dict({"teacher": {"width": 32, "checkpoint": str(checkpoint)}})
+    half = len(digits.train) // 2
+    subset = dataclasses.replace(digits, train=Split(digits.train.x[:half],
+                                                     digits.train.y[:half]))
+    log: list[str] = []
+    made = [_get(cfg, data, tmp_path, log) for data in (subset, digits)]
+    assert all(t.trained_now for t in made) and made[0].path != made[1].path
+    for data, entry in ((subset, made[0]), (digits, made[1]), (subset, made[0])):
+        again = _get(cfg, data, tmp_path, log)
+        assert not again.trained_now and again.path == entry.path
+    assert log == []
+    # a corrupted entry of a checkpoint teacher: computed again from the checkpoint, and said so
+    assert made[0].path is not None
+    _truncate(made[0].path / "teacher.pt")
+    assert _get(cfg, subset, tmp_path, log).trained_now
+    assert len(log) == 1 and "computing the teacher's logits from teacher.checkpoint again" in log[0]
+
+
+def test_a_cache_that_cannot_be_written_trains_in_memory_and_says_so_in_one_line(
         digits: Dataset, tmp_path: Path) -> None:
     from kdsearch.data import Split
 
     cfg = _cfg()
     entry = _get(cfg, digits, tmp_path).path
     assert entry is not None
-    (tmp_path / "teachers" / f"{entry.name}.lock").unlink()
-    (tmp_path / "teachers" / f"{entry.name}.lock").mkdir()  # the lock cannot be taken
     reversed_rows = dataclasses.replace(digits, train=Split(digits.train.x.flip(0),
                                                             digits.train.y.flip(0)))
+    lock = tmp_path / "teachers" / f"{teacher_key(cfg)}-{data_sha256(reversed_rows)[:12]}.lock"
+    lock.mkdir()  # the lock cannot be taken
     log: list[str] = []
     teacher = _get(cfg, reversed_rows, tmp_path, log)
     assert teacher.trained_now and teacher.path is None
     assert len(log) == 1, log
-    assert "not writable" in log[0] and "was trained on other data" in log[0]
-    assert "training the teacher in memory" in log[0]
+    assert "not writable" in log[0] and "training the teacher in memory" in log[0]
+    assert not _get(cfg, digits, tmp_path).trained_now  # the other data's entry still serves
 
 
 def _truncate(path: Path) -> None:
@@ -361,7 +405,8 @@ def test_a_cache_that_cannot_be_locked_still_serves_its_whole_entries(digits: Da
     goes), but a whole entry is loaded, not trained again; a missing one is trained in memory."""
     cfg = _cfg()
     first = _get(cfg, digits, tmp_path)
-    lock = tmp_path / "teachers" / f"{teacher_key(cfg)}.lock"
+    assert first.path is not None
+    lock = tmp_path / "teachers" / f"{first.path.name}.lock"
     lock.unlink(missing_ok=True)
     lock.mkdir()
     log: list[str] = []
@@ -369,7 +414,7 @@ def test_a_cache_that_cannot_be_locked_still_serves_its_whole_entries(digits: Da
     assert not again.trained_now and again.path == first.path and log == []
     assert torch.equal(again.train_logits, first.train_logits)
     other = _cfg(epochs=1)
-    (tmp_path / "teachers" / f"{teacher_key(other)}.lock").mkdir()
+    (tmp_path / "teachers" / f"{teacher_key(other)}-{data_sha256(digits)[:12]}.lock").mkdir()
     fresh = _get(other, digits, tmp_path, log)
     assert fresh.trained_now and fresh.path is None
     assert len(log) == 1 and "is not writable" in log[0]
