@@ -33,16 +33,16 @@ def main() -> None:
 
     import ray
 
-    from kdsearch.builders import UserObjects
     from kdsearch.cluster import init_ray
     from kdsearch.final import evaluate_final
+    from kdsearch.inputs import load_inputs
     from kdsearch.results import read_config
     from kdsearch.search import set_up
     from kdsearch.trainable import ray_runner
 
     cfg = read_config(args.results)
     init_ray(None)
-    setup = set_up(cfg, UserObjects())
+    setup = set_up(cfg, load_inputs(cfg))
     resources = setup.resources
     walls: dict[str, list[float]] = {"Ray tasks": [], "one process": []}
     accs: dict[str, list] = {}

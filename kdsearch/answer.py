@@ -287,6 +287,8 @@ def answer_sentence(a: Answer, model: str) -> str:
     for x in a.likely:
         who = f"Distilled width {x.width}" if x.kind == DISTILLED else f"Width {x.width} alone"
         s += f" {who} likely meets it too, not shown: {to_show(x)} would show it."
+    if b is not None and b.tuned is False:
+        s += " The student alone was not tuned: it trained at the distilled setting."
     return s
 
 

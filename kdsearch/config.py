@@ -8,7 +8,6 @@ This module imports neither torch nor ray.
 from __future__ import annotations
 
 import dataclasses
-import math
 import os
 import re
 from dataclasses import dataclass
@@ -18,9 +17,10 @@ from typing import Any
 import yaml
 
 from kdsearch.entry_points import is_entry_point
-from kdsearch.fields import (MAX_WIDTH, VALUE_RULES, at_least, built_in_or_code, gpu_share_ok,
-                             kwargs_spec, one_of, positive, rule, seed_spec, spec, target_spec)
-from kdsearch.errors import MAX_INT, ConfigError, show, show_key
+from kdsearch.fields import (LOSSES, MAX_WIDTH, VALUE_RULES, at_least, built_in_or_code, coerce,
+                             gpu_share_ok, kind_name, kwargs_spec, one_of, optional_rule,
+                             positive, rule, seed_spec, spec, target_spec)
+from kdsearch.errors import ConfigError, show, show_key
 from kdsearch.yamlfile import apply_overrides, read_yaml
 
 DATASETS = ("digits", "mnist", "fashion_mnist", "cifar10")
@@ -44,9 +44,16 @@ SEARCHABLE: dict[str, tuple[str, str]] = {
     "batch_size": ("training", "batch_size"),
     "weight_decay": ("training", "weight_decay"),
     "epochs": ("training", "epochs"),
+    "loss": ("training", "loss"),
+    "dkd_alpha": ("training", "dkd_alpha"),
+    "dkd_beta": ("training", "dkd_beta"),
+    "dkd_warmup": ("training", "dkd_warmup"),
+    "ls_weight": ("training", "ls_weight"),
 }
+# Each loss's own parameters (kdsearch.losses): set or searched only with that loss.
+LOSS_PARAMS = {"kd": (), "dkd": ("dkd_alpha", "dkd_beta", "dkd_warmup"), "ls_kd": ("ls_weight",)}
 # Dimensions that are about distillation: the baseline search drops them (alpha is fixed to 1).
-KD_DIMENSIONS = ("temperature", "alpha")
+KD_DIMENSIONS = ("temperature", "alpha", "loss", *(p for ps in LOSS_PARAMS.values() for p in ps))
 
 
 # --------------------------------------------------------------------------- sections
@@ -106,8 +113,15 @@ class TrainingConfig:
     lr_schedule: str = spec("cosine", str, *one_of(LR_SCHEDULES))
     weight_decay: float = rule("weight_decay", 0.0)
     optimizer: str = spec("adam", str, *one_of(OPTIMIZERS))
-    temperature: float = rule("temperature", 4.0)
+    temperature: float = rule("temperature", 4.0)  # (the base temperature of ls_kd)
     alpha: float = rule("alpha", 0.3)  # weight of the hard-label loss; 1 = no teacher
+    # the distillation loss (kdsearch.losses): kd (Hinton's), dkd (decoupled KD), ls_kd (KD of
+    # standardised logits); each one's own weights below, null: its default
+    loss: str = spec("kd", str, *one_of(LOSSES))
+    dkd_alpha: float | None = optional_rule("dkd_alpha")  # null: 1.0
+    dkd_beta: float | None = optional_rule("dkd_beta")  # null: 8.0
+    dkd_warmup: int | None = optional_rule("dkd_warmup")  # null: a twelfth of epochs
+    ls_weight: float | None = optional_rule("ls_weight")  # null: 1.0
     shift: int = spec(0, int, at_least(0),
                        "an integer >= 0 (pixels; > 0 makes the teacher run online)")
     seed: int = seed_spec()
@@ -210,45 +224,6 @@ def _fail(source: str, key: str, value: Any, allowed: str) -> ConfigError:
     return ConfigError(f"{source}: {key} = {show(value)} is not allowed: expected {allowed}")
 
 
-# YAML 1.1's other words for true and false, which yamlfile reads as text: still accepted
-_BOOL_WORDS = {"yes": True, "on": True, "no": False, "off": False}
-
-
-def _coerce(value: Any, kind: type | tuple[type, ...]) -> tuple[bool, Any]:
-    """Return (ok, value) with ints accepted as floats, '1e-3' strings as numbers, and yes, no,
-    on and off as booleans."""
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    if isinstance(value, bool):
-        return (bool in kinds, value)
-    if bool in kinds and isinstance(value, str) and value.lower() in _BOOL_WORDS:
-        return True, _BOOL_WORDS[value.lower()]
-    if isinstance(value, int) and abs(value) > MAX_INT:
-        return False, value  # 10**400: beyond int64 and (as a float) infinite
-    if float in kinds and isinstance(value, str):
-        try:
-            value = float(value)  # PyYAML reads 1e-3 (no dot) as a string
-        except ValueError:
-            return False, value
-    if float in kinds and isinstance(value, int):
-        return True, value if int in kinds else float(value)
-    if int in kinds and isinstance(value, float) and float not in kinds:
-        ok = value.is_integer() and abs(value) <= MAX_INT  # False for inf and nan
-        return ok, int(value) if ok else value
-    if isinstance(value, float) and not math.isfinite(value):
-        return False, value
-    if int in kinds and isinstance(value, float) and value >= 1 and value.is_integer():
-        return True, int(value)  # a count: 5000.0 is 5000 (the teacher cache's key hashes it)
-    return isinstance(value, kinds), value
-
-
-def _kind_name(kind: type | tuple[type, ...]) -> str:
-    kinds = kind if isinstance(kind, tuple) else (kind,)
-    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
-    if float in kinds:
-        return "a number"
-    return " or ".join(names[k] for k in kinds)
-
-
 def _build_section(cls: type, raw: Any, section: str, source: str) -> Any:
     if raw is None:
         raw = {}
@@ -270,9 +245,9 @@ def _build_section(cls: type, raw: Any, section: str, source: str) -> Any:
             if meta.get("optional"):
                 values[name] = None
                 continue
-            raise _fail(source, key, value, meta.get("allowed") or _kind_name(meta["kind"]))
-        ok, value = _coerce(value, meta["kind"])
-        allowed = meta.get("allowed") or _kind_name(meta["kind"])
+            raise _fail(source, key, value, meta.get("allowed") or kind_name(meta["kind"]))
+        ok, value = coerce(value, meta["kind"])
+        allowed = meta.get("allowed") or kind_name(meta["kind"])
         if not ok:
             raise _fail(source, key, raw[name], allowed)
         check = meta.get("check")
@@ -285,7 +260,7 @@ def _build_section(cls: type, raw: Any, section: str, source: str) -> Any:
 
 def _check_value(source: str, key: str, dim: str, value: Any) -> Any:
     kind, check, allowed = VALUE_RULES[dim]
-    ok, coerced = _coerce(value, kind)
+    ok, coerced = coerce(value, kind)
     if not ok or not check(coerced):
         raise _fail(source, key, value, allowed)
     return coerced
@@ -322,6 +297,8 @@ def _build_dimension(name: Any, raw: Any, source: str) -> Dimension:
     if "values" in raw:
         raise ConfigError(f"{source}: {key}.values goes with distribution choice only; "
                           f"give low and high for {dist}")
+    if VALUE_RULES[name][0] is str:  # (the loss: a name)
+        raise _fail(source, f"{key}.distribution", dist, "choice (the values are names)")
     if integer_dim and dist != "int" :
         raise _fail(source, f"{key}.distribution", dist, "int or choice (integer dimension)")
     if dist == "int" and not integer_dim:
@@ -340,7 +317,7 @@ def _build_dimension(name: Any, raw: Any, source: str) -> Dimension:
     if "step" in raw:
         if dist != "int":
             raise ConfigError(f"{source}: {key}.step goes with distribution int only")
-        ok, step = _coerce(raw["step"], int)
+        ok, step = coerce(raw["step"], int)
         if not ok or step < 1 or step > high - low:
             raise _fail(source, f"{key}.step", raw["step"],
                         f"an integer between 1 and high - low = {high - low}")
@@ -417,6 +394,7 @@ def _check_consistency(cfg: ExperimentConfig, source: str) -> None:
             raise ConfigError(f"{source}: {section}.kwargs goes with a model of yours "
                               f"({section}.model = module:attribute), not with the built-in "
                               f"{part.model!r}")
+    _check_loss_params(cfg, source)
     # any teacher can teach any student (only the logits are shared): no family check
     side = IMAGE_SIDE.get(cfg.dataset.name)
     for key, shift in (("training.shift", cfg.training.shift),
@@ -425,6 +403,31 @@ def _check_consistency(cfg: ExperimentConfig, source: str) -> None:
         if side is not None and shift > side // 4:
             raise _fail(source, key, shift, f"at most {side // 4} pixels on the {side}x{side} "
                                             f"images of {cfg.dataset.name}")
+
+
+def losses_of(cfg: ExperimentConfig) -> tuple[str, ...]:
+    """The losses the search trains with: the searched values of `loss`, else training.loss."""
+    for d in cfg.search.space:
+        if d.name == "loss" and d.values is not None:
+            return tuple(d.values)
+    return (cfg.training.loss,)
+
+
+def _check_loss_params(cfg: ExperimentConfig, source: str) -> None:
+    """A loss's own parameter, set or searched, goes with that loss."""
+    losses = losses_of(cfg)
+    searched = {d.name for d in cfg.search.space}
+    for loss, names in LOSS_PARAMS.items():
+        if loss in losses:
+            continue
+        for name in names:
+            value = getattr(cfg.training, name)
+            where = (f"search.space.{name}" if name in searched else
+                     f"training.{name} = {show(value)}" if value is not None else None)
+            if where is not None:
+                raise ConfigError(f"{source}: {where} goes with training.loss: {loss} (or {loss} "
+                                  f"among search.space.loss.values), and the losses here are "
+                                  f"{', '.join(losses)}; remove it or train with {loss}")
 
 
 def check_searchable(cfg: ExperimentConfig, source: str) -> None:

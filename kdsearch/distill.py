@@ -25,6 +25,7 @@ from kdsearch import fast_step
 from kdsearch.config import ExperimentConfig, TrainingConfig
 from kdsearch.data import Dataset, Split
 from kdsearch.fast_step import FusedAdam
+from kdsearch.losses import Loss
 from kdsearch.metrics import EPOCH, EPOCH_SECONDS, TRAIN_LOSS, VAL_ACC, VAL_LOSS
 from kdsearch.builders import build_student
 
@@ -42,32 +43,18 @@ class TeacherLike(Protocol):
     train_logits: torch.Tensor  # its logits on data.train, in order, without augmentation
 
 
-def _kd_from_log_targets(student_logits: torch.Tensor, teacher_log_probs: torch.Tensor | None,
-                         labels: torch.Tensor, temperature: float, alpha: float) -> torch.Tensor:
-    hard = F.cross_entropy(student_logits, labels)
-    if alpha >= 1.0 or teacher_log_probs is None:
-        return hard
-    log_p_s = F.log_softmax(student_logits / temperature, dim=1)
-    soft = F.kl_div(log_p_s, teacher_log_probs, reduction="batchmean", log_target=True)
-    return alpha * hard + (1.0 - alpha) * temperature * temperature * soft
-
-
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None,
-            labels: torch.Tensor, *, temperature: float, alpha: float) -> torch.Tensor:
-    r"""Hinton et al. (2015), "Distilling the Knowledge in a Neural Network", eq. (KD):
+            labels: torch.Tensor, *, temperature: float, alpha: float, loss: str = "kd",
+            epoch: int = 1, **weights: float) -> torch.Tensor:
+    r"""The distillation loss of a batch (`losses.Loss`); by default Hinton et al.'s (2015):
 
         alpha * CE(student, labels)
         + (1 - alpha) * T^2 * KL( softmax(teacher / T) || softmax(student / T) )
 
-    batch mean, computed from log-probabilities. `alpha` weighs the hard-label loss (as in both
-    seeds): alpha = 1 is the plain student, the baseline. The T^2 factor keeps the soft term's
-    gradients, which scale as 1/T^2, comparable across temperatures (Hinton et al., sec. 2).
-
-    Seed 000 gets this wrong twice: it feeds *probabilities* (softmax) as KLDivLoss's input,
-    which expects log-probabilities, so its "KL" is a meaningless quantity with nearly zero
-    gradient at T = 10; and it drops the T^2 factor, which would shrink the soft term 100x even
-    if it were right. The teacher then barely reaches the student, and the seed's distilled
-    student ends *below* its plain student (89.42% vs 89.97%).
+    the batch's mean, computed from log-probabilities. `alpha` weighs the hard labels: alpha =
+    1 is the student alone, the baseline. The T^2 factor keeps the soft term's gradients, which
+    scale as 1/T^2, comparable across temperatures (Hinton et al., section 2). `loss` "dkd" or
+    "ls_kd", with `weights` (dkd_alpha, dkd_beta, dkd_warmup, ls_weight), takes the others.
 
     `teacher_logits` may be None only with alpha = 1 (a ValueError otherwise).
     """
@@ -79,11 +66,10 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None,
         raise ValueError(f"kd_loss: alpha < 1 weighs a teacher's soft targets, but "
                          f"teacher_logits is None; pass them, or alpha=1 for plain "
                          f"cross-entropy (got {alpha=})")
-    log_targets = None
-    if alpha < 1.0:
-        assert teacher_logits is not None
-        log_targets = F.log_softmax(teacher_logits.detach() / temperature, dim=1)
-    return _kd_from_log_targets(student_logits, log_targets, labels, temperature, alpha)
+    fn = Loss(loss, alpha, temperature, **weights)  # type: ignore[arg-type]
+    targets = fn.teacher_targets(teacher_logits) if teacher_logits is not None and \
+        alpha < 1.0 else None
+    return fn(student_logits, targets, labels, epoch=epoch)
 
 
 def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
@@ -176,10 +162,11 @@ class Steps:
 
 def _autograd_step(model: nn.Module, optimizer: Optimizer, x: torch.Tensor,
                    y: torch.Tensor, log_targets: torch.Tensor | None, training: TrainingConfig,
-                   teacher: nn.Module | None, generator: torch.Generator) -> Steps:
-    """One optimizer step through autograd: any model, online teaching too."""
-    alpha, temperature = training.alpha, training.temperature
-    needs_teacher = alpha < 1.0
+                   teacher: nn.Module | None, generator: torch.Generator,
+                   epoch: Callable[[], int]) -> Steps:
+    """One optimizer step through autograd: any model and loss, online teaching too."""
+    loss_fn = Loss.of(training)
+    needs_teacher = loss_fn.uses_teacher
     loss_sum = torch.zeros((), device=x.device)
 
     def step(idx: torch.Tensor) -> None:
@@ -192,10 +179,10 @@ def _autograd_step(model: nn.Module, optimizer: Optimizer, x: torch.Tensor,
             if needs_teacher:
                 assert teacher is not None
                 with torch.no_grad():
-                    targets = F.log_softmax(teacher(xb).float() / temperature, dim=1)
+                    targets = loss_fn.teacher_targets(teacher(xb))
         else:
             targets = None if log_targets is None else log_targets.index_select(0, idx)
-        loss = _kd_from_log_targets(model(xb), targets, yb, temperature, alpha)
+        loss = loss_fn(model(xb), targets, yb, epoch=epoch())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -211,16 +198,20 @@ def _autograd_step(model: nn.Module, optimizer: Optimizer, x: torch.Tensor,
 
 def make_steps(model: nn.Module, optimizer: Optimizer, data: Dataset, training: TrainingConfig,
                *, log_targets: torch.Tensor | None, teacher: nn.Module | None,
-               generator: torch.Generator, fast: bool) -> Steps:
+               generator: torch.Generator, fast: bool, epoch: Callable[[], int] = lambda: 1
+               ) -> Steps:
     """How `fit` steps `model` on data.train: the written-out MLP step (`fast`, cached targets),
-    else autograd. `log_targets`: the teacher's softened log-probabilities per training row;
-    `teacher`: the module run on each shifted batch instead (training.shift > 0)."""
+    else autograd. `log_targets`: the teacher's log-probabilities per training row, as the loss
+    compares them (`losses.Loss.teacher_targets`); `teacher`: the module run on each shifted
+    batch instead (training.shift > 0); `epoch`: the epoch under way (from 1)."""
     x, y = data.train.x, data.train.y
-    written_out = (fast_step.mlp_step(model, optimizer, x, y, log_targets, training)
+    written_out = (fast_step.mlp_step(model, optimizer, x, y, log_targets, training,
+                                      epoch=epoch)
                    if fast and training.shift == 0 else None)
     if written_out is not None:
         return Steps(*written_out)
-    return _autograd_step(model, optimizer, x, y, log_targets, training, teacher, generator)
+    return _autograd_step(model, optimizer, x, y, log_targets, training, teacher, generator,
+                          epoch)
 
 
 def train_epoch(steps: Steps, order: torch.Tensor, batches: list[tuple[int, int]], *,
@@ -282,8 +273,8 @@ def fit(model: nn.Module, data: Dataset, training: TrainingConfig, *,
     With alpha = 1 no teacher is needed. Deterministic on CPU for a given `training.seed`
     (the caller seeds the model's initialisation; see `train_student`).
     """
-    alpha, temperature = training.alpha, training.temperature
-    needs_teacher = alpha < 1.0
+    loss_fn = Loss.of(training)
+    needs_teacher = loss_fn.uses_teacher
     online = training.shift > 0
     if needs_teacher and online and teacher is None:
         raise ValueError("fit: training.shift > 0 needs the teacher module (online teaching)")
@@ -295,12 +286,15 @@ def fit(model: nn.Module, data: Dataset, training: TrainingConfig, *,
     log_targets = None
     if needs_teacher and not online:
         assert teacher_logits is not None and teacher_logits.shape[0] == n
-        # computed once per run: the teacher's softened log-probabilities for every example.
-        # Over the rows of the class-major copy: the same numbers (bit for bit with 10
-        # classes, to float rounding with others), 5x faster for 10 classes (torch's CPU
-        # softmax over a short last dimension is slow: 4.6 against 0.7 ms on MNIST)
-        scaled = teacher_logits.to(device).float().t().contiguous() / temperature
-        log_targets = F.log_softmax(scaled, dim=0).t().contiguous()
+        # computed once per run: the teacher's softened log-probabilities for every example
+        if loss_fn.name == "kd":
+            # over the rows of the class-major copy: the same numbers (bit for bit with 10
+            # classes, to float rounding with others), 5x faster for 10 classes (torch's CPU
+            # softmax over a short last dimension is slow: 4.6 against 0.7 ms on MNIST)
+            scaled = teacher_logits.to(device).float().t().contiguous() / loss_fn.temperature
+            log_targets = F.log_softmax(scaled, dim=0).t().contiguous()
+        else:
+            log_targets = loss_fn.teacher_targets(teacher_logits.to(device))
     if teacher is not None:
         teacher.eval()
 
@@ -323,7 +317,8 @@ def fit(model: nn.Module, data: Dataset, training: TrainingConfig, *,
     history: list[dict[str, float]] = []
     model.train()
     steps = make_steps(model, optimizer, data, training, log_targets=log_targets,
-                       teacher=teacher, generator=generator, fast=fast)
+                       teacher=teacher, generator=generator, fast=fast,
+                       epoch=lambda: state.epoch + 1)
 
     def set_lr(step: int) -> None:
         for group in optimizer.param_groups:

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kdsearch.config import FAST_STEPS, TrainingConfig
+from kdsearch.losses import Loss
 from kdsearch.models import MLP
 
 
@@ -208,7 +209,8 @@ class FusedAdam:
 
 
 def mlp_step(model: nn.Module, optimizer: Any, x: torch.Tensor, y: torch.Tensor,
-             log_targets: torch.Tensor | None, training: TrainingConfig
+             log_targets: torch.Tensor | None, training: TrainingConfig, *,
+             epoch: Callable[[], int] = lambda: 1
              ) -> tuple[Callable[[torch.Tensor], None], Callable[[], torch.Tensor]] | None:
     """`distill.fit`'s step for a dropout-free two-hidden-layer MLP, gradients written out:
     (step(idx), take_loss()) as `distill.Steps` holds them, or None for any other model.
@@ -232,6 +234,8 @@ def mlp_step(model: nn.Module, optimizer: Any, x: torch.Tensor, y: torch.Tensor,
     """
     if type(model) is not MLP or not isinstance(model.dropout, nn.Identity):
         return None
+    if training.loss != "kd" and log_targets is not None and training.alpha < 1.0:
+        return _mlp_step_any_loss(model, optimizer, x, y, log_targets, training, epoch)
     fc1, fc2, fc3 = model.fc1, model.fc2, model.fc3
     params = [fc1.weight, fc1.bias, fc2.weight, fc2.bias, fc3.weight, fc3.bias]
     alpha, temperature = training.alpha, training.temperature
@@ -299,5 +303,59 @@ def mlp_step(model: nn.Module, optimizer: Any, x: torch.Tensor, y: torch.Tensor,
         total = terms.sum().neg_()
         terms.zero_()
         return total
+
+    return step, take_loss
+
+
+def _mlp_step_any_loss(model: nn.Module, optimizer: Any, x: torch.Tensor, y: torch.Tensor,
+                       log_targets: torch.Tensor, training: TrainingConfig,
+                       epoch: Callable[[], int]
+                       ) -> tuple[Callable[[torch.Tensor], None], Callable[[], torch.Tensor]]:
+    """`mlp_step` for a loss other than Hinton's (dkd, ls_kd): the MLP's forward and backward
+    written out as there, the loss's gradient with respect to the logits (a batch x classes
+    tensor) through autograd."""
+    loss_fn = Loss.of(training)
+    fc1, fc2, fc3 = model.fc1, model.fc2, model.fc3
+    params = [fc1.weight, fc1.bias, fc2.weight, fc2.bias, fc3.weight, fc3.bias]
+    x = x.flatten(1)
+    flat = optimizer.flatten() if isinstance(optimizer, FusedAdam) else None
+    grads = flat if flat is not None else [torch.zeros_like(p) for p in params]
+    for p, grad in zip(params, grads):
+        p.grad = grad
+    w1, b1, w2, b2, w3, b3 = params
+    b1c, b2c, b3c, w2t, w3t = b1.unsqueeze(1), b2.unsqueeze(1), b3.unsqueeze(1), w2.t(), w3.t()
+    gw1, gb1, gw2, gb2, gw3, gb3 = grads
+    threshold_backward = torch.ops.aten.threshold_backward
+    total = torch.zeros((), dtype=x.dtype, device=x.device)
+    update = optimizer.step
+
+    def step(idx: torch.Tensor) -> None:
+        with torch.no_grad():
+            xb = x.index_select(0, idx)
+            h1 = torch.addmm(b1c, w1, xb.t()).relu_()
+            h2 = torch.addmm(b2c, w2, h1).relu_()
+            z = torch.addmm(b3c, w3, h2)
+        logits = z.t().requires_grad_(True)
+        with torch.enable_grad():
+            loss = loss_fn(logits, log_targets.index_select(0, idx), y.index_select(0, idx),
+                           epoch=epoch())
+            (g,) = torch.autograd.grad(loss, logits)
+        with torch.no_grad():
+            total.add_(loss.detach(), alpha=len(idx))
+            g = g.t()
+            torch.mm(g, h2.t(), out=gw3)
+            torch.sum(g, 1, out=gb3)
+            g2 = threshold_backward(torch.mm(w3t, g), h2, 0)
+            torch.mm(g2, h1.t(), out=gw2)
+            torch.sum(g2, 1, out=gb2)
+            g1 = threshold_backward(torch.mm(w2t, g2), h1, 0)
+            torch.mm(g1, xb, out=gw1)
+            torch.sum(g1, 1, out=gb1)
+        update()
+
+    def take_loss() -> torch.Tensor:
+        out = total.clone()
+        total.zero_()
+        return out
 
     return step, take_loss

@@ -10,6 +10,7 @@ from dataclasses import field
 from typing import Any, Callable
 
 from kdsearch.entry_points import is_entry_point
+from kdsearch.errors import MAX_INT
 
 Check = Callable[[Any], bool]
 # a width of 2**20 units is a 2**40-weight layer, already far beyond any machine; wider ones
@@ -113,6 +114,9 @@ def target_spec() -> Any:
                    "100% can never be shown)"})
 
 
+LOSSES = ("kd", "dkd", "ls_kd")  # training.loss (kdsearch.losses)
+MAX_LOSS_WEIGHT = 100.0
+
 # Rules for a searched dimension's values, shared by the fixed config fields and the space bounds.
 VALUE_RULES: dict[str, tuple[type, Check, str]] = {
     # above ~1e4 the softened targets are uniform to float32 and the KD loss loses its digits
@@ -124,7 +128,21 @@ VALUE_RULES: dict[str, tuple[type, Check, str]] = {
     "batch_size": (int, at_least(1), "an integer >= 1"),
     "weight_decay": (float, lambda v: v >= 0, "a number >= 0"),
     "epochs": (int, at_least(1), "an integer >= 1"),
+    "loss": (str, lambda v: v in LOSSES, "one of " + ", ".join(LOSSES)),
+    "dkd_alpha": (float, lambda v: 0 < v <= MAX_LOSS_WEIGHT,
+                  f"a number in (0, {MAX_LOSS_WEIGHT:g}] (DKD's weight of TCKD)"),
+    "dkd_beta": (float, lambda v: 0 < v <= MAX_LOSS_WEIGHT,
+                 f"a number in (0, {MAX_LOSS_WEIGHT:g}] (DKD's weight of NCKD)"),
+    "dkd_warmup": (int, lambda v: 0 <= v <= 10_000, "an integer in [0, 10000] (epochs)"),
+    "ls_weight": (float, lambda v: 0 < v <= MAX_LOSS_WEIGHT,
+                  f"a number in (0, {MAX_LOSS_WEIGHT:g}] (the LS term's weight)"),
 }
+
+
+def optional_rule(name: str) -> Any:
+    """A field of VALUE_RULES that may be null (null: the default of kdsearch.losses)."""
+    kind, check, allowed = VALUE_RULES[name]
+    return spec(None, kind, check, allowed, optional=True)
 
 
 def rule(name: str, default: Any) -> Any:
@@ -134,3 +152,43 @@ def rule(name: str, default: Any) -> Any:
 
 def seed_spec() -> Any:
     return spec(0, int, lambda v: 0 <= v <= MAX_SEED, "an integer in [0, 2**32 - 1]")
+
+
+# --------------------------------------------------------------------------- a value's kind
+# YAML 1.1's other words for true and false, which yamlfile reads as text: still accepted
+_BOOL_WORDS = {"yes": True, "on": True, "no": False, "off": False}
+
+
+def coerce(value: Any, kind: type | tuple[type, ...]) -> tuple[bool, Any]:
+    """Return (ok, value) with ints accepted as floats, '1e-3' strings as numbers, and yes, no,
+    on and off as booleans."""
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if isinstance(value, bool):
+        return (bool in kinds, value)
+    if bool in kinds and isinstance(value, str) and value.lower() in _BOOL_WORDS:
+        return True, _BOOL_WORDS[value.lower()]
+    if isinstance(value, int) and abs(value) > MAX_INT:
+        return False, value  # 10**400: beyond int64 and (as a float) infinite
+    if float in kinds and isinstance(value, str):
+        try:
+            value = float(value)  # PyYAML reads 1e-3 (no dot) as a string
+        except ValueError:
+            return False, value
+    if float in kinds and isinstance(value, int):
+        return True, value if int in kinds else float(value)
+    if int in kinds and isinstance(value, float) and float not in kinds:
+        ok = value.is_integer() and abs(value) <= MAX_INT  # False for inf and nan
+        return ok, int(value) if ok else value
+    if isinstance(value, float) and not math.isfinite(value):
+        return False, value
+    if int in kinds and isinstance(value, float) and value >= 1 and value.is_integer():
+        return True, int(value)  # a count: 5000.0 is 5000 (the teacher cache's key hashes it)
+    return isinstance(value, kinds), value
+
+
+def kind_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    names = {int: "an integer", float: "a number", str: "a string", bool: "true or false"}
+    if float in kinds:
+        return "a number"
+    return " or ".join(names[k] for k in kinds)

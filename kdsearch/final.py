@@ -114,7 +114,8 @@ def plan(results: Path, *, retrain: bool) -> Plan:
         row = reusable.get(_spec_key(s, fingerprint))
         if row is not None:  # the search's own record of the setting may have changed
             reused[i] = dataclasses.replace(row, best=s.best, trial_id=s.trial_id,
-                                            val_acc=s.val_acc, search_epochs=s.search_epochs)
+                                            val_acc=s.val_acc, search_epochs=s.search_epochs,
+                                            extra=s.extra)
     # a teacher tested before its per-example results were kept is tested again (the target's
     # bound pairs the students' examples with its own)
     teacher_ok = old_teacher is not None and old_teacher.key == key and (
@@ -258,7 +259,7 @@ def new_row(p: Plan, i: int, size: Size, outcomes: list[Outcome]) -> FinalRow:
         workers=[o.result.worker for o in outcomes],
         # training time, summed over the seeds (they may run side by side)
         seconds=round(sum(o.result.seconds for o in outcomes), 3),
-        spec=s.spec(p.fingerprint), macs=size.macs)
+        spec=s.spec(p.fingerprint), macs=size.macs, loss=training.loss, extra=s.extra)
 
 
 def _student_entry(p: Plan, inputs: Inputs, s: Setting, seed: int, outcome: Outcome,
@@ -305,7 +306,7 @@ def train_and_test(p: Plan, inputs: Inputs, runner: Runner | None, device: str,
         s = p.selection.settings[job.index]
         outcome = outcomes[(job.index, job.seed)] = score_student(p, inputs, job, result, test,
                                                                   device)
-        if outcome.test_acc is not None:
+        if outcome.test_acc is not None and not s.extra:  # (a loss compared only: not kept)
             students.append(_student_entry(p, inputs, s, job.seed, outcome, folder))
         _log_outcome(s, job, outcome, done, len(jobs))
     rows = {i: new_row(p, i, sizes[i], [outcomes[(i, seed)] for seed in p.seeds])
@@ -343,7 +344,7 @@ def evaluate_final(results_dir: str | os.PathLike[str], *, retrain: bool = True,
     started = time.perf_counter()
     students = results / STUDENTS_DIR
     saved = kept_entries(students, [(r.kind, r.width, seed) for r in p.reused.values()
-                                    for seed in p.seeds])
+                                    if not r.extra for seed in p.seeds])
     objects = inputs.objects if inputs is not None else objects or UserObjects()
     rows = _with_macs(p, dict(p.reused), saved, objects.student)
     teacher, data = p.teacher, p.previous.data if p.previous else None
@@ -374,8 +375,9 @@ def evaluate_final(results_dir: str | os.PathLike[str], *, retrain: bool = True,
         student_model=p.cfg.student.model, baseline_tuned=p.selection.baseline_tuned,
         baseline_note=p.selection.baseline_note,
         rows=[rows[i] for i in range(len(p.selection.settings))])
-    best = {kind: next((s.width for s in p.selection.settings if s.best and s.kind == kind),
-                       None) for kind in (DISTILLED, BASELINE)}
+    best = {kind: next((s.width for s in p.selection.settings
+                        if s.best and s.kind == kind and not s.extra), None)
+            for kind in (DISTILLED, BASELINE)}
     write_index(students, saved, best)
     write_final(results, final)
     return final

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from kdsearch import files
+from kdsearch.fields import LOSSES
 from kdsearch.tables import KINDS
 
 FINAL_FILE = "final.json"
@@ -57,6 +58,9 @@ class FinalRow:
     seconds: float | None  # training time, summed over the seeds
     spec: dict[str, Any]  # everything the retrained models depend on but the seeds
     macs: int | None = None  # multiply-accumulates of one example's forward pass
+    loss: str | None = None  # the distillation loss (None: a row written before losses; kd)
+    # True: a loss's best setting, retrained only to compare the losses (see selection)
+    extra: bool = False
 
     def accuracies(self) -> list[float]:
         """The test accuracies of the seeds that have one."""
@@ -72,7 +76,8 @@ class FinalRow:
 
     @classmethod
     def from_json(cls, row: dict[str, Any]) -> FinalRow:
-        return cls(**{f.name: row.get(f.name) for f in dataclasses.fields(cls)})
+        return cls(**{f.name: row.get(f.name, f.default) if f.default is not dataclasses.MISSING
+                      else row.get(f.name) for f in dataclasses.fields(cls)})
 
 
 @dataclass(frozen=True)
@@ -235,6 +240,8 @@ def _row_ok(r: dict[str, Any], n_seeds: int) -> bool:
             and _number(r.get("alpha")) and _number(r.get("mean"), True)
             and _number(r.get("std"), True) and _count(r.get("diverged"))
             and (r.get("macs") is None or _count(r.get("macs")))
+            and r.get("loss", "kd") in LOSSES + (None,)
+            and isinstance(r.get("extra", False), bool)
             and isinstance(r.get("test_accs"), list) and len(r["test_accs"]) == n_seeds
             and all(_number(a, True) for a in r["test_accs"])):
         return False

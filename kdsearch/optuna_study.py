@@ -27,7 +27,8 @@ from kdsearch.config import ExperimentConfig
 from kdsearch.errors import one_line
 from kdsearch.metrics import EPOCH, VAL_ACC
 from kdsearch.optuna_space import optuna_space
-from kdsearch.results import OPTUNA_FILE, dimensions, kind_of_config, searched_kinds
+from kdsearch.results import (OPTUNA_FILE, dimensions, kind_of_config, loss_searched,
+                              searched_kinds)
 from kdsearch.tables import (KINDS, PHASE, PROGRESS_FILE, TRIALS_FILE, TrialRow, read_table,
                              read_trials)
 
@@ -88,6 +89,8 @@ def export_study(results_dir: Path, cfg: ExperimentConfig) -> None:
         study = optuna.create_study(study_name=PHASE[kind], storage=storage,
                                     direction="maximize")
         for r in mine:
+            dims = dimensions(cfg, kind, r.value("loss") if loss_searched(cfg) else None)
+            dists = optuna_space(dims)
             params = {d.name: r.value(d.name) for d in dims}
             if any(v is None for v in params.values()):
                 continue
@@ -202,7 +205,8 @@ class StudyWriter(tune.Callback):
                 studies[kind] = storage.create_new_study(
                     [optuna.study.StudyDirection.MAXIMIZE], PHASE[kind])
             if trial_id not in ids:
-                dims = dimensions(self.cfg, kind)
+                loss = what["config"].get("loss") if loss_searched(self.cfg) else None
+                dims = dimensions(self.cfg, kind, loss)
                 params = {d.name: what["config"][d.name] for d in dims
                           if d.name in what["config"]}
                 if len(params) < len(dims):

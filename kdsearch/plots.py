@@ -189,6 +189,12 @@ def plot_best_so_far(progress: list[dict[str, str]], path: Path) -> dict[str, An
     return _save(fig, ax, path, title)
 
 
+def group_label(g: dict[str, Any]) -> str:
+    """An importances group in words: "distilled", "distilled, dkd", "baseline, width 16"."""
+    loss = f", {g['loss']}" if g.get("loss") else ""
+    return kind_of(g["phase"]) + loss + ("" if g["width"] is None else f", width {g['width']}")
+
+
 def plot_importance(importances: dict[str, Any] | None, path: Path) -> dict[str, Any] | None:
     """The searched values' importances: a bar per value, one colour per group (each phase,
     each width), the groups that have them."""
@@ -201,7 +207,7 @@ def plot_importance(importances: dict[str, Any] | None, path: Path) -> dict[str,
     for i, g in enumerate(groups):
         xs = [j - 0.4 + step * (i + 0.5) for j, n in enumerate(names) if n in g["importances"]]
         ys = [100 * g["importances"][n] for n in names if n in g["importances"]]
-        label = kind_of(g["phase"]) + ("" if g["width"] is None else f", width {g['width']}")
+        label = group_label(g)
         ax.bar(xs, ys, width=step, label=f"{label} ({g['trials']} trials)")
     ax.set_xticks(range(len(names)), labels=names)
     ax.set_xlabel("searched value")

@@ -28,12 +28,12 @@ from kdsearch.answer import Side, rule_sentences, to_show
 from kdsearch.final_record import FINAL_FILE, LATENCY_FILE, FinalRecord, read_final
 from kdsearch.formatting import (examples_phrase, fmt_ci, fmt_gap, fmt_p, fmt_ratio,
                                  fmt_seconds, fmt_value, pct, pm, points, seed_phrase)
-from kdsearch.plots import PLOTS, write_plots
+from kdsearch.plots import PLOTS, group_label, write_plots
 from kdsearch.results import ReportError, read_run_if_any, write_json
 from kdsearch.stats import SIGNIFICANCE, Tests
 from kdsearch.summary import (SUMMARY_CSV, SUMMARY_JSON, Comparison, Spent, Summary,
                               summarize, summary_csv)
-from kdsearch.tables import BASELINE, KINDS, PHASE, PROGRESS_FILE, TRIALS_FILE, kind_of, read_table
+from kdsearch.tables import BASELINE, KINDS, PHASE, PROGRESS_FILE, TRIALS_FILE, read_table
 from kdsearch.version import __version__
 
 if TYPE_CHECKING:  # (annotations only: the final evaluation's types)
@@ -227,6 +227,28 @@ def _caution(s: Summary) -> list[str]:
                 f"settings. " + fix]
 
 
+def loss_table(s: Summary) -> list[str]:
+    """Each searched loss's best setting against a tuned KD's, width by width."""
+    if not s.losses:
+        return []
+    rows = []
+    for c in s.losses:
+        t = c.tests
+        rows.append([str(c.width), c.loss, pm(c.side.mean, c.side.std), pm(c.kd.mean, c.kd.std),
+                     points(t.difference), _seed_cell(t), fmt_ci(t),
+                     _p_pair(t.test_p_value, t.test_p_value_holm),
+                     {"beats": f"{c.loss} ahead", "does_not_beat": "KD ahead"
+                      if c.decision.significant else "none"}.get(c.decision.verdict, "none")])
+    out = ["", "## Losses against a tuned KD", "",
+           f"Each loss was searched with its own trials and searcher (an equal share), and the "
+           f"best setting of each at each width retrained with the same seeds; its test "
+           f"accuracy against Hinton's KD's, with the same two tests, Holm-adjusted over the "
+           f"{len(s.losses)} comparisons.", ""]
+    return out + _table(["width", "loss", "its test acc", "KD's", "difference (points)",
+                         "seeds: Welch p (Holm)", "test set: 95% CI (points)",
+                         "test set: p (Holm)", "verdict"], rows, "rlllrrrrl")
+
+
 def teacher_line(s: Summary) -> list[str]:
     t = s.final.teacher
     if t is None or t.params is None:  # teacher.logits: no model here
@@ -368,7 +390,7 @@ def importance_table(importances: dict[str, Any] | None) -> list[str]:
     names = list(dict.fromkeys(n for g in groups for n in g["importances"] or {}))
     rows = []
     for g in groups:
-        label = kind_of(g["phase"]) + ("" if g["width"] is None else f", width {g['width']}")
+        label = group_label(g)
         if g["importances"]:
             cells = [fmt_gap(g["importances"].get(n)) if n in g["importances"] else "—"
                      for n in names]
@@ -412,7 +434,7 @@ def render(s: Summary) -> str:
     data = s.final.data
     rule = rule_sentences(s.answer, len(s.seeds), data.test if data else 0)
     out = [f"**{s.answer_text}**", ""] + ([rule, ""] if rule else []) + intro(s) + notices(s)
-    out += front_table(s) + [""] + width_table(s)
+    out += front_table(s) + [""] + width_table(s) + loss_table(s)
     out += teacher_line(s) + best_line(s) + per_seed(s) + setting_table(s) + cost_table(s)
     out += ["", "## What mattered", ""] + importance_table(s.importances)
     out += plot_links(s) + file_list(s)

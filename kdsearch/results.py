@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from kdsearch import files
-from kdsearch.config import KD_DIMENSIONS, Dimension, ExperimentConfig, load_config
+from kdsearch.config import (KD_DIMENSIONS, LOSS_PARAMS, Dimension, ExperimentConfig, load_config,
+                             losses_of)
 from kdsearch.errors import UserError
 from kdsearch.tables import (BASELINE, DISTILLED, KINDS, PHASE, TEXT_FIELDS, TRIALS_FILE,
                              TrialRow, kind_of)
@@ -65,15 +66,30 @@ def config_of_kind(kind: str) -> dict[str, str]:
     return {KIND_KEY: PHASE[kind]}
 
 
-def dimensions(cfg: ExperimentConfig, kind: str) -> tuple[Dimension, ...]:
-    """The dimensions the search of `kind` searches: the baseline drops temperature and alpha."""
+def dimensions(cfg: ExperimentConfig, kind: str, loss: str | None = None
+               ) -> tuple[Dimension, ...]:
+    """The dimensions the search of `kind` searches: the baseline drops temperature, alpha and
+    the losses'; a trial of `loss` has that loss's own parameters and no other's."""
     if kind == BASELINE:
         return tuple(d for d in cfg.search.space if d.name not in KD_DIMENSIONS)
-    return cfg.search.space
+    if loss is None:
+        return cfg.search.space
+    others = {p for name, params in LOSS_PARAMS.items() if name != loss for p in params}
+    return tuple(d for d in cfg.search.space if d.name not in others)
 
 
-def dimension_names(cfg: ExperimentConfig, kind: str) -> list[str]:
-    return [d.name for d in dimensions(cfg, kind)]
+def dimension_names(cfg: ExperimentConfig, kind: str, loss: str | None = None) -> list[str]:
+    return [d.name for d in dimensions(cfg, kind, loss)]
+
+
+def loss_searched(cfg: ExperimentConfig) -> bool:
+    """More than one loss is searched: each is tuned on its own (`searchers`)."""
+    return len(losses_of(cfg)) > 1
+
+
+def loss_of(values: Any, cfg: ExperimentConfig) -> str:
+    """The loss a trial (its config, or its row's values) trained with."""
+    return values.get("loss") or cfg.training.loss
 
 
 def trial_budget(cfg: ExperimentConfig, kind: str) -> int:
@@ -118,7 +134,8 @@ def best_trial(rows: Iterable[TrialRow], kind: str, dims: list[str]
     if not ok:
         return None
     top = max(ok, key=rank_key)
-    return {d: top.value(d) for d in dims}, top
+    # (a loss's own parameters are absent from the trials of other losses)
+    return {d: top.value(d) for d in dims if top.value(d) is not None}, top
 
 
 def rank_key(row: TrialRow) -> tuple[bool, float, float, float, str]:

@@ -2,8 +2,11 @@
 
 Both searches, the distillation search and the baseline (the student alone, alpha = 1), run in
 one Tuner. Each kind of student is tuned on its own, and with `search.per_width` each width of
-it too. Such a group of trials is an *arm* (named "distill", "baseline", or "distill:w16" per
-width). An arm has its own Optuna sampler (TPE, or random search) seeded from `search.seed` and
+it too; when several losses are searched (`search.space.loss`), each loss of the distilled
+student too. Such a group of trials is an *arm* (named "distill", "baseline", "distill:w16" per
+width, "distill:dkd" or "distill:dkd:w16" per loss). One searcher over all losses would spend
+its trials on the loss that looks best early; an arm per loss gives each loss an equal budget
+and its own searcher, so that the report compares equally tuned losses. An arm has its own Optuna sampler (TPE, or random search) seeded from `search.seed` and
 its name, its own trial budget, and its own ASHA (or FIFO) scheduler: a trial is stopped early
 only by comparison with trials of its own arm. `PhaseSearcher` and `PhaseScheduler` route each
 trial to its arm's. (Ray Tune's saved state of a search names these two classes: renaming them
@@ -22,12 +25,12 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
-from kdsearch.config import Dimension, ExperimentConfig, SearchConfig, max_epochs
+from kdsearch.config import Dimension, ExperimentConfig, SearchConfig, losses_of, max_epochs
 from kdsearch.metrics import EPOCH, VAL_ACC
 from kdsearch.optuna_space import optuna_space
 from kdsearch.ray_workarounds import restored_trial_configs
-from kdsearch.results import (config_of_kind, dimensions, kind_of_config, per_width,
-                              searched_widths, trial_budget)
+from kdsearch.results import (config_of_kind, dimensions, kind_of_config, loss_searched,
+                              per_width, searched_widths, trial_budget)
 from kdsearch.tables import DISTILLED, PHASE
 
 TPE_STARTUP_TRIALS = 10  # Optuna's TPESampler's n_startup_trials, kept when it is not set
@@ -113,16 +116,20 @@ class PhaseScheduler(FIFOScheduler):
     with trials of their own kind (and width, with search.per_width), as if each ran
     alone."""
 
-    def __init__(self, schedulers: dict[str, Any], per_width: bool) -> None:
+    def __init__(self, schedulers: dict[str, Any], per_width: bool, per_loss: bool = False
+                 ) -> None:
         super().__init__()
         self.schedulers = schedulers
         self.per_width = per_width
+        self.per_loss = per_loss
         self._supports_buffered_results = all(
             s.supports_buffered_results for s in schedulers.values())
 
     def _of(self, trial: Any) -> Any:
+        loss = trial.config.get("loss") if getattr(self, "per_loss", False) else None
         return self.schedulers[arm_name(kind_of_config(trial.config),
-                                        trial.config.get("width") if self.per_width else None)]
+                                        trial.config.get("width") if self.per_width else None,
+                                        loss)]
 
     def set_search_properties(self, metric: str | None, mode: str | None,
                               **spec: Any) -> bool:
@@ -160,10 +167,12 @@ def searcher_seed(seed: int, arm: str, per_width: bool) -> int:
     return _arm_seed(seed, arm) if per_width or arm != arm_name(DISTILLED, None) else seed
 
 
-def arm_name(kind: str, width: Any) -> str:
-    """An arm's name: its kind as the `phase` column names it, and its width with
-    search.per_width ("distill", "baseline:w16")."""
-    return PHASE[kind] if width is None else f"{PHASE[kind]}:w{width}"
+def arm_name(kind: str, width: Any, loss: str | None = None) -> str:
+    """An arm's name: its kind as the `phase` column names it, its loss when several are
+    searched, and its width with search.per_width ("distill", "baseline:w16",
+    "distill:dkd:w16")."""
+    name = PHASE[kind] if loss is None else f"{PHASE[kind]}:{loss}"
+    return name if width is None else f"{name}:w{width}"
 
 
 def arm_specs(cfg: ExperimentConfig, kinds: list[str]
@@ -175,16 +184,17 @@ def arm_specs(cfg: ExperimentConfig, kinds: list[str]
     """
     out: dict[str, tuple[tuple[Dimension, ...], int, dict[str, Any]]] = {}
     for kind in kinds:
-        dims, budget = dimensions(cfg, kind), trial_budget(cfg, kind)
-        if not per_width(cfg):
-            out[arm_name(kind, None)] = (dims, budget, config_of_kind(kind))
-            continue
-        widths = searched_widths(cfg)
-        rest = tuple(d for d in dims if d.name != "width")
-        for i, w in enumerate(widths):
-            share = budget // len(widths) + (i < budget % len(widths))
+        budget = trial_budget(cfg, kind)
+        losses = losses_of(cfg) if kind == DISTILLED and loss_searched(cfg) else (None,)
+        widths = searched_widths(cfg) if per_width(cfg) else [None]
+        groups = [(loss, w) for loss in losses for w in widths]
+        for i, (loss, w) in enumerate(groups):
+            share = budget // len(groups) + (i < budget % len(groups))
+            fixed = {**({} if w is None else {"width": w}),
+                     **({} if loss is None else {"loss": loss}), **config_of_kind(kind)}
+            dims = tuple(d for d in dimensions(cfg, kind, loss) if d.name not in fixed)
             if share:
-                out[arm_name(kind, w)] = (rest, share, {"width": w, **config_of_kind(kind)})
+                out[arm_name(kind, w, loss)] = (dims, share, fixed)
     return out
 
 
@@ -227,4 +237,4 @@ def make_search(cfg: ExperimentConfig, kinds: list[str]) -> tuple[PhaseSearcher,
                            if s.scheduler == "asha" else FIFOScheduler())
     searcher = PhaseSearcher(searchers, {a: v[1] for a, v in specs.items()},
                              {a: v[2] for a, v in specs.items()})
-    return searcher, PhaseScheduler(schedulers, per_width(cfg))
+    return searcher, PhaseScheduler(schedulers, per_width(cfg), loss_searched(cfg))

@@ -14,9 +14,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kdsearch.config import VALUE_RULES, ExperimentConfig, config_to_dict, with_params
+from kdsearch.config import VALUE_RULES, ExperimentConfig, config_to_dict, losses_of, with_params
 from kdsearch.results import (CONFIG_FILE, RUN_FILE, ReportError, best_trial, dimension_names,
-                              dimensions, rank_key, read_config, row_width)
+                              dimensions, loss_searched, rank_key, read_config, row_width)
 from kdsearch.tables import (BASELINE, DISTILLED, KINDS, TRIALS_FILE, TrialRow, dim_column,
                              read_trials)
 from kdsearch.teacher import TeacherError, teacher_key, user_file_sha256
@@ -34,6 +34,9 @@ class Setting:
     trial_id: str | None  # the search trial it comes from (None for an untuned baseline)
     val_acc: float | None  # that trial's validation accuracy at its last epoch
     search_epochs: int | None  # the epochs that trial ran (fewer if ASHA stopped it)
+    # True: the best setting of one loss, retrained only to compare the losses (several are
+    # searched, and another loss is this width's best)
+    extra: bool = False
 
     def spec(self, fingerprint: str) -> dict[str, Any]:
         """Everything that determines the retrained models, but the seeds (`fingerprint`: the
@@ -74,10 +77,11 @@ def check_consistent(cfg: ExperimentConfig, rows: list[TrialRow], results_dir: P
                f"folder (the search's own config)")
     known = set(VALUE_RULES)
     for kind in KINDS:
-        searched = set(dimension_names(cfg, kind))
         for line, r in enumerate(rows, start=2):
             if r.kind != kind or not r.completed:
                 continue
+            loss = r.value("loss") if kind == DISTILLED and loss_searched(cfg) else None
+            searched = set(dimension_names(cfg, kind, loss))
             for name in sorted(searched, key=dim_column):
                 if r.value(name) is None:
                     raise ReportError(f"{path}: line {line}: no {dim_column(name)}, which "
@@ -126,10 +130,18 @@ def _overall_width(rows: list[TrialRow], cfg: ExperimentConfig, kind: str) -> in
     return row_width(best[1], cfg) if best is not None else None
 
 
-def _setting(kind: str, width: int, best: Best, is_best: bool) -> Setting:
+def _setting(kind: str, width: int, best: Best, is_best: bool, extra: bool = False) -> Setting:
     settings, row = best
     return Setting(kind, width, dict(settings), True, is_best, row.trial_id, row.val_acc,
-                   row.epochs)
+                   row.epochs, extra)
+
+
+def _best_by_loss(rows: list[TrialRow], cfg: ExperimentConfig) -> dict[str, dict[int, Best]]:
+    """Per loss (when several are searched), per width, its best distilled trial."""
+    if not loss_searched(cfg):
+        return {}
+    return {loss: _best_by_width([r for r in rows if r.value("loss") == loss], cfg, DISTILLED)
+            for loss in losses_of(cfg)}
 
 
 def _untuned(distilled: Setting, cfg: ExperimentConfig, is_best: bool) -> Setting:
@@ -151,7 +163,9 @@ def select_settings(cfg: ExperimentConfig, rows: list[TrialRow]) -> Selection:
 
     Widths are ranked by their best distilled trial (as `results.best_trial` ranks trials) and
     the best `report.max_widths` kept, plus the best baseline's width. A width whose baseline
-    has no finished trial gets an untuned baseline: its distilled setting with alpha = 1.
+    has no finished trial gets an untuned baseline: its distilled setting with alpha = 1. When
+    several losses are searched, each loss's best setting at each kept width is retrained too
+    (`Setting.extra`), to compare the losses.
     """
     distilled = _best_by_width(rows, cfg, DISTILLED)
     if not distilled:
@@ -166,11 +180,15 @@ def select_settings(cfg: ExperimentConfig, rows: list[TrialRow]) -> Selection:
     widths = set(ranked[:cfg.report.max_widths])
     if best_base is not None:
         widths.add(best_base)
+    by_loss = _best_by_loss(rows, cfg)
     out: list[Setting] = []
     for w in sorted(widths):
         d = _setting(DISTILLED, w, distilled[w], w == ranked[0]) if w in distilled else None
         if d is not None:
             out.append(d)
+        for best in (found[w] for found in by_loss.values() if w in found):
+            if d is None or best[1].trial_id != d.trial_id:  # (the width's best is retrained)
+                out.append(_setting(DISTILLED, w, best, False, extra=True))
         if w in baseline:
             out.append(_setting(BASELINE, w, baseline[w], w == best_base))
         elif d is not None:
@@ -208,6 +226,11 @@ def training_fingerprint(cfg: ExperimentConfig, files: dict[str, str] | None = N
         d["teacher"][key] = sha
     if d["training"]["fast_step"] == "auto":  # the default: as before the setting existed
         del d["training"]["fast_step"]
+    if d["training"]["loss"] == "kd":  # the default: as before losses could be chosen
+        del d["training"]["loss"]
+    for key in ("dkd_alpha", "dkd_beta", "dkd_warmup", "ls_weight"):
+        if d["training"][key] is None:
+            del d["training"][key]
     for section, key in (("teacher", "kwargs"), ("teacher", "checkpoint"),
                          ("teacher", "logits"), ("student", "kwargs")):
         if not d[section][key]:  # unset: as before a user's models could be named

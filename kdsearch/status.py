@@ -219,7 +219,8 @@ class StatusCallback(tune.Callback):
         finished = counts["done"] + counts["early"] + counts["failed"]
         what = ("diverged" if row.diverged else "failed" if row.failed else
                 f"stopped at epoch {row.epochs}" if row.stopped_early else "done")
-        setting = " ".join(f"{n}={fmt_setting(row.value(n))}" for n in self.dims.get(row.kind, []))
+        setting = " ".join(f"{n}={fmt_setting(row.value(n))}" for n in self.dims.get(row.kind, [])
+                           if row.value(n) is not None)  # (another loss's parameters: none)
         best = self.best.get(row.kind, float("nan"))
         acc = "-" if row.val_acc is None else f"{row.val_acc:.4f}"
         log.info(f"[{PHASE[row.kind]} {finished}/{self.budgets.get(row.kind, 0)}] {what}: "

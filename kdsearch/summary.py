@@ -166,6 +166,7 @@ class Summary:
     widths: list[Comparison]
     search: SearchCost
     importances: dict[str, Any] | None
+    losses: list[LossComparison]  # each searched loss against KD (none: one loss)
     answer: Answer
     answer_text: str  # the answer in words: the first line of report.md
     # a teacher not trained by kdsearch (a checkpoint, an object): how likely a validation
@@ -201,6 +202,7 @@ class Summary:
                         "val_above_test_p": self.teacher_val_above_test_p},
             "baseline_tuned": f.baseline_tuned, "baseline_note": f.baseline_note,
             "best": self.best.to_json(), "widths": [w.to_json() for w in self.widths],
+            "losses": [c.to_json() for c in self.losses],
             "search": self.search.to_json(), "importances": self.importances,
             "latency": None if self.latency is None else {
                 k: v for k, v in self.latency.to_json().items() if k != "timings"},
@@ -247,7 +249,8 @@ def compare_widths(ctx: Context, rows: list[TrialRow], cfg: ExperimentConfig
     """A comparison per width, its p-values Holm-adjusted over the widths."""
     by_width: dict[int, dict[str, FinalRow]] = {}
     for r in ctx.final.rows:
-        by_width.setdefault(r.width, {})[r.kind] = r
+        if not r.extra:  # (a loss's row retrained for `compare_losses` only)
+            by_width.setdefault(r.width, {})[r.kind] = r
     found = [comparison(k.get(DISTILLED), k.get(BASELINE), ctx)
              for _, k in sorted(by_width.items())]
     family = adjust([tests for _, _, tests, _ in found])  # the widths are one family
@@ -258,6 +261,49 @@ def compare_widths(ctx: Context, rows: list[TrialRow], cfg: ExperimentConfig
                               _search_behind(b, width, rows, cfg), compression, tests,
                               decide(tests, family=len(found)), family=len(found)))
     return out
+
+
+@dataclass(frozen=True)
+class LossComparison:
+    """One loss's best setting at a width against the best setting of Hinton's KD there, both
+    retrained with every seed and tested once (their tests as a comparison's)."""
+
+    width: int
+    loss: str
+    side: Side  # the loss's retrained setting
+    kd: Side  # KD's
+    tests: Tests  # the loss's side as "distilled", KD's as "baseline"
+    decision: Decision  # beats: the loss ahead of KD on both tests (Holm over the family)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"width": self.width, "loss": self.loss, "against": "kd",
+                               "loss_mean": self.side.mean, "loss_std": self.side.std,
+                               "kd_mean": self.kd.mean, "kd_std": self.kd.std,
+                               "loss_settings": self.side.settings,
+                               "kd_settings": self.kd.settings}
+        out.update(dataclasses.asdict(self.tests))
+        out.update(dataclasses.asdict(self.decision))
+        return out
+
+
+def compare_losses(ctx: Context) -> list[LossComparison]:
+    """When several losses were searched: each other loss against KD at each width, the
+    p-values Holm-adjusted over all of these comparisons."""
+    rows: dict[tuple[int, str], FinalRow] = {}
+    for r in ctx.final.rows:
+        if r.kind == DISTILLED and r.loss is not None:
+            rows[(r.width, r.loss)] = r
+    if len({loss for _, loss in rows}) < 2:
+        return []
+    pairs = [(w, loss) for (w, loss) in sorted(rows) if loss != "kd" and (w, "kd") in rows]
+    sides = [(comparison(rows[(w, loss)], None, ctx)[0], comparison(rows[(w, "kd")], None,
+                                                                      ctx)[0]) for w, loss in pairs]
+    n_test = ctx.final.data.test if ctx.final.data else None
+    t_acc = ctx.final.teacher.test_acc if ctx.final.teacher else None
+    family = adjust([compare(a.accs, b.accs, t_acc, n_test=n_test, distilled_correct=a.correct,
+                             baseline_correct=b.correct) for a, b in sides])
+    return [LossComparison(w, loss, a, b, t, decide(t, family=len(pairs)))
+            for (w, loss), (a, b), t in zip(pairs, sides, family)]
 
 
 def compare_best(ctx: Context) -> Comparison:
@@ -402,7 +448,7 @@ def summarize(results_dir: Path, final: FinalRecord) -> Summary:
         incomplete_kinds=open_kinds, incomplete_trials=flying, failed_trials=failed,
         epoch_budget=max_epochs(cfg), per_width=cfg.search.per_width, seeds=final.seeds,
         final=final, best=best, widths=widths, search=search_cost(cfg, rows, progress, run),
-        importances=read_importances(results_dir), answer=answer,
+        importances=read_importances(results_dir), losses=compare_losses(ctx), answer=answer,
         answer_text=answer_sentence(answer, cfg.student.model),
         teacher_val_above_test_p=_teacher_check(cfg, final), latency=ctx.latency)
 

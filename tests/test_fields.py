@@ -34,8 +34,11 @@ def test_each_searched_value_has_its_kind_and_range(name: str, kind: type, good:
 
 
 def test_every_searched_value_has_a_rule() -> None:
-    assert set(VALUE_RULES) == {"temperature", "alpha", "lr", "width", "batch_size",
-                                "weight_decay", "epochs"}
+    from kdsearch.config import SEARCHABLE
+
+    assert set(VALUE_RULES) == set(SEARCHABLE) == {
+        "temperature", "alpha", "lr", "width", "batch_size", "weight_decay", "epochs", "loss",
+        "dkd_alpha", "dkd_beta", "dkd_warmup", "ls_weight"}
 
 
 def test_the_rules_refuse_in_the_config_and_in_the_search_space_alike() -> None:

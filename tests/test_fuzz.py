@@ -32,10 +32,12 @@ from hypothesis import HealthCheck, given, reject, settings
 from hypothesis import strategies as st
 
 import kdsearch.data
+import kdsearch.inputs
 import kdsearch.cluster
 from kdsearch.cli import main
 from kdsearch.config import (DATASETS, DISTRIBUTIONS, OPTIMIZERS, SCHEDULERS, SEARCH_ALGORITHMS,
                              SEARCHABLE, SECTIONS, STUDENT_MODELS, TEACHER_MODELS, TOP_LEVEL)
+from kdsearch.fields import LOSSES
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "search_spaces" / "quickstart.yaml"
@@ -66,6 +68,7 @@ def _tripwires(monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(kdsearch.cluster, "init_ray", start_ray)
     monkeypatch.setattr(kdsearch.data, "load_dataset", load_data)
+    monkeypatch.setattr(kdsearch.inputs, "load_dataset", load_data)  # (run loads it first)
 
 
 @contextlib.contextmanager
@@ -219,6 +222,11 @@ FIELDS: dict[tuple[str, str], tuple[st.SearchStrategy[Any], bool]] = {
     ("training", "alpha"): (bad_float(lambda v: 0 <= v <= 1), False),
     ("training", "shift"): (bad_int(below=0), False),
     ("training", "seed"): (SEED, False),
+    ("training", "loss"): (bad_name(LOSSES), False),
+    ("training", "dkd_alpha"): (bad_float(lambda v: 0 < v <= 100), True),
+    ("training", "dkd_beta"): (bad_float(lambda v: 0 < v <= 100), True),
+    ("training", "dkd_warmup"): (bad_int(below=0, above=10_000), True),
+    ("training", "ls_weight"): (bad_float(lambda v: 0 < v <= 100), True),
     ("search", "algorithm"): (bad_name(SEARCH_ALGORITHMS), False),
     ("search", "startup_trials"): (AT_LEAST_1, True),
     ("search", "scheduler"): (bad_name(SCHEDULERS), False),
@@ -242,7 +250,12 @@ DIM_RANGES: dict[str, tuple[float, float, bool]] = {
     "temperature": (0.5, 50.0, False), "alpha": (0.0, 1.0, False), "lr": (1e-5, 1.0, False),
     "width": (1, 256, True), "batch_size": (1, 512, True), "weight_decay": (0.0, 0.1, False),
     "epochs": (4, 30, True),  # >= the base's grace_period of 4
+    # (a loss's own weights: valid values, though the base's loss, kd, refuses them)
+    "dkd_alpha": (0.5, 10.0, False), "dkd_beta": (1.0, 20.0, False), "dkd_warmup": (0, 20, True),
+    "ls_weight": (0.5, 20.0, False),
 }
+# the dimensions with numeric bounds (the loss is a choice of names)
+NUMERIC_DIMS = sorted(DIM_RANGES)
 # values a searched dimension's bound must refuse (beyond wrong types)
 DIM_OUT_OF_RANGE: dict[str, st.SearchStrategy[Any]] = {
     "temperature": st.floats(max_value=0, allow_nan=False), "lr": st.floats(max_value=0),
@@ -251,6 +264,8 @@ DIM_OUT_OF_RANGE: dict[str, st.SearchStrategy[Any]] = {
     "weight_decay": st.floats(max_value=-1e-9, allow_nan=False),
     "width": st.integers(max_value=0), "batch_size": st.integers(max_value=0),
     "epochs": st.integers(max_value=0),
+    "dkd_alpha": st.floats(max_value=0), "dkd_beta": st.floats(min_value=100.5),
+    "dkd_warmup": st.integers(max_value=-1), "ls_weight": st.floats(max_value=0),
 }
 
 
@@ -385,7 +400,7 @@ def m_space_not_mapping(draw: Draw, raw: dict[str, Any]) -> set[str]:
     # falsy ones included: `space: 0` or `space: []` is a mistake, not an empty space
     _section(raw, "search")["space"] = draw(st.one_of(
         st.sampled_from([0, "", [], False, 0.0]), st.integers(), st.text(min_size=1, max_size=8),
-        st.lists(st.sampled_from(sorted(SEARCHABLE)), min_size=1, max_size=3), DATES))
+        st.lists(st.sampled_from(NUMERIC_DIMS), min_size=1, max_size=3), DATES))
     return {"search"}
 
 
@@ -396,14 +411,14 @@ def m_unknown_dimension(draw: Draw, raw: dict[str, Any]) -> set[str]:
 
 
 def m_dimension_not_mapping(draw: Draw, raw: dict[str, Any]) -> set[str]:
-    _space(raw)[draw(st.sampled_from(sorted(SEARCHABLE)))] = draw(st.one_of(
+    _space(raw)[draw(st.sampled_from(NUMERIC_DIMS))] = draw(st.one_of(
         st.none(), st.integers(), st.floats(), st.text(max_size=8), st.booleans(),
         st.lists(st.integers(), max_size=3)))
     return {"search"}
 
 
 def m_unknown_dimension_key(draw: Draw, raw: dict[str, Any]) -> set[str]:
-    name = draw(st.sampled_from(sorted(SEARCHABLE)))
+    name = draw(st.sampled_from(NUMERIC_DIMS))
     dim = valid_dim(draw, name)
     dim[draw(unknown_key(["distribution", "low", "high", "step", "values"]))] = 1
     _space(raw)[name] = dim
@@ -411,7 +426,7 @@ def m_unknown_dimension_key(draw: Draw, raw: dict[str, Any]) -> set[str]:
 
 
 def m_bad_distribution(draw: Draw, raw: dict[str, Any]) -> set[str]:
-    name = draw(st.sampled_from(sorted(SEARCHABLE)))
+    name = draw(st.sampled_from(NUMERIC_DIMS))
     dim = valid_dim(draw, name)
     if draw(st.booleans()):
         del dim["distribution"]  # missing
@@ -423,7 +438,7 @@ def m_bad_distribution(draw: Draw, raw: dict[str, Any]) -> set[str]:
 
 def m_kind_mismatch(draw: Draw, raw: dict[str, Any]) -> set[str]:
     """A float distribution on an integer dimension, or int on a float one."""
-    name = draw(st.sampled_from(sorted(SEARCHABLE)))
+    name = draw(st.sampled_from(NUMERIC_DIMS))
     low, high, integer = DIM_RANGES[name]
     dist = draw(st.sampled_from(["uniform", "loguniform"])) if integer else "int"
     _space(raw)[name] = {"distribution": dist, "low": low if low > 0 else 1, "high": high}
@@ -431,7 +446,7 @@ def m_kind_mismatch(draw: Draw, raw: dict[str, Any]) -> set[str]:
 
 
 def m_missing_bound(draw: Draw, raw: dict[str, Any]) -> set[str]:
-    name = draw(st.sampled_from(sorted(SEARCHABLE)))
+    name = draw(st.sampled_from(NUMERIC_DIMS))
     dim = valid_dim(draw, name)
     for key in draw(st.lists(st.sampled_from(["low", "high"]), min_size=1, unique=True)):
         del dim[key]
@@ -440,7 +455,7 @@ def m_missing_bound(draw: Draw, raw: dict[str, Any]) -> set[str]:
 
 
 def m_reversed_bounds(draw: Draw, raw: dict[str, Any]) -> set[str]:
-    name = draw(st.sampled_from(sorted(SEARCHABLE)))
+    name = draw(st.sampled_from(NUMERIC_DIMS))
     low, high, integer = DIM_RANGES[name]
     inside = st.integers(int(low), int(high)) if integer else st.floats(low, high)
     a, b = sorted([draw(inside), draw(inside)])
@@ -452,7 +467,7 @@ def m_reversed_bounds(draw: Draw, raw: dict[str, Any]) -> set[str]:
 
 def m_bound_out_of_range(draw: Draw, raw: dict[str, Any]) -> set[str]:
     """width.low = 0, alpha.high = 1.5, a string, nan, 1e400, a huge integer..."""
-    name = draw(st.sampled_from(sorted(SEARCHABLE)))
+    name = draw(st.sampled_from(NUMERIC_DIMS))
     integer = DIM_RANGES[name][2]
     dim = valid_dim(draw, name)
     key = draw(st.sampled_from(["low", "high"]))
@@ -469,7 +484,7 @@ def m_loguniform_from_zero(draw: Draw, raw: dict[str, Any]) -> set[str]:
 
 
 def m_bad_step(draw: Draw, raw: dict[str, Any]) -> set[str]:
-    name = draw(st.sampled_from(sorted(SEARCHABLE)))
+    name = draw(st.sampled_from(NUMERIC_DIMS))
     dim = valid_dim(draw, name)
     if dim["distribution"] == "int":
         span = dim["high"] - dim["low"]
@@ -483,7 +498,7 @@ def m_bad_step(draw: Draw, raw: dict[str, Any]) -> set[str]:
 
 
 def m_bad_choice(draw: Draw, raw: dict[str, Any]) -> set[str]:
-    name = draw(st.sampled_from(sorted(SEARCHABLE)))
+    name = draw(st.sampled_from(NUMERIC_DIMS))
     low, high, integer = DIM_RANGES[name]
     good = [int(low), int(high)] if integer else [low, high]
     dim: dict[str, Any] = {"distribution": "choice", "values": list(good)}
@@ -510,7 +525,7 @@ def m_bad_choice(draw: Draw, raw: dict[str, Any]) -> set[str]:
 
 
 def m_values_without_choice(draw: Draw, raw: dict[str, Any]) -> set[str]:
-    name = draw(st.sampled_from(sorted(SEARCHABLE)))
+    name = draw(st.sampled_from(NUMERIC_DIMS))
     dim = valid_dim(draw, name)
     dim["values"] = [dim["low"], dim["high"]]
     _space(raw)[name] = dim
@@ -931,7 +946,7 @@ def test_bad_override_is_refused(command: str, override: str, capfd: pytest.Capt
 NUMERIC_PATHS = sorted(f"{s}.{k}" for (s, k) in FIELDS
                        if (s, k) not in {("dataset", "name"), ("dataset", "data_dir")}
                        and not k.endswith(("model", "optimizer", "algorithm", "scheduler",
-                                           "baseline")))
+                                           "baseline", "loss")))
 
 
 @fuzz(120)

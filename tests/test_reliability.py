@@ -203,7 +203,7 @@ def test_ctrl_c_then_three_kills_then_resume_gives_one_search(tmp_path: Path) ->
     # what the user reads last: the best settings, then the report's verdict on the test set
     lines = done.stdout.splitlines()
     assert lines[-2].startswith("best distilled: val_acc") and "report.md" in lines[-2]
-    assert lines[-1] == summary["headline"]
+    assert lines[-1] == summary["answer_text"]
     text = json.dumps(summary)
     assert '"planned": 8' in text and '"planned": 2' in text
 

@@ -566,7 +566,7 @@ def test_report_without_a_baseline_search_trains_an_untuned_one(
         assert c["baseline_settings"]["alpha"] == 1.0
         assert len(c["baseline_accs"]) == 3
     report = (folder / "report.md").read_text()
-    assert "the baseline was not tuned" in report.splitlines()[0]
+    assert "the baseline was not tuned" in report.split("## The smallest student")[0]
     assert "(untuned)" in report
     assert "baseline (untuned)" in s["plots"][PLOT_TEST_ACC]["series"]
 
@@ -702,7 +702,7 @@ def test_the_final_evaluation_takes_the_searchs_data_and_teacher_instead_of_load
     handed = evaluate_final(folder, inputs=Inputs(data, teacher))
     assert loads == [] and not (cache / "teachers").exists()
     again = evaluate_final(folder)  # what `kdsearch report` does
-    assert len(loads) == 1 and (cache / "teachers" / teacher.key / "manifest.json").exists()
+    assert len(loads) == 1 and list((cache / "teachers").glob(f"{teacher.key}-*/manifest.json"))
     assert [r.test_accs for r in handed.rows] == [r.test_accs for r in again.rows]
     assert handed.teacher == again.teacher
 

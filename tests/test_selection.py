@@ -247,11 +247,13 @@ def test_training_fingerprint_changes_with_what_a_retraining_depends_on_alone() 
 
 
 def test_training_fingerprint_hashes_unset_newer_settings_as_before_they_existed() -> None:
-    """final.json rows of an older kdsearch stay reusable: fast_step "auto" (the default) and
-    unset teacher and student kwargs and files are left out of what is hashed."""
+    """final.json rows of an older kdsearch stay reusable: fast_step "auto" and loss "kd" (the
+    defaults), unset loss weights, and unset teacher and student kwargs and files are left out
+    of what is hashed."""
     cfg = _cfg()
     d = config_to_dict(cfg)
-    del d["training"]["fast_step"]
+    for key in ("fast_step", "loss", "dkd_alpha", "dkd_beta", "dkd_warmup", "ls_weight"):
+        del d["training"][key]
     for section, key in (("teacher", "kwargs"), ("teacher", "checkpoint"),
                          ("teacher", "logits"), ("student", "kwargs")):
         del d[section][key]
