@@ -1,9 +1,10 @@
 """Ray start-up and the cluster: the address, the resources a trial takes.
 
-`init_ray` joins the cluster at `--address` (or `$RAY_ADDRESS`) or starts a Ray of kdsearch's own,
-refusing an address nothing listens at in seconds, not minutes. `trial_resources` works out what
-each trial (and each final retraining) takes: `search.cpus_per_trial`, a share of a GPU
-(`gpu.gpu_share`, where `check_gpus` finds torch can use them), and how many run at once.
+`init_ray` joins the cluster at `--address` (or `$RAY_ADDRESS`), or starts a Ray of kdsearch's
+own. It refuses an address that nothing listens at in seconds, not minutes. `trial_resources`
+works out what each trial (and each final retraining) takes: `search.cpus_per_trial`, a share of
+a GPU (`gpu.gpu_share`, where `check_gpus` finds that torch can use the GPUs), and how many
+trials run at once.
 """
 
 from __future__ import annotations
@@ -45,9 +46,11 @@ class Resources:
 def trial_resources(cfg: ExperimentConfig, data: Dataset, hardware: dict[str, Any],
                     cuda: list[CudaCheck] | None = None,
                     student: Callable[..., Any] | None = None) -> Resources:
-    """The resources of `cfg`'s trials on a cluster of `hardware` (see `hardware()`), whose
-    trials' CUDA `check_gpus` found as `cuda`. A cluster whose GPUs torch cannot use in a
-    trial plans for the CPU, unless the config sets a share."""
+    """Return the resources of `cfg`'s trials on a cluster of `hardware` (see `hardware()`).
+
+    `cuda` is what `check_gpus` found about torch's CUDA in a trial. If torch cannot use the
+    cluster's GPUs in a trial, the trials are planned for the CPU, unless the config sets a
+    share."""
     trials = next((c for c in cuda or [] if c.where == "trials"), None)
     automatic = cfg.search.gpus_per_trial is None and cfg.search.trials_per_gpu is None
     gpus = 0.0
@@ -60,9 +63,10 @@ def trial_resources(cfg: ExperimentConfig, data: Dataset, hardware: dict[str, An
 
 
 def check_gpus(cfg: ExperimentConfig, hardware: dict[str, Any]) -> list[CudaCheck]:
-    """Where Ray reports GPUs and the config does not plan for the CPU (gpus_per_trial: 0):
-    torch's CUDA in a trial (`gpu.probe`), and in this driver when its own node has GPUs (the
-    teacher trains and the final evaluation tests there)."""
+    """Check torch's CUDA where Ray reports GPUs, unless the config sets gpus_per_trial: 0.
+
+    Check it in a trial (`gpu.probe`). Also check it in this driver when the driver's own node
+    has GPUs, since the teacher trains and the final evaluation tests there."""
     if not hardware["gpus"] or cfg.search.gpus_per_trial == 0:
         return []
     found = [c for c in [probe()] if c is not None]
@@ -75,7 +79,7 @@ def check_gpus(cfg: ExperimentConfig, hardware: dict[str, Any]) -> list[CudaChec
 
 def fit_concurrency(hardware: dict[str, Any], cpus_per_trial: float, gpus_per_trial: float
                     ) -> int:
-    """As many trials at once as the cluster's CPUs (and GPU shares) hold."""
+    """Return how many trials at once the cluster's CPUs (and GPU shares) hold, at least 1."""
     n = math.floor(hardware["cpus"] / cpus_per_trial + 1e-9)
     if gpus_per_trial > 0:
         n = min(n, math.floor(hardware["gpus"] / gpus_per_trial + 1e-9))
@@ -84,7 +88,7 @@ def fit_concurrency(hardware: dict[str, Any], cpus_per_trial: float, gpus_per_tr
 
 # --------------------------------------------------------------------------- Ray start-up
 def quiet_ray() -> None:
-    """Ray's and Tune's output kept to what kdsearch shows (errors), its state saved often."""
+    """Keep Ray's and Tune's output to errors, and have Tune save its state often."""
     os.environ.setdefault("RAY_DEDUP_LOGS", "0")
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     # experiment state saved often, so a killed driver loses (almost) no finished trial
@@ -97,14 +101,15 @@ def quiet_ray() -> None:
     warnings.filterwarnings("ignore", module="ray")
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     # a resumed trial reports again the epochs after its checkpoint, which the restored Optuna
-    # study has (OptunaSearch passes them on): Optuna keeps the first and warns, harmlessly
+    # study already has (OptunaSearch passes them on). Optuna keeps the first value and warns.
+    # The warning is harmless.
     warnings.filterwarnings("ignore", message="The reported value is ignored because this")
 
 
 
 
 def host_port(address: str) -> tuple[str, int] | None:
-    """'HOST:PORT' or 'ray://HOST:PORT' -> (host, port); None for 'auto' and other forms."""
+    """Return (host, port) for 'HOST:PORT' or 'ray://HOST:PORT', and None for other forms."""
     rest = address.split("://", 1)[1] if "://" in address else address
     host, sep, port = rest.rstrip("/").rpartition(":")
     if not sep or not host or not port.isdigit():
@@ -113,7 +118,7 @@ def host_port(address: str) -> tuple[str, int] | None:
 
 
 def check_reachable(address: str, timeout: float = 5.0) -> None:
-    """Fail in seconds on an address nothing listens at: ray.init retries one for minutes."""
+    """Fail in seconds on an address that nothing listens at. ray.init retries for minutes."""
     if address in ("auto", "local"):
         return
     hp = host_port(address)
@@ -132,9 +137,10 @@ def check_reachable(address: str, timeout: float = 5.0) -> None:
 
 
 def ray_address(address: str | None) -> str:
-    """--address, else $RAY_ADDRESS, else "local": a Ray of our own. (ray.init() alone would
-    join whatever cluster the last `ray start` on this machine left in
-    /tmp/ray/ray_current_cluster, alive or not.)"""
+    """Return --address, else $RAY_ADDRESS, else "local" (a Ray of kdsearch's own).
+
+    ray.init() alone would join whatever cluster the last `ray start` on this machine left in
+    /tmp/ray/ray_current_cluster, alive or not."""
     return address or os.environ.get("RAY_ADDRESS") or "local"
 
 
@@ -145,28 +151,29 @@ SHIP_EXCLUDES = ["*.pt", "*.pth", "*.ckpt", "*.npy", "*.npz", "*.safetensors", "
 
 
 def init_ray(address: str | None, code_dir: str | None = None) -> Path | bool:
-    """Connect to (or start) Ray. Returns False when Ray was running already; else what
-    `ray_running` shuts down after: True for a cluster joined, the session's record for a local
-    Ray started here (`ray_workarounds.register_session`; True where it cannot be recorded).
-    Joining a cluster, `code_dir` (the folder of the user's modules) goes with the job to every
-    node as Ray's `runtime_env` working_dir, so that worker nodes need only kdsearch
-    installed."""
+    """Connect to Ray, or start it.
+
+    Return False when Ray was running already. Otherwise return what `ray_running` shuts down
+    afterwards: True for a cluster joined, and the session's record for a local Ray started
+    here (`ray_workarounds.register_session`, or True when it cannot be recorded). When joining
+    a cluster, `code_dir` (the folder of the user's modules) goes with the job to every node as
+    Ray's `runtime_env` working_dir. So worker nodes need only kdsearch installed."""
     quiet_ray()
     if ray.is_initialized():
         return False
-    note = untested_ray(ray.__version__)  # (once a Ray start, not once a search)
+    note = untested_ray(ray.__version__)  # said once per Ray start, not once per search
     if note:
         log.warning(note)
     address = ray_address(address)
     check_reachable(address)
-    # a Ray of our own: no idle workers started for the driver. Tune runs every trial in a
-    # fresh actor process and never takes them, so they only spent ~1 s of CPU importing Ray
-    # while the trial actors started (bench/RESULTS.md, item 3)
+    # kdsearch's own Ray starts no idle workers for the driver. Tune runs every trial in a fresh
+    # actor process and never uses them. They would only spend ~1 s of CPU importing Ray while
+    # the trial actors start (bench/RESULTS.md, item 3).
     own: dict[str, Any] = {"_system_config": {"prestart_worker_first_driver": False}} \
         if address == "local" else {}
     if address != "local" and code_dir:
         own["runtime_env"] = {"working_dir": code_dir, "excludes": SHIP_EXCLUDES}
-    if address == "local":  # what a killed kdsearch's own Ray left running (ray_workarounds, 8)
+    if address == "local":  # end what a killed kdsearch's Ray left running (ray_workarounds, 8)
         end_orphans(log.info)
     try:
         context = ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False,
@@ -186,6 +193,7 @@ def init_ray(address: str | None, code_dir: str | None = None) -> Path | bool:
 
 
 def hardware() -> dict[str, Any]:
+    """Return the cluster's CPUs, GPUs and live nodes, the driver's machine and torch's version."""
     res = ray.cluster_resources()
     return {"cpus": res.get("CPU", 0), "gpus": res.get("GPU", 0),
             "nodes": len([n for n in ray.nodes() if n.get("Alive")]),
@@ -194,7 +202,7 @@ def hardware() -> dict[str, Any]:
 
 
 def check_resources(cfg: ExperimentConfig) -> None:
-    """A trial runs on one node: one that fits on none would leave Tune waiting forever."""
+    """Check that a trial fits on some node. A trial that fits on none would wait forever."""
     nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
     cpus = max((n.get("CPU", 0) for n in nodes), default=0)
     if cfg.search.cpus_per_trial > cpus:
@@ -211,8 +219,8 @@ def check_resources(cfg: ExperimentConfig) -> None:
 
 @contextlib.contextmanager
 def ray_running(address: str | None, *, code_dir: str | None = None) -> Iterator[None]:
-    """Ray for the block: joined at `address` (with `code_dir` shipped, see `init_ray`), or
-    started here and shut down after (unless it was running already)."""
+    """Run the block with Ray: joined at `address` (with `code_dir` shipped, see `init_ray`), or
+    started here. Shut Ray down afterwards, unless it was running already."""
     if not ray.is_initialized():  # a few seconds with nothing else to show
         where = ray_address(address)
         log.info("ray: starting a local Ray" if where == "local" else f"ray: connecting to {where}")

@@ -62,7 +62,7 @@ class DatasetConfig:
     # a built-in dataset, or module:attribute naming a function of yours that returns
     # {"train": (x, y), "test": (x, y)} (optional "val", "num_classes"), used as given
     name: str = spec("digits", str, *built_in_or_code(DATASETS, "dataset function"))
-    # int: that many examples; float in (0, 1): that fraction of the training set;
+    # int: that many examples. float in (0, 1): that fraction of the training set.
     # null: 5,000 for MNIST-sized sets, 15% for small ones.
     val_size: float | None = spec(None, (int, float), lambda v: 0 < v < 1 or (
         v >= 1 and float(v).is_integer()), "an integer count or a fraction in (0, 1)",
@@ -76,11 +76,11 @@ class DatasetConfig:
 class TeacherConfig:
     model: str = spec("mlp_teacher", str, *built_in_or_code(TEACHER_MODELS, "model class"))
     kwargs: dict[str, Any] = kwargs_spec("a model of yours (teacher.model = module:attribute)")
-    # a state_dict of teacher.model (torch.save(model.state_dict(), path)), relative to the
-    # space file: loaded with weights_only=True, and the teacher is not trained
+    # a state_dict of teacher.model (torch.save(model.state_dict(), path)), as a path relative
+    # to the space file. It is loaded with weights_only=True, and the teacher is not trained.
     checkpoint: str | None = spec(None, str, optional=True)
-    # a .npy file of the teacher's logits on the training split's rows (N x classes), for a
-    # teacher that cannot run here; relative to the space file; training.shift must be 0
+    # a .npy file of the teacher's logits on the training rows (N x classes), as a path relative
+    # to the space file. It is for a teacher that cannot run here. training.shift must be 0.
     logits: str | None = spec(None, str, optional=True)
     width: int | None = spec(None, int, lambda v: 1 <= v <= MAX_WIDTH,
                               f"an integer in [1, {MAX_WIDTH}] (null: the family's default width)",
@@ -98,8 +98,8 @@ class TeacherConfig:
 class StudentConfig:
     model: str = spec("mlp_student", str, *built_in_or_code(STUDENT_MODELS, "model factory"))
     kwargs: dict[str, Any] = kwargs_spec("make_student(width=W, **kwargs)")
-    # mlp_student: units in each of the two hidden layers; cnn_*: channels of the first conv
-    # (the seed's 96), the other layers scaled by the same factor.
+    # mlp_student: units in each of the two hidden layers. cnn_*: channels of the first conv
+    # (96 in the "seed 001" blog post's CNNs); the other layers scale by the same factor.
     width: int = rule("width", 20)
 
 
@@ -108,15 +108,15 @@ class TrainingConfig:
     epochs: int = rule("epochs", 10)
     batch_size: int = rule("batch_size", 128)
     lr: float = rule("lr", 5e-3)  # peak learning rate
-    # cosine: lr decays to 0 over `epochs` (per step); a width-20 MNIST student reaches 0.95
-    # val accuracy in 3 epochs with it, in 5+ with a constant lr
+    # cosine: lr decays to 0 over `epochs`, step by step. With it, a width-20 MNIST student
+    # reaches 0.95 val accuracy in 3 epochs. With a constant lr it takes 5 or more.
     lr_schedule: str = spec("cosine", str, *one_of(LR_SCHEDULES))
     weight_decay: float = rule("weight_decay", 0.0)
     optimizer: str = spec("adam", str, *one_of(OPTIMIZERS))
     temperature: float = rule("temperature", 4.0)  # (the base temperature of ls_kd)
     alpha: float = rule("alpha", 0.3)  # weight of the hard-label loss; 1 = no teacher
-    # the distillation loss (kdsearch.losses): kd (Hinton's), dkd (decoupled KD), ls_kd (KD of
-    # standardised logits); each one's own weights below, null: its default
+    # the distillation loss (kdsearch.losses): kd (Hinton's), dkd (decoupled KD) or ls_kd (KD of
+    # standardised logits). Each loss's own weights follow. null means the loss's default.
     loss: str = spec("kd", str, *one_of(LOSSES))
     dkd_alpha: float | None = optional_rule("dkd_alpha")  # null: 1.0
     dkd_beta: float | None = optional_rule("dkd_beta")  # null: 8.0
@@ -126,7 +126,8 @@ class TrainingConfig:
                        "an integer >= 0 (pixels; > 0 makes the teacher run online)")
     seed: int = seed_spec()
     # auto: the written-out MLP step and fused Adam on the CPU (kdsearch.fast_step), autograd
-    # elsewhere; off: autograd and torch.optim everywhere (the same arithmetic, rounded apart)
+    # elsewhere. off: autograd and torch.optim everywhere. Both do the same arithmetic, up to
+    # rounding.
     fast_step: str = spec("auto", str, *one_of(FAST_STEPS))
 
 
@@ -146,8 +147,8 @@ class Dimension:
 class SearchConfig:
     space: tuple[Dimension, ...] = ()
     algorithm: str = spec("tpe", str, *one_of(SEARCH_ALGORITHMS))
-    # TPE's first trials (per searcher: per width with per_width) are drawn at random; null:
-    # Optuna's 10
+    # how many of TPE's first trials are drawn at random, per searcher (per width with
+    # per_width). null: Optuna's 10.
     startup_trials: int | None = spec(None, int, at_least(1), "an integer >= 1",
                                        optional=True)
     scheduler: str = spec("asha", str, *one_of(SCHEDULERS))
@@ -159,26 +160,28 @@ class SearchConfig:
     reduction_factor: int = spec(3, int, at_least(2), "an integer >= 2")
     seed: int = seed_spec()
     cpus_per_trial: float = spec(1.0, float, positive, "a number > 0")
-    # null: a fraction of a GPU worked out from the model and data size when the cluster has GPUs
-    # (Ray takes a share of one GPU, or whole GPUs: 1.5 is refused inside Tune)
+    # null: when the cluster has GPUs, a share of a GPU worked out from the model and data size.
+    # Ray takes a share of one GPU or whole GPUs. Tune refuses 1.5.
     gpus_per_trial: float | None = spec(None, float, gpu_share_ok,
                                          "a number in [0, 1], or a whole number of GPUs",
                                          optional=True)
-    # null: as many trials a GPU as its memory and the packing limit allow (see gpus_per_trial);
-    # k: each trial takes 1/k of a GPU. Set this or gpus_per_trial, not both
+    # k: each trial takes 1/k of a GPU. null: as many trials a GPU as its memory and the packing
+    # limit allow (see gpus_per_trial). Set this or gpus_per_trial, not both.
     trials_per_gpu: int | None = spec(None, int, lambda v: 1 <= v <= 10_000,
                                        "an integer in [1, 10000]", optional=True)
     max_failures: int = spec(1, int, at_least(0), "an integer >= 0 (retries of a crashing trial)")
-    # a trial saves a checkpoint when this many seconds have passed since its last one
-    # (0: every epoch); a killed search resumes unfinished trials from their last checkpoint
+    # a trial saves a checkpoint when this many seconds have passed since its last one (0: every
+    # epoch). A killed search resumes unfinished trials from their last checkpoint.
     checkpoint_every_s: float = spec(2.0, float, lambda v: v >= 0, "a number >= 0 (seconds)")
-    # when width is searched: each width gets an equal share of the trials, its own searcher,
-    # and is stopped early only against trials of its own width (every width equally tuned)
+    # when width is searched, each width gets an equal share of the trials and its own searcher.
+    # Early stopping compares a trial only with trials of its own width. So every width is tuned
+    # equally.
     per_width: bool = spec(False, bool)
     baseline: bool = spec(True, bool)  # also tune the student alone (alpha = 1)
-    # Ray Tune's own per-trial outputs in each trial's folder of the experiment: none; json
-    # (result.json and params.json: what ray.tune.ExperimentAnalysis reads); all (also
-    # progress.csv, and TensorBoard events with tensorboardX installed). true: all; false: none
+    # Ray Tune's own per-trial outputs, in each trial's folder of the experiment. none: no
+    # outputs. json: result.json and params.json, which ray.tune.ExperimentAnalysis reads. all:
+    # also progress.csv, and TensorBoard events when tensorboardX is installed. true means all,
+    # false means none. json cost the quickstart 5.3% of its wall time (bench/trial_logs.py).
     trial_logs: str = spec("none", (str, bool), lambda v: isinstance(v, bool) or v in TRIAL_LOGS,
                            "one of none, json, all (true: all, false: none)",
                            convert=lambda v: ("all" if v else "none") if isinstance(v, bool)
@@ -192,8 +195,8 @@ class SearchConfig:
 class ReportConfig:
     seeds: int = spec(3, int, at_least(1), "an integer >= 1 (retrainings per setting)")
     max_widths: int = spec(6, int, at_least(1), "an integer >= 1")
-    # the accuracy the answer's student must reach: {within_teacher: P}, P points below the
-    # teacher's test accuracy, or {accuracy: A}, a test accuracy in percent
+    # the accuracy that the answer's student must reach. {within_teacher: P} means P points
+    # below the teacher's test accuracy. {accuracy: A} means a test accuracy of A percent.
     target: dict[str, float] = target_spec()
 
 
@@ -207,8 +210,9 @@ class ExperimentConfig:
     search: SearchConfig = SearchConfig()
     report: ReportConfig = ReportConfig()
     cache_dir: str | None = None  # null: $KDSEARCH_CACHE_DIR, else ~/.cache/kdsearch
-    # where a user's modules (module:attribute names) are looked for first: the space file's
-    # folder, recorded so that resume, report and load_student find them (null: none named)
+    # the folder where a user's modules (module:attribute names) are looked for first: the
+    # space file's folder. It is recorded so that resume, report and load_student find them.
+    # null: the config names no module.
     code_dir: str | None = None
 
 
@@ -334,7 +338,7 @@ def _build_search(raw: Any, source: str) -> SearchConfig:
     space_raw = raw.get("space")
     if space_raw is None:
         space_raw = {}
-    if not isinstance(space_raw, dict):  # also `space: 0` or `space: []`: a slip, not "empty"
+    if not isinstance(space_raw, dict):  # `space: 0` and `space: []` are slips, not "empty"
         raise _fail(source, "search.space", space_raw, "a mapping of dimension names to "
                     "distributions")
     dims = tuple(_build_dimension(n, d, source) for n, d in space_raw.items())
@@ -342,7 +346,7 @@ def _build_search(raw: Any, source: str) -> SearchConfig:
 
 
 def config_from_dict(raw: Any, *, source: str = "<config>") -> ExperimentConfig:
-    """Validate a parsed YAML mapping into an ExperimentConfig; raise ConfigError on bad input."""
+    """Return a parsed YAML mapping as a validated ExperimentConfig. Raise ConfigError if bad."""
     if raw is None:
         raise ConfigError(f"{source}: the file is empty; expected a mapping with dataset, "
                           f"teacher, student, training (and search) sections")
@@ -406,7 +410,7 @@ def _check_consistency(cfg: ExperimentConfig, source: str) -> None:
 
 
 def losses_of(cfg: ExperimentConfig) -> tuple[str, ...]:
-    """The losses the search trains with: the searched values of `loss`, else training.loss."""
+    """Return the losses the search trains with: the searched `loss` values, else training.loss."""
     for d in cfg.search.space:
         if d.name == "loss" and d.values is not None:
             return tuple(d.values)
@@ -414,7 +418,7 @@ def losses_of(cfg: ExperimentConfig) -> tuple[str, ...]:
 
 
 def _check_loss_params(cfg: ExperimentConfig, source: str) -> None:
-    """A loss's own parameter, set or searched, goes with that loss."""
+    """Check that each loss's own parameters are set or searched only with that loss."""
     losses = losses_of(cfg)
     searched = {d.name for d in cfg.search.space}
     for loss, names in LOSS_PARAMS.items():
@@ -431,9 +435,12 @@ def _check_loss_params(cfg: ExperimentConfig, source: str) -> None:
 
 
 def check_searchable(cfg: ExperimentConfig, source: str) -> None:
-    """What a search needs beyond a valid config. `kdsearch train` runs one setting without
-    Ray Tune, so it takes a space file whose search part would not run (say with
-    `--set training.epochs=3` under a grace period of 5)."""
+    """Check what a search needs beyond a valid config.
+
+    The space must not be empty, and ASHA's grace period must fit the epoch budget. `kdsearch
+    train` runs one setting without Ray Tune and does not call this check. So it accepts a
+    space file whose search part would not run, say with `--set training.epochs=3` under a
+    grace period of 5."""
     if not cfg.search.space:
         raise ConfigError(f"{source}: search.space is empty; give at least one dimension "
                           f"(temperature, alpha, lr, width, ...)")
@@ -443,8 +450,9 @@ def check_searchable(cfg: ExperimentConfig, source: str) -> None:
 
 
 def largest(cfg: ExperimentConfig, name: str, fixed: Any) -> Any:
-    """The largest value a searched dimension can take (`fixed` when it is not searched). An int
-    with a step stops at the last step below high, as Optuna's suggestions do."""
+    """Return the largest value that a searched dimension can take, or `fixed` if not searched.
+
+    An int with a step stops at the last step at or below high, as Optuna's suggestions do."""
     for d in cfg.search.space:
         if d.name == name:
             if d.values is not None:
@@ -457,7 +465,7 @@ def largest(cfg: ExperimentConfig, name: str, fixed: Any) -> Any:
 
 
 def max_epochs(cfg: ExperimentConfig) -> int:
-    """The most epochs any trial can run: ASHA's max_t."""
+    """Return the most epochs any trial can run. This is ASHA's max_t."""
     return int(largest(cfg, "epochs", cfg.training.epochs))
 
 
@@ -470,7 +478,7 @@ def load_config(path: str | os.PathLike[str], overrides: list[str] | tuple[str, 
     try:
         return _with_paths(config_from_dict(raw, source=str(path)), Path(path))
     except ConfigError as e:
-        # a value the command line set is named as the user wrote it, not as the file's
+        # name a value that the command line set as the user wrote it, not as the file has it
         rest = str(e).removeprefix(f"{path}: ")
         named = re.match(r"[^ :;]*", rest.removeprefix("unknown key ")).group(0)
         for text in reversed(overrides):  # the last --set of a key is the one that holds
@@ -481,7 +489,7 @@ def load_config(path: str | os.PathLike[str], overrides: list[str] | tuple[str, 
                 raise ConfigError(f"--set {show(text)}: {rest}") from None
         for text in reversed(overrides):
             # a dimension's keys are checked together (low below high, values with choice
-            # only): an error there comes from the file and the --set of that dimension
+            # only). So an error there comes from the file and the --set of that dimension.
             key = text.partition("=")[0].strip()
             if key.startswith("search.space.") and \
                     _dimension_of(named) == _dimension_of(key) is not None:
@@ -490,14 +498,16 @@ def load_config(path: str | os.PathLike[str], overrides: list[str] | tuple[str, 
 
 
 def names_code(cfg: ExperimentConfig) -> bool:
-    """The config names a user's module (a dataset, teacher or student as module:attribute)."""
+    """Return whether the config names a user's module (dataset, teacher or student)."""
     return any(is_entry_point(n) for n in (cfg.dataset.name, cfg.teacher.model,
                                            cfg.student.model))
 
 
 def _with_paths(cfg: ExperimentConfig, path: Path) -> ExperimentConfig:
-    """The space file's folder made explicit: code_dir (when the file names a user's module) and
-    the teacher's files, relative to it, made absolute."""
+    """Return `cfg` with the space file's folder made explicit.
+
+    code_dir is set to the folder when the file names a user's module. The teacher's files,
+    given relative to the folder, become absolute paths."""
     folder = path.resolve().parent
     teacher = cfg.teacher
     for key in ("checkpoint", "logits"):
@@ -509,13 +519,13 @@ def _with_paths(cfg: ExperimentConfig, path: Path) -> ExperimentConfig:
 
 
 def _dimension_of(key: str) -> str | None:
-    """`search.space.<name>` of a key under a searched dimension, else None."""
+    """Return `search.space.<name>` for a key under a searched dimension, else None."""
     parts = key.split(".")
     return ".".join(parts[:3]) if len(parts) >= 3 and parts[:2] == ["search", "space"] else None
 
 
 def config_to_dict(cfg: ExperimentConfig) -> dict[str, Any]:
-    """The resolved config as plain YAML-able values (the format load_config reads)."""
+    """Return the resolved config as plain values for YAML, in the format load_config reads."""
     out: dict[str, Any] = {"name": cfg.name, "cache_dir": cfg.cache_dir}
     if cfg.code_dir is not None:
         out["code_dir"] = cfg.code_dir
@@ -543,7 +553,7 @@ def dump_config(cfg: ExperimentConfig) -> str:
 
 
 def with_params(cfg: ExperimentConfig, params: dict[str, Any]) -> ExperimentConfig:
-    """The config a trial trains: the fixed config with the trial's searched values set."""
+    """Return the config a trial trains: the fixed config with the trial's searched values set."""
     sections: dict[str, dict[str, Any]] = {}
     for name, value in params.items():
         section, key = SEARCHABLE[name]

@@ -1,8 +1,8 @@
 """Datasets -> in-memory tensors, with a seeded validation split carved out of the training set.
 
-Every dataset here fits in memory (MNIST's training set is 188 MB as float32), so it is held as
-tensors on the run's device and batched with `randperm`, never through a DataLoader.
-The search sees only `train` and `val`; `load_test` is called by the final evaluation alone.
+Every dataset here fits in memory (MNIST's training set is 188 MB as float32). So it is held as
+tensors on the run's device and batched with `randperm`, never through a DataLoader. The search
+sees only `train` and `val`. Only the final evaluation calls `load_test`.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from kdsearch.user_data import user_splits
 # a user's data: a function of no arguments that returns the splits, or the dict itself
 DataSource = Callable[[], Any] | dict[str, Any]
 
-# Files torchvision expects under <root>/<folder>/raw, for the error message.
+# The folder under <root> where torchvision keeps each dataset's files.
 _TORCHVISION_FOLDERS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST",
                         "cifar10": "cifar-10-batches-py"}
 _DIGITS_TEST_SEED = 20150309  # fixed: the digits test split never moves with split_seed
@@ -35,11 +35,13 @@ _DIGITS_EXAMPLES = 1797  # scikit-learn's bundled digits
 
 
 class DataError(UserError, RuntimeError):
-    """The dataset cannot be had: the message says where we looked and what to do."""
+    """The dataset cannot be loaded. The message says where kdsearch looked and what to do."""
 
 
 @dataclass(frozen=True)
 class Split:
+    """One split of a dataset: inputs and labels, as tensors on one device."""
+
     x: torch.Tensor  # float32, N x C x H x W (built-in sets: normalised), or a user's N x ...
     y: torch.Tensor  # int64, N
 
@@ -52,17 +54,19 @@ class Split:
 
 @dataclass(frozen=True)
 class Dataset:
+    """The training and validation splits of a dataset, with what describes them."""
+
     name: str
     train: Split
     val: Split
     num_classes: int
     input_shape: tuple[int, ...]  # one example's: C, H, W for the built-in image sets
-    # per channel, of the training split, on the 0..1 pixel scale; () for a user's data, which
-    # is used as given
+    # per channel, of the training split, on the 0..1 pixel scale. () for a user's data, which
+    # is used as given.
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    # the rows of the training data as loaded (before the val split) that data.train holds,
-    # in order, and how many it had: what a teacher's logits file is aligned with
+    # the rows of the training data as loaded (before the val split) that data.train holds, in
+    # order, and how many rows were loaded. A teacher's logits file is aligned with these rows.
     train_rows: torch.Tensor | None = None
     loaded_rows: int | None = None
 
@@ -72,7 +76,10 @@ class Dataset:
 
 
 def default_val_size(n_train: int) -> int:
-    """5,000 for MNIST-sized sets (as Hinton et al. and most MNIST work), 15% for small ones."""
+    """Return the default number of validation examples for `n_train` training examples.
+
+    It is 5,000 for MNIST-sized sets (as in Hinton et al. and most MNIST work), and 15% for
+    small ones."""
     return 5000 if n_train >= 20000 else max(1, round(0.15 * n_train))
 
 
@@ -82,8 +89,10 @@ TRAIN_SIZES = {"digits": _DIGITS_EXAMPLES - round(_DIGITS_TEST_FRACTION * _DIGIT
 
 
 def resolved_val_size(name: str, val_size: float | int | None) -> float | int | None:
-    """`val_size` as it names a split: None when it is the dataset's default count (so
-    `val_size: 5000` on MNIST is the same split, and the same teacher, as leaving it out)."""
+    """Return `val_size` in the form that names a split: None for the dataset's default count.
+
+    So `val_size: 5000` on MNIST gives the same split, and the same teacher, as leaving it out.
+    """
     n = TRAIN_SIZES.get(name)
     if val_size is None or n is None:
         return val_size
@@ -116,15 +125,19 @@ def _writable(path: Path) -> bool:
 
 
 def _files_folder(name: str, root: Path) -> Path:
-    """Where torchvision keeps a dataset's files under `root`: `<Name>/raw/` for MNIST and
-    Fashion-MNIST, `cifar-10-batches-py/` (extracted from cifar-10-python.tar.gz) for CIFAR-10."""
+    """Return the folder under `root` where torchvision keeps a dataset's files.
+
+    It is `<Name>/raw/` for MNIST and Fashion-MNIST. For CIFAR-10 it is `cifar-10-batches-py/`,
+    extracted from cifar-10-python.tar.gz."""
     folder = root / _TORCHVISION_FOLDERS[name]
     return folder if name == "cifar10" else folder / "raw"
 
 
 def _torchvision_root(name: str, root: Path, fallback: Path) -> Path:
-    """torchvision decompresses next to the .gz files (and extracts CIFAR-10's archive into
-    root); use a writable copy if it would write into a read-only folder."""
+    """Return the root to give torchvision: `root`, or a writable copy of its files.
+
+    torchvision decompresses next to the .gz files, and extracts CIFAR-10's archive into root.
+    If it would write into a read-only folder, the files are copied to `fallback`."""
     folder = _files_folder(name, root)
     if name == "cifar10":
         archive = root / "cifar-10-python.tar.gz"
@@ -186,11 +199,12 @@ def _load_torchvision(name: str, root: Path, fallback: Path
 
 
 def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's digits as (1797 x 8 x 8 pixel values 0..16, labels).
+    """Return scikit-learn's digits as (1797 x 8 x 8 pixel values 0..16, labels).
 
-    Read straight from the CSV scikit-learn ships (what `load_digits` parses), found without
-    importing scikit-learn: importing `sklearn.datasets` takes 1.3 s here, the read 25 ms, and
-    the quickstart pays it in every process. `load_digits` where that file is not found.
+    The digits are read straight from the CSV that scikit-learn ships, which `load_digits`
+    parses. The file is found without importing scikit-learn. Importing `sklearn.datasets`
+    takes 1.3 s, while the read takes 25 ms, and the quickstart would pay the import in every
+    process. Where the file is not found, `load_digits` is used.
     """
     import importlib.util
 
@@ -225,7 +239,9 @@ def _raw(cfg: DatasetConfig, data_dir: Path, fallback: Path
 
 
 def split_indices(n: int, val_count: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(train, val) indices: a seeded permutation, so the same seed gives the same split."""
+    """Return (train, val) indices, each sorted, from a permutation seeded with `seed`.
+
+    The same seed gives the same split."""
     perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
     return perm[val_count:].sort().values, perm[:val_count].sort().values
 
@@ -260,15 +276,18 @@ def _load_user(cfg: DatasetConfig, folders: list[Path], source: DataSource | Non
 
 
 def is_builtin(cfg: DatasetConfig) -> bool:
+    """Return whether dataset.name is one of the built-in datasets."""
     return cfg.name in TRAIN_SIZES
 
 
 def load_dataset(cfg: DatasetConfig, *, data_dir: Path, cache_dir: Path,
                  device: torch.device | str = "cpu", folders: list[Path] | None = None,
                  source: DataSource | None = None) -> Dataset:
-    """The train and val splits as tensors on `device` (test is not loaded): a built-in set
-    normalised with its training split's statistics, a user's (a function named in
-    dataset.name and looked for in `folders`, or `source`) as it is."""
+    """Return the train and val splits as tensors on `device`. The test split is not loaded.
+
+    A built-in set is normalised with its training split's statistics. A user's data is used as
+    it is. It comes from `source`, or from a function named in dataset.name and looked for in
+    `folders`."""
     if source is not None or not is_builtin(cfg):
         splits, num_classes = _load_user(cfg, folders or [], source)
         x, y = splits["train"]
@@ -298,8 +317,9 @@ def load_dataset(cfg: DatasetConfig, *, data_dir: Path, cache_dir: Path,
 def load_test(cfg: DatasetConfig, dataset: Dataset, *, data_dir: Path, cache_dir: Path,
               device: torch.device | str = "cpu", folders: list[Path] | None = None,
               source: DataSource | None = None) -> Split:
-    """The held-out test split, normalised like `dataset` (a user's: as it is). Only the final
-    evaluation calls this."""
+    """Return the held-out test split, normalised like `dataset` (a user's split as it is).
+
+    Only the final evaluation calls this."""
     if source is not None or not is_builtin(cfg):
         splits, _ = _load_user(cfg, folders or [], source)
         return Split(*splits["test"]).to(device)

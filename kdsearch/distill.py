@@ -1,13 +1,14 @@
 """The KD loss and the training loop a search trial runs: `kd_loss`, `fit`, `evaluate`.
 
-No Ray here: `fit` hands each epoch's metrics to a `report` callback, so the same loop runs in a
-Ray Tune trial, in `kdsearch train`, in the final evaluation and in a test.
+This module does not import Ray. `fit` hands each epoch's metrics to a `report` callback. So the
+same loop runs in a Ray Tune trial, in `kdsearch train`, in the final evaluation and in a test.
 
-Speed: the data are tensors already on the device, batches are `randperm` slices (no DataLoader,
-no per-example Python), and with cached teacher logits the teacher's softened log-probabilities
-are computed once per run, not once per step. On the CPU the two-hidden-layer MLP students take
-the written-out step of `fast_step` (and Adam its `FusedAdam`); `training.fast_step: off`, any
-other model, online teaching and CUDA take the autograd step below with `torch.optim`.
+Speed: the data are tensors already on the device. Batches are slices of a `randperm` order,
+with no DataLoader and no Python code per example. With cached teacher logits, the teacher's
+softened log-probabilities are computed once per run, not once per step. On the CPU, the MLP
+students with two hidden layers take the written-out step of `fast_step`, and Adam takes its
+`FusedAdam`. The autograd step below, with `torch.optim`, runs in the other cases: with
+`training.fast_step: off`, for any other model, with online teaching, and on CUDA.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ Report = Callable[[dict[str, float], "FitState"], None]
 
 
 class Diverged(RuntimeError):
-    """The training loss became NaN or infinite: the setting (often lr) is unusable."""
+    """The training loss became NaN or infinite. The setting (often lr) cannot be used."""
 
 
 class TeacherLike(Protocol):
@@ -46,17 +47,20 @@ class TeacherLike(Protocol):
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None,
             labels: torch.Tensor, *, temperature: float, alpha: float, loss: str = "kd",
             epoch: int = 1, **weights: float) -> torch.Tensor:
-    r"""The distillation loss of a batch (`losses.Loss`); by default Hinton et al.'s (2015):
+    r"""Return the distillation loss of a batch, the mean over its examples (see `losses.Loss`).
+
+    By default this is the loss of Hinton et al. (2015):
 
         alpha * CE(student, labels)
         + (1 - alpha) * T^2 * KL( softmax(teacher / T) || softmax(student / T) )
 
-    the batch's mean, computed from log-probabilities. `alpha` weighs the hard labels: alpha =
-    1 is the student alone, the baseline. The T^2 factor keeps the soft term's gradients, which
-    scale as 1/T^2, comparable across temperatures (Hinton et al., section 2). `loss` "dkd" or
-    "ls_kd", with `weights` (dkd_alpha, dkd_beta, dkd_warmup, ls_weight), takes the others.
+    It is computed from log-probabilities. `alpha` weighs the hard labels. With alpha = 1 the
+    student learns alone: this is the baseline. The soft term's gradients scale as 1/T^2. The
+    T^2 factor undoes this, so they stay comparable across temperatures (Hinton et al.,
+    section 2). `loss` = "dkd" or "ls_kd" picks another loss, with its `weights` (dkd_alpha,
+    dkd_beta, dkd_warmup, ls_weight).
 
-    `teacher_logits` may be None only with alpha = 1 (a ValueError otherwise).
+    `teacher_logits` may be None only with alpha = 1. Otherwise a ValueError is raised.
     """
     if temperature <= 0:
         raise ValueError(f"kd_loss: temperature must be > 0, got {temperature=}")
@@ -75,14 +79,15 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor | None,
 def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
     """Translate each image by up to `max_shift` pixels in x and y, zero-filled (Hinton's jitter).
 
-    Images are normalised, so zero fill is the dataset mean, not black: close enough for 2 px.
+    The images are normalised, so a zero fill is the dataset mean, not black. For shifts of 2 px
+    this is close enough.
     """
     if max_shift <= 0:
         return x
     n, c, h, w = x.shape
     s = max_shift
     padded = F.pad(x, (s, s, s, s))
-    # drawn where the generator lives (fit keeps it on the data's device: no copy per step)
+    # draw on the generator's device; fit keeps it on the data's device, so no copy per step
     dy = torch.randint(0, 2 * s + 1, (n,), generator=generator, device=generator.device)
     dx = torch.randint(0, 2 * s + 1, (n,), generator=generator, device=generator.device)
     dy, dx = dy.to(x.device), dx.to(x.device)
@@ -95,7 +100,7 @@ def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) ->
 
 @torch.no_grad()
 def predict(model: nn.Module, x: torch.Tensor, *, chunk: int = 8192) -> torch.Tensor:
-    """Logits for `x` in eval mode, in chunks so a CNN on 50k images fits in memory."""
+    """Return the logits of `x` in eval mode, computed in chunks so a CNN on 50k images fits."""
     was_training = model.training
     model.eval()
     out = torch.cat([model(x[i:i + chunk]) for i in range(0, len(x), chunk)])
@@ -104,16 +109,16 @@ def predict(model: nn.Module, x: torch.Tensor, *, chunk: int = 8192) -> torch.Te
 
 
 def correct_on(model: nn.Module, split: Split) -> torch.Tensor:
-    """Which examples of `split` the model classifies right: a bool per example, in order."""
+    """Return one bool per example of `split`, in order. It is True where the model is right."""
     return predict(model, split.x).argmax(1) == split.y
 
 
 def evaluate(model: nn.Module, split: Split) -> tuple[float, float]:
-    """(accuracy, mean cross-entropy) of `model` on `split`."""
+    """Return (accuracy, mean cross-entropy) of `model` on `split`."""
     logits = predict(model, split.x)
     loss = F.cross_entropy(logits, split.y).item()
-    # counted, then divided in double precision: a float32 mean of two equal counts can differ
-    # in the last bit, and the report would read a tie as "-0.00 points"
+    # count, then divide in double precision. A float32 mean of two equal counts can differ in
+    # the last bit, and the report would then show a tie as "-0.00 points".
     acc = int((logits.argmax(1) == split.y).sum().item()) / len(split.y)
     return acc, loss
 
@@ -123,9 +128,12 @@ Optimizer = torch.optim.Optimizer | FusedAdam
 
 def make_optimizer(model: nn.Module, *, name: str, lr: float, weight_decay: float,
                    fast: bool = False) -> Optimizer:
-    """Adam: `fast_step.FusedAdam` with `fast` where its kernel runs, else torch's foreach
-    Adam. SGD: torch's fused kernel on CPU and CUDA (30 us a step against foreach's 48 for the
-    784-20-20-10 student on 2 cores), foreach elsewhere."""
+    """Return the optimizer `name` ("adam" or "sgd") for the parameters of `model`.
+
+    Adam is `fast_step.FusedAdam` when `fast` is set and its kernel supports the parameters.
+    Otherwise it is torch's foreach Adam. SGD (momentum 0.9) uses torch's fused kernel on CPU
+    and CUDA, and the foreach kernel elsewhere. For the 784-20-20-10 student on 2 cores, the
+    fused kernel takes 30 us a step and the foreach kernel 48 us."""
     params = list(model.parameters())
     if name == "adam":
         if fast and FusedAdam.supports(params):
@@ -139,10 +147,11 @@ def make_optimizer(model: nn.Module, *, name: str, lr: float, weight_decay: floa
 
 
 def scheduled_lr(training: TrainingConfig, step: int, total_steps: int) -> float:
-    """The learning rate of optimizer step `step` (0-based) in a run of `total_steps` steps.
+    """Return the learning rate of optimizer step `step` (0-based) in a run of `total_steps`.
 
-    cosine: from training.lr down to 0 at the last step. A function of the step alone, not a
-    scheduler object with state, so a resumed run gets the same learning rates as a straight one.
+    With "constant" it is training.lr. With "cosine" it falls from training.lr to 0 at the last
+    step. It depends on the step alone, with no scheduler state. So a resumed run gets the same
+    learning rates as a run without a break.
     """
     if training.lr_schedule == "constant":
         return training.lr
@@ -152,9 +161,11 @@ def scheduled_lr(training: TrainingConfig, step: int, total_steps: int) -> float
 
 @dataclass
 class Steps:
-    """How `fit` trains: `step(idx)` takes one optimizer step on the training rows `idx`;
-    `take_loss()` is the loss summed over the rows stepped since its last call (a 0-d tensor,
-    read once an epoch: no .item() sync per step)."""
+    """The two functions that `fit` trains with.
+
+    `step(idx)` takes one optimizer step on the training rows `idx`. `take_loss()` returns the
+    loss summed over the rows stepped since its last call, as a 0-d tensor. `fit` reads it once
+    an epoch, so there is no .item() sync per step."""
 
     step: Callable[[torch.Tensor], None]
     take_loss: Callable[[], torch.Tensor]
@@ -164,14 +175,14 @@ def _autograd_step(model: nn.Module, optimizer: Optimizer, x: torch.Tensor,
                    y: torch.Tensor, log_targets: torch.Tensor | None, training: TrainingConfig,
                    teacher: nn.Module | None, generator: torch.Generator,
                    epoch: Callable[[], int]) -> Steps:
-    """One optimizer step through autograd: any model and loss, online teaching too."""
+    """Return the Steps that train through autograd: any model, any loss, online teaching too."""
     loss_fn = Loss.of(training)
     needs_teacher = loss_fn.uses_teacher
     loss_sum = torch.zeros((), device=x.device)
 
     def step(idx: torch.Tensor) -> None:
-        # index_select, not x[idx]: for 128 random MNIST rows advanced indexing takes twice as
-        # long on CPU (84 vs 49 us), and this gather is the step's one large memory read
+        # index_select, not x[idx]. For 128 random MNIST rows on CPU, advanced indexing takes
+        # 84 us and index_select 49 us. This gather is the step's one large memory read.
         xb, yb = x.index_select(0, idx), y.index_select(0, idx)
         if training.shift > 0:
             xb = random_shift(xb, training.shift, generator)
@@ -200,10 +211,15 @@ def make_steps(model: nn.Module, optimizer: Optimizer, data: Dataset, training: 
                *, log_targets: torch.Tensor | None, teacher: nn.Module | None,
                generator: torch.Generator, fast: bool, epoch: Callable[[], int] = lambda: 1
                ) -> Steps:
-    """How `fit` steps `model` on data.train: the written-out MLP step (`fast`, cached targets),
-    else autograd. `log_targets`: the teacher's log-probabilities per training row, as the loss
-    compares them (`losses.Loss.teacher_targets`); `teacher`: the module run on each shifted
-    batch instead (training.shift > 0); `epoch`: the epoch under way (from 1)."""
+    """Return the Steps with which `fit` trains `model` on data.train.
+
+    With `fast` and training.shift = 0, these are the written-out MLP step of `fast_step`, when
+    it supports `model`. Otherwise they are the autograd step. The arguments:
+
+    - `log_targets`: the teacher's log-probabilities per training row, in the form the loss
+      compares them (`losses.Loss.teacher_targets`).
+    - `teacher`: the module run on each shifted batch instead (when training.shift > 0).
+    - `epoch`: returns the epoch under way, counted from 1."""
     x, y = data.train.x, data.train.y
     written_out = (fast_step.mlp_step(model, optimizer, x, y, log_targets, training,
                                       epoch=epoch)
@@ -217,9 +233,11 @@ def make_steps(model: nn.Module, optimizer: Optimizer, data: Dataset, training: 
 def train_epoch(steps: Steps, order: torch.Tensor, batches: list[tuple[int, int]], *,
                 set_lr: Callable[[int], None] | None = None, first_step: int = 0
                 ) -> torch.Tensor:
-    """One epoch of optimizer steps, batch by batch of the training rows in `order`; the loss
-    summed over them, a 0-d tensor on the device, not read (reading it waits for the device).
-    `set_lr(step)` sets the learning rate of each step (numbered from `first_step`)."""
+    """Run one epoch of optimizer steps over the training rows in `order`, batch by batch.
+
+    Return the loss summed over the rows, as a 0-d tensor on the device. It is not read here,
+    since reading it waits for the device. `set_lr(step)` sets the learning rate of each step,
+    numbered from `first_step`."""
     for step, (i, j) in enumerate(batches, start=first_step):
         if set_lr is not None:
             set_lr(step)
@@ -228,8 +246,10 @@ def train_epoch(steps: Steps, order: torch.Tensor, batches: list[tuple[int, int]
 
 
 def batches_of(n: int, batch_size: int, model: nn.Module) -> list[tuple[int, int]]:
-    """An epoch's batches as (start, end) rows; a last batch of one example joins the one before
-    when `model` has BatchNorm (it cannot train on one example)."""
+    """Return an epoch's batches as (start, end) row ranges.
+
+    When `model` has BatchNorm, a last batch of one example joins the batch before it. BatchNorm
+    cannot train on one example."""
     starts = list(range(0, n, batch_size))
     if n % batch_size == 1 and len(starts) > 1 and any(
             isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
@@ -257,8 +277,8 @@ class FitState:
         try:
             self.generator.set_state(state["rng"])
         except RuntimeError:
-            # a checkpoint taken on another kind of device (a CPU generator's state does not
-            # fit a CUDA one): the run goes on with random numbers drawn anew from its seed
+            # the checkpoint comes from another kind of device, and a CPU generator's state does
+            # not fit a CUDA generator. The run goes on with random numbers drawn from its seed.
             self.generator.manual_seed(self.generator.initial_seed() + self.epoch)
 
 
@@ -268,10 +288,11 @@ def fit(model: nn.Module, data: Dataset, training: TrainingConfig, *,
         epochs: int | None = None) -> list[dict[str, float]]:
     """Train `model` on data.train with the KD loss; evaluate on data.val after every epoch.
 
-    The teacher comes as cached logits on data.train (`teacher_logits`, the fast path) or, when
-    `training.shift` augments the inputs, as a module run on each augmented batch (`teacher`).
-    With alpha = 1 no teacher is needed. Deterministic on CPU for a given `training.seed`
-    (the caller seeds the model's initialisation; see `train_student`).
+    The teacher comes as cached logits on data.train (`teacher_logits`, the fast path). When
+    `training.shift` augments the inputs, it comes instead as a module run on each augmented
+    batch (`teacher`). With alpha = 1 no teacher is needed. On the CPU, a run is deterministic
+    for a given `training.seed`. The caller seeds the model's initialisation (see
+    `train_student`). Return the metrics of each epoch, in order.
     """
     loss_fn = Loss.of(training)
     needs_teacher = loss_fn.uses_teacher
@@ -288,9 +309,10 @@ def fit(model: nn.Module, data: Dataset, training: TrainingConfig, *,
         assert teacher_logits is not None and teacher_logits.shape[0] == n
         # computed once per run: the teacher's softened log-probabilities for every example
         if loss_fn.name == "kd":
-            # over the rows of the class-major copy: the same numbers (bit for bit with 10
-            # classes, to float rounding with others), 5x faster for 10 classes (torch's CPU
-            # softmax over a short last dimension is slow: 4.6 against 0.7 ms on MNIST)
+            # log_softmax over the class-major copy gives the same numbers: bit for bit with
+            # 10 classes, up to float rounding with others. It is 5x faster for 10 classes.
+            # torch's CPU softmax over a short last dimension is slow (4.6 against 0.7 ms on
+            # MNIST).
             scaled = teacher_logits.to(device).float().t().contiguous() / loss_fn.temperature
             log_targets = F.log_softmax(scaled, dim=0).t().contiguous()
         else:
@@ -298,7 +320,7 @@ def fit(model: nn.Module, data: Dataset, training: TrainingConfig, *,
     if teacher is not None:
         teacher.eval()
 
-    # on the data's device, so that batches and shifts are drawn there: no host copy per step
+    # on the data's device, so batches and shifts are drawn there with no host copy per step
     generator = torch.Generator(device=device).manual_seed(training.seed)
     fast = fast_step.enabled(training.fast_step, device)
     optimizer = make_optimizer(model, name=training.optimizer, lr=training.lr,
@@ -309,9 +331,9 @@ def fit(model: nn.Module, data: Dataset, training: TrainingConfig, *,
     total_epochs = epochs if epochs is not None else training.epochs
     batches = batches_of(n, training.batch_size, model)
     steps_per_epoch = len(batches)
-    # the schedule spans training.epochs even when `epochs` stops the run early (a checkpoint
-    # taken at epoch 2 of 4 must be the state of a straight 4-epoch run at epoch 2); it spans
-    # `epochs` when that runs past training.epochs, rather than stalling at lr 0
+    # The schedule spans training.epochs even when `epochs` stops the run early. A checkpoint
+    # taken at epoch 2 of 4 must equal the state of a straight 4-epoch run at epoch 2. When
+    # `epochs` runs past training.epochs, the schedule spans `epochs`, so the lr never sits at 0.
     schedule_steps = max(training.epochs, total_epochs) * steps_per_epoch
     cosine = training.lr_schedule != "constant"
     history: list[dict[str, float]] = []
@@ -351,8 +373,10 @@ def train_student(cfg: ExperimentConfig, data: Dataset, *, teacher: TeacherLike 
                   report: Report | None = None, resume: dict[str, Any] | None = None,
                   factory: Callable[..., nn.Module] | None = None
                   ) -> tuple[nn.Module, list[dict[str, float]]]:
-    """Build the student of `cfg` (seeded; `factory`: a student factory given as an object)
-    and fit it against `teacher` with cfg.training."""
+    """Build the student of `cfg`, seeded with cfg.training.seed, and fit it against `teacher`.
+
+    `factory` is a student factory given as an object. Return (the model, each epoch's
+    metrics)."""
     torch.manual_seed(cfg.training.seed)
     model = build_student(cfg, data.input_shape, data.num_classes, width=cfg.student.width,
                           factory=factory).to(data.train.x.device)

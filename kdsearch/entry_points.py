@@ -1,10 +1,11 @@
 """A user's code named the way packaging names an entry point: "module:attribute".
 
-A space file or a command line names code, never holds it: `my_nets:Teacher` is the attribute
-`Teacher` of the module `my_nets`, imported (found first in the given folders, the space file's
-own, then the current directory, then the installed packages) and returned, for the caller to
-call with plain keyword values. Nothing is evaluated. Every failure is one line that names the
-entry point, where it came from and what went wrong, with the import error's own message.
+A space file or a command line names code but never holds it. `my_nets:Teacher` is the
+attribute `Teacher` of the module `my_nets`. The module is imported and the attribute returned,
+and the caller calls it with plain keyword values. The module is looked for first in the given
+folders (the space file's own, then the current directory), then in the installed packages.
+Nothing is evaluated. Every failure is one line. It names the entry point, where it came from
+and what went wrong, with the import error's own message.
 """
 
 from __future__ import annotations
@@ -21,17 +22,19 @@ _NAME = re.compile(r"^[A-Za-z_][\w]*(\.[A-Za-z_][\w]*)*:[A-Za-z_][\w]*(\.[A-Za-z
 
 
 class EntryPointError(UserError, ValueError):
-    """A named entry point that cannot be had: the message says which, and why."""
+    """A named entry point cannot be resolved. The message says which one, and why."""
 
 
 def is_entry_point(name: str) -> bool:
-    """`name` has the form "module:attribute" (dotted on both sides)."""
+    """Return whether `name` has the form "module:attribute" (dotted names on both sides)."""
     return isinstance(name, str) and bool(_NAME.match(name))
 
 
 def resolve(name: str, *, where: str, folders: Sequence[Path] = ()) -> Any:
-    """The object named "module:attribute". `where`: what named it, for messages ("search.callbacks
-    in space.yaml", "--callback"); `folders`: searched for the module first, in order."""
+    """Return the object named "module:attribute". It must be callable.
+
+    `where` says what named it, for messages ("search.callbacks in space.yaml", "--callback").
+    `folders` are searched for the module first, in order."""
     if not is_entry_point(name):
         raise EntryPointError(f"{where}: {name!r} is not a name of the form module:attribute "
                               f"(such as my_nets:Teacher)")
@@ -64,6 +67,7 @@ def resolve(name: str, *, where: str, folders: Sequence[Path] = ()) -> Any:
 
 
 def _public(module: Any) -> str:
+    """Return the module's public names (at most 12), for a message."""
     names = sorted(n for n in vars(module) if not n.startswith("_"))
     shown = ", ".join(names[:12]) + (", ..." if len(names) > 12 else "")
     return shown or "no public names"

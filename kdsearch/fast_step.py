@@ -1,22 +1,24 @@
 """The CPU fast path of `distill.fit`: the written-out MLP step and `FusedAdam`.
 
-On a CPU, a small student's step is bound by PyTorch's cost per operator, not by arithmetic:
-autograd records and replays some 230 small operators a step for the two-hidden-layer MLP
-students, and `torch.optim.Adam.step` spends ~130 us in Python around a ~30 us kernel. Here:
+On a CPU, a small student's step is bound by PyTorch's cost per operator, not by arithmetic.
+For the MLP students with two hidden layers, autograd records and replays some 230 small
+operators a step. `torch.optim.Adam.step` spends about 130 us in Python around a kernel of
+about 30 us. This module has two parts:
 
-- `mlp_step`: the step of a dropout-free two-hidden-layer MLP with its gradients written out,
-  ~30 operators, activations laid out feature-major;
-- `FusedAdam`: torch's fused Adam kernel without `torch.optim`'s Python around it, over one flat
-  tensor in the MLP step (one kernel call a step), with Adam's state and state_dict.
+- `mlp_step`: the step of a dropout-free MLP with two hidden layers, with its gradients written
+  out. It takes about 30 operators, with the activations laid out feature-major.
+- `FusedAdam`: torch's fused Adam kernel without `torch.optim`'s Python around it, with Adam's
+  state and state_dict. In the MLP step it runs over one flat tensor: one kernel call a step.
 
-`training.fast_step` switches it: `auto` (the default) takes it on the CPU; on CUDA, where no
-benchmark has shown it faster, `fit` runs autograd and `torch.optim` (as `off` does anywhere).
-tests/test_distill.py checks both against autograd and an independent plain-PyTorch reference.
-`bench/epoch_speed.py` measures the loop against seed 000's (torchvision dataset +
-DataLoader(batch_size=32) + a teacher forward every step): on 2 CPU cores an epoch of the
-784-20-20-10 MNIST student takes 0.11 s at batch 128 against the seed loop's 5.1-5.4 s on
-2026-11-23's late hours (48-49x; 0.15 s, 35-36x, before the step was laid out feature-major
-and flat; 0.27 s through autograd), 0.08 s at batch 512.
+`training.fast_step` switches the fast path on and off. With `auto` (the default), `fit` takes
+it on the CPU. No benchmark has shown it faster on CUDA, so there `fit` runs autograd and
+`torch.optim`, as `off` does everywhere. tests/test_distill.py checks both parts against
+autograd and against an independent plain-PyTorch reference.
+
+`bench/epoch_speed.py` measures the loop against the loop of the "seed 000" blog post (a
+torchvision dataset, DataLoader(batch_size=32), and a teacher forward every step). On 2 CPU
+cores, an epoch of the 784-20-20-10 MNIST student takes 0.11 s at batch 128, against 5.1-5.4 s
+for that loop (48-49x). It takes 0.08 s at batch 512, and 0.27 s at batch 128 through autograd.
 """
 
 from __future__ import annotations
@@ -33,25 +35,28 @@ from kdsearch.models import MLP
 
 
 def enabled(setting: str, device: torch.device) -> bool:
-    """Whether `fit` takes the fast path (`training.fast_step`): `auto` on the CPU, `off` never."""
+    """Return whether `fit` takes the fast path: with `auto` on the CPU, and never with `off`."""
     assert setting in FAST_STEPS, setting
     return setting == "auto" and device.type == "cpu"
 
 
 class FusedAdam:
-    """`torch.optim.Adam(fused=True)`: the same kernel, state and state_dict, in a few lines.
+    """`torch.optim.Adam(fused=True)` in a few lines: the same kernel, state and state_dict.
 
-    Two reasons not to use torch's class for the search's default optimizer:
-    - every `torch.optim.Optimizer` method is wrapped to turn off torch.compile, and the first
-      call imports `torch._dynamo`: ~1.9 s of CPU in every process that trains (each trial
-      actor, the driver's final evaluation), a quarter of a quickstart search's start-up;
-    - `Adam.step` spends ~130 us a call in Python (grouping tensors by device, bookkeeping)
-      around a ~30 us kernel: a fifth of the written-out MLP step.
-    `step` calls what `Adam.step` calls for fused parameters on one device, `_foreach_add_` on
-    the step counts then `torch._fused_adam_`, on state laid out as Adam lays it out, so the
-    updates are Adam's bit for bit and a checkpoint of either loads into the other
-    (tests/test_distill.py checks both). The MLP step lays it all out flat first (`flatten`):
-    one kernel call a step, Adam to rounding.
+    There are two reasons not to use torch's class for the search's default optimizer:
+
+    - Every `torch.optim.Optimizer` method is wrapped to turn off torch.compile, and the first
+      call imports `torch._dynamo`. This costs about 1.9 s of CPU in every process that trains
+      (each trial actor, and the driver's final evaluation). That is a quarter of the start-up
+      of a quickstart search.
+    - `Adam.step` spends about 130 us a call in Python (grouping tensors by device,
+      bookkeeping) around a kernel of about 30 us. That is a fifth of the written-out MLP step.
+
+    `step` calls what `Adam.step` calls for fused parameters on one device: `_foreach_add_` on
+    the step counts, then `torch._fused_adam_`. The state is laid out as Adam lays it out. So
+    the updates are Adam's bit for bit, and a checkpoint of either class loads into the other
+    (tests/test_distill.py checks both). The MLP step first lays everything out flat
+    (`flatten`). A step is then one kernel call, and equal to Adam's up to rounding.
     """
 
     def __init__(self, params: list[torch.Tensor], *, lr: float, weight_decay: float,
@@ -69,26 +74,30 @@ class FusedAdam:
 
     @staticmethod
     def supports(params: list[torch.Tensor]) -> bool:
-        """One device, CPU or CUDA, floating point: where the fused kernel runs."""
+        """Return whether the fused kernel runs on `params`: floating point, on one CPU or CUDA
+        device."""
         return (hasattr(torch, "_fused_adam_") and len({p.device for p in params}) == 1
                 and all(p.device.type in ("cpu", "cuda") and p.is_floating_point()
                         for p in params))
 
     def flatten(self) -> list[torch.Tensor] | None:
-        """Lay the parameters, their gradients and Adam's state out as views of one flat tensor
-        each, so that a step is one kernel call over all of them: ~11 us against ~35 us for the
-        six tensors of the 784-20-20-10 student on 2 cores (the kernel's threads start once,
-        not once a tensor). Returns the gradients (zeros), which the caller writes in place
-        before each `step`; None, and nothing changed, where the parameters differ in device
-        or dtype, or their Adam state in step count, or only some of them have state.
+        """Lay out the parameters, their gradients and Adam's state as views of one flat tensor
+        each.
 
-        The arithmetic is Adam's, element by element, but not bit for bit: the kernel's vector
-        loop and its scalar tail round differently, and flat, a tensor's last few elements move
-        from one to the other (~1e-8 apart). A `step` that finds a gradient replaced (by
-        `zero_grad`, or autograd) goes back to one tensor at a time. A parameter given new
-        storage afterwards (`.to()` another device or dtype, `load_state_dict(assign=True)`)
-        is no longer the tensor this optimizer steps: as with any optimizer, move the model
-        first (`fit` flattens after every move).
+        A step is then one kernel call over all of them. For the six tensors of the
+        784-20-20-10 student on 2 cores, it takes about 11 us against about 35 us, because the
+        kernel's threads start once, not once a tensor. Return the gradients (zeros). The
+        caller writes them in place before each `step`. Return None, and change nothing, when
+        the parameters differ in device or dtype, when their Adam states differ in step count,
+        or when only some of them have state.
+
+        The arithmetic is Adam's, element by element, but not bit for bit. The kernel's vector
+        loop and its scalar tail round differently. Laid out flat, a tensor's last few elements
+        move from one to the other (about 1e-8 apart). A `step` that finds a gradient replaced
+        (by `zero_grad`, or by autograd) goes back to one tensor at a time. A parameter given
+        new storage afterwards (`.to()` another device or dtype, `load_state_dict(assign=True)`)
+        is no longer the tensor this optimizer steps. So, as with any optimizer, move the model
+        first. `fit` flattens after every move.
         """
         params = self.params
         if not params or len({(p.device, p.dtype) for p in params}) != 1:
@@ -121,7 +130,7 @@ class FusedAdam:
         return list(self._flat_grads)
 
     def _unflatten(self) -> None:
-        """Back to one tensor at a time (the views stay): each parameter its own step count."""
+        """Go back to one tensor at a time. The views stay; each parameter gets its own count."""
         self._flat = None
         for state in self.state.values():
             state["step"] = state["step"].clone()
@@ -134,7 +143,7 @@ class FusedAdam:
                 p.grad.zero_()
 
     def _bind(self) -> list[list[torch.Tensor]]:
-        """[params, grads, exp_avgs, exp_avg_sqs, steps] of the parameters with a gradient."""
+        """Return [params, grads, exp_avgs, exp_avg_sqs, steps] of the parameters with a grad."""
         params = [p for p in self.params if p.grad is not None]
         for p in params:
             if p not in self.state:  # Adam's lazy state: step count on the device, fp32
@@ -151,8 +160,8 @@ class FusedAdam:
             self._unflatten()
         bound = self._flat
         if bound is None:
-            # the lists are kept while the gradients stay the same tensors, as the MLP step
-            # keeps them: building them is a tenth of that step
+            # keep the lists while the gradients stay the same tensors, as in the MLP step.
+            # Building them takes a tenth of that step.
             bound = self._bound
             if bound is None or any(p.grad is not g for p, g in zip(self.params, bound[1])):
                 bound = self._bind()
@@ -171,8 +180,9 @@ class FusedAdam:
                            eps=g["eps"], maximize=False, grad_scale=None, found_inf=None)
 
     def state_dict(self) -> dict[str, Any]:
-        """As `torch.optim.Adam.state_dict` has it: state and hyperparameters by index (each
-        parameter's step count a tensor of its own, flat or not)."""
+        """Return the state as `torch.optim.Adam.state_dict` does, by parameter index.
+
+        Each parameter's step count is a tensor of its own, flat or not."""
         index = {p: i for i, p in enumerate(self.params)}
         group = {k: v for k, v in self.param_groups[0].items() if k != "params"}
         return {"state": {index[p]: {**st, "step": st["step"].clone()}
@@ -180,7 +190,7 @@ class FusedAdam:
                 "param_groups": [{**group, "params": list(range(len(self.params)))}]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """An Adam state_dict, this class's or `torch.optim.Adam`'s (fused or not)."""
+        """Load an Adam state_dict, of this class or of `torch.optim.Adam` (fused or not)."""
         groups = state["param_groups"]
         if len(groups) != 1 or len(groups[0]["params"]) != len(self.params):
             raise ValueError("the optimizer state does not match the model's parameters "
@@ -212,25 +222,30 @@ def mlp_step(model: nn.Module, optimizer: Any, x: torch.Tensor, y: torch.Tensor,
              log_targets: torch.Tensor | None, training: TrainingConfig, *,
              epoch: Callable[[], int] = lambda: 1
              ) -> tuple[Callable[[torch.Tensor], None], Callable[[], torch.Tensor]] | None:
-    """`distill.fit`'s step for a dropout-free two-hidden-layer MLP, gradients written out:
-    (step(idx), take_loss()) as `distill.Steps` holds them, or None for any other model.
+    """Return `distill.fit`'s step for a dropout-free MLP with two hidden layers, written out.
 
-    This is the search's common case (the seed-000 students) and the
-    one where PyTorch's cost per operator, not arithmetic, sets the speed: autograd records and
-    replays some 230 small operators a step. Written out, a step is ~30 operators:
+    The result is (step(idx), take_loss()) as `distill.Steps` holds them, or None for any other
+    model. With the losses dkd and ls_kd, it is the step of `_mlp_step_any_loss`.
+
+    This MLP is the search's common case (the 784-W-W-10 students). It is also the case where
+    PyTorch's cost per operator, not arithmetic, sets the speed. Autograd records and replays
+    some 230 small operators a step. Written out, a step is about 30 operators:
 
       z = MLP(x);  dL/dz = (alpha * softmax(z) + (1 - alpha) * T * softmax(z / T) - Q) / B
 
-    with Q = alpha * onehot(y) + (1 - alpha) * T * softmax(teacher / T), fixed per example and
-    so computed once per run, like the teacher's targets; the epoch's train_loss is kd_loss's
-    value, -alpha * log p(y) + (1 - alpha) * T^2 * sum p_t (log p_t - log softmax(z / T)),
+    Here Q = alpha * onehot(y) + (1 - alpha) * T * softmax(teacher / T). Q is fixed per example,
+    so it is computed once per run, like the teacher's targets. The epoch's train_loss is the
+    value of kd_loss,
+
+      -alpha * log p(y) + (1 - alpha) * T^2 * sum p_t (log p_t - log softmax(z / T)),
+
     summed element by element over the epoch and reduced once.
 
-    The activations are laid out feature-major (units x batch): a softmax over the 10 rows of
-    a 10 x 128 tensor takes 1.6 us on 2 cores, over the 10 columns of a 128 x 10 one 11 us,
-    and W1 @ x.T is faster than x @ W1.T (26 against 37 us). With Adam, the parameters,
-    gradients and state are flat (`FusedAdam.flatten`): one kernel call a step.
-    tests/test_distill.py checks the loss, the gradients and whole runs against autograd.
+    The activations are laid out feature-major (units x batch). On 2 cores, a softmax over the
+    10 rows of a 10 x 128 tensor takes 1.6 us. Over the 10 columns of a 128 x 10 tensor it
+    takes 11 us. W1 @ x.T is also faster than x @ W1.T (26 against 37 us). With Adam, the
+    parameters, gradients and state are flat (`FusedAdam.flatten`), so a step is one kernel
+    call. tests/test_distill.py checks the loss, the gradients and whole runs against autograd.
     """
     if type(model) is not MLP or not isinstance(model.dropout, nn.Identity):
         return None
@@ -282,8 +297,8 @@ def mlp_step(model: nn.Module, optimizer: Any, x: torch.Tensor, y: torch.Tensor,
             acc.addcmul_(rows[k:2 * k] if kd else rows, log_p)
             if kd:
                 log_p_s = torch.log_softmax(z.mul_(inv_t), 0)
-                # the KL term as kl_div computes it, p_t * (log p_t - log p_s) summed, not as a
-                # difference of two sums: at T = 20 those are ~1000 times the KL itself
+                # the KL term as kl_div computes it: the sum of p_t * (log p_t - log p_s). A
+                # difference of two sums loses precision, since at T = 20 each is ~1000x the KL.
                 acc.addcmul_(rows[2 * k:3 * k], torch.sub(log_p_s, rows[3 * k:]))
                 g = log_p.exp_().mul_(alpha / b)
                 g.add_(log_p_s.exp_(), alpha=soft / b).sub_(rows[:k], alpha=1.0 / b)
@@ -311,9 +326,10 @@ def _mlp_step_any_loss(model: nn.Module, optimizer: Any, x: torch.Tensor, y: tor
                        log_targets: torch.Tensor, training: TrainingConfig,
                        epoch: Callable[[], int]
                        ) -> tuple[Callable[[torch.Tensor], None], Callable[[], torch.Tensor]]:
-    """`mlp_step` for a loss other than Hinton's (dkd, ls_kd): the MLP's forward and backward
-    written out as there, the loss's gradient with respect to the logits (a batch x classes
-    tensor) through autograd."""
+    """Return `mlp_step`'s step for a loss other than Hinton's (dkd, ls_kd).
+
+    The MLP's forward and backward passes are written out as in `mlp_step`. The loss's
+    gradient with respect to the logits (a batch x classes tensor) comes from autograd."""
     loss_fn = Loss.of(training)
     fc1, fc2, fc3 = model.fc1, model.fc2, model.fc3
     params = [fc1.weight, fc1.bias, fc2.weight, fc2.bias, fc3.weight, fc3.bias]

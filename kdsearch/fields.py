@@ -1,6 +1,7 @@
-"""The rules a config value is checked by: each field's kind, range and allowed names, and the
-rules shared by a searched dimension's fixed value and its bounds. Used by `config` to declare
-its dataclasses; imports neither torch nor ray.
+"""The rules that check a config value: each field's kind, range and allowed names.
+
+The module also holds the rules that a searched dimension's fixed value and its bounds share.
+`config` uses them to declare its dataclasses. This module imports neither torch nor ray.
 """
 
 from __future__ import annotations
@@ -13,8 +14,8 @@ from kdsearch.entry_points import is_entry_point
 from kdsearch.errors import MAX_INT
 
 Check = Callable[[Any], bool]
-# a width of 2**20 units is a 2**40-weight layer, already far beyond any machine; wider ones
-# overflow torch's size arithmetic even on the meta device (an error with no trial to fail)
+# a width of 2**20 units makes a layer of 2**40 weights, far beyond any machine. Wider layers
+# overflow torch's size arithmetic even on the meta device, in an error outside any trial.
 MAX_WIDTH = 2**20
 MAX_TEMPERATURE = 1000.0  # Hinton et al. used up to 20
 MAX_SEED = 2**32 - 1  # Optuna's TPE seeds numpy's RandomState, which takes 32 bits
@@ -23,8 +24,9 @@ MAX_SEED = 2**32 - 1  # Optuna's TPE seeds numpy's RandomState, which takes 32 b
 def spec(default: Any, kind: type | tuple[type, ...], check: Check | None = None,
           allowed: str = "", *, optional: bool = False,
           convert: Callable[[Any], Any] | None = None) -> Any:
-    """A config field: its default, its kind, the check its value must pass and the words that
-    say what is allowed; `convert` turns an allowed value into the one the config holds."""
+    """Return a config field: its default, its kind, the check its value must pass, and the
+    words that say what is allowed. `convert` turns an allowed value into the value the config
+    holds."""
     return field(default=default, metadata={"kind": kind, "check": check, "allowed": allowed,
                                             "optional": optional, "convert": convert})
 
@@ -50,23 +52,29 @@ def one_of(names: tuple[str, ...]) -> tuple[Check, str]:
 
 
 def is_object_name(name: str) -> bool:
-    """The name a config records for a Python object given to run_search: "<object NAME>"."""
+    """Return whether `name` is what a config records for an object given to run_search.
+
+    That name has the form "<object NAME>"."""
     return isinstance(name, str) and name.startswith("<object ") and name.endswith(">")
 
 
 def object_name(obj: Any) -> str:
+    """Return the name a config records for `obj`, given to run_search: "<object NAME>"."""
     what = getattr(obj, "__qualname__", None) or type(obj).__qualname__
     return f"<object {what}>"
 
 
 def built_in_or_code(names: tuple[str, ...], what: str) -> tuple[Check, str]:
-    """A built-in name, or a user's code as "module:attribute" (see kdsearch.entry_points)."""
+    """Return the check and the words for a field that takes a built-in name or a user's code.
+
+    A user's code is named as "module:attribute" (see kdsearch.entry_points)."""
     return ((lambda v: v in names or is_entry_point(v) or is_object_name(v)),
             "one of " + ", ".join(names) + f", or module:attribute naming your own {what}")
 
 
 def plain(v: Any, depth: int = 0) -> bool:
-    """Plain YAML values (numbers, strings, booleans, null, lists and mappings of them)."""
+    """Return whether `v` is a plain YAML value: a number, string, boolean or null, or a list or
+    mapping of them."""
     if depth > 20:
         return False
     if v is None or isinstance(v, (bool, int, str)):
@@ -81,7 +89,8 @@ def plain(v: Any, depth: int = 0) -> bool:
 
 
 def kwargs_spec(called: str) -> Any:
-    # (left out of the hash: a frozen config with a dict in it still hashes)
+    """Return a field of keyword arguments for a user's model, passed to `called`."""
+    # left out of the hash, so that a frozen config with a dict in it still hashes
     return field(default_factory=dict, hash=False, metadata={
         "kind": dict, "optional": False,
         "check": lambda v: all(isinstance(k, str) and k.isidentifier() for k in v) and plain(v),
@@ -104,8 +113,10 @@ def _target_ok(v: dict[str, Any]) -> bool:
 
 
 def target_spec() -> Any:
-    """report.target: the accuracy a student must reach, relative to the teacher's test
-    accuracy ({within_teacher: P}, P points below it) or absolute ({accuracy: A}, percent)."""
+    """Return the field report.target: the accuracy that a student must reach.
+
+    It is relative to the teacher's test accuracy ({within_teacher: P}, P points below it) or
+    absolute ({accuracy: A}, in percent)."""
     return field(default_factory=lambda: {"within_teacher": 1.0}, hash=False, metadata={
         "kind": dict, "optional": False, "check": _target_ok,
         "convert": lambda v: {k: float(x) for k, x in v.items()},
@@ -140,22 +151,26 @@ VALUE_RULES: dict[str, tuple[type, Check, str]] = {
 
 
 def optional_rule(name: str) -> Any:
-    """A field of VALUE_RULES that may be null (null: the default of kdsearch.losses)."""
+    """Return a field with the rule VALUE_RULES[name] that may be null.
+
+    null means the default of kdsearch.losses."""
     kind, check, allowed = VALUE_RULES[name]
     return spec(None, kind, check, allowed, optional=True)
 
 
 def rule(name: str, default: Any) -> Any:
+    """Return a field with the rule VALUE_RULES[name] and the default `default`."""
     kind, check, allowed = VALUE_RULES[name]
     return spec(default, kind, check, allowed)
 
 
 def seed_spec() -> Any:
+    """Return a field for a random seed: an integer in [0, 2**32 - 1], 0 by default."""
     return spec(0, int, lambda v: 0 <= v <= MAX_SEED, "an integer in [0, 2**32 - 1]")
 
 
 # --------------------------------------------------------------------------- a value's kind
-# YAML 1.1's other words for true and false, which yamlfile reads as text: still accepted
+# YAML 1.1's other words for true and false, which yamlfile reads as text. They are accepted.
 _BOOL_WORDS = {"yes": True, "on": True, "no": False, "off": False}
 
 

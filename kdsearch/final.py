@@ -116,8 +116,8 @@ def plan(results: Path, *, retrain: bool) -> Plan:
             reused[i] = dataclasses.replace(row, best=s.best, trial_id=s.trial_id,
                                             val_acc=s.val_acc, search_epochs=s.search_epochs,
                                             extra=s.extra)
-    # a teacher tested before its per-example results were kept is tested again (the target's
-    # bound pairs the students' examples with its own)
+    # a teacher tested without per-example results (an older final.json) is tested again,
+    # because the target's bound pairs the students' examples with the teacher's own
     teacher_ok = old_teacher is not None and old_teacher.key == key and (
         old_teacher.test_correct is not None or old_teacher.params is None)
     return Plan(cfg, selection, seeds, fingerprint, files, key, reused,

@@ -44,8 +44,8 @@ class FinalRow:
     search_epochs: int | None  # the epochs that trial ran
     seeds: list[int]
     test_accs: list[float | None]  # per seed; None: it diverged or failed (see `errors`)
-    # per seed, which test examples it got right (`stats.pack_correct`); None for a seed
-    # without an accuracy, or a row written before kdsearch kept them
+    # per seed, which test examples it got right (`stats.pack_correct`). None for a seed
+    # without an accuracy, and for a row of an older final.json, which has none.
     test_correct: list[str | None] | None
     final_val_accs: list[float | None] | None  # per seed, its last validation accuracy
     mean: float | None  # of the seeds' test accuracies
@@ -58,7 +58,7 @@ class FinalRow:
     seconds: float | None  # training time, summed over the seeds
     spec: dict[str, Any]  # everything the retrained models depend on but the seeds
     macs: int | None = None  # multiply-accumulates of one example's forward pass
-    loss: str | None = None  # the distillation loss (None: a row written before losses; kd)
+    loss: str | None = None  # the distillation loss (None in an older row, which means kd)
     # True: a loss's best setting, retrained only to compare the losses (see selection)
     extra: bool = False
 
@@ -255,7 +255,7 @@ def _row_ok(r: dict[str, Any], n_seeds: int) -> bool:
         if value is not None and not (isinstance(value, list) and len(value) == n_seeds
                                       and all(ok(x) for x in value)):
             return False
-    errors = r.get("errors")  # absent from final.json written before it was kept
+    errors = r.get("errors")  # absent from an older final.json
     if errors is not None and not (isinstance(errors, list) and len(errors) == n_seeds
                                    and all(isinstance(e, (str, type(None))) for e in errors)):
         return False

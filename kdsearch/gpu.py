@@ -1,17 +1,16 @@
-"""GPUs: whether torch can use CUDA where the trials run, how much memory a GPU has there, and
-the share of a GPU each trial takes.
+"""GPUs: can torch use CUDA where the trials run, how much memory a GPU has, each trial's share.
 
-Ray counts GPUs whether or not torch can use them: a CPU-only torch wheel, or an NVIDIA driver
-older than the wheel's CUDA needs, leaves every trial holding a GPU share and training on the
-CPU. `probe` asks a Ray task on a GPU node (the trials' own environment) and `explain` turns a
+Ray counts GPUs whether or not torch can use them. With a CPU-only torch wheel, or an NVIDIA
+driver older than the wheel's CUDA needs, every trial holds a GPU share and trains on the CPU.
+`probe` asks a Ray task on a GPU node, which is the trials' own environment. `explain` turns a
 failure into one line that says why and what to do.
 
-The automatic share packs trials onto a GPU as far as its memory allows (each trial's estimated
-need plus its process's CUDA context, within `MEMORY_FRACTION` of the GPU), up to
-`PACKING_LIMIT` trials a GPU. For small students memory is rarely the limit: kernel launches and
-the Python step loop are, and how many trials a GPU runs faster side by side is a measurement,
-`bench/gpu_packing.py` (run by `bench/gpu_check.sh`). It has not yet run on a GPU:
-`PACKING_LIMIT` is the value kdsearch used before it measured, and `search.trials_per_gpu` or
+The automatic share packs trials onto a GPU as far as its memory allows, up to `PACKING_LIMIT`
+trials a GPU. Each trial needs its estimated memory plus its process's CUDA context, and all
+together stay within `MEMORY_FRACTION` of the GPU. For small students memory is rarely the
+limit. Kernel launches and the Python step loop are. How many trials a GPU runs faster side by
+side is measured by `bench/gpu_packing.py` (run by `bench/gpu_check.sh`). That benchmark has
+not run on a GPU yet, so `PACKING_LIMIT` is not a measured value. `search.trials_per_gpu` or
 `search.gpus_per_trial` overrides it.
 """
 
@@ -41,16 +40,19 @@ PROBE_SECONDS = 60.0
 
 # --------------------------------------------------------------------------- the share
 def tile(k: int) -> float:
-    """The share of a GPU for k trials on it: 1/k rounded down to Ray's 4 decimals, so that k of
-    them fit on one GPU after Ray's own rounding (1/3 rounded to 0.3333, not 0.3334)."""
+    """Return the share of a GPU for k trials on it: 1/k rounded down to Ray's 4 decimals.
+
+    Rounding down makes k shares fit on one GPU after Ray's own rounding (1/3 becomes 0.3333,
+    not 0.3334)."""
     return math.floor(RAY_PRECISION / k) / RAY_PRECISION
 
 
 def trial_bytes(cfg: ExperimentConfig, data: Dataset,
                 student: Callable[..., Any] | None = None) -> int:
-    """A trial's GPU memory, estimated: the data, the widest student's weights, gradients and
-    Adam's two moments, its activations at the largest batch (forward and backward), and its
-    process's CUDA context."""
+    """Return an estimate of a trial's GPU memory, in bytes.
+
+    It adds up the data, the widest student's weights, gradients and Adam's two moments, its
+    activations at the largest batch (forward and backward), and the process's CUDA context."""
     model = meta_student(cfg, data.input_shape, data.num_classes,
                          width=max(searched_widths(cfg)), factory=student)
     data_bytes = (data.train.x.numel() + data.val.x.numel()) * 4
@@ -62,8 +64,11 @@ def trial_bytes(cfg: ExperimentConfig, data: Dataset,
 
 def gpu_share(cfg: ExperimentConfig, data: Dataset, memory: int | None,
               student: Callable[..., Any] | None = None) -> float:
-    """Each trial's share of a GPU: search.gpus_per_trial as set; else 1/search.trials_per_gpu;
-    else as many trials a GPU of `memory` bytes (None: unknown) as fit, at most PACKING_LIMIT."""
+    """Return each trial's share of a GPU.
+
+    It is search.gpus_per_trial when set, else 1/search.trials_per_gpu when that is set.
+    Otherwise a GPU of `memory` bytes (None: unknown) takes as many trials as fit, at most
+    PACKING_LIMIT."""
     s = cfg.search
     if s.gpus_per_trial is not None:
         return s.gpus_per_trial
@@ -77,7 +82,7 @@ def gpu_share(cfg: ExperimentConfig, data: Dataset, memory: int | None,
 # --------------------------------------------------------------------------- can torch use it
 @dataclass(frozen=True)
 class CudaCheck:
-    """What torch makes of the GPU in one process: `usable`, else `why` not."""
+    """What torch makes of the GPU in one process: whether it is `usable`, and if not, `why`."""
 
     usable: bool
     where: str  # "trials" (a Ray task on a GPU node) or "driver"
@@ -92,7 +97,7 @@ class CudaCheck:
 
 
 def check_cuda(where: str) -> CudaCheck:
-    """torch's CUDA in this process; the device's name and memory when it works."""
+    """Check torch's CUDA in this process. When it works, record the device's name and memory."""
     if torch.version.cuda is None:
         return CudaCheck(False, where, f"this torch ({torch.__version__}) is a CPU-only build")
     if not torch.cuda.is_available():
@@ -110,12 +115,13 @@ def _probe_task() -> dict[str, Any]:
     return check_cuda("trials").as_dict()
 
 
-_PROBED: dict[str, CudaCheck] = {}  # by cluster and job: a driver that searches again asks once
+_PROBED: dict[str, CudaCheck] = {}  # by cluster and job, so a driver that searches again asks once
 
 
 def probe(timeout: float = PROBE_SECONDS) -> CudaCheck | None:
-    """`check_cuda` in a Ray task on a GPU node, as a trial would run there; None when no GPU
-    came free within `timeout` seconds (a busy cluster)."""
+    """Run `check_cuda` in a Ray task on a GPU node, as a trial would run there.
+
+    Return None when no GPU came free within `timeout` seconds (a busy cluster)."""
     context = ray.get_runtime_context()
     job = f"{context.gcs_address} {context.get_job_id()}"
     if job in _PROBED:
@@ -131,8 +137,8 @@ def probe(timeout: float = PROBE_SECONDS) -> CudaCheck | None:
 
 
 def explain(unusable: list[CudaCheck], gpus: float, *, planned_for_cpu: bool) -> str:
-    """One line for a cluster whose GPUs torch cannot use (in the trials, in the driver, or
-    both): why, what runs on the CPU instead, and what to do."""
+    """Return one line for a cluster whose GPUs torch cannot use in the trials, the driver, or
+    both. The line says why, what runs on the CPU instead, and what to do."""
     check = unusable[0]
     where = " and ".join("this driver" if c.where == "driver" else "the trials" for c in unusable)
     whys = list(dict.fromkeys(f"{c.why}" for c in unusable))

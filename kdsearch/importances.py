@@ -1,13 +1,15 @@
 """What mattered: which searched values the val_acc depended on, per kind, width and loss.
 
-`optuna.importance.get_param_importances` (its default evaluator, PED-ANOVA) over the trials of
-a kind of student, of each width with search.per_width, and of each loss when several are
-searched, as trials.csv and progress.csv record them;
-written to importances.json, which the report shows as a table and a plot (no Optuna needed
-there). The target is the val_acc every trial that did not fail reached: at ASHA's first rung
-(the grace period's epoch; ASHA stops trials after it, and its survivors alone would say
-little), or the final val_acc with FIFO. A group of fewer than MIN_TRIALS trials, or with one
-searched value only, gets its count and no importances.
+The importances come from `optuna.importance.get_param_importances` (its default evaluator,
+PED-ANOVA). They are computed over the trials of a kind of student, as trials.csv and
+progress.csv record them. With search.per_width they are also computed per width, and per loss
+when several losses are searched. They are written to importances.json. The report shows them
+as a table and a plot, and needs no Optuna to do so.
+
+The target is a val_acc that every trial that did not fail reached. With ASHA it is the val_acc
+at ASHA's first rung, the grace period's epoch. ASHA stops trials after that rung, and its
+survivors alone would say little. With FIFO it is the final val_acc. A group of fewer than
+MIN_TRIALS trials, or with only one searched value, gets its count and no importances.
 """
 
 from __future__ import annotations
@@ -31,12 +33,13 @@ MIN_TRIALS = 10  # the fewest trials an importance is computed from
 
 def _importance(points: list[tuple[dict[str, Any], float]], dists: dict[str, Any]
                 ) -> dict[str, float] | None:
+    """Return Optuna's importances of `points` (params, value), or None with too few trials."""
     study = optuna.create_study(direction="maximize")
     for params, value in points:
         try:
             trial = optuna.trial.create_trial(params={d: params[d] for d in dists},
                                               distributions=dists, value=value)
-        except ValueError:  # a value outside the space (a space file edited since): not counted
+        except ValueError:  # a value outside the space (the space file was edited): not counted
             continue
         study.add_trial(trial)
     if len(study.trials) < MIN_TRIALS:
@@ -46,9 +49,11 @@ def _importance(points: list[tuple[dict[str, Any], float]], dists: dict[str, Any
 
 def _groups(cfg: ExperimentConfig, kind: str
             ) -> list[tuple[int | None, str | None, tuple[Dimension, ...]]]:
-    """(width, loss, the dimensions it ranks) of each group of trials of `kind`: all of them
-    over the values every trial has (the loss among them, when several are searched), each
-    width with search.per_width, each loss with its own parameters."""
+    """Return (width, loss, the dimensions it ranks) for each group of trials of `kind`.
+
+    The first group is all the trials, over the values that every trial has (the loss among
+    them, when several are searched). With search.per_width, each width is a group. When
+    several losses are searched, each loss is a group, with its own parameters."""
     losses = losses_of(cfg) if kind == DISTILLED and loss_searched(cfg) else ()
     own = {p for loss in losses for p in LOSS_PARAMS[loss]}
     shared = tuple(d for d in dimensions(cfg, kind) if d.name not in own)
@@ -62,8 +67,10 @@ def _groups(cfg: ExperimentConfig, kind: str
 
 
 def write_importances(results_dir: Path, cfg: ExperimentConfig) -> dict[str, Any]:
-    """Per kind of student (and per width, with search.per_width), which searched values
-    mattered (see the module's docstring), to importances.json; returns what it wrote."""
+    """Write to importances.json which searched values mattered, per group of trials.
+
+    The groups are those of `_groups`: per kind of student, and per width or loss where those
+    apply (see the module's docstring). Return what was written."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     rung = cfg.search.grace_period if cfg.search.scheduler == "asha" else None
     out: dict[str, Any] = {"format": 1, "target": f"val_acc at epoch {rung}" if rung

@@ -143,7 +143,7 @@ class Loss:
         if not self.uses_teacher or targets is None:
             return hard
         t = self.temperature
-        if self.name == "kd":  # (in this order: the same bits as every kdsearch before)
+        if self.name == "kd":  # this order of operations keeps kd's results the same bit for bit
             kl = kl_term(F.log_softmax(student_logits / t, dim=1), targets)
             return self.alpha * hard + (1.0 - self.alpha) * t * t * kl
         soft = self.distillation(student_logits, targets, labels)

@@ -1,11 +1,12 @@
-"""The two seed model families and the one table from a model name to its constructor.
+"""The built-in model families and the one table from a model name to its constructor.
 
-MLPs (seed 000): teacher 784-1200-1200-10 with dropout 0.5 (2,395,210 parameters on MNIST),
-student 784-W-W-10 (16,330 parameters at the seed's W = 20).
-CNNs (seed 001): TeacherNet, StudentNet, Student2Net with BatchNorm; global average pooling
-replaces torchex's GlobalAvgPool2d, and the max-pools are padded so that every input from 8x8
-(digits) to 32x32 (CIFAR-10) keeps at least one pixel. `width` is the first conv's channel count
-(the seed's 96); the other layers scale by the same factor.
+MLPs, from the "seed 000" blog post: the teacher is 784-1200-1200-10 with dropout 0.5 (2,395,210
+parameters on MNIST). The student is 784-W-W-10 (16,330 parameters at the post's W = 20).
+
+CNNs, from the "seed 001" blog post: TeacherNet, StudentNet and Student2Net, with BatchNorm.
+Global average pooling replaces torchex's GlobalAvgPool2d. The max-pools are padded, so that
+every input from 8x8 (digits) to 32x32 (CIFAR-10) keeps at least one pixel. `width` is the
+first conv's channel count (96 in the post). The other layers scale by the same factor.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ InputShape = tuple[int, ...]  # one example's shape: C, H, W for images
 
 
 class MLP(nn.Module):
-    """Two hidden ReLU layers, dropout after each linear as in seed 000's teacher."""
+    """Two hidden ReLU layers, with dropout after each linear layer as in "seed 000"'s teacher."""
 
     def __init__(self, in_features: int, width: int, num_classes: int, dropout: float = 0.0):
         super().__init__()
@@ -63,7 +64,7 @@ class CNN(nn.Module):
 
 
 def cnn_teacher(shape: InputShape, num_classes: int, width: int = 96) -> CNN:
-    """Seed 001's TeacherNet: five 3x3 conv layers with BatchNorm, four max-pools."""
+    """The TeacherNet of "seed 001": five 3x3 conv layers with BatchNorm, four max-pools."""
     c1, c2, c3, c4, c5 = _scaled((96, 256, 384, 384, 256), width)
     layers = [*_conv(shape[0], c1), _pool(), *_conv(c1, c2), _pool(), *_conv(c2, c3),
               *_conv(c3, c4), _pool(), *_conv(c4, c5), _pool()]
@@ -71,14 +72,14 @@ def cnn_teacher(shape: InputShape, num_classes: int, width: int = 96) -> CNN:
 
 
 def cnn_student(shape: InputShape, num_classes: int, width: int = 96) -> CNN:
-    """Seed 001's StudentNet: three conv layers, the first two with stride 2."""
+    """The StudentNet of "seed 001": three conv layers, the first two with stride 2."""
     c1, c2, c3 = _scaled((96, 256, 256), width)
     layers = [*_conv(shape[0], c1, 2), _pool(), *_conv(c1, c2, 2), *_conv(c2, c3)]
     return CNN(layers, c3, num_classes)
 
 
 def cnn_student2(shape: InputShape, num_classes: int, width: int = 96) -> CNN:
-    """Seed 001's Student2Net: two max-pools on the input, then two conv layers."""
+    """The Student2Net of "seed 001": two max-pools on the input, then two conv layers."""
     c1, c2 = _scaled((96, 256), width)
     layers = [_pool(), _pool(), *_conv(shape[0], c1), _pool(), *_conv(c1, c2, 2)]
     return CNN(layers, c2, num_classes)

@@ -1,13 +1,14 @@
-"""optuna.db: the search's trials as Optuna studies, one per phase ("distill", "baseline"), kept
-current while the search runs.
+"""optuna.db: the search's trials as Optuna studies, kept current while the search runs.
 
-Each trial of the search is a trial of its phase's study, with its searched values, each
-reported epoch's val_acc as an intermediate value, and, once it ends, COMPLETE with its final
-val_acc, PRUNED when ASHA stopped it early, FAIL when it diverged or raised. `StudyWriter` (a Ray
-Tune callback) writes them as they come, at most every few seconds, from a thread of its own, so
-that `optuna-dashboard sqlite:///results/<name>/optuna.db` can watch a running search; a resumed
-search's study is first rebuilt whole from trials.csv and progress.csv (`export_study`), the
-records a killed driver left.
+There is one study per phase ("distill", "baseline"). Each trial of the search is a trial of
+its phase's study. It has its searched values, and each reported epoch's val_acc as an
+intermediate value. Once it ends, it is COMPLETE with its final val_acc, PRUNED when ASHA
+stopped it early, or FAIL when it diverged or raised.
+
+`StudyWriter` (a Ray Tune callback) writes the trials as they come, at most every few seconds,
+from a thread of its own. So `optuna-dashboard sqlite:///results/<name>/optuna.db` can watch a
+running search. For a resumed search, the study is first rebuilt whole from trials.csv and
+progress.csv (`export_study`), the records that a killed driver left.
 """
 
 from __future__ import annotations
@@ -38,8 +39,10 @@ WRITE_EVERY_S = 3.0  # how often a running search's study is brought up to date
 
 
 def _storage(path: Path) -> optuna.storages.RDBStorage:
-    """Optuna's SQLite storage at `path`, written without waiting for the disk at each commit:
-    the study is a view of trials.csv and progress.csv, rebuilt from them if it is ever lost."""
+    """Return Optuna's SQLite storage at `path`, which does not wait for the disk at each commit.
+
+    The study is a view of trials.csv and progress.csv. If it is ever lost, it is rebuilt from
+    them."""
     import sqlalchemy
 
     storage = optuna.storages.RDBStorage(f"sqlite:///{path}")
@@ -53,8 +56,10 @@ def _storage(path: Path) -> optuna.storages.RDBStorage:
 
 
 def _state(*, ended: bool, ok: bool, stopped_early: bool) -> TrialState:
-    """The Optuna state of a trial: RUNNING until it ends; then COMPLETE, PRUNED when ASHA
-    stopped it early, or FAIL when it raised or diverged."""
+    """Return the Optuna state of a trial.
+
+    It is RUNNING until the trial ends. Then it is COMPLETE, PRUNED when ASHA stopped the trial
+    early, or FAIL when the trial raised or diverged."""
     if not ended:
         return TrialState.RUNNING
     return (TrialState.FAIL if not ok else
@@ -62,14 +67,16 @@ def _state(*, ended: bool, ok: bool, stopped_early: bool) -> TrialState:
 
 
 def _row_state(r: TrialRow) -> TrialState:
+    """Return the Optuna state of the trial that trials.csv row `r` records."""
     ok = r.completed and not r.diverged
     return _state(ended=r.ended, ok=ok, stopped_early=r.stopped_early)
 
 
 def export_study(results_dir: Path, cfg: ExperimentConfig) -> None:
-    """Write the search's trials, as trials.csv and progress.csv record them, into optuna.db
-    (a new file, renamed over the old one): a study for each kind the config searches, named
-    as the `phase` column names it ("distill", "baseline")."""
+    """Write the search's trials, as trials.csv and progress.csv record them, into optuna.db.
+
+    The file is written anew and renamed over the old one. It holds a study for each kind that
+    the config searches, named as the `phase` column names it ("distill", "baseline")."""
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     rows = read_trials(results_dir / TRIALS_FILE)
     curves: dict[str, dict[int, float]] = {}
@@ -108,10 +115,11 @@ def export_study(results_dir: Path, cfg: ExperimentConfig) -> None:
 
 
 class StudyWriter(tune.Callback):
-    """optuna.db kept current while the search runs (see the module's docstring). The Tune loop
-    only queues what happened; a thread writes it every `every` seconds, and all of it when the
-    search ends. The study is first written whole from the records (empty for a new search),
-    once the status callback has reconciled them."""
+    """Keeps optuna.db current while the search runs (see the module's docstring).
+
+    The Tune loop only queues what happened. A thread writes it every `every` seconds, and
+    writes all of it when the search ends. The study is first written whole from the records
+    (empty for a new search), once the status callback has reconciled them."""
 
     def __init__(self, results_dir: Path, cfg: ExperimentConfig, *,
                  every: float = WRITE_EVERY_S) -> None:
@@ -121,7 +129,7 @@ class StudyWriter(tune.Callback):
         self._stop = threading.Event()
 
     def __getstate__(self) -> dict[str, Any]:
-        # Tune pickles its callbacks into tuner.pkl: the settings travel, not the thread
+        # Tune pickles its callbacks into tuner.pkl. The settings travel, not the thread.
         return {"results_dir": self.results_dir, "cfg": self.cfg, "every": self.every}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -131,14 +139,14 @@ class StudyWriter(tune.Callback):
     def _start(self) -> None:
         if self._thread is not None:
             return
-        # a new search: its studies, empty; a resumed one: rebuilt whole from the records
-        export_study(self.results_dir, self.cfg)  # (made aside, then renamed into place)
+        # a new search gets empty studies. A resumed one gets them rebuilt from the records.
+        export_study(self.results_dir, self.cfg)  # made aside, then renamed into place
         self._thread = threading.Thread(target=self._write_loop, name="kdsearch-optuna",
                                         daemon=True)
         self._thread.start()
 
     def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
-        self._start()  # (after the status callback's first step: the records are reconciled)
+        self._start()  # after the status callback's first step, so the records are reconciled
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict,
                         **info: Any) -> None:
@@ -189,7 +197,7 @@ class StudyWriter(tune.Callback):
                 if stopping:
                     break
             storage.engine.dispose()
-        except Exception as e:  # a full disk, a locked file: the search goes on without it
+        except Exception as e:  # a full disk or a locked file; the search goes on without it
             log.warning(f"note: optuna.db stopped being updated ({type(e).__name__}: "
                         f"{one_line(e)}); kdsearch resume rebuilds it")
 
@@ -217,7 +225,7 @@ class StudyWriter(tune.Callback):
                         state=TrialState.RUNNING, user_attrs={"trial_id": trial_id}))
             number = ids[trial_id]
             if number in ended:
-                continue  # (a resumed trial that had ended: its record stands)
+                continue  # a resumed trial that had ended keeps its record
             if event == "epoch" and what[VAL_ACC] is not None:
                 storage.set_trial_intermediate_value(number, what[EPOCH], float(what[VAL_ACC]))
             elif event == "end":

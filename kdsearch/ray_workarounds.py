@@ -1,52 +1,53 @@
 """Every workaround of a Ray Tune behaviour that kdsearch depends on, in one file.
 
-Checked against Ray 2.60.0 (`ray[tune]`). On a Ray upgrade, read this file: each part names the
-behaviour it answers; where Ray has fixed one, its part can go. Nothing else in kdsearch reaches
-into Ray Tune's saved files or private attributes.
+Checked against Ray 2.60.0 (`ray[tune]`). On a Ray upgrade, read this file. Each part names the
+behaviour it answers. Where Ray has fixed a behaviour, its part can go. Nothing else in kdsearch
+reaches into Ray Tune's saved files or private attributes.
 
 Ray Tune's saved state of an experiment (`search/` in the results folder):
 
 1. **A torn `tuner.pkl` and experiment state** (`mend_torn_state`, `keep_tuner_copy`). Tune
-   writes `tuner.pkl` in place, without a temporary file and a rename (ray-project/ray#58179),
-   and copies its experiment state (`experiment_state-*.json`, the searcher's pickles) from a
-   staging folder into the storage folder file by file: a driver killed mid-write leaves a
-   truncated file that `Tuner.restore` fails on.
-2. **Checkpoints the state names but that are gone** (`repair_checkpoints`): with
-   `num_to_keep=1` a new checkpoint deletes the old one at once, while the experiment state
-   that names the old one is saved a moment later (ray-project/ray#30073).
-3. **A searcher state older than the experiment state** (`restored_trial_configs`): Tune saves
-   the experiment state first and the searcher's after it; a kill between the two restores a
-   searcher that has not seen the newest trial and would run one trial over the budget.
+   writes `tuner.pkl` in place, without a temporary file and a rename (ray-project/ray#58179).
+   It copies its experiment state (`experiment_state-*.json` and the searcher's pickles) from
+   a staging folder into the storage folder file by file. A driver killed mid-write leaves a
+   truncated file, and `Tuner.restore` fails on it.
+2. **Checkpoints that the state names but that are gone** (`repair_checkpoints`). With
+   `num_to_keep=1`, a new checkpoint deletes the old one at once. The experiment state that
+   names the old one is saved a moment later (ray-project/ray#30073).
+3. **A searcher state older than the experiment state** (`restored_trial_configs`). Tune saves
+   the experiment state first and the searcher's state after it. A kill between the two
+   restores a searcher that has not seen the newest trial. That searcher would run one trial
+   over the budget.
 4. **Trials that ended after Ray's last saved state** (`finished_trials`, `replay_finished`,
-   `report_last_epoch_again`; the results records' side: `reload_records`, `drop_unseen`,
-   `rewind_epochs`): the experiment state is saved every second
-   (`TUNE_GLOBAL_CHECKPOINT_S`), so a killed driver's state may show a trial running that had
-   ended, or not show a trial at all. Tune restarts the first (the trainable hands Tune the
-   result trials.csv recorded instead of training again) and the searcher suggests the second
-   anew (its rows are dropped).
+   `report_last_epoch_again`, and on the side of the results records `reload_records`,
+   `drop_unseen`, `rewind_epochs`). The experiment state is saved every second
+   (`TUNE_GLOBAL_CHECKPOINT_S`). So a killed driver's state may show a trial as running when
+   it had ended, or not show a trial at all. Tune restarts a trial of the first kind. The
+   trainable then hands Tune the result that trials.csv recorded, instead of training again.
+   For a trial of the second kind, the searcher suggests a new trial, and its rows are dropped.
 5. **Callbacks are not restored with the experiment, and `Tuner.restore` takes none**
-   (`restore_callbacks`): set on the restored Tuner's run config, which has no public accessor
-   (ray-project/ray#41364).
+   (`restore_callbacks`). They are set on the restored Tuner's run config, which has no public
+   accessor (ray-project/ray#41364).
 
 Ray Tune's process-wide behaviour:
 
-6. **A log race on the state's temporary files** (`DropTmpFileRace`): Tune's background copy of
-   the staging folder fails on a temporary file renamed under it and logs an ERROR with a
-   traceback; the next copy succeeds (Ray's fix with unique temporary names:
-   ray-project/ray#60556, not in 2.60.0).
-7. **Tune's SIGINT handler outlives `Tuner.fit`** (`sigint_handler_kept`): `fit()` installs its
-   own and leaves it after a search that ended without a Ctrl-C, so the next Ctrl-C (of the
-   final evaluation) is swallowed.
+6. **A log race on the state's temporary files** (`DropTmpFileRace`). Tune's background copy
+   of the staging folder fails on a temporary file renamed under it. It logs an ERROR with a
+   traceback. The next copy succeeds. Ray's fix uses unique temporary names
+   (ray-project/ray#60556); it is not in 2.60.0.
+7. **Tune's SIGINT handler outlives `Tuner.fit`** (`sigint_handler_kept`). `fit()` installs
+   its own handler. After a search that ended without a Ctrl-C, the handler stays. So the next
+   Ctrl-C (during the final evaluation) is swallowed.
 
 Ray's own processes:
 
-8. **A local Ray's agents outlive a killed driver** (`register_session`, `end_orphans`): when
+8. **A local Ray's agents outlive a killed driver** (`register_session`, `end_orphans`). When
    the driver that started a local Ray is killed (SIGKILL), its GCS server and raylet end with
-   it, but the raylet's children `ray::DashboardAgent` and `ray::RuntimeEnvAgent` stay alive,
-   adopted by init, for minutes. kdsearch registers each local Ray it starts (its session
-   folder and the driver's pid) and, before it starts the next one, ends the processes of
-   every registered session whose driver is gone. Another Ray on the machine (a cluster
-   started with `ray start`, another search's) is never registered as such, so never touched.
+   it. But the raylet's children `ray::DashboardAgent` and `ray::RuntimeEnvAgent` stay alive
+   for minutes, adopted by init. kdsearch registers each local Ray it starts: its session
+   folder and the driver's pid. Before it starts the next one, it ends the processes of every
+   registered session whose driver is gone. Another Ray on the machine (a cluster started
+   with `ray start`, or another search's Ray) is never registered here, so it is never touched.
 """
 
 from __future__ import annotations
@@ -77,8 +78,8 @@ TESTED_RAY = "2.60"  # the Ray release (any patch) these workarounds were checke
 
 
 def untested_ray(version: str) -> str | None:
-    """What to say when the installed Ray is not the release these workarounds were checked
-    against; None when it is."""
+    """Return a note for when the installed Ray is not the release these workarounds were
+    checked against, or None when it is."""
     if version == TESTED_RAY or version.startswith(TESTED_RAY + "."):
         return None
     return (f"note: this is Ray {version}; kdsearch is tested with Ray {TESTED_RAY}.x, and works "
@@ -90,29 +91,33 @@ def untested_ray(version: str) -> str | None:
 # --------------------------------------------------------------------------- 1. torn state
 def mend_torn_state(exp_path: str, log: Callable[[str], None] | None = None
                     ) -> tuple[str, bool] | None:
-    """Mend the newest saved state if a kill cut it short: (its session, recovered?).
+    """Mend the newest saved state if a kill cut it short. Return (its session, recovered?).
 
-    Tune writes its state (experiment_state-<session>.json, the searcher's two pickles) into a
-    staging folder under Ray's temp dir on the driver, and copies that whole
-    folder into the results folder in the background, not atomically: a driver killed mid-copy
-    leaves whichever file was being copied truncated (seen: an empty search_gen_state beside a
-    whole experiment state), and Tuner.restore fails on it. The staging copy is whole (written
-    before the copy began) and outlives a killed driver on the same machine: if it is there,
-    and is this search's (it names trials this folder has), its files replace the torn ones.
-    Otherwise that session's files are renamed `.torn-<name>`, and Tune restores the whole
-    session before it (trials it never saw are dropped and suggested anew, see the status
-    callback) or, if there is none, the search starts over in a cleared folder. None when the
-    newest state is whole. A torn tuner.pkl is replaced by kdsearch's copy of it; with no whole
-    copy it is a SearchError, before anything changes. Nothing is unpickled: a pickle is
-    checked opcode by opcode. `log` is told when tuner.pkl is replaced.
+    Tune writes its state (experiment_state-<session>.json and the searcher's two pickles) into
+    a staging folder under Ray's temp dir on the driver. It copies that whole folder into the
+    results folder in the background, not atomically. A driver killed mid-copy leaves the file
+    being copied truncated, for example an empty search_gen_state beside a whole experiment
+    state. Tuner.restore fails on it.
+
+    The staging copy is whole, since it was written before the copy began. It also outlives a
+    killed driver on the same machine. If it is there and belongs to this search (it names
+    trials that this folder has), its files replace the torn ones. Otherwise that session's
+    files are renamed `.torn-<name>`. Tune then restores the whole session before it. Trials it
+    never saw are dropped and suggested anew (see the status callback). If there is no earlier
+    session, the search starts over in a cleared folder. Return None when the newest state is
+    whole.
+
+    A torn tuner.pkl is replaced by kdsearch's copy of it. With no whole copy, raise a
+    SearchError before anything changes. Nothing is unpickled: a pickle is checked opcode by
+    opcode. `log` is told when tuner.pkl is replaced.
     """
     folder = Path(exp_path)
     if not folder.is_dir():
         return None
     tuner = folder / "tuner.pkl"
     if tuner.exists() and not _readable_pickle(tuner):
-        # Tune writes tuner.pkl straight into this folder, again on every restore: kdsearch's
-        # own copy of it (see keep_tuner_copy) is the one that outlives a torn write
+        # Tune writes tuner.pkl straight into this folder, again on every restore. kdsearch's
+        # own copy of it (see keep_tuner_copy) is the one that outlives a torn write.
         whole = folder / TUNER_COPY
         if not _readable_pickle(whole):  # Tune cannot restore without it; nothing is changed
             raise SearchError(f"{tuner} was cut short by a kill and kdsearch's copy of it "
@@ -142,9 +147,11 @@ def mend_torn_state(exp_path: str, log: Callable[[str], None] | None = None
 
 
 def _staging_folders(folder: Path) -> Iterator[Path]:
-    """Ray's staging folders on this machine of the search in `folder` (they name trials it
-    has), newest Ray session first. Only looked for when a state is torn: Ray's temp dir keeps
-    every session's folder, hundreds on a machine that has run many searches."""
+    """Yield Ray's staging folders on this machine of the search in `folder`, newest first.
+
+    A staging folder belongs to the search when it names trials that `folder` has. They are
+    looked for only when a state is torn. Ray's temp dir keeps every session's folder, and a
+    machine that has run many searches has hundreds."""
     ours = {d.name for d in folder.glob("_trainable_*") if d.is_dir()}
     ray_tmp = Path(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()) / "ray"
     for d in sorted(ray_tmp.glob(f"session_*/artifacts/*/{folder.name}/driver_artifacts"),
@@ -162,17 +169,20 @@ def _session_files(folder: Path, session: str) -> list[Path]:
 
 
 def keep_tuner_copy(exp_path: str) -> None:
-    """Keep a copy of the tuner.pkl that Tune has just written whole (Tuner created or
-    restored), for mend_torn_state: a kill during Tune's next write of it would tear it."""
+    """Copy the tuner.pkl that Tune has just written whole (Tuner created or restored).
+
+    mend_torn_state uses the copy when a kill tears Tune's next write of tuner.pkl."""
     tuner = Path(exp_path) / "tuner.pkl"
     if _readable_pickle(tuner):
         files.copy(tuner, tuner.with_name(TUNER_COPY))
 
 
 def _whole_session(folder: Path, session: str) -> bool:
-    """`session` saved an experiment state in `folder`, and each of its files reads whole (the
-    experiment state is JSON; search_gen_state-*.json, despite its name, and
-    searcher-state-*.pkl are pickles)."""
+    """Return whether `session` saved an experiment state in `folder` and each of its files
+    reads whole.
+
+    The experiment state is JSON. search_gen_state-*.json (despite its name) and
+    searcher-state-*.pkl are pickles."""
     state_files = _session_files(folder, session)
     return (folder / f"experiment_state-{session}.json").is_file() and all(
         _readable_json(f) if f.name.startswith("experiment_state-") else _readable_pickle(f)
@@ -180,8 +190,10 @@ def _whole_session(folder: Path, session: str) -> bool:
 
 
 def _readable_pickle(path: Path) -> bool:
-    """A whole pickle stream, read opcode by opcode without running it: a truncated or empty
-    file fails (pickletools raises ValueError at the cut), and nothing is imported or built."""
+    """Return whether `path` holds a whole pickle stream.
+
+    The stream is read opcode by opcode without running it, so nothing is imported or built.
+    A truncated or empty file fails, because pickletools raises ValueError at the cut."""
     try:
         for _ in pickletools.genops(path.read_bytes()):
             pass
@@ -202,15 +214,17 @@ def _readable_json(path: Path) -> bool:
 def repair_checkpoints(exp_path: str) -> list[str]:
     """Point each unfinished trial of a killed run at a checkpoint that is on disk.
 
-    Tune keeps one checkpoint per trial (num_to_keep=1): registering a new one deletes the old
-    one at once, but the experiment state that names the checkpoint a resumed trial restores
-    from is written a moment later and copied into the results folder in the background. A
-    driver killed in that gap leaves a state naming a deleted checkpoint, and Tune fails the
-    trial on resume ("does not exist on storage anymore"). The checkpoint that replaced it is
-    on disk: it takes the expected name (the trial resumes from its later epoch; ASHA and
-    progress.csv go by the epoch in the checkpoint, not Tune's iteration count). That is the
-    oldest newer one: any newer still were written by the trial but never seen by the driver,
-    so their epochs have no rows in progress.csv. Returns the checkpoints repaired. Local
+    Tune keeps one checkpoint per trial (num_to_keep=1). Registering a new one deletes the old
+    one at once. But the experiment state, which names the checkpoint a resumed trial restores
+    from, is written a moment later and copied into the results folder in the background. A
+    driver killed in that gap leaves a state that names a deleted checkpoint. Tune then fails
+    the trial on resume ("does not exist on storage anymore").
+
+    The checkpoint that replaced it is on disk, and it is renamed to the expected name. The
+    trial then resumes from its later epoch. ASHA and progress.csv go by the epoch in the
+    checkpoint, not by Tune's iteration count. The checkpoint taken is the oldest of the newer
+    ones. Any still newer ones were written by the trial but never seen by the driver, so their
+    epochs have no rows in progress.csv. Return the checkpoints repaired. This works on local
     storage only.
     """
     if "://" in exp_path:
@@ -257,9 +271,11 @@ def repair_checkpoints(exp_path: str) -> list[str]:
 
 # --------------------------------------------------------------------------- 3. the searcher
 def restored_trial_configs(searcher_state: Path) -> dict[str, dict[str, Any]] | None:
-    """trial id -> config of every trial in the experiment state beside `searcher_state`
-    (searcher-state-<session>.pkl: experiment_state-<session>.json, the JSON Tune restores its
-    trials from, read here without unpickling anything); None if it cannot be read."""
+    """Return trial id -> config for every trial in the experiment state beside
+    `searcher_state`, or None if it cannot be read.
+
+    For searcher-state-<session>.pkl, the experiment state is experiment_state-<session>.json,
+    the JSON that Tune restores its trials from. It is read here without unpickling anything."""
     m = re.match(r"^searcher-state-(.+)\.pkl$", searcher_state.name)
     if m is None:
         return None
@@ -278,8 +294,10 @@ def restored_trial_configs(searcher_state: Path) -> dict[str, dict[str, Any]] | 
 
 # --------------------------------------------------------------------------- 4. ended trials
 def finished_trials(results_dir: Path) -> dict[str, dict[str, Any]]:
-    """The final result of every trial that trials.csv records as ended (status TERMINATED),
-    as the trial reported it to Tune: these are replayed to a resumed search."""
+    """Return the final result of every trial that trials.csv records as ended (TERMINATED).
+
+    Each result is as the trial reported it to Tune. These results are replayed to a resumed
+    search."""
     out: dict[str, dict[str, Any]] = {}
     for r in read_trials(results_dir / TRIALS_FILE):
         if not r.completed:
@@ -294,10 +312,11 @@ def finished_trials(results_dir: Path) -> dict[str, dict[str, Any]]:
 
 def replay_finished(finished: dict[str, dict[str, Any]], trial_id: str,
                     report: Callable[[dict[str, Any]], None]) -> bool:
-    """In the trainable, first: a trial that trials.csv records as ended, but that Ray's last
-    saved state showed running, so Tune restarted it. Hand Tune, ASHA and the searcher the
-    result recorded then (`report`: `tune.report`), marked `replayed`, instead of training it
-    again; True if it was one."""
+    """Replay the recorded result of a trial that had ended. Return True if it had.
+
+    The trainable calls this first. trials.csv may record a trial as ended while Ray's last
+    saved state shows it running, so Tune restarts it. Instead of training it again, hand Tune,
+    ASHA and the searcher the recorded result, marked `replayed`. `report` is `tune.report`."""
     result = finished.get(trial_id)
     if result is None:
         return False
@@ -308,18 +327,21 @@ def replay_finished(finished: dict[str, dict[str, Any]], trial_id: str,
 def report_last_epoch_again(history: list[dict[str, float]],
                             checkpoint_metrics: dict[str, Any] | None,
                             report: Callable[[dict[str, Any]], None]) -> None:
-    """In the trainable, after `fit`: a trial resumed from the checkpoint of its last epoch had
-    ended, but the killed driver's saved state did not show it (see `repair_checkpoints`): fit
-    trains no epoch. Report that epoch's metrics again, or Tune would end the trial on the older
-    result it restored."""
+    """Report the checkpoint's metrics again when `fit` trained no epoch.
+
+    The trainable calls this after `fit`. A trial resumed from the checkpoint of its last epoch
+    had ended, but the killed driver's saved state did not show it (see `repair_checkpoints`).
+    So fit trains no epoch. Without a new report, Tune would end the trial on the older result
+    it restored."""
     if not history and checkpoint_metrics is not None:
         report(checkpoint_metrics)
 
 
 def _keep_progress(results_dir: Path, keep: Callable[[dict[str, str]], bool]
                    ) -> list[dict[str, str]]:
-    """Rewrite progress.csv with the whole rows that `keep` keeps (a row a kill tore, always
-    dropped); return them."""
+    """Rewrite progress.csv with the whole rows that `keep` keeps, and return them.
+
+    A row that a kill tore is always dropped."""
     path = results_dir / PROGRESS_FILE
     rows = [r for r in read_table(path)
             if None not in r and all(r.get(k) is not None for k in PROGRESS_FIELDS)
@@ -330,8 +352,10 @@ def _keep_progress(results_dir: Path, keep: Callable[[dict[str, str]], bool]
 
 def reload_records(results_dir: Path
                    ) -> tuple[dict[str, TrialRow], dict[str, dict[int, float]]]:
-    """What a killed driver recorded, for a resumed search's status callback: trials.csv's rows
-    by trial id, and each trial's reported epochs (epoch -> its seconds) from progress.csv."""
+    """Return what a killed driver recorded, for a resumed search's status callback.
+
+    That is trials.csv's rows by trial id, and each trial's reported epochs from progress.csv
+    (epoch -> its seconds)."""
     records = {row.trial_id: row for row in read_trials(results_dir / TRIALS_FILE)}
     epochs: dict[str, dict[int, float]] = {}
     for r in _keep_progress(results_dir, lambda r: True):
@@ -342,9 +366,10 @@ def reload_records(results_dir: Path
 
 def drop_unseen(results_dir: Path, records: dict[str, TrialRow],
                 epochs: dict[str, dict[int, float]], restored: set[str]) -> set[str]:
-    """At a resumed search's first step: the recorded trials that Ray's restored state never
-    saw (the searcher suggests new ones in their place) leave `records`, `epochs` and
-    progress.csv. Returns their ids."""
+    """Drop the recorded trials that Ray's restored state never saw. Return their ids.
+
+    This runs at a resumed search's first step. The trials leave `records`, `epochs` and
+    progress.csv. The searcher suggests new trials in their place."""
     lost = {t for t in records if t not in restored}
     for t in lost:
         del records[t]
@@ -355,9 +380,11 @@ def drop_unseen(results_dir: Path, records: dict[str, TrialRow],
 
 
 def rewind_epochs(results_dir: Path, seen: dict[int, float], trial_id: str, epoch: int) -> None:
-    """A trial reports `epoch` again: it resumed from a checkpoint older than its last reported
-    epoch, and the epochs it trains again replace the ones the killed driver recorded (in
-    `seen`, its epochs, and progress.csv), so progress.csv holds one row per (trial, epoch)."""
+    """Forget the recorded epochs from `epoch` on, because the trial reports `epoch` again.
+
+    The trial resumed from a checkpoint older than its last reported epoch. The epochs it
+    trains again replace those that the killed driver recorded, in `seen` (the trial's epochs)
+    and in progress.csv. So progress.csv holds one row per (trial, epoch)."""
     again = [e for e in seen if e >= epoch]
     if not again:
         return
@@ -369,23 +396,25 @@ def rewind_epochs(results_dir: Path, seen: dict[int, float], trial_id: str, epoc
 
 # --------------------------------------------------------------------------- 5. callbacks
 def restore_callbacks(tuner: Any, callbacks: list[Any]) -> None:
-    """Attach `callbacks` to a Tuner made by `Tuner.restore`, which restores none and takes none
-    (they are set on its run config, reached through the private `_local_tuner`)."""
+    """Attach `callbacks` to a Tuner made by `Tuner.restore`, which restores none and takes none.
+
+    They are set on its run config, reached through the private `_local_tuner`."""
     tuner._local_tuner.get_run_config().callbacks = list(callbacks)
 
 
 # --------------------------------------------------------------------------- 6. the log race
-# Tune writes its state into a staging folder (each file as `.<uuid>-tmp-<name>`, then renamed)
-# while a background thread may still be copying the previous snapshot out of that folder: the
-# copy then fails on a temporary file that was renamed under it, and Tune logs the failure as an
-# ERROR with a traceback (seen in CI). That snapshot is lost, not the state: the next one (within
-# TUNE_GLOBAL_CHECKPOINT_S) copies the folder again, and the one Tune forces at the end of the
-# search waits for every write. Only this failure is dropped; any other is still shown.
+# Tune writes its state into a staging folder, each file as `.<uuid>-tmp-<name>` and then
+# renamed. Meanwhile a background thread may still be copying the previous snapshot out of that
+# folder. The copy then fails on a temporary file that was renamed under it, and Tune logs the
+# failure as an ERROR with a traceback. Only that snapshot is lost, not the state. The next
+# snapshot (within TUNE_GLOBAL_CHECKPOINT_S) copies the folder again, and the one Tune forces at
+# the end of the search waits for every write. Only this failure is dropped; any other is shown.
 STATE_LOGGER = "ray.tune.execution.experiment_state"
 _TUNE_TMP_FILE = re.compile(r"/\.[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}-tmp-[^/']*'")
 
 
 def is_renamed_tmp_file_race(record: logging.LogRecord) -> bool:
+    """Return whether `record` logs the race above: a FileNotFoundError on a Tune temp file."""
     exc = record.exc_info[1] if record.exc_info else None
     return isinstance(exc, FileNotFoundError) and bool(_TUNE_TMP_FILE.search(str(exc)))
 
@@ -400,7 +429,9 @@ class DropTmpFileRace(logging.Filter):
 # --------------------------------------------------------------------------- 7. Ctrl-C
 @contextlib.contextmanager
 def sigint_handler_kept() -> Iterator[None]:
-    """Around `Tuner.fit()`: the SIGINT handler before it is the one after it."""
+    """Put back the SIGINT handler that was set before the block, when the block ends.
+
+    Used around `Tuner.fit()`."""
     handler = signal.getsignal(signal.SIGINT)
     try:
         yield
@@ -420,8 +451,10 @@ def _sessions_folder() -> Path:
 
 
 def _started(pid: int) -> str | None:
-    """When process `pid` started (clock ticks since boot, /proc/<pid>/stat field 22): with the
-    pid, it names one process, even once the pid is reused. None: no such process."""
+    """Return when process `pid` started, or None if there is no such process (or a zombie).
+
+    The value is in clock ticks since boot (/proc/<pid>/stat field 22). Together with the pid,
+    it names one process, even once the pid is reused."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
@@ -430,7 +463,7 @@ def _started(pid: int) -> str | None:
 
 
 def register_session(session_dir: str) -> Path | None:
-    """Record a local Ray this process started; returns the record (None: not writable)."""
+    """Record a local Ray that this process started. Return the record, or None if unwritable."""
     folder = _sessions_folder()
     record = folder / f"{Path(session_dir).name}.json"
     try:
@@ -443,13 +476,14 @@ def register_session(session_dir: str) -> Path | None:
 
 
 def unregister_session(record: Path | None) -> None:
-    """The local Ray of `record` was shut down by its driver: nothing to end later."""
+    """Remove `record`, after its driver shut its local Ray down. Nothing is left to end later."""
     if record is not None:
         record.unlink(missing_ok=True)
 
 
 def _holding(folder: str) -> list[int]:
-    """The processes with a file open in `folder` (a Ray session's logs and sockets)."""
+    """Return the pids of the processes with a file open in `folder` (a Ray session's logs and
+    sockets)."""
     pids = []
     for d in os.listdir("/proc"):
         if not d.isdigit() or int(d) == os.getpid():
@@ -464,8 +498,9 @@ def _holding(folder: str) -> list[int]:
 
 
 def end_orphans(log: Callable[[str], None] | None = None, grace: float = 2.0) -> list[int]:
-    """End the processes of every registered local Ray whose driver is gone; returns their
-    pids. A session whose driver still runs (another search) is left alone."""
+    """End the processes of every registered local Ray whose driver is gone. Return their pids.
+
+    A session whose driver still runs (another search) is left alone."""
     folder = _sessions_folder()
     ended: list[int] = []
     for record in sorted(folder.glob("*.json")) if folder.is_dir() else []:

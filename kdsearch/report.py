@@ -11,10 +11,11 @@ progress.csv, run.json) into:
   *.png            test accuracy vs student parameters, val_acc vs temperature and vs alpha,
                    best-so-far val_acc vs trial-epochs spent (`plots`)
 
-`make_report` runs the final evaluation first (`final.evaluate_final`: training, torch) and
-times the students (`latency.measure`), then `write_report`. Rendering needs neither torch nor Ray. It works on a finished, an interrupted or
-a resumed search, and on a folder copied elsewhere: nothing written names an absolute path.
-Each section of report.md has a function of its own; `render` puts them in order.
+`make_report` runs the final evaluation first (`final.evaluate_final`, which trains with torch)
+and times the students (`latency.measure`). Then it runs `write_report`. Rendering needs neither
+torch nor Ray. It works on a finished, an interrupted or a resumed search, and on a folder
+copied elsewhere, because nothing written names an absolute path. Each section of report.md has
+a function of its own, and `render` puts them in order.
 """
 
 from __future__ import annotations
@@ -422,11 +423,12 @@ def file_list(s: Summary) -> list[str]:
             f"`{SUMMARY_JSON}` and `{SUMMARY_CSV}` hold the numbers above unrounded; "
             f"`{FINAL_FILE}` every retraining; `{TRIALS_FILE}` every trial of the search "
             f"(distilled and baseline); `{PROGRESS_FILE}` every epoch they reported; "
-            f"`optuna.db` the Optuna studies; `importances.json` what mattered; `config.yaml` "
-            f"the resolved config; `students/` the trained students of the retrainings (a "
-            f"state_dict each, `students/index.json` lists them with their test accuracy; "
-            f"`kdsearch.load_student(\"results/{s.name}\")` rebuilds the best distilled "
-            f"one).", ""]
+            f"`optuna.db` the Optuna studies; `importances.json` what mattered; `{LATENCY_FILE}` "
+            f"the students' timings; `config.yaml` the resolved config; `students/` the trained "
+            f"students of the retrainings (a state_dict each, `students/index.json` lists them "
+            f"with their test accuracy; `kdsearch.load_student(\"results/{s.name}\")` rebuilds "
+            f"the best distilled one, `kdsearch export results/{s.name} --answer` writes the "
+            f"answer's as ONNX).", ""]
 
 
 def render(s: Summary) -> str:

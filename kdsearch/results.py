@@ -2,9 +2,10 @@
 
 Every stage after the search reads the folder, never the search's code: the final evaluation,
 the report, a resume. This module holds what they share: the file names, the two kinds of
-student and what each searches, run.json (written by the search, checked when read), the ranking
-of trials (`best_trial`). No torch, no Ray, no Optuna: reading a folder needs
-none of them. The CSV tables have their own module, `tables`, and final.json `final_record`.
+student and what each searches, run.json (written by the search, checked when read), and the
+ranking of trials (`best_trial`). Reading a folder needs no torch, no Ray and no Optuna, so this
+module imports none of them. The CSV tables have their own module, `tables`. final.json has
+`final_record`.
 
   config.yaml     the resolved config           run.json     search status, teacher, hardware
   search/         Ray Tune's experiment: the trials of both kinds
@@ -39,37 +40,40 @@ KIND_KEY = "phase"  # the key of a trial's config that names its kind (as tables
 
 
 class SearchError(UserError, RuntimeError):
-    """A search cannot start or continue: one line that says what to do."""
+    """A search cannot start or continue. The one-line message says what to do."""
 
 
 class ReportError(SearchError):
-    """A results folder cannot be evaluated or reported: one line that says what to do."""
+    """A results folder cannot be evaluated or reported. The one-line message says what to do."""
 
 
 def write_json(path: Path, obj: Any) -> None:
+    """Write `obj` to `path` as indented JSON, atomically. NaN and infinity are refused."""
     files.write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
 
 
 # --------------------------------------------------------------------------- the two kinds
 def searched_kinds(cfg: ExperimentConfig) -> list[str]:
-    """The kinds of student the search tunes: distilled, and the baseline unless it is off."""
+    """Return the kinds of student the search tunes: distilled, and the baseline unless off."""
     return [k for k in KINDS if k == DISTILLED or cfg.search.baseline]
 
 
 def kind_of_config(config: dict[str, Any]) -> str:
-    """The kind of student a trial's config trains (its `phase` key)."""
+    """Return the kind of student a trial's config trains (its `phase` key)."""
     return kind_of(config.get(KIND_KEY, PHASE[DISTILLED]))
 
 
 def config_of_kind(kind: str) -> dict[str, str]:
-    """What a trial's config holds to name its kind."""
+    """Return the entry that a trial's config holds to name its kind."""
     return {KIND_KEY: PHASE[kind]}
 
 
 def dimensions(cfg: ExperimentConfig, kind: str, loss: str | None = None
                ) -> tuple[Dimension, ...]:
-    """The dimensions the search of `kind` searches: the baseline drops temperature, alpha and
-    the losses'; a trial of `loss` has that loss's own parameters and no other's."""
+    """Return the dimensions that the search of `kind` searches.
+
+    The baseline drops temperature, alpha and the losses' parameters. A trial of `loss` has
+    that loss's own parameters and no other loss's."""
     if kind == BASELINE:
         return tuple(d for d in cfg.search.space if d.name not in KD_DIMENSIONS)
     if loss is None:
@@ -79,28 +83,29 @@ def dimensions(cfg: ExperimentConfig, kind: str, loss: str | None = None
 
 
 def dimension_names(cfg: ExperimentConfig, kind: str, loss: str | None = None) -> list[str]:
+    """Return the names of `dimensions(cfg, kind, loss)`."""
     return [d.name for d in dimensions(cfg, kind, loss)]
 
 
 def loss_searched(cfg: ExperimentConfig) -> bool:
-    """More than one loss is searched: each is tuned on its own (`searchers`)."""
+    """Return whether more than one loss is searched. Each is then tuned on its own."""
     return len(losses_of(cfg)) > 1
 
 
 def loss_of(values: Any, cfg: ExperimentConfig) -> str:
-    """The loss a trial (its config, or its row's values) trained with."""
+    """Return the loss that a trial (its config, or its row's values) trained with."""
     return values.get("loss") or cfg.training.loss
 
 
 def trial_budget(cfg: ExperimentConfig, kind: str) -> int:
-    """How many trials the search of `kind` runs."""
+    """Return how many trials the search of `kind` runs."""
     if kind == BASELINE:
         return cfg.search.baseline_num_samples or cfg.search.num_samples
     return cfg.search.num_samples
 
 
 def searched_widths(cfg: ExperimentConfig) -> list[int]:
-    """Every student width the search can train (the config's width when it is not searched)."""
+    """Return every student width the search can train (the config's width if not searched)."""
     for d in cfg.search.space:
         if d.name == "width":
             if d.values is not None:
@@ -110,16 +115,17 @@ def searched_widths(cfg: ExperimentConfig) -> list[int]:
 
 
 def width_searched(cfg: ExperimentConfig) -> bool:
+    """Return whether the search space has a width dimension."""
     return any(d.name == "width" for d in cfg.search.space)
 
 
 def per_width(cfg: ExperimentConfig) -> bool:
-    """search.per_width, where width is searched (without a searched width it changes nothing)."""
+    """Return search.per_width when width is searched, else False (it then changes nothing)."""
     return cfg.search.per_width and width_searched(cfg)
 
 
 def row_width(row: TrialRow, cfg: ExperimentConfig) -> int | None:
-    """The student width a trial trained (the config's width when width was not searched)."""
+    """Return the student width a trial trained (the config's width if width was not searched)."""
     if not width_searched(cfg):
         return cfg.student.width
     return row.width(cfg.student.width)
@@ -128,21 +134,24 @@ def row_width(row: TrialRow, cfg: ExperimentConfig) -> int | None:
 # --------------------------------------------------------------------------- ranking
 def best_trial(rows: Iterable[TrialRow], kind: str, dims: list[str]
                ) -> tuple[dict[str, Any], TrialRow] | None:
-    """The best trial of `kind` that ended with a val_acc (by `rank_key`): (its searched
-    values, its row)."""
+    """Return the best trial of `kind` that ended with a val_acc, by `rank_key`, or None.
+
+    The result is (its searched values, its row)."""
     ok = [r for r in rows if r.kind == kind and r.ended_ok]
     if not ok:
         return None
     top = max(ok, key=rank_key)
-    # (a loss's own parameters are absent from the trials of other losses)
+    # a loss's own parameters are absent from the trials of other losses
     return {d: top.value(d) for d in dims if top.value(d) is not None}, top
 
 
 def rank_key(row: TrialRow) -> tuple[bool, float, float, float, str]:
-    """How trials are ranked (the best is the largest): those that ran their full budget first;
-    then the highest final val_acc; among equal val_acc (common: a val split of a few hundred
-    examples moves in steps of 1/n) the lower val_loss, then the smaller student, then the
-    trial id, so the pick never depends on the order trials ended in."""
+    """Return the key that trials are ranked by. The best trial has the largest key.
+
+    Trials that ran their full budget come first. Then the highest final val_acc wins. Equal
+    val_acc is common, since a val split of a few hundred examples moves in steps of 1/n. Among
+    equal val_acc, the lower val_loss wins, then the smaller student, then the trial id. So the
+    pick never depends on the order in which trials ended."""
     def low(v: float | None) -> float:
         return -v if v is not None and math.isfinite(v) else -math.inf
 
@@ -152,7 +161,7 @@ def rank_key(row: TrialRow) -> tuple[bool, float, float, float, str]:
 
 
 def fmt_setting(v: Any) -> str:
-    """A searched value as a status line shows it: floats to 3 significant digits."""
+    """Return a searched value as a status line shows it: floats to 3 significant digits."""
     if isinstance(v, float):
         return f"{v:.3g}"
     return str(v)
@@ -160,7 +169,9 @@ def fmt_setting(v: Any) -> str:
 
 # --------------------------------------------------------------------------- config.yaml
 def read_config(results_dir: Path) -> ExperimentConfig:
-    """The config a search ran with (its results folder's config.yaml), or a ReportError."""
+    """Return the config a search ran with (its results folder's config.yaml).
+
+    Raise ReportError when the folder has no config.yaml."""
     path = results_dir / CONFIG_FILE
     if not path.is_file():
         raise ReportError(f"{results_dir}: no {CONFIG_FILE}; pass the results folder of a search "
@@ -170,13 +181,16 @@ def read_config(results_dir: Path) -> ExperimentConfig:
 
 # --------------------------------------------------------------------------- run.json
 def write_run(results_dir: Path, run: dict[str, Any]) -> None:
+    """Write `run` to the folder's run.json, atomically."""
     files.write_text(results_dir / RUN_FILE, json.dumps(run, indent=2, default=str))
 
 
 def search_state(run: dict[str, Any]) -> dict[str, Any]:
-    """run.json's `search` entry: the status ("started", "finished") and wall time of the search,
-    both phases in one. kdsearch before 2026-11-23 ran a Tuner per phase and kept them per phase
-    under `phases`: such a search is finished when every phase is, and took their sum."""
+    """Return run.json's `search` entry: the search's status ("started", "finished") and time.
+
+    The entry covers both phases in one. An older run.json has no `search` entry. It keeps a
+    state per phase under `phases` instead. Such a search is finished when every phase is, and
+    its wall time is the sum of theirs."""
     if "search" in run or not run.get("phases"):
         return run.get("search") or {}
     old = [v or {} for v in run["phases"].values()]
@@ -195,7 +209,9 @@ _RUN_SHAPE: dict[str, tuple[type | tuple[type, ...], str]] = {
 
 
 def check_run(run: Any, path: Path) -> dict[str, Any]:
-    """run.json's contents with the types kdsearch reads from it checked, or a SearchError."""
+    """Return run.json's contents after checking the types that kdsearch reads from it.
+
+    Raise SearchError when a type is wrong."""
     damaged = "kdsearch writes this file; restore it from a copy of the folder"
     if not isinstance(run, dict):
         raise SearchError(f"{path}: not a JSON object; {damaged}")
@@ -224,7 +240,7 @@ def _short(value: Any) -> str:
 
 
 def read_run(results_dir: Path) -> dict[str, Any]:
-    """run.json, checked; a SearchError when there is none (not a search's folder)."""
+    """Return run.json, checked. Raise SearchError when there is none (not a search's folder)."""
     try:
         run = json.loads((results_dir / RUN_FILE).read_text())
     except (OSError, ValueError):
@@ -234,7 +250,7 @@ def read_run(results_dir: Path) -> dict[str, Any]:
 
 
 def read_run_if_any(results_dir: Path) -> dict[str, Any]:
-    """run.json, checked, or {} when it cannot be read (a report still has trials.csv)."""
+    """Return run.json, checked, or {} when it cannot be read (a report still has trials.csv)."""
     try:
         run = json.loads((results_dir / RUN_FILE).read_text())
     except (OSError, ValueError):
@@ -243,7 +259,9 @@ def read_run_if_any(results_dir: Path) -> dict[str, Any]:
 
 
 def read_importances(results_dir: Path) -> dict[str, Any] | None:
-    """importances.json (what mattered, written on the search's side), or None without one."""
+    """Return importances.json (what mattered, written on the search's side), or None.
+
+    None also stands for a file of the wrong shape."""
     try:
         found = json.loads((Path(results_dir) / IMPORTANCES_FILE).read_text())
     except (OSError, ValueError):

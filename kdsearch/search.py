@@ -1,12 +1,15 @@
 """The search's entry points: `run_search`, `resume_search`, `report_search`.
 
-Flow: config -> dataset + cached teacher, loaded once here (`inputs`) -> the trials' payload in
-Ray's object store, once (`trainable.make_payload`) -> one Tuner runs both searches side by side
-(`tuner`): the distilled student's and the baseline's (the student alone, alpha = 1), on the
-same budget, each trial training a student and reporting every epoch -> the results folder
-(`status` keeps trials.csv and progress.csv current) -> the final evaluation and the report
-(`final`, `report`), whose retrainings run as Ray tasks on the same payload
-(`trainable.ray_runner`).
+The flow of a search:
+
+1. The config gives the dataset and the cached teacher, loaded once here (`inputs`).
+2. The trials' payload goes into Ray's object store once (`trainable.make_payload`).
+3. One Tuner runs both searches side by side (`tuner`): the distilled student's and the
+   baseline's (the student alone, alpha = 1), on the same budget. Each trial trains a student
+   and reports every epoch.
+4. The results go to the results folder. `status` keeps trials.csv and progress.csv current.
+5. The final evaluation and the report follow (`final`, `report`). Their retrainings run as Ray
+   tasks on the same payload (`trainable.ray_runner`).
 """
 
 from __future__ import annotations
@@ -53,9 +56,10 @@ from kdsearch.version import __version__
 log = logging.getLogger(__name__)
 
 # Ray Tune's saved state (tuner.pkl) names kdsearch's searcher and scheduler classes, and its
-# status callback's functions, by the module they were defined in. A search saved by an earlier
-# kdsearch resumes only if those names still resolve: `kdsearch.search._PhaseSearcher` (before
-# the search module was split), `kdsearch.arms.PhaseSearcher` (before arms.py was renamed).
+# status callback's functions, by the module that defined them. Searches saved by older
+# kdsearch versions name them as `kdsearch.search._PhaseSearcher` and
+# `kdsearch.arms.PhaseSearcher`. These aliases keep such names resolving, so those searches
+# still resume.
 _PhaseSearcher, _PhaseScheduler = searchers.PhaseSearcher, searchers.PhaseScheduler
 _fmt, _phase_of, _write_csv_atomic = fmt_setting, kind_of_config, write_table
 dim_column = tables.dim_column
@@ -64,8 +68,10 @@ sys.modules.setdefault("kdsearch.arms", searchers)
 
 @dataclass(frozen=True)
 class SearchSetup:
-    """What a search needs before its first trial, loaded and checked before anything is
-    written, so that bad input (a missing dataset, a val_size too large) leaves no folder."""
+    """What a search needs before its first trial.
+
+    It is loaded and checked before anything is written. So bad input (a missing dataset, a
+    val_size too large) leaves no folder."""
 
     inputs: Inputs  # the dataset, the teacher, the user's objects
     hardware: dict[str, Any]  # what Ray reports (`cluster.hardware`)
@@ -75,8 +81,9 @@ class SearchSetup:
 
 
 def set_up(cfg: ExperimentConfig, inputs: Inputs) -> SearchSetup:
-    """Work out the trials' resources and payload for `inputs` (Ray running). Where Ray reports
-    GPUs that torch cannot use, a warning says why and what to do."""
+    """Work out the trials' resources and payload for `inputs`. Ray must be running.
+
+    Where Ray reports GPUs that torch cannot use, log a warning that says why and what to do."""
     objects = inputs.objects
     found = hardware()
     cuda = check_gpus(cfg, found)
@@ -88,15 +95,17 @@ def set_up(cfg: ExperimentConfig, inputs: Inputs) -> SearchSetup:
     payload = make_payload(cfg, inputs.data, inputs.teacher,
                            cpus_per_trial=resources.cpus_per_trial, student=objects.student)
     if cfg.code_dir and ray.get_runtime_context().runtime_env.get("working_dir"):
-        # the user's modules were shipped with the job: the trials import them from there
+        # the user's modules were shipped with the job, so the trials import them from there
         payload = dataclasses.replace(payload, config={**payload.config, "code_dir": None})
     return SearchSetup(inputs, found, resources, payload, cuda)
 
 
 # --------------------------------------------------------------------------- a search, whole
 def _warn_seeds(cfg: ExperimentConfig) -> None:
-    """report.seeds: 1 gives the report no seed test and no seed bound: no verdict can be
-    reached and no student shown to meet the target. Said at the start, not after the search."""
+    """Warn when report.seeds is 1, at the start rather than after the search.
+
+    With one seed, the report has no seed test and no seed bound. So it can reach no verdict and
+    show no student that meets the target."""
     if cfg.report.seeds == 1:
         log.warning("note: report.seeds is 1: the final evaluation gives no seed test and no "
                     "seed bound, so the report can reach no verdict and show no student meeting "
@@ -104,7 +113,7 @@ def _warn_seeds(cfg: ExperimentConfig) -> None:
 
 
 def _record_setup(run: dict[str, Any], setup: SearchSetup) -> None:
-    """run.json's record of the teacher and of what the trials run on."""
+    """Record in `run` (run.json) the teacher and what the trials run on."""
     teacher = setup.inputs.teacher
     run["teacher"] = {"key": teacher.key, "val_acc": teacher.val_acc}
     run["hardware"] = setup.hardware
@@ -114,8 +123,9 @@ def _record_setup(run: dict[str, Any], setup: SearchSetup) -> None:
 
 
 def _last_write(results_dir: Path, since: float) -> float:
-    """When a killed driver last wrote its records (trials.csv, progress.csv): the end of its
-    run, as near as the folder tells."""
+    """Return when a killed driver last wrote its records (trials.csv, progress.csv).
+
+    This is the end of its run, as near as the folder tells."""
     times = [since]
     for name in (TRIALS_FILE, PROGRESS_FILE):
         try:
@@ -127,10 +137,12 @@ def _last_write(results_dir: Path, since: float) -> float:
 
 def _search(cfg: ExperimentConfig, results_dir: Path, run: dict[str, Any], setup: SearchSetup,
             *, restore: bool, callbacks: Sequence[tune.Callback]) -> None:
-    """Run (or continue) the search unless run.json says it finished. run.json keeps its
-    status, `wall_seconds` (the time spent searching, over every run of it, a killed run's
-    up to its last write) and, once finished, `elapsed_seconds` (from its first start to its
-    end, the time between runs included)."""
+    """Run or continue the search, unless run.json says it finished.
+
+    run.json keeps the search's status and `wall_seconds`: the time spent searching, summed over
+    every run of it. A killed run counts up to its last write. Once the search has finished,
+    run.json also keeps `elapsed_seconds`: the time from its first start to its end, with the
+    time between runs."""
     state = run.get("search", {})
     if state.get("status") == "finished":
         return
@@ -158,7 +170,7 @@ def _search(cfg: ExperimentConfig, results_dir: Path, run: dict[str, Any], setup
 
 
 def _result(cfg: ExperimentConfig, results_dir: Path) -> SearchResult:
-    """The best trial of each kind, or a SearchError when no distillation trial finished."""
+    """Return the best trial of each kind. Raise SearchError if no distillation trial finished."""
     rows = read_trials(results_dir / TRIALS_FILE)
     best = best_trial(rows, DISTILLED, dimension_names(cfg, DISTILLED))
     if best is None:
@@ -177,17 +189,19 @@ def _result(cfg: ExperimentConfig, results_dir: Path) -> SearchResult:
 def _search_then_report(cfg: ExperimentConfig, results_dir: Path, run: dict[str, Any],
                         setup: SearchSetup, *, restore: bool, report: bool,
                         callbacks: Sequence[tune.Callback] = ()) -> SearchResult:
-    """The search (unless it had finished), what mattered, then the final evaluation and the
-    report with its retrainings as Ray tasks."""
+    """Run the search (unless it had finished) and write what mattered (the importances).
+
+    Then run the final evaluation and write the report, with the retrainings as Ray tasks."""
     _record_setup(run, setup)
     _search(cfg, results_dir, run, setup, restore=restore, callbacks=callbacks)
-    if not (results_dir / OPTUNA_FILE).exists():  # (a search of an older kdsearch)
+    if not (results_dir / OPTUNA_FILE).exists():  # a search of an older kdsearch has none
         export_study(results_dir, cfg)
     write_importances(results_dir, cfg)
     result = _result(cfg, results_dir)
     if report:
-        # retrain=False: a resume of a search already reported reuses final.json's retrainings
-        # of the settings that did not change (they are keyed by setting, seeds and teacher)
+        # retrain=False: when a search that was already reported resumes, final.json's
+        # retrainings of unchanged settings are reused. They are keyed by setting, seeds and
+        # teacher.
         runner = ray_runner(setup.payload, gpus_per_task=setup.resources.gpus_per_trial)
         result.report_path = make_report(results_dir, retrain=False, runner=runner,
                                          inputs=setup.inputs)
@@ -205,11 +219,11 @@ def run_search(space: str | os.PathLike[str] | ExperimentConfig, *,
     The results land in `<results_dir>/<name>/`. kdsearch's messages go to the logger
     "kdsearch" (`logging.basicConfig(level=logging.INFO)` shows them).
 
-    Python objects may take the place of the space file's names (a notebook needs no module).
-    They reach the trials through Ray's object store, pickled with cloudpickle: a function or
-    class defined in a notebook or script travels by value; one imported from a module
-    travels by name, so that module must be importable on every node. Resume and report the
-    search with the same objects.
+    Python objects may take the place of the space file's names, so a notebook needs no module.
+    They reach the trials through Ray's object store, pickled with cloudpickle. A function or
+    class defined in a notebook or script travels by value. One imported from a module travels
+    by name, so that module must be importable on every node. Resume and report the search with
+    the same objects.
 
     Args:
         space: a space file, the name of a shipped space, or a config.
@@ -246,16 +260,16 @@ def run_search(space: str | os.PathLike[str] | ExperimentConfig, *,
     check_results_dir(out)
     refuse_existing(out, force)
     storage = storage_for(storage_path, cfg.name)
-    check_reachable(ray_address(address))  # an address nothing listens at: in seconds
+    check_reachable(ray_address(address))  # an address that nothing listens at fails in seconds
     _warn_seeds(cfg)
-    # the user's data, models and checkpoint: checked (the teacher trained, if it must be)
-    # before Ray starts and before a file is written
+    # check the user's data, models and checkpoint (and train the teacher if needed) before Ray
+    # starts and before a file is written
     inputs = load_inputs(cfg, objects=objects)
     with _ray_for(address, out, code_dir=cfg.code_dir):
         check_resources(cfg)
         setup = set_up(cfg, inputs)
         with exclusive(out):
-            refuse_existing(out, force)  # another kdsearch may have made it while we set up
+            refuse_existing(out, force)  # another kdsearch may have made it during the set-up
             run = _new_folder(cfg, out, storage, force)
             return _search_then_report(cfg, out, run, setup, restore=False, report=report,
                                        callbacks=callbacks)
@@ -263,8 +277,9 @@ def run_search(space: str | os.PathLike[str] | ExperimentConfig, *,
 
 def _new_folder(cfg: ExperimentConfig, out: Path, storage_path: str | None, force: bool
                 ) -> dict[str, Any]:
-    """Make the results folder (emptied first with --force), its config.yaml and run.json;
-    return what run.json holds."""
+    """Make the results folder (emptied first with --force), its config.yaml and run.json.
+
+    Return what run.json holds."""
     if out.exists() and force:
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -279,7 +294,7 @@ def _new_folder(cfg: ExperimentConfig, out: Path, storage_path: str | None, forc
 
 
 def _resumable(out: Path) -> tuple[ExperimentConfig, dict[str, Any]]:
-    """A results folder's config and run.json, checked to be a search that can resume here."""
+    """Return a results folder's config and run.json, checked to be a search that can resume."""
     if not out.is_dir():
         raise SearchError(f"{out}: no such results folder; pass results/<name> of a search")
     run = read_run(out)
@@ -298,8 +313,8 @@ def _resumable(out: Path) -> tuple[ExperimentConfig, dict[str, Any]]:
         ran_in = run.get("storage_path")
         if search_state(run).get("status") != "finished" and ran_in \
                 and Path(ran_in).resolve() != out:
-            # Tune's saved state names the folder it ran in: resumed elsewhere, its trials
-            # would write their checkpoints there (or fail where it is gone)
+            # Tune's saved state names the folder it ran in. Resumed elsewhere, its trials would
+            # write their checkpoints there, or fail if that folder is gone.
             raise SearchError(f"{out}: this search ran in {ran_in}, and Ray Tune's saved state "
                               f"names that folder, so it resumes only there: move it back and "
                               f"`kdsearch resume {ran_in}` (`kdsearch report {out}` works "
@@ -314,8 +329,9 @@ def resume_search(results: str | os.PathLike[str], *, address: str | None = None
                   report: bool = True, callbacks: Sequence[tune.Callback] = (),
                   dataset: Any = None, teacher: Any = None, student: Any = None
                   ) -> SearchResult:
-    """Continue an interrupted search: ended trials kept, running ones resumed from their
-    checkpoints; then the final evaluation and the report.
+    """Continue an interrupted search, then run the final evaluation and write the report.
+
+    Ended trials are kept. Trials that were running resume from their checkpoints.
 
     Args:
         results: the search's results folder.
@@ -346,8 +362,9 @@ def report_search(results: str | os.PathLike[str], *, retrain: bool = True,
                   dataset: Any = None, teacher: Any = None, student: Any = None) -> Path:
     """Retrain the best settings of a results folder, test them once, and write its report.
 
-    The retrainings run as Ray tasks side by side, as `kdsearch run` runs them; with
-    `in_process`, or with nothing to retrain, one after the other in this process, without Ray.
+    The retrainings run side by side as Ray tasks, as `kdsearch run` runs them. With
+    `in_process`, or with retrain=False, they run one after the other in this process, without
+    Ray.
 
     Args:
         results: the search's results folder.
@@ -383,8 +400,10 @@ def report_search(results: str | os.PathLike[str], *, retrain: bool = True,
 
 
 def callbacks_named(names: list[str], folders: list[Path]) -> list[tune.Callback]:
-    """Ray Tune callbacks named "module:Class" (--callback), each imported (from `folders`
-    first) and made with no arguments; a one-line EntryPointError for one that is not."""
+    """Return the Ray Tune callbacks named "module:Class" (--callback).
+
+    Each is imported (from `folders` first) and made with no arguments. Raise a one-line
+    EntryPointError for one that cannot be made or is not a ray.tune.Callback."""
     made = []
     for name in names:
         cls = resolve(name, where="--callback", folders=folders)
@@ -403,9 +422,11 @@ def callbacks_named(names: list[str], folders: list[Path]) -> list[tune.Callback
 @contextlib.contextmanager
 def _ray_for(address: str | None, out: Path, interrupted: str = "", *,
              code_dir: str | None = None) -> Iterator[None]:
-    """Ray for one search of `out` (`cluster.ray_running`), the process's environment, warning
-    filters and loggers put back after it (`process.restored`); Ctrl-C tells how to continue
-    (`interrupted`, else with kdsearch resume)."""
+    """Run Ray for one search of `out` (`cluster.ray_running`).
+
+    Afterwards, put back the process's environment, warning filters and loggers
+    (`process.restored`). On Ctrl-C, log how to continue: `interrupted`, or else with kdsearch
+    resume."""
     with process.restored(), ray_running(address, code_dir=code_dir):
         try:
             yield

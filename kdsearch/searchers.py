@@ -1,16 +1,19 @@
 """The searchers and schedulers: one of each per group of trials that is tuned on its own.
 
 Both searches, the distillation search and the baseline (the student alone, alpha = 1), run in
-one Tuner. Each kind of student is tuned on its own, and with `search.per_width` each width of
-it too; when several losses are searched (`search.space.loss`), each loss of the distilled
-student too. Such a group of trials is an *arm* (named "distill", "baseline", "distill:w16" per
-width, "distill:dkd" or "distill:dkd:w16" per loss). One searcher over all losses would spend
-its trials on the loss that looks best early; an arm per loss gives each loss an equal budget
-and its own searcher, so that the report compares equally tuned losses. An arm has its own Optuna sampler (TPE, or random search) seeded from `search.seed` and
-its name, its own trial budget, and its own ASHA (or FIFO) scheduler: a trial is stopped early
-only by comparison with trials of its own arm. `PhaseSearcher` and `PhaseScheduler` route each
-trial to its arm's. (Ray Tune's saved state of a search names these two classes: renaming them
-would stop such a search from resuming.)
+one Tuner. Each kind of student is tuned on its own. With `search.per_width`, each width of it
+is tuned on its own too. When several losses are searched (`search.space.loss`), so is each
+loss of the distilled student. Such a group of trials is an *arm*. Arms are named "distill",
+"baseline", "distill:w16" per width, and "distill:dkd" or "distill:dkd:w16" per loss. One
+searcher over all losses would spend its trials on the loss that looks best early. An arm per
+loss gives each loss an equal budget and its own searcher, so the report compares equally tuned
+losses.
+
+An arm has its own Optuna sampler (TPE, or random search), seeded from `search.seed` and its
+name. It also has its own trial budget and its own ASHA (or FIFO) scheduler, so a trial is
+stopped early only by comparison with trials of its own arm. `PhaseSearcher` and
+`PhaseScheduler` route each trial to its arm's searcher and scheduler. Ray Tune's saved state of
+a search names these two classes, so renaming them would stop such a search from resuming.
 """
 
 from __future__ import annotations
@@ -93,10 +96,11 @@ class PhaseSearcher(Searcher):
         self._match(restored_trial_configs(Path(checkpoint_path)))
 
     def _match(self, configs: dict[str, dict[str, Any]] | None) -> None:
-        """Count each arm's trials from the experiment state Tune restores with: Tune
-        saves the experiment state first and this searcher's after it, so a kill between
-        the two leaves a searcher that has not seen the newest trial and would suggest
-        one more than the budget (seen in CI: 13 trials of 12)."""
+        """Count each arm's trials from the experiment state that Tune restores with.
+
+        Tune saves the experiment state first and this searcher's state after it. A kill
+        between the two leaves a searcher that has not seen the newest trial. It would suggest
+        one trial more than the budget, for example 13 trials of 12."""
         if configs is None:
             return
         counts = dict.fromkeys(self.suggested, 0)
@@ -106,8 +110,8 @@ class PhaseSearcher(Searcher):
             if arm is not None:
                 counts[arm] += 1
         self.suggested = counts
-        # a trial the experiment never had is not coming back; one this searcher never
-        # suggested has no Optuna trial to report to: its results go nowhere, as before
+        # a trial that the experiment never had is not coming back. A trial that this searcher
+        # never suggested has no Optuna trial to report to, so its results go nowhere.
         self.arm_of = {t: a for t, a in self.arm_of.items() if t in configs}
 
 

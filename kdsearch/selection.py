@@ -219,21 +219,24 @@ def teacher_files(cfg: ExperimentConfig, recorded: dict[str, str] | None = None
 
 
 def training_fingerprint(cfg: ExperimentConfig, files: dict[str, str] | None = None) -> str:
-    """A hash of the config sections a retraining depends on (not search or report); a
-    teacher's checkpoint or logits by their content (`teacher_files`), not where they lie."""
+    """Return a hash of the config sections that a retraining depends on (not search or report).
+
+    A teacher's checkpoint or logits count by their content (`teacher_files`), not by their
+    path. Keys at their default, or unset, are left out of the hash. So a config that lacks
+    such a key has the same fingerprint as one that leaves it at its default."""
     d = config_to_dict(cfg)
     for key, sha in (files or {}).items():
         d["teacher"][key] = sha
-    if d["training"]["fast_step"] == "auto":  # the default: as before the setting existed
+    if d["training"]["fast_step"] == "auto":  # the default: left out (see the docstring)
         del d["training"]["fast_step"]
-    if d["training"]["loss"] == "kd":  # the default: as before losses could be chosen
+    if d["training"]["loss"] == "kd":  # the default: left out
         del d["training"]["loss"]
     for key in ("dkd_alpha", "dkd_beta", "dkd_warmup", "ls_weight"):
         if d["training"][key] is None:
             del d["training"][key]
     for section, key in (("teacher", "kwargs"), ("teacher", "checkpoint"),
                          ("teacher", "logits"), ("student", "kwargs")):
-        if not d[section][key]:  # unset: as before a user's models could be named
+        if not d[section][key]:  # unset: left out
             del d[section][key]
     blob = json.dumps({k: d[k] for k in ("dataset", "teacher", "student", "training")},
                       sort_keys=True, default=str)

@@ -1,23 +1,23 @@
 """The statistics of the final evaluation: is the distilled student better than the baseline?
 
-Two sources of chance stand between a difference of test accuracies and a verdict, and a verdict
-of "beats" (either way) needs both tests to agree at `SIGNIFICANCE`:
+Two sources of chance stand between a difference of test accuracies and a verdict. A verdict of
+"beats" (either way) needs both tests to agree at `SIGNIFICANCE`:
 
-- **The seeds** (`seed_test`): Welch's t-test over the retraining seeds of each side, the
-  training's own randomness. Accuracies are counts over the test split (multiples of 1/n), so
-  the means and variances are computed exactly, in fractions: seeds that land on the same
-  count have no spread, exactly, and no p-value is made of float noise (scipy's t-test on
-  identical values returns one of ~1e-28). With no spread on either side there is no seed test
-  to run, and the verdict rests on the test set alone.
-- **The test split** (`paired_comparison`): the test examples are a sample too. Per example, the
-  fraction of distilled seeds that got it right minus the fraction of baseline seeds; the
-  observed difference is their mean. Its p-value is the exact sign-flip (randomisation) test
-  over the examples, which is McNemar's exact test with one seed a side; its 95% interval is
-  the normal one, mean ± t * sd / sqrt(n).
+- **The seeds** (`seed_test`): Welch's t-test over the retraining seeds of each side. It covers
+  the training's own randomness. Accuracies are counts over the test split (multiples of 1/n),
+  so the means and variances are computed exactly, in fractions. Seeds that land on the same
+  count then have exactly no spread, and no p-value is made of float noise. (scipy's t-test on
+  identical values returns a p-value of about 1e-28.) With no spread on both sides there is no
+  seed test to run, and the verdict rests on the test set alone.
+- **The test split** (`paired_comparison`): the test examples are a sample too. For each
+  example, take the fraction of distilled seeds that got it right minus the fraction of
+  baseline seeds. The observed difference is the mean of these. Its p-value comes from the
+  exact sign-flip (randomisation) test over the examples. With one seed a side, this is
+  McNemar's exact test. Its 95% interval is the normal one, mean ± t * sd / sqrt(n).
 
-Per width, the p-values of each test are adjusted over the widths compared with Holm's method
-(`holm`); the best-vs-best comparison keeps its own. Plain numbers in, plain numbers out; no
-torch, no Ray.
+Per width, the p-values of each test are adjusted over the widths compared, with Holm's method
+(`holm`). The best-vs-best comparison keeps its own p-values. The module takes and returns
+plain numbers. It uses no torch and no Ray.
 """
 
 from __future__ import annotations
@@ -37,13 +37,13 @@ EXACT_SUPPORT = 200_000  # the sign-flip test's exact distribution up to this ma
 
 # --------------------------------------------------------------------------- per-example results
 def pack_correct(correct: Sequence[bool] | np.ndarray) -> str:
-    """Per-example correctness (True: right) as final.json keeps it: bits, base64."""
+    """Return per-example correctness (True: right) as final.json keeps it: packed bits, base64."""
     bits = np.packbits(np.asarray(correct, dtype=bool))
     return base64.b64encode(bits.tobytes()).decode("ascii")
 
 
 def unpack_correct(packed: str, n: int) -> np.ndarray:
-    """The n booleans of `pack_correct`."""
+    """Return the n booleans that `pack_correct` packed."""
     bits = np.frombuffer(base64.b64decode(packed.encode("ascii"), validate=True), dtype=np.uint8)
     out = np.unpackbits(bits)[:n].astype(bool)
     if len(out) != n:
@@ -53,7 +53,9 @@ def unpack_correct(packed: str, n: int) -> np.ndarray:
 
 # --------------------------------------------------------------------------- over seeds
 def mean_std(values: list[float]) -> tuple[float | None, float | None]:
-    """Mean and sample standard deviation (ddof = 1; None with fewer than two values)."""
+    """Return the mean and the sample standard deviation (ddof = 1).
+
+    The deviation is None with fewer than two values. Both are None with no values."""
     if not values:
         return None, None
     m = sum(values) / len(values)
@@ -63,7 +65,8 @@ def mean_std(values: list[float]) -> tuple[float | None, float | None]:
 
 
 def exact(acc: float, n_test: int | None) -> Fraction:
-    """An accuracy as the fraction it is: a count over `n_test` examples when that is known."""
+    """Return an accuracy as an exact fraction: a count over `n_test` examples when n_test is
+    known."""
     if n_test:
         count = round(acc * n_test)
         if abs(count / n_test - acc) < 1e-9:
@@ -82,8 +85,9 @@ class SeedTest:
 
 
 def seed_test(distilled: Sequence[Fraction], baseline: Sequence[Fraction]) -> SeedTest:
-    """Welch's two-sided t-test of distilled against baseline accuracies (one per seed), with
-    the means, variances, t^2 and the Welch-Satterthwaite degrees of freedom exact."""
+    """Run Welch's two-sided t-test of distilled against baseline accuracies (one per seed).
+
+    The means, variances, t^2 and the Welch-Satterthwaite degrees of freedom are exact."""
     from scipy import stats
 
     if len(distilled) < 2 or len(baseline) < 2:
@@ -127,7 +131,9 @@ class PairedComparison:
 
 def paired_comparison(distilled: Sequence[np.ndarray], baseline: Sequence[np.ndarray]
                   ) -> PairedComparison:
-    """`distilled`, `baseline`: per seed, which test examples that side got right."""
+    """Compare the two sides over the test examples.
+
+    `distilled` and `baseline` hold, per seed, which test examples that side got right."""
     from scipy import stats
 
     k_d, k_b = len(distilled), len(baseline)
@@ -145,10 +151,12 @@ def paired_comparison(distilled: Sequence[np.ndarray], baseline: Sequence[np.nda
 
 
 def sign_flip_p(values: np.ndarray) -> float:
-    """Two-sided p of the sign-flip test: how often sum(s_i * v_i), with each s_i = +-1 at
-    random, is at least as far from 0 as sum(v_i). `values`: integers. Exact (the distribution
-    as a convolution of each distinct |v|'s binomial) up to `EXACT_SUPPORT` points, the normal
-    approximation of the same distribution beyond (thousands of differing examples)."""
+    """Return the two-sided p-value of the sign-flip test on the integers `values`.
+
+    The p-value is how often sum(s_i * v_i), with each s_i = +-1 at random, is at least as far
+    from 0 as sum(v_i). It is exact up to `EXACT_SUPPORT` points. The exact distribution is a
+    convolution of each distinct |v|'s binomial. Beyond that size (thousands of differing
+    examples), the normal approximation of the same distribution is used."""
     from scipy import signal, stats
 
     v = np.abs(np.asarray(values, dtype=np.int64))
@@ -174,7 +182,9 @@ def sign_flip_p(values: np.ndarray) -> float:
 
 # --------------------------------------------------------------------------- many widths
 def holm(pvalues: Sequence[float | None]) -> list[float | None]:
-    """Holm's step-down adjustment of a family of p-values (None: not tested, left out)."""
+    """Return Holm's step-down adjustment of a family of p-values.
+
+    A None (not tested) is left out of the family and stays None."""
     tested = sorted((p, i) for i, p in enumerate(pvalues) if p is not None)
     out: list[float | None] = [None] * len(pvalues)
     running = 0.0
@@ -187,8 +197,10 @@ def holm(pvalues: Sequence[float | None]) -> list[float | None]:
 # --------------------------------------------------------------------------- a comparison
 @dataclass(frozen=True)
 class Tests:
-    """Distilled against baseline test accuracies: the means, the seed test and the test-set
-    comparison (`compare`), and their Holm-adjusted p-values within a family (`adjust`)."""
+    """Distilled against baseline test accuracies.
+
+    `compare` fills in the means, the seed test and the test-set comparison. `adjust` adds their
+    Holm-adjusted p-values within a family."""
 
     distilled_mean: float | None
     distilled_std: float | None  # sample standard deviation (ddof = 1); None with one seed
@@ -221,9 +233,9 @@ def compare(distilled_accs: Sequence[float], baseline_accs: Sequence[float],
             baseline_correct: Sequence[np.ndarray] | None = None) -> Tests:
     """Distilled vs baseline test accuracies (fractions, one per seed) against the teacher's.
 
-    The seed test runs on the accuracies as exact counts of `n_test` examples; the test-set
-    comparison, when both sides' per-example results are given. The verdict comes from
-    `decide`, once the p-values of a family of comparisons are adjusted.
+    The seed test runs on the accuracies as exact counts of `n_test` examples. The test-set
+    comparison runs when both sides' per-example results are given. `decide` gives the verdict,
+    once the p-values of a family of comparisons are adjusted.
     """
     d = [float(a) for a in distilled_accs]
     b = [float(a) for a in baseline_accs]
@@ -249,8 +261,9 @@ def compare(distilled_accs: Sequence[float], baseline_accs: Sequence[float],
 
 
 def adjust(family: list[Tests]) -> list[Tests]:
-    """The family's comparisons (the widths of a report) with their seed and test-set p-values
-    Holm-adjusted over it."""
+    """Return the family's comparisons (the widths of a report) with Holm-adjusted p-values.
+
+    Both the seed and the test-set p-values are adjusted over the family."""
     seeds = holm([t.p_value for t in family])
     test = holm([t.test_p_value for t in family])
     return [replace(t, p_value_holm=a, test_p_value_holm=b)
@@ -269,13 +282,16 @@ class Decision:
 
 
 def decide(t: Tests, *, family: int | None = None) -> Decision:
-    """The verdict of `t` from its tests: with `family` (the number of comparisons adjusted
-    together, the widths), from its Holm-adjusted p-values; without, from its own.
+    """Return the verdict of `t` from its tests.
 
-    'beats': distillation ahead, and the seed test (or, when the seeds agree exactly, none) and
-    the test-set comparison both below SIGNIFICANCE; 'does_not_beat': not ahead;
-    'not_significant': ahead without that; 'no_comparison': a side has no accuracy (every
-    retraining diverged).
+    With `family` (the number of comparisons adjusted together, the widths), the verdict uses
+    the Holm-adjusted p-values. Without it, the verdict uses `t`'s own p-values. The verdicts:
+
+    - 'beats': distillation is ahead, and both tests are below SIGNIFICANCE. When each side's
+      seeds agree exactly, there is no seed test, and the test-set comparison decides alone.
+    - 'does_not_beat': distillation is not ahead.
+    - 'not_significant': distillation is ahead, but not significantly.
+    - 'no_comparison': a side has no accuracy (every retraining diverged).
     """
     if t.distilled_mean is None or t.baseline_mean is None or t.difference is None:
         return Decision("no_comparison", False, [], None, None)
@@ -291,8 +307,10 @@ def decide(t: Tests, *, family: int | None = None) -> Decision:
 
 
 def seeds_for_power(diff: float, var_d: float, var_b: float, level: float) -> int:
-    """Seeds a side for which Welch's test finds `diff` at `level` with POWER (equal seeds a
-    side, the spreads seen; the noncentral t with the Welch-Satterthwaite df)."""
+    """Return the seeds a side with which Welch's test finds `diff` at `level` with POWER.
+
+    It assumes equal seeds a side and the spreads seen. It uses the noncentral t with the
+    Welch-Satterthwaite df."""
     from scipy import stats
 
     for n in range(2, 100_001):
@@ -307,8 +325,10 @@ def seeds_for_power(diff: float, var_d: float, var_b: float, level: float) -> in
 
 def _advice(t: Tests, seeds_ok: bool, test_ok: bool, level: float
             ) -> tuple[list[str], int | None, int | None]:
-    """What would settle a comparison that is not settled: how many seeds, or test examples,
-    the spreads seen say it would take to find the difference seen at `level` with POWER."""
+    """Return advice for a comparison that is not settled, and the seeds and examples needed.
+
+    From the spreads seen, these are the seeds a side, or the test examples, that it would take
+    to find the difference seen at `level` with POWER."""
     from scipy import stats
 
     assert t.difference is not None
@@ -348,11 +368,12 @@ CONFIDENCE = 0.95  # the one-sided level of a student's lower bound against a ta
 class Bound:
     """Whether a student reaches the test accuracy a target asks for, with 95% confidence.
 
-    `lower` is the smaller of two one-sided 95% lower bounds of the student's accuracy: over
-    its seeds (Student's t on the seeds' accuracies) and over the test examples (the t bound of
-    the mean of the per-example results, averaged over seeds; for a target relative to the
-    teacher, of the per-example differences from the teacher's own results). Both must clear
-    the target, as both tests must agree for a verdict.
+    `lower` is the smaller of two one-sided 95% lower bounds of the student's accuracy. One is
+    over its seeds: Student's t on the seeds' accuracies. The other is over the test examples:
+    the t bound of the mean of the per-example results, averaged over seeds. For a target
+    relative to the teacher, this bound takes its spread from the per-example differences from
+    the teacher's own results. Both bounds must clear the target, just as both tests must agree
+    for a verdict.
     """
 
     needed: float | None  # the accuracy the target asks for; None: unknown (no teacher)
@@ -383,9 +404,11 @@ def _mean_sd(x: np.ndarray) -> tuple[float, float]:
 
 def target_bound(accs: Sequence[float], correct: Sequence[np.ndarray] | None, *,
                  needed: float | None, teacher_correct: np.ndarray | None = None) -> Bound:
-    """The `Bound` of a student with test accuracies `accs` (one per seed) and per-seed
-    per-example results `correct`, against the accuracy `needed`. `teacher_correct`: the
-    teacher's per-example results, for a target relative to the teacher (the pairing)."""
+    """Return the `Bound` of a student against the accuracy `needed`.
+
+    `accs` are the student's test accuracies, one per seed. `correct` holds its per-example
+    results, per seed. `teacher_correct` holds the teacher's per-example results, for a target
+    relative to the teacher. The bound over the examples is then paired with them."""
     needed = None if needed is None else float(needed)
     if not accs:
         return Bound(needed, None, None, None, None, "unknown", None, None)

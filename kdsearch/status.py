@@ -1,13 +1,14 @@
-"""The live status of a search: a line per ended trial, a line on the running trials every
-`PROGRESS_EVERY_S` seconds, and trials.csv and progress.csv kept current as results arrive (a
-Ray Tune callback).
+"""The live status of a search, as a Ray Tune callback.
+
+The callback logs a line per ended trial, and a line on the running trials every
+`PROGRESS_EVERY_S` seconds. It keeps trials.csv and progress.csv current as results arrive.
 
 Each ended trial prints its kind, how many of its kind's trials have ended, its val_acc and
 setting, the counts of running, finished, early-stopped and failed trials, and the best so far.
 While trials run, a line says the epoch each running trial is at and estimates the time left.
-trials.csv is rewritten (atomically) as trials start and end; progress.csv gets a row per
-reported epoch. On resume the records a killed driver left are reconciled with the trials Ray
-restored (`ray_workarounds`, part 4).
+trials.csv is rewritten (atomically) as trials start and end. progress.csv gets a row per
+reported epoch. On resume, the records that a killed driver left are reconciled with the
+trials Ray restored (`ray_workarounds`, part 4).
 """
 
 from __future__ import annotations
@@ -34,14 +35,16 @@ PROGRESS_EVERY_S = 30.0  # how often a line says where the running trials are
 
 
 class StatusCallback(tune.Callback):
-    """Logs a status line per ended trial and keeps trials.csv / progress.csv current.
+    """Logs a status line per ended trial and keeps trials.csv and progress.csv current.
 
-    `budgets`: the trial budget of each kind of student. On resume (`fresh` False) it reloads
-    what it wrote before the driver died and reconciles it with the trials Ray restored
-    (`ray_workarounds.reload_records`, `drop_unseen`, `rewind_epochs`): a trial recorded as
-    ended is left as it is (the trainable replays its result), rows of trials that Ray's last
-    experiment state never saw are dropped, and epochs a resumed trial trains again replace the
-    rows they had, so progress.csv holds one row per (trial_id, epoch).
+    `budgets` holds the trial budget of each kind of student. On resume (`fresh` False), the
+    callback reloads what it wrote before the driver died. It reconciles that with the trials
+    Ray restored (`ray_workarounds.reload_records`, `drop_unseen`, `rewind_epochs`):
+
+    - A trial recorded as ended is left as it is. The trainable replays its result.
+    - Rows of trials that Ray's last experiment state never saw are dropped.
+    - Epochs that a resumed trial trains again replace the rows they had. So progress.csv holds
+      one row per (trial_id, epoch).
     """
 
     def __init__(self, results_dir: Path, cfg: ExperimentConfig, budgets: dict[str, int], *,
@@ -61,7 +64,7 @@ class StatusCallback(tune.Callback):
 
     def setup(self, **info: Any) -> None:
         if self.fresh:
-            # the search (re)started from scratch: rows of an earlier, killed attempt are void
+            # the search starts from scratch, so rows of an earlier, killed attempt are void
             write_table(self.results_dir / TRIALS_FILE, [])
             write_table(self._progress, [], PROGRESS_FIELDS)
             return
@@ -89,9 +92,11 @@ class StatusCallback(tune.Callback):
 
     def record(self, trial: Any, status: str, error: str = "",
                last: dict[str, Any] | None = None) -> TrialRow:
-        """Update (in memory) and return the trials.csv row of `trial` (a Tune Trial): its
-        status, metrics and settings. `last`: the result being processed (Tune sets
-        trial.last_result after callbacks); by default the trial's last result."""
+        """Update in memory the trials.csv row of `trial` (a Tune Trial), and return it.
+
+        The row holds the trial's status, metrics and settings. `last` is the result being
+        processed, since Tune sets trial.last_result only after the callbacks. By default it is
+        the trial's last result."""
         last = last if last is not None else (trial.last_result or {})
         old = self.records.get(trial.trial_id)
         acc = last.get(VAL_ACC)
@@ -100,10 +105,10 @@ class StatusCallback(tune.Callback):
             best = max(best, float(acc)) if best is not None else float(acc)
         diverged = bool(last.get("diverged", 0))
         epochs = int(last.get(EPOCH, 0) or 0)
-        budget = int(trial.config.get("epochs", self.cfg.training.epochs))  # (may be searched)
+        budget = int(trial.config.get("epochs", self.cfg.training.epochs))  # may be searched
         kind = kind_of_config(trial.config)
         width = int(trial.config.get("width", self.cfg.student.width))
-        # (a trial that failed before its first report: its width's count)
+        # a trial that failed before its first report gets its width's count
         params = last.get("params", old.params if old else None) or \
             self.params_by_width.get(width)
         row = TrialRow(
@@ -121,7 +126,7 @@ class StatusCallback(tune.Callback):
         return row
 
     def write_trials(self) -> None:
-        """trials.csv, rewritten (atomically) from the records."""
+        """Rewrite trials.csv (atomically) from the records."""
         write_trials(self.results_dir / TRIALS_FILE, self.records.values())
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -134,7 +139,7 @@ class StatusCallback(tune.Callback):
                         **info: Any) -> None:
         if trial.trial_id in self.finished or result.get("replayed"):
             return
-        if result.get("diverged"):  # not an epoch: the trial ends on it (see trainable.run_trial)
+        if result.get("diverged"):  # not an epoch; the trial ends on it (see trainable.run_trial)
             return
         epoch = int(result.get(EPOCH, 0))
         seen = self.epochs.setdefault(trial.trial_id, {})
@@ -153,8 +158,10 @@ class StatusCallback(tune.Callback):
             log.info(self.progress_line())
 
     def progress_line(self) -> str:
-        """Where the search is: the trials ended, the epoch each running trial is at, and an
-        estimate of the time left (the trial-epochs left, at the mean epoch time so far)."""
+        """Return a line on where the search is.
+
+        The line gives the trials ended, the epoch each running trial is at, and an estimate of
+        the time left. The estimate is the trial-epochs left, at the mean epoch time so far."""
         rows = list(self.records.values())
         ended = [r for r in rows if r.ended]
         running = [r for r in rows if r.status == RUNNING]
@@ -166,8 +173,8 @@ class StatusCallback(tune.Callback):
         seconds = [s for epochs in self.epochs.values() for s in epochs.values()]
         if not seconds:
             return line
-        # a trial not yet started runs as many epochs as the ended trials did on average
-        # (ASHA stops most early), or its whole budget while none has ended
+        # a trial not yet started is assumed to run as many epochs as the ended trials did on
+        # average (ASHA stops most early). While none has ended, it is assumed to run them all.
         per_trial = (sum(r.epochs for r in ended) / len(ended) if ended
                      else float(self.cfg.training.epochs))
         left = sum(max(0, (r.epoch_budget or 0) - r.epochs) for r in running) \
@@ -205,7 +212,7 @@ class StatusCallback(tune.Callback):
         self.write_trials()
 
     def _log(self, row: TrialRow) -> None:
-        """The status line of an ended trial: its result, and its kind's counts so far."""
+        """Log the status line of an ended trial: its result, and its kind's counts so far."""
         counts = {"running": 0, "done": 0, "early": 0, "failed": 0}
         for r in self.records.values():
             if r.kind != row.kind:
@@ -220,7 +227,7 @@ class StatusCallback(tune.Callback):
         what = ("diverged" if row.diverged else "failed" if row.failed else
                 f"stopped at epoch {row.epochs}" if row.stopped_early else "done")
         setting = " ".join(f"{n}={fmt_setting(row.value(n))}" for n in self.dims.get(row.kind, [])
-                           if row.value(n) is not None)  # (another loss's parameters: none)
+                           if row.value(n) is not None)  # skips another loss's parameters
         best = self.best.get(row.kind, float("nan"))
         acc = "-" if row.val_acc is None else f"{row.val_acc:.4f}"
         log.info(f"[{PHASE[row.kind]} {finished}/{self.budgets.get(row.kind, 0)}] {what}: "

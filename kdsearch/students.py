@@ -1,12 +1,14 @@
 """The trained students of the final evaluation, handed back: `results/<name>/students/`.
 
-Every retraining that did not diverge or fail leaves `<kind>-w<width>-seed<seed>.pt`, the
-student's `state_dict` (`torch.save`, written to a temporary file and renamed into place), and
-`index.json` lists them: kind, width, seed, test accuracy, the model's name and kwargs, the
-file's sha256, and the input shape and class count it was built for; `best` names each kind's
-best width. `load_student` rebuilds the model (importing the user's factory as the search did)
-and loads the weights with `torch.load(weights_only=True)` after checking the sha256: a torn,
-bit-flipped or replaced file is refused in one line, never unpickled.
+Every retraining that did not diverge or fail leaves `<kind>-w<width>-seed<seed>.pt`. This is
+the student's `state_dict`, saved with `torch.save` to a temporary file and renamed into place.
+`index.json` lists these files. For each it gives the kind, width, seed, test accuracy, the
+model's name and kwargs, the file's sha256, and the input shape and class count the model was
+built for. Its `best` entry names each kind's best width.
+
+`load_student` rebuilds the model, importing the user's factory as the search did. It checks
+the file's sha256, then loads the weights with `torch.load(weights_only=True)`. A torn,
+bit-flipped or replaced file is refused in one line and never unpickled.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ INDEX_FORMAT = 1
 
 
 class StudentError(UserError, ValueError):
-    """A student that cannot be loaded: the message says which file and what to do."""
+    """A student cannot be loaded. The message says which file and what to do."""
 
 
 @dataclass(frozen=True)
@@ -57,12 +59,13 @@ class StudentEntry:
 
 
 def file_name(kind: str, width: int, seed: int) -> str:
+    """Return the file name of a saved student's weights."""
     return f"{kind}-w{width}-seed{seed}.pt"
 
 
 def save_state(folder: Path, kind: str, width: int, seed: int,
                state: dict[str, torch.Tensor]) -> tuple[str, str]:
-    """Write one student's weights atomically; return (file name, sha256)."""
+    """Write one student's weights atomically. Return (file name, sha256)."""
     folder.mkdir(parents=True, exist_ok=True)
     buf = io.BytesIO()
     torch.save({k: v.detach().cpu() for k, v in state.items()}, buf)
@@ -74,7 +77,7 @@ def save_state(folder: Path, kind: str, width: int, seed: int,
 
 def write_index(folder: Path, entries: list[StudentEntry], best: dict[str, int | None]
                 ) -> None:
-    """index.json (atomically), and no file left that it does not list."""
+    """Write index.json atomically, and delete every weights file that it does not list."""
     folder.mkdir(parents=True, exist_ok=True)
     listed = {e.file for e in entries}
     for f in folder.glob("*.pt"):
@@ -87,6 +90,7 @@ def write_index(folder: Path, entries: list[StudentEntry], best: dict[str, int |
 
 
 def read_index(results_dir: Path) -> dict[str, Any]:
+    """Return the checked contents of students/index.json. Raise StudentError if unusable."""
     path = Path(results_dir) / STUDENTS_DIR / INDEX_FILE
     try:
         index = json.loads(path.read_text())
@@ -105,8 +109,9 @@ def read_index(results_dir: Path) -> dict[str, Any]:
 
 
 def _entry_ok(e: Any) -> bool:
-    """An index entry with every field of a StudentEntry, of its type; its file a plain name
-    in students/ (not a path elsewhere)."""
+    """Return whether `e` is an index entry with every field of a StudentEntry, each of its type.
+
+    Its file must be a plain name in students/, not a path elsewhere."""
     fields = {f.name for f in dataclasses.fields(StudentEntry)}
     if not (isinstance(e, dict) and set(e) == fields):
         return False
@@ -121,7 +126,9 @@ def _entry_ok(e: Any) -> bool:
 
 
 def read_entries(results_dir: Path) -> list[StudentEntry]:
-    """The saved students that index.json lists ([] when it lists none), or a StudentError."""
+    """Return the saved students that index.json lists ([] when it lists none).
+
+    Raise StudentError when the index cannot be read."""
     try:
         return [StudentEntry(**e) for e in read_index(results_dir)["students"]]
     except TypeError:
@@ -151,9 +158,11 @@ def _pick(index: dict[str, Any], path: Path, kind: str, width: int | None,
 def load_student(results_dir: str | Path, kind: str = DISTILLED, width: int | None = None,
                  seed: int | None = None, *, student: Callable[..., nn.Module] | None = None
                  ) -> nn.Module:
-    """A trained student of the final evaluation, rebuilt and loaded, in eval mode on the CPU:
-    `kind` "distilled" or "baseline"; `width` None: the best width of that kind; `seed` None:
-    its first seed. `student`: the factory given to run_search, when it was an object."""
+    """Return a trained student of the final evaluation, rebuilt and loaded, in eval mode on CPU.
+
+    `kind` is "distilled" or "baseline". With `width` None, the best width of that kind is
+    loaded. With `seed` None, its first seed is loaded. `student` is the factory given to
+    run_search, when it was an object."""
     results_dir = Path(results_dir)
     folder = results_dir / STUDENTS_DIR
     index = read_index(results_dir)
@@ -185,8 +194,10 @@ def load_student(results_dir: str | Path, kind: str = DISTILLED, width: int | No
 
 
 def kept_entries(folder: Path, wanted: list[tuple[str, int, int]]) -> list[StudentEntry]:
-    """The entries of the index in `folder` for the (kind, width, seed) of reused retrainings
-    whose file is still there and whole; the others are retrained or dropped."""
+    """Return the index entries in `folder` for the (kind, width, seed) of reused retrainings.
+
+    Only entries whose file is still there and whole are returned. The others are retrained or
+    dropped."""
     try:
         index = json.loads((folder / INDEX_FILE).read_text())
         entries = [StudentEntry(**e) for e in index["students"]

@@ -1,25 +1,29 @@
-"""Train the teacher once, cache it by a hash of everything that determines it, with its logits.
+"""Train the teacher once and cache it, with its logits, by a hash of everything that sets it.
 
-An entry is a folder `<cache_dir>/teachers/<key>-<data>/`: `key` hashes the teacher's settings,
-`data` begins the sha256 of the training and validation splits it was trained on (or loaded
-for), so that the teachers of two versions of a dataset are cached side by side. It holds
-`teacher.pt` (the weights and the logits on the training split, read with
-`torch.load(weights_only=True)`) and `manifest.json` (the settings, the teacher's val accuracy,
-the sha256 of `teacher.pt` and the splits' full sha256). Both are written to a temporary file
-and renamed into place, the manifest last, so a reader sees a whole entry or none. A truncated
-or bit-flipped `teacher.pt` fails its checksum, is reported in one line and rebuilt. Cached
-logits line up with the training examples only if those are the same examples in the same
-order: an entry whose manifest names other data is not used. Entries made before entries were
-kept per data (`teachers/<key>/`) are used for the data they hold. A file lock makes two
-processes asking for the same teacher at once train it once.
+An entry is a folder `<cache_dir>/teachers/<key>-<data>/`. `key` hashes the teacher's settings.
+`data` is the first 12 hex digits of the sha256 of the training and validation splits that the
+teacher was trained on (or loaded for). So the teachers of two versions of a dataset are cached
+side by side. An entry holds two files:
 
-A pretrained teacher (`teacher.checkpoint`: a state_dict of teacher.model) is loaded instead of
-trained, and cached the same way: its key holds the checkpoint file's sha256 (and the model's
-name and kwargs), so a new checkpoint is a new entry. A checkpoint that does not fit the model,
-and a model that does not fit the data, are refused before anything is written. A teacher
-given as a ready `nn.Module` (`run_search(teacher=...)`) is run once per process, not cached.
-A teacher that cannot run here gives its logits on the training rows (`teacher.logits`, a .npy
-file): no model, no accuracy.
+- `teacher.pt`: the weights and the logits on the training split, read with
+  `torch.load(weights_only=True)`.
+- `manifest.json`: the settings, the teacher's val accuracy, the sha256 of `teacher.pt` and the
+  full sha256 of the splits.
+
+Both files are written to a temporary file and renamed into place, the manifest last. So a
+reader sees a whole entry or none. A truncated or bit-flipped `teacher.pt` fails its checksum.
+It is reported in one line and rebuilt. Cached logits line up with the training examples only
+if these are the same examples in the same order. So an entry whose manifest names other data
+is not used. An entry in the older layout, `teachers/<key>/`, is used for the data it holds. A
+file lock makes sure that two processes that ask for the same teacher at once train it once.
+
+A pretrained teacher (`teacher.checkpoint`, a state_dict of teacher.model) is loaded instead of
+trained. It is cached the same way. Its key holds the checkpoint file's sha256 and the model's
+name and kwargs, so a new checkpoint makes a new entry. A checkpoint that does not fit the
+model is refused before anything is written, and so is a model that does not fit the data. A
+teacher given as a ready `nn.Module` (`run_search(teacher=...)`) is run once per process and
+is not cached. A teacher that cannot run here can be given as its logits on the training rows
+(`teacher.logits`, a .npy file). Such a teacher has no model and no accuracy.
 """
 
 from __future__ import annotations
@@ -54,11 +58,13 @@ CACHE_FORMAT = 2  # bump when the entry layout or the teacher's training code ch
 
 
 class TeacherError(UserError, ValueError):
-    """A teacher's checkpoint or logits file that does not fit: the message says what."""
+    """A teacher's checkpoint or logits file does not fit. The message says how."""
 
 
 @dataclass(frozen=True)
 class Teacher:
+    """A teacher ready for distillation: its model, its logits on data.train, its cache entry."""
+
     model: nn.Module | None  # in eval mode, on the dataset's device; None: logits from a file
     train_logits: torch.Tensor  # N_train x classes, in data.train order, no augmentation
     val_acc: float | None  # None: logits from a file
@@ -76,9 +82,9 @@ def teacher_settings(cfg: ExperimentConfig) -> dict[str, Any]:
     if cfg.teacher.model not in MODELS:  # a user's model takes its kwargs, not these
         teacher["width"] = None
     for key in ("kwargs", "checkpoint", "logits"):
-        if not teacher[key]:  # unset: the key of a teacher as before they could be set
+        if not teacher[key]:  # unset: left out, so teachers cached without these keep their key
             del teacher[key]
-    for key in ("checkpoint", "logits"):  # a file's content, not where it lies
+    for key in ("checkpoint", "logits"):  # hash the file's content, not its path
         if key in teacher:
             teacher[key] = _file_sha256(Path(teacher[key]), f"teacher.{key}")
     if cfg.teacher.checkpoint or cfg.teacher.logits:  # not trained: no training settings
@@ -90,6 +96,7 @@ def teacher_settings(cfg: ExperimentConfig) -> dict[str, Any]:
 
 
 def teacher_key(cfg: ExperimentConfig) -> str:
+    """Return the first 20 hex digits of the sha256 of `teacher_settings(cfg)`."""
     blob = json.dumps(teacher_settings(cfg), sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:20]
 
@@ -106,8 +113,8 @@ _FILE_HASHES: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> 
 
 
 def user_file_sha256(path: Path) -> str | None:
-    """The sha256 of a user's file (a checkpoint, a logits file), read once while it does not
-    change; None when it cannot be read."""
+    """Return the sha256 of a user's file (a checkpoint or a logits file), or None if it cannot
+    be read. The hash is kept by path, size and mtime, so an unchanged file is read once."""
     try:
         st = path.stat()
         key = (str(path), st.st_size, st.st_mtime_ns)
@@ -128,8 +135,10 @@ def _file_sha256(path: Path, key: str) -> str:
 
 
 def data_sha256(data: Dataset) -> str:
-    """The sha256 of the training and validation splits (shapes, dtypes, inputs and labels, in
-    order): what the cached logits and val accuracy belong to. ~0.1 s on MNIST."""
+    """Return the sha256 of the training and validation splits.
+
+    The hash covers shapes, dtypes, inputs and labels, in order. The cached logits and val
+    accuracy belong to the data with this hash. It takes about 0.1 s on MNIST."""
     h = hashlib.sha256()
     for split in (data.train, data.val):
         for t in (split.x, split.y):
@@ -140,11 +149,11 @@ def data_sha256(data: Dataset) -> str:
 
 
 class CorruptEntry(Exception):
-    pass
+    """A cache entry that cannot be used. The message says why."""
 
 
 class OtherData(CorruptEntry):
-    """A whole entry, for the same settings, trained on other data."""
+    """A whole entry for the same settings, but trained on other data."""
 
 
 def _load_entry(entry: Path, cfg: ExperimentConfig, data: Dataset, data_hash: str) -> Teacher:
@@ -153,10 +162,10 @@ def _load_entry(entry: Path, cfg: ExperimentConfig, data: Dataset, data_hash: st
         manifest = json.loads(manifest_path.read_text())
         expected = manifest["sha256"]
         val_acc = float(manifest["val_acc"])
-        trained_on = manifest.get("data_sha256")  # absent from older entries: taken as they are
+        trained_on = manifest.get("data_sha256")  # older entries lack it and are used as they are
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
         raise CorruptEntry(f"unreadable manifest ({type(e).__name__})") from None
-    if not 0.0 <= val_acc <= 1.0:  # NaN too
+    if not 0.0 <= val_acc <= 1.0:  # also refuses NaN
         raise CorruptEntry(f"the manifest's val_acc {val_acc!r} is not an accuracy")
     if trained_on is not None and trained_on != data_hash:
         raise OtherData("holds the teacher of other data (its training and validation splits "
@@ -178,14 +187,16 @@ def _load_entry(entry: Path, cfg: ExperimentConfig, data: Dataset, data_hash: st
     if not torch.isfinite(logits).all():
         raise CorruptEntry("cached logits hold NaN or inf")
     device = data.train.x.device
-    # the key of the settings, as a teacher trained now has (the entry's name adds the data)
+    # the settings' key, as for a teacher trained now (the entry's name adds the data hash)
     return Teacher(model.to(device).eval(), logits.to(device), val_acc, teacher_key(cfg), entry,
                    False)
 
 
 def _clear(entry: Path) -> None:
-    """Make way for a new entry: a file where the entry's folder goes, or a folder where one of
-    its files goes, is removed; and the old manifest, which must not vouch for new weights."""
+    """Make way for a new entry.
+
+    Remove a file that stands where the entry's folder goes, and a folder that stands where one
+    of its files goes. Also remove the old manifest, so that it cannot vouch for new weights."""
     if entry.is_symlink() or (entry.exists() and not entry.is_dir()):
         entry.unlink()
     for name in ("manifest.json", "teacher.pt"):
@@ -201,8 +212,9 @@ def _new_teacher(cfg: ExperimentConfig, data: Dataset) -> nn.Module:
 
 
 def _load_checkpoint(cfg: ExperimentConfig, data: Dataset) -> nn.Module:
-    """teacher.model with the weights of teacher.checkpoint, or a one-line TeacherError that
-    names the first key or shape that does not match."""
+    """Return teacher.model with the weights of teacher.checkpoint, in eval mode.
+
+    Raise a one-line TeacherError that names the first key or shape that does not match."""
     path = Path(str(cfg.teacher.checkpoint))
     where = f"teacher.checkpoint = {show(str(path))}"
     model = _new_teacher(cfg, data)
@@ -239,15 +251,16 @@ def _load_checkpoint(cfg: ExperimentConfig, data: Dataset) -> nn.Module:
 
 
 def _ready(model: nn.Module, data: Dataset, what: str) -> tuple[nn.Module, torch.Tensor, float]:
-    """A trained teacher checked against the data, on the data's device: (model, its logits on
-    data.train, its val accuracy)."""
+    """Check a trained teacher against the data and move it to the data's device.
+
+    Return (model, its logits on data.train, its val accuracy)."""
     check_output(what, model, data.train.x, data.num_classes)
     model = model.to(data.train.x.device).eval()
     return model, predict(model, data.train.x), evaluate(model, data.val)[0]
 
 
 def given_teacher(cfg: ExperimentConfig, data: Dataset, model: nn.Module) -> Teacher:
-    """A ready (trained) teacher given as an object: run here once, not cached."""
+    """Return the Teacher of a trained model given as an object. It is run once and not cached."""
     if not isinstance(model, nn.Module):
         raise TeacherError(f"run_search(teacher=...): {type(model).__name__} is not a "
                            f"torch.nn.Module")
@@ -256,7 +269,10 @@ def given_teacher(cfg: ExperimentConfig, data: Dataset, model: nn.Module) -> Tea
 
 
 def logits_teacher(cfg: ExperimentConfig, data: Dataset) -> Teacher:
-    """The logits of teacher.logits, aligned with the training rows as loaded, on data.train."""
+    """Return a Teacher that has the logits of the teacher.logits file and no model.
+
+    The file holds a row of logits for each training row as loaded. The rows of data.train are
+    picked out of it, in data.train's order."""
     path = Path(str(cfg.teacher.logits))
     where = f"teacher.logits = {show(str(path))}"
     try:
@@ -286,9 +302,10 @@ def logits_teacher(cfg: ExperimentConfig, data: Dataset) -> Teacher:
 
 def train_teacher(cfg: ExperimentConfig, data: Dataset, *, device: str | None = None
                   ) -> tuple[nn.Module, torch.Tensor, float]:
-    """Train the teacher from scratch (with teacher.checkpoint: load it): (model in eval mode,
-    logits on data.train, val acc), on `device` (default: the data's), returned on the data's
-    device."""
+    """Train the teacher from scratch, or load it when teacher.checkpoint is set.
+
+    Training runs on `device` (default: the data's device). Return (model in eval mode, its
+    logits on data.train, its val accuracy), on the data's device."""
     if cfg.teacher.checkpoint is not None:
         return _ready(_load_checkpoint(cfg, data), data,
                       f"teacher.model = {show(cfg.teacher.model)}")
@@ -303,7 +320,7 @@ def train_teacher(cfg: ExperimentConfig, data: Dataset, *, device: str | None = 
     training = TrainingConfig(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr,
                               weight_decay=t.weight_decay, alpha=1.0, shift=t.shift, seed=t.seed)
     bar = None
-    if log.isEnabledFor(logging.INFO):  # a bar where kdsearch's progress messages are shown
+    if log.isEnabledFor(logging.INFO):  # a bar only where kdsearch's INFO messages are shown
         from tqdm import tqdm
         bar = tqdm(total=t.epochs, desc=f"teacher {t.model} on {cfg.dataset.name}", unit="epoch",
                    file=sys.stderr, leave=True)
@@ -322,8 +339,9 @@ def train_teacher(cfg: ExperimentConfig, data: Dataset, *, device: str | None = 
 
 def _cached(entry: Path, cfg: ExperimentConfig, data: Dataset, data_hash: str,
             why: list[str] | None = None) -> Teacher | None:
-    """The cache entry's teacher if it is there, whole and of this data, else None (and `why`
-    gets the reason, when there is an entry)."""
+    """Return the entry's teacher if the entry is there, whole and of this data, else None.
+
+    When an entry is there but cannot be used, the reason is appended to `why`."""
     if not (entry / "manifest.json").exists():
         return None
     try:
@@ -335,8 +353,10 @@ def _cached(entry: Path, cfg: ExperimentConfig, data: Dataset, data_hash: str,
 
 
 def _stamp(entry: Path, data_hash: str, lock: FileLock) -> None:
-    """An entry cached before manifests held the data's hash vouches, from its first use on,
-    for the data it was used with."""
+    """Record `data_hash` in the manifest of an older entry.
+
+    An older entry has no hash of its data. It is used as it is, and its first use records the
+    hash."""
     path = entry / "manifest.json"
     try:
         if "data_sha256" in json.loads(path.read_text()):
@@ -346,13 +366,14 @@ def _stamp(entry: Path, data_hash: str, lock: FileLock) -> None:
             manifest.setdefault("data_sha256", data_hash)
             files.write_text(path, json.dumps(manifest, indent=2), durable=True)
     except (OSError, ValueError, TypeError):
-        pass  # the manifest changed meanwhile, or cannot be written: a later use stamps it
+        pass  # the manifest changed meanwhile or cannot be written; a later use records it
 
 
 def _check_model(cfg: ExperimentConfig, data: Dataset) -> None:
-    """The teacher to train or load fits the data: its checkpoint loads into its model, or its
-    model builds and gives a logit per class. A TeacherError or ModelError otherwise, before the
-    cache is touched."""
+    """Check that the teacher to train or load fits the data, before the cache is touched.
+
+    With a checkpoint, the checkpoint must load into the model. Without one, the model must
+    build and give one logit per class. Raise TeacherError or ModelError otherwise."""
     if cfg.teacher.checkpoint is not None:
         _load_checkpoint(cfg, data)
     else:
@@ -362,12 +383,14 @@ def _check_model(cfg: ExperimentConfig, data: Dataset) -> None:
 
 def _from_cache(root: Path, key: str, cfg: ExperimentConfig, data: Dataset, data_hash: str,
                 why: list[str]) -> Teacher | None:
-    """The cached teacher of these settings and this data: its own entry, else an entry made
-    before entries were kept per data (`teachers/<key>`), when it is of this data."""
+    """Return the cached teacher of these settings and this data, or None.
+
+    Look first in the entry `<key>-<data>`. Then look in an entry of the older layout,
+    `teachers/<key>`, and use it if it holds this data."""
     cached = _cached(root / f"{key}-{data_hash[:12]}", cfg, data, data_hash, why)
     if cached is not None:
         return cached
-    older = _cached(root / key, cfg, data, data_hash)  # of other data: left as it is
+    older = _cached(root / key, cfg, data, data_hash)  # an entry of other data is left alone
     if older is not None and older.path is not None:
         try:
             _stamp(older.path, data_hash, FileLock(str(root / f"{key}.lock")))
@@ -385,11 +408,13 @@ def _building(cfg: ExperimentConfig) -> str:
 
 def get_teacher(cfg: ExperimentConfig, data: Dataset, *, cache_dir: Path,
                 train_device: str | None = None, model: nn.Module | None = None) -> Teacher:
-    """The cached teacher for `cfg` and `data`, else trained (or loaded from its checkpoint)
-    once, under a file lock, and cached, on `train_device` (default: the data's; a cached
-    teacher is read without touching it). Each dataset has its own entry, so entries for a
-    subset and the full set stand side by side. A teacher given as a `model`, or
-    teacher.logits, is used as it is."""
+    """Return the teacher for `cfg` and `data`, from the cache when it is there.
+
+    Otherwise train the teacher (or load it from its checkpoint) once, under a file lock, and
+    cache it. Training runs on `train_device` (default: the data's device). A cached teacher is
+    loaded without using `train_device`. Each dataset has its own entry, so a subset and the
+    full set have separate entries. A teacher given as `model`, or as teacher.logits, is used
+    as it is and is not cached."""
     if model is not None:
         return given_teacher(cfg, data, model)
     if cfg.teacher.logits is not None:

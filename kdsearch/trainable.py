@@ -1,12 +1,15 @@
-"""The function Ray Tune runs for each trial, what it receives through Ray's object store, and
-the Ray tasks that train the final evaluation's retrainings.
+"""The function Ray Tune runs for each trial, its payload, and the final retraining tasks.
 
-The driver loads the dataset and the teacher once and puts them in the object store once
+The payload is what a trial receives through Ray's object store. The retraining tasks are the
+Ray tasks that train the final evaluation's models.
+
+The driver loads the dataset and the teacher once. It puts them in the object store once
 (`make_payload`, a `TrialPayload` passed with `tune.with_parameters`), as NumPy arrays that a
-trial maps without a copy. Each trial actor moves them to its device once (`trial_inputs`; actors are reused), builds
-the student of its config and runs `distill.train_student`, reporting every epoch to Tune with a
-checkpoint every few seconds. A retraining task (`ray_runner`) does the same for one seed of a
-best setting and sends the weights back to the driver, which alone reads the test split.
+trial maps without a copy. Actors are reused, so each trial actor moves the arrays to its
+device once (`trial_inputs`). A trial builds the student of its config and runs
+`distill.train_student`. It reports every epoch to Tune, with a checkpoint every few seconds. A
+retraining task (`ray_runner`) does the same for one seed of a best setting. It sends the
+weights back to the driver, and only the driver reads the test split.
 """
 
 from __future__ import annotations
@@ -43,14 +46,14 @@ from kdsearch.tables import BASELINE
 from kdsearch.retrain import Retrained, Retraining, Runner, train_one
 from kdsearch.teacher import Teacher
 
-# the name Tune knows the trainable by (and names trial folders after): a search saved by an
-# earlier kdsearch restores only with the same name
+# the name Tune knows the trainable by, and names trial folders after. A saved search restores
+# only with the same name, so it must not change.
 TRAINABLE_NAME = "_trainable"
 
 
 # --------------------------------------------------------------------------- the payload
 def _tensors_as(convert: Any, obj: Any) -> Any:
-    """`obj` with every tensor (or array) inside its dicts and dataclasses put through `convert`."""
+    """Return `obj` with each tensor or array in its dicts and dataclasses put through `convert`."""
     if isinstance(obj, dict):
         return {k: _tensors_as(convert, v) for k, v in obj.items()}
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
@@ -62,15 +65,17 @@ def _tensors_as(convert: Any, obj: Any) -> Any:
 
 
 def for_object_store(tensors: Any) -> Any:
-    """CPU tensors as NumPy arrays, which a trial maps from Ray's object store without a copy:
-    a torch tensor is unpickled into a copy, for every trial (0.17 s for MNIST's training set)."""
+    """Return the tensors in `tensors` as CPU NumPy arrays.
+
+    A trial maps NumPy arrays from Ray's object store without a copy. A torch tensor is instead
+    unpickled into a copy for every trial, which takes 0.17 s for MNIST's training set."""
     return _tensors_as(lambda t: t.cpu().numpy(), tensors)
 
 
 def from_object_store(arrays: Any) -> Any:
-    """The tensors of `for_object_store`, sharing the object store's read-only memory."""
+    """Return the tensors of `for_object_store`, sharing the object store's read-only memory."""
     with warnings.catch_warnings():
-        # read-only: the trial never writes to its inputs (fit gathers and copies them)
+        # the memory is read-only, but the trial never writes to its inputs (fit copies them)
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         return _tensors_as(torch.from_numpy, arrays)
 
@@ -83,24 +88,25 @@ class TrialPayload:
     config: dict[str, Any]  # the search's config, as plain values
     data: Dataset  # its tensors as NumPy arrays (`for_object_store`)
     teacher_logits: Any  # an array, or None without a teacher
-    # an online teacher (training.shift > 0) named in the config travels as its weights and is
-    # built in the trial, where the user's module is found from the config; one given as an
-    # object travels whole
+    # an online teacher (training.shift > 0) named in the config travels as its weights. It is
+    # built in the trial, which finds the user's module from the config. An online teacher given
+    # as an object travels whole.
     teacher_state: dict[str, Any] | None
     teacher_model: nn.Module | None
     student_factory: Callable[..., nn.Module] | None  # a factory given as an object
     cpus_per_trial: float
     params_by_width: dict[int, int]
-    # a resumed search's trials that ended before the killed driver's saved state saw them
-    # (`ray_workarounds.finished_trials`): their results are replayed, not trained again
+    # the trials of a resumed search that ended before the killed driver's saved state saw
+    # them (`ray_workarounds.finished_trials`). Their results are replayed, not trained again.
     replay: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def make_payload(cfg: ExperimentConfig, data: Dataset, teacher: Teacher | None, *,
                  cpus_per_trial: float, student: Callable[..., nn.Module] | None = None
                  ) -> TrialPayload:
-    """The payload of `cfg`'s trials. `student`: a student factory given as an object
-    (cloudpickled with the payload)."""
+    """Return the payload of `cfg`'s trials.
+
+    `student` is a student factory given as an object. It is cloudpickled with the payload."""
     online = cfg.training.shift > 0 and teacher is not None and teacher.model is not None
     an_object = is_object_name(cfg.teacher.model)  # a module given to run_search, not a name
     return TrialPayload(
@@ -122,10 +128,11 @@ _DEVICE_DATA: dict[str, tuple[str, Dataset, torch.Tensor | None, Teacher | None]
 
 def trial_inputs(payload: TrialPayload, device: str
                  ) -> tuple[Dataset, torch.Tensor | None, Teacher | None]:
-    """The payload's tensors on this trial's device, moved once per actor (reuse_actors=True).
+    """Return the payload's tensors on this trial's device, moved once per actor.
 
-    Keyed by the search's token, not id(payload): Ray deserialises the payload afresh for every
-    trial, and a freed payload's id can come back for another search's data.
+    Actors are reused (reuse_actors=True). The moved tensors are kept by the search's token,
+    not by id(payload). Ray deserialises the payload afresh for every trial, and a freed
+    payload's id can come back for another search's data.
     """
     key = payload.token
     hit = _DEVICE_DATA.get(key)
@@ -156,7 +163,7 @@ def _device() -> str:
 
 # --------------------------------------------------------------------------- the trial
 def run_trial(params: dict[str, Any], payload: TrialPayload) -> None:
-    """One trial: train the student of `params` and report every epoch to Ray Tune."""
+    """Run one trial: train the student of `params` and report every epoch to Ray Tune."""
     if ray_workarounds.replay_finished(payload.replay, tune.get_context().get_trial_id(),
                                        tune.report):
         return
@@ -177,8 +184,8 @@ def run_trial(params: dict[str, Any], payload: TrialPayload) -> None:
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
-            # on the CPU: the generator's state must stay a CPU tensor; load_state_dict moves
-            # the weights and the optimizer's moments to the model's device
+            # load on the CPU, since the generator's state must stay a CPU tensor.
+            # load_state_dict moves the weights and the optimizer's moments to the model's device.
             resume = torch.load(Path(d) / "state.pt", map_location="cpu", weights_only=True)
             if (Path(d) / "metrics.json").exists():
                 resumed_metrics = json.loads((Path(d) / "metrics.json").read_text())
@@ -212,31 +219,34 @@ def run_trial(params: dict[str, Any], payload: TrialPayload) -> None:
             history, None if resumed_metrics is None else
             {**resumed_metrics, **extra, "diverged": 0}, tune.report)
     except Diverged as e:
-        # a diverged setting ends at once, recorded, with the worst score for the searcher:
-        # retrying it would diverge again
-        # (EPOCH: the epochs it completed, so ASHA ranks it only at the rungs it reached)
+        # a diverged setting ends at once. It is recorded with the worst score for the
+        # searcher, because a retry would diverge again. EPOCH is the epochs it completed, so
+        # ASHA ranks it only at the rungs it reached.
         tune.report({EPOCH: last_epoch, VAL_ACC: 0.0, VAL_LOSS: float("nan"),
                      TRAIN_LOSS: float("nan"), **extra, "diverged": 1, "error": str(e)})
 
 
-run_trial.__name__ = TRAINABLE_NAME  # (pickled by its qualified name, run_trial)
+run_trial.__name__ = TRAINABLE_NAME  # it is still pickled by its qualified name, run_trial
 
 
 # --------------------------------------------------------------------------- final retrainings
 def _retrain_task(payload: TrialPayload, job: Retraining) -> Retrained:
-    """A Ray task: one retraining of the final evaluation (`retrain.train_one`) on this worker's
-    CPUs or GPU share, against the payload's data and teacher; the weights go back as arrays."""
+    """Run one retraining of the final evaluation (`retrain.train_one`) as a Ray task.
+
+    It trains on this worker's CPUs or GPU share, with the payload's data and teacher. The
+    weights go back as arrays."""
     torch.set_num_threads(job.threads or max(1, int(payload.cpus_per_trial)))
     data, _, teacher = trial_inputs(payload, _device())
     return for_object_store(train_one(job, data, teacher, factory=payload.student_factory))
 
 
 def ray_runner(payload: TrialPayload, *, gpus_per_task: float) -> Runner:
-    """A `retrain.Runner` that trains the final evaluation's models as Ray tasks, side by side on
-    the cluster's CPUs and GPU shares (the trials' resources each), and yields each as it ends.
+    """Return a `retrain.Runner` that trains the final evaluation's models as Ray tasks.
 
-    The payload (data, teacher logits) goes to the object store once; the test split stays in
-    the driver, which evaluates the weights that come back.
+    The tasks run side by side on the cluster's CPUs and GPU shares, each with a trial's
+    resources. The runner yields each model as its task ends. The payload (data, teacher
+    logits) goes to the object store once. The test split stays in the driver, which evaluates
+    the weights that come back.
     """
     task = ray.remote(_retrain_task).options(
         num_cpus=payload.cpus_per_trial, num_gpus=gpus_per_task, max_retries=0)

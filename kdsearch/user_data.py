@@ -1,12 +1,16 @@
-"""A user's dataset: what a function named `dataset.name: module:attribute` (or the dict given to
-`run_search(dataset=...)`) returns, checked and turned into tensors, used as given.
+"""A user's dataset, checked and turned into tensors, and then used as given.
 
-The function takes no arguments and returns `{"train": (x, y), "test": (x, y)}`, with an
-optional `"val": (x, y)` (else kdsearch carves the validation split out of `train` with
-`dataset.split_seed`, as for its own datasets) and an optional `"num_classes"` (else the largest
-label + 1). `x` is float, of any shape N x ...; `y` holds integer class indices. Tensors or NumPy
-arrays. The inputs are not normalised: a pretrained teacher expects the preprocessing it was
-trained with.
+The dataset is what a function named `dataset.name: module:attribute` returns, or the dict
+given to `run_search(dataset=...)`. The function takes no arguments and returns
+`{"train": (x, y), "test": (x, y)}`. Two keys are optional:
+
+- `"val": (x, y)`. Without it, kdsearch carves the validation split out of `train` with
+  `dataset.split_seed`, as for its own datasets.
+- `"num_classes"`. Without it, the number of classes is the largest label + 1.
+
+`x` is float, of any shape N x .... `y` holds integer class indices. Both may be tensors or
+NumPy arrays. The inputs are not normalised, because a pretrained teacher expects the
+preprocessing it was trained with.
 """
 
 from __future__ import annotations
@@ -22,10 +26,11 @@ SPLITS = ("train", "val", "test")
 
 
 class UserDataError(UserError, ValueError):
-    """A user's dataset function that returns something else than documented."""
+    """A user's dataset function returns something other than what is documented."""
 
 
 def _describe(v: Any) -> str:
+    """Return a short description of `v` for a message: its type, and shape and dtype if any."""
     if isinstance(v, (torch.Tensor, np.ndarray)):
         return f"{type(v).__name__} of shape {tuple(v.shape)} and dtype {v.dtype}"
     return type(v).__name__
@@ -39,6 +44,7 @@ def _array(v: Any, where: str, what: str) -> np.ndarray | torch.Tensor:
 
 
 def _split(raw: Any, where: str, split: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """Check one split (x, y) and return it as float32 inputs and int64 labels on the CPU."""
     key = f"[{split!r}]"
     if not isinstance(raw, (tuple, list)) or len(raw) != 2:
         raise UserDataError(f"{where}: {key} is {_describe(raw)}"
@@ -70,7 +76,7 @@ def _split(raw: Any, where: str, split: str) -> tuple[torch.Tensor, torch.Tensor
 
 def user_splits(source: Callable[[], Any] | dict[str, Any], where: str
                 ) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], int]:
-    """The checked splits ("train", "test", maybe "val") and the number of classes."""
+    """Return the checked splits ("train", "test", maybe "val") and the number of classes."""
     if callable(source):
         try:
             raw = source()
@@ -102,7 +108,7 @@ def user_splits(source: Callable[[], Any] | dict[str, Any], where: str
     whole_tensor = isinstance(num_classes, torch.Tensor) and not num_classes.is_floating_point() \
         and num_classes.dtype != torch.bool
     if (isinstance(num_classes, np.integer) or whole_tensor) and np.ndim(num_classes) == 0:
-        num_classes = int(num_classes)  # (a float tensor stays refused below, as a float is)
+        num_classes = int(num_classes)  # a float tensor is still refused below, as a float is
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise UserDataError(f"{where}: num_classes = {show(num_classes)}; expected an integer "
                             f">= 2")

@@ -1,11 +1,11 @@
 """Reading YAML safely: a space file, and the values of `--set KEY=VALUE`.
 
-`yaml.SafeLoader` with limits a config never reaches (file size, nesting depth) and without
-PyYAML's silent keep-the-last of a key written twice. Booleans are YAML 1.2's: only true and
-false. PyYAML follows YAML 1.1, which also reads yes, no, on and off as booleans, so
-`fast_step: off` would arrive as False. Every failure is a one-line ConfigError naming the file
-and, where PyYAML gives it, the line and column. No kdsearch config types here: this turns text
-into plain Python values, `config` validates them.
+The loader is `yaml.SafeLoader` with limits that a config never reaches (file size, nesting
+depth). A key written twice is an error. PyYAML would silently keep the last one. Booleans are
+YAML 1.2's: only true and false. PyYAML follows YAML 1.1, which also reads yes, no, on and off
+as booleans, so `fast_step: off` would arrive as False. Every failure is a one-line ConfigError
+that names the file and, where PyYAML gives them, the line and column. This module has no
+kdsearch config types. It turns text into plain Python values, and `config` validates them.
 """
 
 from __future__ import annotations
@@ -21,14 +21,14 @@ from yaml.constructor import ConstructorError
 
 from kdsearch.errors import ConfigError, one_line, show
 
-MAX_FILE_BYTES = 1 << 16  # a space file is a few kB; PyYAML reads 1 MB in 10 s to minutes
-MAX_DEPTH = 16  # a config nests 6 deep; PyYAML slows down with depth and recurses per level
+MAX_FILE_BYTES = 1 << 16  # a space file is a few kB. PyYAML takes 10 s to minutes for 1 MB.
+MAX_DEPTH = 16  # a config nests 6 deep. PyYAML slows down with depth and recurses per level.
 
 
 class _SafeLoader(yaml.SafeLoader):
     """yaml.SafeLoader that stops at nesting deeper than any config needs.
 
-    `[[[[...` 10,000 deep otherwise costs 2 s of scanning before a RecursionError.
+    Otherwise `[[[[...` 10,000 deep costs 2 s of scanning before a RecursionError.
     """
 
     _depth = 0
@@ -44,7 +44,7 @@ class _SafeLoader(yaml.SafeLoader):
             self._depth -= 1
 
     def construct_mapping(self, node: Any, deep: bool = False) -> Any:
-        # PyYAML keeps the last of two equal keys: a second `lr:` would silently win
+        # PyYAML keeps the last of two equal keys, so a second `lr:` would silently win
         seen: set[Any] = set()
         for key_node, _ in node.value:
             if not isinstance(key_node, yaml.ScalarNode) or key_node.tag.endswith(":merge"):
@@ -68,7 +68,7 @@ _SafeLoader.add_implicit_resolver(_BOOL, re.compile(r"^(?:true|True|TRUE|false|F
 
 
 def safe_load(text: str) -> Any:
-    """yaml.safe_load with the nesting limit of _SafeLoader (plain SafeLoader tags only)."""
+    """Parse `text` like yaml.safe_load, with the limits and checks of _SafeLoader."""
     loader = _SafeLoader(text)
     try:
         return loader.get_single_data()
@@ -77,7 +77,7 @@ def safe_load(text: str) -> Any:
 
 
 def read_yaml(path: str | os.PathLike[str]) -> Any:
-    """Parse a YAML file safely; any problem becomes a one-line ConfigError."""
+    """Parse a YAML file safely. Any problem becomes a one-line ConfigError."""
     p = Path(path)
     if not p.exists():
         raise ConfigError(f"{p}: no such file; pass an existing YAML file, or the name of a "
@@ -110,7 +110,9 @@ def read_yaml(path: str | os.PathLike[str]) -> Any:
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
-    """'search.num_samples=8' -> (['search', 'num_samples'], 8)."""
+    """Split a --set value into the key's parts and the parsed value.
+
+    'search.num_samples=8' gives (['search', 'num_samples'], 8)."""
     if "=" not in text:
         raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. --set search.num_samples=8")
     key, _, value = text.partition("=")
@@ -126,6 +128,7 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(raw: Any, overrides: list[str] | tuple[str, ...]) -> Any:
+    """Return the parsed file `raw` with each --set KEY=VALUE applied in order. `raw` is kept."""
     if not overrides:
         return raw
     raw = dict(raw or {}) if isinstance(raw, dict) or raw is None else raw
