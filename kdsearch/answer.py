@@ -241,6 +241,9 @@ def to_show(side: Side) -> str:
     """What would show that a "likely" side meets the target."""
     b = side.bound
     ways = []
+    if not side.correct:  # a final.json written before per-example results were kept
+        ways.append("retraining it for per-example results (kdsearch report, without "
+                    "--no-retrain)")
     if b is not None and b.seeds == 1:
         ways.append("more seeds (report.seeds: 3 or more; one seed gives no seed bound)")
     elif b is not None and b.seeds_needed:

@@ -71,7 +71,7 @@ def cmd_train(args: argparse.Namespace) -> int:
           f"T={tr.temperature:g} alpha={tr.alpha:g} lr={tr.lr:g} batch={tr.batch_size}")
 
     def report(m: dict[str, float], _state: object) -> None:
-        if args.level > logging.INFO:  # -q: the final line only
+        if args.level > logging.INFO:  # -q: no line per epoch
             return
         print(f"epoch {int(m[EPOCH]):3d}/{tr.epochs}  train_loss {m[TRAIN_LOSS]:.4f}  "
               f"val_loss {m[VAL_LOSS]:.4f}  val_acc {m[VAL_ACC]:.4f}  "
@@ -212,18 +212,8 @@ def _add_verbosity(parser: argparse.ArgumentParser, dest: str) -> None:
                        const=logging.DEBUG, help="print kdsearch's debugging messages too")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="kdsearch", description="Search knowledge-distillation "
-                                "hyperparameters with Ray Tune.")
-    p.add_argument("--version", action="version", version=f"kdsearch {__version__}")
-    _add_verbosity(p, "first_level")
-    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    common = argparse.ArgumentParser(add_help=False)
-    _add_verbosity(common, "level")
-
-    def add(name: str, **kwargs: str) -> argparse.ArgumentParser:
-        return sub.add_parser(name, parents=[common], **kwargs)
-
+def _add_train(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """Add `kdsearch train`: one distillation run without Ray."""
     t = add("train", help="one distillation run without Ray (try a setting)")
     t.add_argument("config", help="config / search-space YAML (its search section is ignored)")
     t.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -231,6 +221,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     t.set_defaults(func=cmd_train)
 
+
+def _add_run(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """Add `kdsearch run`: a search, its final evaluation and its report."""
     r = add("run", help="run a search described by a space file")
     r.add_argument("space", help="search-space YAML, or the name of a shipped one "
                                  "(kdsearch spaces), e.g. quickstart")
@@ -253,6 +246,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "file, in this folder, or installed")
     r.set_defaults(func=cmd_run)
 
+
+def _add_resume(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """Add `kdsearch resume`: continue an interrupted search."""
     s = add("resume", help="continue an interrupted search")
     s.add_argument("results", help="the search's results folder, e.g. results/quickstart")
     s.add_argument("--address", default=None, help="Ray cluster to join (as for run)")
@@ -261,6 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a ray.tune.Callback for the resumed run (as for run)")
     s.set_defaults(func=cmd_resume)
 
+
+def _add_report(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """Add `kdsearch report`: write a search's report again."""
     o = add("report", help="write report.md, tables and plots for a search")
     o.add_argument("results", help="the search's results folder, e.g. results/quickstart")
     o.add_argument("--no-retrain", action="store_true",
@@ -277,6 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
                             "Ray (faster for a small search on a few cores)")
     o.set_defaults(func=cmd_report)
 
+
+def _add_export(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """Add `kdsearch export`: write a trained student as ONNX or a torch.export program."""
     e = add("export", help="write a trained student as ONNX or torch.export, checked")
     e.add_argument("results", help="the search's results folder, e.g. results/quickstart")
     which = e.add_mutually_exclusive_group()
@@ -295,16 +297,40 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also write the ONNX file quantized to int8, and test it")
     e.set_defaults(func=cmd_export)
 
+
+def _add_latency(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """Add `kdsearch latency`: time the saved students on this machine."""
     lt = add("latency", help="time the saved students on this machine; rewrite the report")
     lt.add_argument("results", help="the search's results folder, e.g. results/quickstart")
     lt.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     lt.add_argument("--threads", type=int, default=1, help="torch threads (default: 1)")
     lt.set_defaults(func=cmd_latency)
 
+
+def _add_spaces(add: Callable[..., argparse.ArgumentParser]) -> None:
+    """Add `kdsearch spaces` and `kdsearch init`: list or copy the shipped spaces."""
     add("spaces", help="list the shipped search spaces").set_defaults(func=cmd_spaces)
     i = add("init", help="copy a shipped search space here, to edit")
     i.add_argument("name", help="a shipped space's name (kdsearch spaces), e.g. quickstart")
     i.set_defaults(func=cmd_init)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Return the parser of kdsearch's command line: one subcommand per job."""
+    p = argparse.ArgumentParser(prog="kdsearch", description="Search knowledge-distillation "
+                                "hyperparameters with Ray Tune.")
+    p.add_argument("--version", action="version", version=f"kdsearch {__version__}")
+    _add_verbosity(p, "first_level")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    common = argparse.ArgumentParser(add_help=False)
+    _add_verbosity(common, "level")
+
+    def add(name: str, **kwargs: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **kwargs)
+
+    for add_command in (_add_train, _add_run, _add_resume, _add_report, _add_export,
+                        _add_latency, _add_spaces):
+        add_command(add)
     return p
 
 

@@ -33,6 +33,7 @@ from kdsearch import files
 from kdsearch.builders import code_folders
 from kdsearch.config import default_cache_dir, default_data_dir
 from kdsearch.data import Dataset, Split, load_dataset, load_test
+from kdsearch.distill import predict
 from kdsearch.errors import UserError, one_line
 from kdsearch.results import read_config
 from kdsearch.search_result import read_answer
@@ -144,11 +145,6 @@ def _accuracy(logits: np.ndarray, y: torch.Tensor) -> float:
     return int((torch.from_numpy(logits).argmax(1) == y).sum().item()) / len(y)
 
 
-@torch.no_grad()
-def _torch_logits(model: nn.Module, x: torch.Tensor) -> np.ndarray:
-    return torch.cat([model(x[i:i + 4096]) for i in range(0, len(x), 4096)]).numpy()
-
-
 # --------------------------------------------------------------------------- the formats
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
@@ -233,18 +229,42 @@ def _out_path(results: Path, entry: StudentEntry, fmt: str, out: str | os.PathLi
     return results / EXPORT_DIR / f"{entry.kind}-w{entry.width}-seed{entry.seed}.{fmt}"
 
 
-def _quantized_acc(results: Path, entry: StudentEntry, train: Split, test: Split,
-                   student: Callable[..., nn.Module] | None, folder: Path) -> Quantized:
-    """The float and int8 test accuracy of a saved student, exported in `folder` (a scratch
-    folder)."""
-    model = load_student(results, entry.kind, entry.width, entry.seed, student=student)
-    shape = tuple(entry.input_shape)
-    source = folder / f"{entry.kind}.onnx"
-    _write_onnx(model, shape, source)
-    target = folder / f"{entry.kind}.int8.onnx"
-    _int8(source, target, train)
-    return Quantized(entry.kind, entry.width, _accuracy(_onnx_logits(source, test.x), test.y),
-                     _accuracy(_onnx_logits(target, test.x), test.y))
+def _quantize_width(results: Path, entry: StudentEntry, exported: Path, train: Split,
+                    test: Split, student: Callable[..., nn.Module] | None, folder: Path
+                    ) -> list[Quantized]:
+    """Quantize `entry` (already exported to `exported`) and the other kind's student of its
+    width (its first seed) to int8 in `folder` (`<kind>.int8.onnx`); return their float and
+    int8 test accuracy."""
+    others = [e for e in read_entries(results) if e.width == entry.width and e.kind != entry.kind]
+    chosen = {entry.kind: entry}
+    if others:
+        chosen[others[0].kind] = min(others, key=lambda e: e.seed)
+    out = []
+    for kind in KINDS:
+        if kind not in chosen:
+            continue
+        e = chosen[kind]
+        source, target = folder / f"{kind}.onnx", folder / f"{kind}.int8.onnx"
+        if e is entry:
+            source = exported
+        else:
+            model = load_student(results, e.kind, e.width, e.seed, student=student)
+            _write_onnx(model, tuple(e.input_shape), source)
+        _int8(source, target, train)
+        out.append(Quantized(kind, e.width, _accuracy(_onnx_logits(source, test.x), test.y),
+                             _accuracy(_onnx_logits(target, test.x), test.y)))
+    return out
+
+
+@contextlib.contextmanager
+def _failing_as(what: str) -> Iterator[None]:
+    """Turn a failure of the exporters or of ONNX Runtime into a one-line ExportError."""
+    try:
+        yield
+    except UserError:
+        raise
+    except Exception as e:
+        raise ExportError(f"{what} failed: {type(e).__name__}: {one_line(e)}") from None
 
 
 def export_student(results_dir: str | os.PathLike[str], *, width: int | None = None,
@@ -280,17 +300,13 @@ def export_student(results_dir: str | os.PathLike[str], *, width: int | None = N
     model = load_student(results, entry.kind, entry.width, entry.seed, student=student)
     shape = tuple(entry.input_shape)
     data, test = _splits(results, dataset)
-    expected = _torch_logits(model, test.x)
+    with torch.no_grad():
+        expected = predict(model, test.x).numpy()
     with tempfile.TemporaryDirectory() as tmp:
-        staged = Path(tmp) / path.name
-        try:
+        staged = Path(tmp) / f"export.{format}"  # (scratch names apart from --out's)
+        with _failing_as(f"{format} export of {entry.kind} width {entry.width}"):
             (_write_onnx if format == "onnx" else _write_pt2)(model, shape, staged)
             got = (_onnx_logits if format == "onnx" else _pt2_logits)(staged, test.x)
-        except UserError:
-            raise
-        except Exception as e:
-            raise ExportError(f"{format} export of {entry.kind} width {entry.width} failed: "
-                              f"{type(e).__name__}: {one_line(e)}") from None
         diff = float(np.max(np.abs(got - expected))) if len(expected) else 0.0
         if not diff <= TOLERANCE:
             raise ExportError(f"the {format} export's logits differ from torch's by {diff:.2e} "
@@ -298,19 +314,15 @@ def export_student(results_dir: str | os.PathLike[str], *, width: int | None = N
         quantized: list[Quantized] = []
         int8_path = None
         if quantize:
-            entries = read_entries(results)
-            for k in KINDS:
-                other = [e for e in entries if e.kind == k and e.width == entry.width]
-                if other:
-                    quantized.append(_quantized_acc(results, min(other, key=lambda e: e.seed),
-                                                    data.train, test, student, Path(tmp)))
-            _int8(staged, Path(tmp) / "int8.onnx", data.train)
+            with _failing_as(f"int8 quantization of width {entry.width}"):
+                quantized = _quantize_width(results, entry, staged, data.train, test,
+                                            student, Path(tmp))
         # checked: copied into place, each file whole or not at all (the temporary folder
         # may be on another file system)
         path.parent.mkdir(parents=True, exist_ok=True)
         files.copy(staged, path, durable=False)
         if quantize:
             int8_path = path.with_name(path.stem + ".int8.onnx")
-            files.copy(Path(tmp) / "int8.onnx", int8_path, durable=False)
+            files.copy(Path(tmp) / f"{entry.kind}.int8.onnx", int8_path, durable=False)
     return Exported(path, format, entry.kind, entry.width, entry.seed, shape, diff,
                     _accuracy(expected, test.y), _accuracy(got, test.y), int8_path, quantized)

@@ -218,6 +218,64 @@ class FusedAdam:
                 "exp_avg_sq": st["exp_avg_sq"].to(device=p.device, dtype=p.dtype)}
 
 
+class _Layers:
+    """The written-out MLP's parameters and gradients, feature-major (units x batch).
+
+    The gradient tensors are bound to the parameters' `.grad` (with FusedAdam, views of its
+    flat tensor), written in place by `backward` and read by the optimizer."""
+
+    def __init__(self, model: nn.Module, optimizer: Any) -> None:
+        fc1, fc2, fc3 = model.fc1, model.fc2, model.fc3
+        params = [fc1.weight, fc1.bias, fc2.weight, fc2.bias, fc3.weight, fc3.bias]
+        flat = optimizer.flatten() if isinstance(optimizer, FusedAdam) else None
+        grads = flat if flat is not None else [torch.zeros_like(p) for p in params]
+        for p, grad in zip(params, grads):
+            p.grad = grad
+        w1, b1, w2, b2, w3, b3 = params  # after flatten: views of its flat tensor
+        self.w1, self.w2, self.w3 = w1, w2, w3
+        self.b1c, self.b2c, self.b3c = b1.unsqueeze(1), b2.unsqueeze(1), b3.unsqueeze(1)
+        self.w2t, self.w3t = w2.t(), w3.t()
+        self.grads = grads
+        self.classes = fc3.out_features
+        self.threshold_backward = torch.ops.aten.threshold_backward
+
+    def forward(self, xb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Return the hidden activations and the logits of a batch, each units x batch."""
+        h1 = torch.addmm(self.b1c, self.w1, xb.t()).relu_()
+        h2 = torch.addmm(self.b2c, self.w2, h1).relu_()
+        return h1, h2, torch.addmm(self.b3c, self.w3, h2)
+
+    def backward(self, g: torch.Tensor, xb: torch.Tensor, h1: torch.Tensor,
+                 h2: torch.Tensor) -> None:
+        """Write the parameters' gradients, given the loss's gradient g on the logits."""
+        gw1, gb1, gw2, gb2, gw3, gb3 = self.grads
+        threshold_backward = self.threshold_backward
+        torch.mm(g, h2.t(), out=gw3)
+        torch.sum(g, 1, out=gb3)
+        g2 = threshold_backward(torch.mm(self.w3t, g), h2, 0)
+        torch.mm(g2, h1.t(), out=gw2)
+        torch.sum(g2, 1, out=gb2)
+        g1 = threshold_backward(torch.mm(self.w2t, g2), h1, 0)
+        torch.mm(g1, xb, out=gw1)
+        torch.sum(g1, 1, out=gb1)
+
+
+@torch.no_grad()
+def _example_table(y: torch.Tensor, log_targets: torch.Tensor | None, classes: int,
+                   alpha: float, temperature: float, dtype: torch.dtype) -> torch.Tensor:
+    """Return what `mlp_step` needs of each example, one row each, so a step gathers once.
+
+    Without a teacher: onehot(y). With one, four blocks of `classes` columns: Q, the loss's
+    weights on log softmax(z) and on log softmax(z / T) - log p_t, and log p_t."""
+    onehot = F.one_hot(y, classes).to(dtype)
+    if log_targets is None:
+        return onehot
+    soft = (1.0 - alpha) * temperature
+    p_t = log_targets.exp()
+    return torch.cat([onehot * alpha + p_t * soft, onehot * alpha,
+                      p_t * (soft * temperature), log_targets], 1)
+
+
 def mlp_step(model: nn.Module, optimizer: Any, x: torch.Tensor, y: torch.Tensor,
              log_targets: torch.Tensor | None, training: TrainingConfig, *,
              epoch: Callable[[], int] = lambda: 1
@@ -251,33 +309,13 @@ def mlp_step(model: nn.Module, optimizer: Any, x: torch.Tensor, y: torch.Tensor,
         return None
     if training.loss != "kd" and log_targets is not None and training.alpha < 1.0:
         return _mlp_step_any_loss(model, optimizer, x, y, log_targets, training, epoch)
-    fc1, fc2, fc3 = model.fc1, model.fc2, model.fc3
-    params = [fc1.weight, fc1.bias, fc2.weight, fc2.bias, fc3.weight, fc3.bias]
+    layers = _Layers(model, optimizer)
     alpha, temperature = training.alpha, training.temperature
     kd = log_targets is not None and alpha < 1.0
     x = x.flatten(1)
-    k = fc3.out_features
+    k = layers.classes
     soft = (1.0 - alpha) * temperature
-    with torch.no_grad():
-        onehot = F.one_hot(y, k).to(x.dtype)
-        if kd:
-            assert log_targets is not None
-            p_t = log_targets.exp()
-            # per example, in one tensor so that a step gathers its rows once: Q, the loss's
-            # weights on log softmax(z) and on log softmax(z / T) - log p_t, and log p_t
-            table = torch.cat([onehot * alpha + p_t * soft, onehot * alpha,
-                               p_t * (soft * temperature), log_targets], 1)
-        else:
-            table = onehot
-    # the gradient tensors, written in place every step (the optimizer reads them)
-    flat = optimizer.flatten() if isinstance(optimizer, FusedAdam) else None
-    grads = flat if flat is not None else [torch.zeros_like(p) for p in params]
-    for p, grad in zip(params, grads):
-        p.grad = grad
-    w1, b1, w2, b2, w3, b3 = params  # after flatten: views of its flat tensor
-    b1c, b2c, b3c, w2t, w3t = b1.unsqueeze(1), b2.unsqueeze(1), b3.unsqueeze(1), w2.t(), w3.t()
-    gw1, gb1, gw2, gb2, gw3, gb3 = grads
-    threshold_backward = torch.ops.aten.threshold_backward
+    table = _example_table(y, log_targets if kd else None, k, alpha, temperature, x.dtype)
     inv_t = 1.0 / temperature
     full = training.batch_size
     # the loss's terms, summed element by element over the epoch's steps (one op a term)
@@ -289,9 +327,7 @@ def mlp_step(model: nn.Module, optimizer: Any, x: torch.Tensor, y: torch.Tensor,
             b = len(idx)
             acc = terms if b == full else terms[:, :b]
             xb = x.index_select(0, idx)
-            h1 = torch.addmm(b1c, w1, xb.t()).relu_()
-            h2 = torch.addmm(b2c, w2, h1).relu_()
-            z = torch.addmm(b3c, w3, h2)
+            h1, h2, z = layers.forward(xb)
             rows = table.index_select(0, idx).t()
             log_p = torch.log_softmax(z, 0)
             acc.addcmul_(rows[k:2 * k] if kd else rows, log_p)
@@ -304,14 +340,7 @@ def mlp_step(model: nn.Module, optimizer: Any, x: torch.Tensor, y: torch.Tensor,
                 g.add_(log_p_s.exp_(), alpha=soft / b).sub_(rows[:k], alpha=1.0 / b)
             else:
                 g = log_p.exp_().sub_(rows).div_(b)
-            torch.mm(g, h2.t(), out=gw3)
-            torch.sum(g, 1, out=gb3)
-            g2 = threshold_backward(torch.mm(w3t, g), h2, 0)
-            torch.mm(g2, h1.t(), out=gw2)
-            torch.sum(g2, 1, out=gb2)
-            g1 = threshold_backward(torch.mm(w2t, g2), h1, 0)
-            torch.mm(g1, xb, out=gw1)
-            torch.sum(g1, 1, out=gb1)
+            layers.backward(g, xb, h1, h2)
         update()
 
     def take_loss() -> torch.Tensor:
@@ -331,26 +360,15 @@ def _mlp_step_any_loss(model: nn.Module, optimizer: Any, x: torch.Tensor, y: tor
     The MLP's forward and backward passes are written out as in `mlp_step`. The loss's
     gradient with respect to the logits (a batch x classes tensor) comes from autograd."""
     loss_fn = Loss.of(training)
-    fc1, fc2, fc3 = model.fc1, model.fc2, model.fc3
-    params = [fc1.weight, fc1.bias, fc2.weight, fc2.bias, fc3.weight, fc3.bias]
+    layers = _Layers(model, optimizer)
     x = x.flatten(1)
-    flat = optimizer.flatten() if isinstance(optimizer, FusedAdam) else None
-    grads = flat if flat is not None else [torch.zeros_like(p) for p in params]
-    for p, grad in zip(params, grads):
-        p.grad = grad
-    w1, b1, w2, b2, w3, b3 = params
-    b1c, b2c, b3c, w2t, w3t = b1.unsqueeze(1), b2.unsqueeze(1), b3.unsqueeze(1), w2.t(), w3.t()
-    gw1, gb1, gw2, gb2, gw3, gb3 = grads
-    threshold_backward = torch.ops.aten.threshold_backward
     total = torch.zeros((), dtype=x.dtype, device=x.device)
     update = optimizer.step
 
     def step(idx: torch.Tensor) -> None:
         with torch.no_grad():
             xb = x.index_select(0, idx)
-            h1 = torch.addmm(b1c, w1, xb.t()).relu_()
-            h2 = torch.addmm(b2c, w2, h1).relu_()
-            z = torch.addmm(b3c, w3, h2)
+            h1, h2, z = layers.forward(xb)
         logits = z.t().requires_grad_(True)
         with torch.enable_grad():
             loss = loss_fn(logits, log_targets.index_select(0, idx), y.index_select(0, idx),
@@ -358,15 +376,7 @@ def _mlp_step_any_loss(model: nn.Module, optimizer: Any, x: torch.Tensor, y: tor
             (g,) = torch.autograd.grad(loss, logits)
         with torch.no_grad():
             total.add_(loss.detach(), alpha=len(idx))
-            g = g.t()
-            torch.mm(g, h2.t(), out=gw3)
-            torch.sum(g, 1, out=gb3)
-            g2 = threshold_backward(torch.mm(w3t, g), h2, 0)
-            torch.mm(g2, h1.t(), out=gw2)
-            torch.sum(g2, 1, out=gb2)
-            g1 = threshold_backward(torch.mm(w2t, g2), h1, 0)
-            torch.mm(g1, xb, out=gw1)
-            torch.sum(g1, 1, out=gb1)
+            layers.backward(g.t(), xb, h1, h2)
         update()
 
     def take_loss() -> torch.Tensor:

@@ -112,6 +112,10 @@ def plan(results: Path, *, retrain: bool) -> Plan:
     reused = {}
     for i, s in enumerate(selection.settings):
         row = reusable.get(_spec_key(s, fingerprint))
+        if row is not None and row.extra and not s.extra:
+            # retrained only to compare losses, it saved no students: its width's saved
+            # students are another setting's, so it is retrained to save its own
+            row = None
         if row is not None:  # the search's own record of the setting may have changed
             reused[i] = dataclasses.replace(row, best=s.best, trial_id=s.trial_id,
                                             val_acc=s.val_acc, search_epochs=s.search_epochs,

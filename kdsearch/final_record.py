@@ -278,7 +278,7 @@ class Timing:
     seed: int  # the retraining whose saved weights were timed
     batch1_ms: float  # one example
     batch_ms: float  # a batch of `LatencyRecord.batch` examples
-    repeats: int  # timed calls at each batch size, after the warm-up
+    repeats: int  # timed calls of one example, after the warm-up
     spread: float  # (slowest - fastest) / median of the batch-1 calls, a noise measure
 
     def throughput(self, batch: int) -> float:

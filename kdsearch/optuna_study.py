@@ -88,8 +88,6 @@ def export_study(results_dir: Path, cfg: ExperimentConfig) -> None:
     tmp.unlink(missing_ok=True)
     storage = _storage(tmp)
     for kind in KINDS:
-        dims = dimensions(cfg, kind)
-        dists = optuna_space(dims)
         mine = [r for r in rows if r.kind == kind]
         if not mine and kind not in searched_kinds(cfg):
             continue

@@ -72,7 +72,8 @@ def _save(fig: Any, ax: Any, path: Path, title: str) -> dict[str, Any]:
             "ylabel": ax.get_ylabel(), "series": _series(ax)}
 
 
-_SERIES = [(DISTILLED, True, "distilled", "o", 0.97), (BASELINE, True, "alone (baseline)", "s", 1.03),
+_SERIES = [(DISTILLED, True, "distilled", "o", 0.97),
+           (BASELINE, True, "alone (baseline)", "s", 1.03),
            (BASELINE, False, "alone, untuned", "^", 1.03)]
 
 
@@ -99,10 +100,12 @@ def _front(summary: Summary, path: Path, *, x: str) -> dict[str, Any] | None:
             shift = 1.0  # (a latency is measured, not a size shared by both kinds)
         if not mine:
             continue
+        # no bar where there is no bound (one seed): the title promises 95% bounds
         half = [100 * (s.bound.half_width if s.bound and s.bound.half_width is not None
-                       else s.std or 0.0) for s in mine]
+                       else 0.0) for s in mine]
         # a small multiplicative shift keeps the two kinds' bars apart on the log axis
-        ax.errorbar([(where(s) or 0.0) * shift for s in mine], [100 * (s.mean or 0.0) for s in mine],
+        ax.errorbar([(where(s) or 0.0) * shift for s in mine],
+                    [100 * (s.mean or 0.0) for s in mine],
                     yerr=half, marker=marker, capsize=3, label=label)
     a, t = summary.answer, summary.final.teacher
     if t is not None and t.test_acc is not None and t.params is not None:

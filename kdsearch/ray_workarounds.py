@@ -68,6 +68,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from kdsearch import files
+from kdsearch.config import default_cache_dir
 from kdsearch.metrics import EPOCH, EPOCH_SECONDS, TRAIN_LOSS, VAL_ACC, VAL_LOSS
 from kdsearch.results import SearchError
 from kdsearch.tables import (PROGRESS_FIELDS, PROGRESS_FILE, TRIALS_FILE, TrialRow, read_table,
@@ -446,8 +447,7 @@ SESSIONS = "ray-sessions"  # in kdsearch's cache folder: the local Rays kdsearch
 
 
 def _sessions_folder() -> Path:
-    env = os.environ.get("KDSEARCH_CACHE_DIR")
-    return (Path(env).expanduser() if env else Path.home() / ".cache" / "kdsearch") / SESSIONS
+    return default_cache_dir() / SESSIONS
 
 
 def _started(pid: int) -> str | None:
@@ -463,13 +463,17 @@ def _started(pid: int) -> str | None:
 
 
 def register_session(session_dir: str) -> Path | None:
-    """Record a local Ray that this process started. Return the record, or None if unwritable."""
+    """Record a local Ray that this process started. Return the record, or None if unwritable
+    or where processes cannot be told apart (no /proc: not Linux)."""
+    started = _started(os.getpid())
+    if started is None:
+        return None
     folder = _sessions_folder()
     record = folder / f"{Path(session_dir).name}.json"
     try:
         folder.mkdir(parents=True, exist_ok=True)
         files.write_text(record, json.dumps({"session_dir": session_dir, "pid": os.getpid(),
-                                             "started": _started(os.getpid())}))
+                                             "started": started}))
     except OSError:
         return None
     return record
@@ -500,9 +504,12 @@ def _holding(folder: str) -> list[int]:
 def end_orphans(log: Callable[[str], None] | None = None, grace: float = 2.0) -> list[int]:
     """End the processes of every registered local Ray whose driver is gone. Return their pids.
 
-    A session whose driver still runs (another search) is left alone."""
+    A session whose driver still runs (another search) is left alone. Without /proc (not
+    Linux), nothing is registered and nothing is ended."""
     folder = _sessions_folder()
     ended: list[int] = []
+    if not os.path.isdir("/proc"):
+        return ended
     for record in sorted(folder.glob("*.json")) if folder.is_dir() else []:
         try:
             entry = json.loads(record.read_text())

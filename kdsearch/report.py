@@ -20,12 +20,14 @@ a function of its own, and `render` puts them in order.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from kdsearch import files
 from kdsearch.answer import Side, rule_sentences, to_show
+from kdsearch.errors import UserError, one_line
 from kdsearch.final_record import FINAL_FILE, LATENCY_FILE, FinalRecord, read_final
 from kdsearch.formatting import (examples_phrase, fmt_ci, fmt_gap, fmt_p, fmt_ratio,
                                  fmt_seconds, fmt_value, pct, pm, points, seed_phrase)
@@ -41,6 +43,8 @@ if TYPE_CHECKING:  # (annotations only: the final evaluation's types)
     from kdsearch.builders import UserObjects
     from kdsearch.inputs import Inputs
     from kdsearch.retrain import Runner
+
+log = logging.getLogger(__name__)
 
 REPORT_FILE = "report.md"
 TEACHER_CHECK_LEVEL = 0.01  # below it, the report says the teacher's val accuracy is too high
@@ -287,7 +291,7 @@ def per_seed(s: Summary) -> list[str]:
     n_seeds = len(s.seeds)
     for c in s.widths:
         for side in (c.distilled, c.baseline):
-            if side.width is None or not (side.accs or n_seeds):
+            if side.width is None:
                 continue
             text = ", ".join(pct(a) for a in side.accs) if side.accs else "none"
             errors = side.errors or ["diverged"] * (n_seeds - len(side.accs))
@@ -488,12 +492,24 @@ def make_report(results_dir: str | os.PathLike[str], *, retrain: bool = True,
 
 
 def _time_students(results: Path, final: FinalRecord, objects: UserObjects | None) -> None:
-    """Time the saved students on this machine's CPU, one thread (latency.json); a report that
-    retrained nothing keeps the timings it has of this machine."""
-    from kdsearch.latency import measure, measured_alike
+    """Time the saved students on this machine's CPU, one thread, into latency.json.
+
+    A report that retrained nothing keeps a latency.json that times every saved student, on
+    whatever device and threads `kdsearch latency` used. Without saved students (every
+    retraining diverged), or when a student cannot be loaded here, the report says "Not timed"
+    and is written all the same."""
+    from kdsearch.latency import measure, times_every
     from kdsearch.students import read_entries
 
-    if final.retrained == 0 and measured_alike(results, read_entries(results), "cpu", 1):
+    entries = read_entries(results)
+    if not entries:
+        (results / LATENCY_FILE).unlink(missing_ok=True)  # it would time students now gone
         return
-    measure(results, device="cpu", threads=1,
-            student=objects.student if objects is not None else None)
+    if final.retrained == 0 and times_every(results, entries):
+        return
+    try:
+        measure(results, device="cpu", threads=1,
+                student=objects.student if objects is not None else None)
+    except UserError as e:
+        (results / LATENCY_FILE).unlink(missing_ok=True)
+        log.warning(f"latency: not timed: {one_line(e)}")

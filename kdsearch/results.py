@@ -28,8 +28,7 @@ from kdsearch import files
 from kdsearch.config import (KD_DIMENSIONS, LOSS_PARAMS, Dimension, ExperimentConfig, load_config,
                              losses_of)
 from kdsearch.errors import UserError
-from kdsearch.tables import (BASELINE, DISTILLED, KINDS, PHASE, TEXT_FIELDS, TRIALS_FILE,
-                             TrialRow, kind_of)
+from kdsearch.tables import BASELINE, DISTILLED, KINDS, PHASE, TrialRow, kind_of
 
 CONFIG_FILE = "config.yaml"
 RUN_FILE = "run.json"
@@ -90,11 +89,6 @@ def dimension_names(cfg: ExperimentConfig, kind: str, loss: str | None = None) -
 def loss_searched(cfg: ExperimentConfig) -> bool:
     """Return whether more than one loss is searched. Each is then tuned on its own."""
     return len(losses_of(cfg)) > 1
-
-
-def loss_of(values: Any, cfg: ExperimentConfig) -> str:
-    """Return the loss that a trial (its config, or its row's values) trained with."""
-    return values.get("loss") or cfg.training.loss
 
 
 def trial_budget(cfg: ExperimentConfig, kind: str) -> int:

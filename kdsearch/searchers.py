@@ -202,6 +202,23 @@ def arm_specs(cfg: ExperimentConfig, kinds: list[str]
     return out
 
 
+def unsearched_note(cfg: ExperimentConfig, kinds: list[str]) -> str | None:
+    """What to tell a user whose budget leaves some arm (a loss or a width) without a trial."""
+    short = []
+    for kind in kinds:
+        losses = losses_of(cfg) if kind == DISTILLED and loss_searched(cfg) else [None]
+        widths = searched_widths(cfg) if per_width(cfg) else [None]
+        groups = len(losses) * len(widths)
+        if trial_budget(cfg, kind) < groups:
+            what = " × ".join(f"{n} {name}" for n, name in
+                              ((len(losses), "losses"), (len(widths), "widths")) if n > 1)
+            short.append(f"{trial_budget(cfg, kind)} {kind} trials for {what}")
+    if not short:
+        return None
+    return (f"note: {'; '.join(short)}: only the first get a trial; raise "
+            f"search.num_samples (and search.baseline_num_samples) to tune them all")
+
+
 def random_search_note(cfg: ExperimentConfig, kinds: list[str]) -> str | None:
     """What to tell a user whose TPE budget never gets past TPE's random start-up trials."""
     s = cfg.search

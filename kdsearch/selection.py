@@ -137,8 +137,9 @@ def _setting(kind: str, width: int, best: Best, is_best: bool, extra: bool = Fal
 
 
 def _best_by_loss(rows: list[TrialRow], cfg: ExperimentConfig) -> dict[str, dict[int, Best]]:
-    """Per loss (when several are searched), per width, its best distilled trial."""
-    if not loss_searched(cfg):
+    """Per loss (when several are searched, kd among them), per width, its best distilled
+    trial. The report compares each loss with kd; without kd there is nothing to retrain."""
+    if not loss_searched(cfg) or "kd" not in losses_of(cfg):
         return {}
     return {loss: _best_by_width([r for r in rows if r.value("loss") == loss], cfg, DISTILLED)
             for loss in losses_of(cfg)}

@@ -196,8 +196,8 @@ def load_student(results_dir: str | Path, kind: str = DISTILLED, width: int | No
 def kept_entries(folder: Path, wanted: list[tuple[str, int, int]]) -> list[StudentEntry]:
     """Return the index entries in `folder` for the (kind, width, seed) of reused retrainings.
 
-    Only entries whose file is still there and whole are returned. The others are retrained or
-    dropped."""
+    Only entries whose file is still there and whole are returned. The others are dropped:
+    `load_student`, `kdsearch export` and `kdsearch latency` then lack those students."""
     try:
         index = json.loads((folder / INDEX_FILE).read_text())
         entries = [StudentEntry(**e) for e in index["students"]

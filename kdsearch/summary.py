@@ -296,8 +296,9 @@ def compare_losses(ctx: Context) -> list[LossComparison]:
     if len({loss for _, loss in rows}) < 2:
         return []
     pairs = [(w, loss) for (w, loss) in sorted(rows) if loss != "kd" and (w, "kd") in rows]
-    sides = [(comparison(rows[(w, loss)], None, ctx)[0], comparison(rows[(w, "kd")], None,
-                                                                      ctx)[0]) for w, loss in pairs]
+    sides = [(Side.of(DISTILLED, rows[(w, loss)], ctx.final, ctx.target, ctx.latency),
+              Side.of(DISTILLED, rows[(w, "kd")], ctx.final, ctx.target, ctx.latency))
+             for w, loss in pairs]
     n_test = ctx.final.data.test if ctx.final.data else None
     t_acc = ctx.final.teacher.test_acc if ctx.final.teacher else None
     family = adjust([compare(a.accs, b.accs, t_acc, n_test=n_test, distilled_correct=a.correct,

@@ -11,7 +11,6 @@ a traceback in whatever code first uses it. No torch, no Ray.
 from __future__ import annotations
 
 import csv
-import dataclasses
 import io
 import math
 from dataclasses import dataclass, field
@@ -123,11 +122,6 @@ class TrialRow:
         """The trial raised (status ERROR)."""
         return self.status == ERROR
 
-    @property
-    def full_budget(self) -> bool:
-        """The trial ended well after its whole epoch budget."""
-        return self.ended_ok and not self.stopped_early
-
     def value(self, name: str) -> Any:
         """The trial's value of the searched dimension `name` (None when it has none)."""
         return self.epoch_budget if name == "epochs" else self.values.get(name)
@@ -171,9 +165,6 @@ class TrialRow:
                    node=cells.get("node") or "", gpu_ids=cells.get("gpu_ids") or "",
                    values={k: None if v in (None, "") else parse_value(v)
                            for k, v in cells.items() if k not in TRIAL_FIELDS})
-
-    def replace(self, **changes: Any) -> TrialRow:
-        return dataclasses.replace(self, **changes)
 
 
 def read_trials(path: Path) -> list[TrialRow]:

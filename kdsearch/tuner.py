@@ -26,7 +26,7 @@ from kdsearch.config import ExperimentConfig, max_epochs
 from kdsearch.metrics import VAL_ACC
 from kdsearch.optuna_study import StudyWriter
 from kdsearch.results import EXPERIMENT, SearchError, per_width, searched_widths, trial_budget
-from kdsearch.searchers import make_search, random_search_note
+from kdsearch.searchers import make_search, random_search_note, unsearched_note
 from kdsearch.status import StatusCallback
 from kdsearch.tables import ENDED, TRIALS_FILE, read_trials
 from kdsearch.trainable import TrialPayload, run_trial
@@ -154,10 +154,7 @@ def log_start(cfg: ExperimentConfig, kinds: list[str], budgets: dict[str, int],
              f"{', side by side' if len(kinds) > 1 else ''}, {s.algorithm.upper()} + "
              f"{s.scheduler.upper()}, up to {max_epochs(cfg)} epochs each, "
              f"{concurrency} at a time{split}")
-    if per_width(cfg) and min(budgets.values()) < len(widths):
-        log.info(f"note: fewer trials than widths ({len(widths)}): only the first "
-                 f"widths get a trial; raise search.num_samples to tune them all")
-    note = random_search_note(cfg, kinds)
-    if note:
-        log.info(note)
+    for note in (unsearched_note(cfg, kinds), random_search_note(cfg, kinds)):
+        if note:
+            log.info(note)
     log.info("search: starting the trial workers (each imports torch and Ray first)")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy import stats as scipy_stats
 
-from kdsearch.answer import Answer, Side, Target, answer_sentence, find_answer
+from kdsearch.answer import Answer, Side, Target, answer_sentence, find_answer, to_show
 from kdsearch.stats import target_bound
 
 N = 400  # test examples
@@ -107,6 +107,17 @@ def _answer(sides: list[Side], target: Target) -> tuple[Answer, str]:
 
 
 WITHIN = Target("within_teacher", 1.0)
+
+
+def test_a_side_without_per_example_results_is_told_to_retrain() -> None:
+    """Rows of a final.json written before per-example results were kept have no example
+    bound: more seeds cannot show them, retraining can."""
+    accs = [0.99, 0.99, 0.991]
+    older = Side("distilled", 16, 1600, True, "t", 0.9, 10, {}, accs, [], None,
+                 mean=float(np.mean(accs)), bound=target_bound(accs, None, needed=0.9))
+    assert older.status == "likely"
+    assert to_show(older).startswith("retraining it for per-example results")
+    assert "retraining" not in to_show(_side("distilled", 16, [389, 386, 386], target=WITHIN))
 
 
 def test_the_answer_is_the_smallest_student_of_each_kind_that_meets_the_target() -> None:

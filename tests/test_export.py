@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -36,7 +37,7 @@ def make_folder(folder: Path, digits: Dataset, widths: tuple[int, ...] = (8, 16)
     entries = []
     for kind in ("distilled", "baseline"):
         for width in widths:
-            torch.manual_seed(width)
+            torch.manual_seed(width + (100 if kind == "baseline" else 0))  # two students
             model = build_student("mlp_student", digits.input_shape, 10, width=width)
             fit(model, digits, TrainingConfig(alpha=1.0, epochs=2, batch_size=64, lr=3e-3))
             name, sha = save_state(folder / STUDENTS_DIR, kind, width, 0, model.state_dict())
@@ -84,6 +85,26 @@ def test_int8_tests_both_kinds_of_the_width_quantized(folder: Path, tmp_path: Pa
     for q in done.quantized:  # a small MLP keeps its accuracy in int8 within a few points
         assert 0.0 < q.int8_acc <= 1.0 and abs(q.int8_acc - q.float_acc) < 0.05
     assert done.quantized[0].float_acc == pytest.approx(done.test_acc)
+
+
+def test_an_out_name_like_a_scratch_file_still_gets_the_chosen_student(
+        folder: Path, tmp_path: Path) -> None:
+    """--out baseline.onnx for the distilled student, with int8: the file written is the
+    distilled student, not the baseline the int8 check also exports."""
+    import onnxruntime as ort
+
+    from kdsearch.students import load_student
+
+    done = export_student(folder, width=16, kind="distilled", format="onnx", quantize="int8",
+                          out=tmp_path / "baseline.onnx")
+    x = torch.randn(7, 1, 8, 8)
+    with torch.no_grad():
+        want = load_student(folder, "distilled", 16, 0)(x).numpy()
+    for path in (done.path, done.int8_path):
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        got = session.run(None, {"input": x.numpy()})[0]
+        # float: the same logits; int8: close, and not the baseline's
+        assert np.abs(got - want).max() <= (TOLERANCE if path == done.path else 0.5), path
 
 
 @pytest.mark.parametrize("argv, message", [

@@ -129,6 +129,22 @@ def test_plan_retrains_what_changed_since_final_json(tmp_path: Path) -> None:
     assert p.selection.settings[2].trial_id == "d1600002"
 
 
+def test_plan_retrains_a_setting_that_saved_no_students_when_it_becomes_its_widths_own(
+        tmp_path: Path) -> None:
+    """A loss's best, retrained only to compare losses (`extra`), saved no students. When a
+    resumed search makes it its width's setting, it is retrained: the students saved at that
+    width are another setting's."""
+    cfg = _cfg(tmp_path)
+    folder = _folder(tmp_path / "run", cfg)
+    _final(folder, seeds=[0, 1], fingerprint=training_fingerprint(cfg), key=teacher_key(cfg))
+    old = read_final(folder)
+    write_final(folder, dataclasses.replace(old, rows=[
+        dataclasses.replace(r, extra=(r.kind, r.width) == ("distilled", 16)) for r in old.rows]))
+    p = plan(folder, retrain=False)
+    assert p.todo == [2] and sorted(p.reused) == [0, 1, 3]
+    assert not p.selection.settings[2].extra
+
+
 @pytest.mark.parametrize("change", ["seeds", "training", "fingerprint"])
 def test_plan_reuses_nothing_of_another_seeds_or_training(tmp_path: Path, change: str
                                                           ) -> None:

@@ -4,6 +4,7 @@ whole search's folder: tests/test_report.py.)"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -12,8 +13,8 @@ import torch
 
 from kdsearch.data import Dataset
 from kdsearch.errors import UserError
-from kdsearch.final_record import LATENCY_FILE, read_latency
-from kdsearch.latency import BATCH, MIN_CALLS, WARMUP, measure, measured_alike, time_calls
+from kdsearch.final_record import LATENCY_FILE, read_latency, write_latency
+from kdsearch.latency import BATCH, MIN_CALLS, WARMUP, measure, time_calls, times_every
 from kdsearch.students import read_entries
 from test_export import make_folder
 
@@ -36,8 +37,17 @@ def test_every_saved_student_is_timed_and_the_record_reads_back(folder: Path) ->
     assert record.threads == 1 and record.batch == BATCH and record.device.startswith("cpu")
     again = read_latency(folder)
     assert again == record
-    assert measured_alike(folder, read_entries(folder), "cpu", 1)
-    assert not measured_alike(folder, read_entries(folder), "cpu", 2)  # other threads: again
+    assert times_every(folder, read_entries(folder))
+    assert not times_every(folder / "missing", read_entries(folder))
+
+
+def test_a_record_that_misses_a_student_does_not_time_every_one(folder: Path,
+                                                                tmp_path: Path) -> None:
+    record = measure(folder, device="cpu", threads=2)
+    write_latency(tmp_path, dataclasses.replace(record, timings=record.timings[1:]))
+    assert not times_every(tmp_path, read_entries(folder))
+    write_latency(tmp_path, record)  # another thread count still times every student
+    assert times_every(tmp_path, read_entries(folder))
 
 
 def test_a_damaged_latency_file_reads_as_not_timed(folder: Path, tmp_path: Path) -> None:

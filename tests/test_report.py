@@ -337,6 +337,25 @@ def test_kdsearch_latency_rewrites_the_latency_columns(reported: Path, tmp_path:
         c = next(c for c in s["widths"] if c[f"{t['kind']}_width"] == t["width"])
         assert c[f"{t['kind']}_latency_ms"] == t["batch1_ms"]
     assert "2 torch threads" in (folder / "report.md").read_text()
+    # a report that retrains nothing keeps the user's own timings
+    assert main(["report", str(folder), "--no-retrain"]) == 0
+    assert json.loads((folder / "latency.json").read_text()) == after
+    assert "2 torch threads" in (folder / "report.md").read_text()
+
+
+@pytest.mark.slow  # a real Ray search (shared by the module)
+def test_a_report_without_saved_students_is_written_not_timed(reported: Path,
+                                                              tmp_path: Path) -> None:
+    """Every retraining diverged, or its students were deleted: the report is written all the
+    same, says it was not timed, and drops a latency.json that timed students now gone."""
+    from kdsearch.cli import main
+
+    folder = _copy(reported, tmp_path / "copy")
+    shutil.rmtree(folder / "students")
+    (folder / "report.md").unlink()
+    assert main(["report", str(folder), "--no-retrain"]) == 0
+    assert "Not timed" in (folder / "report.md").read_text()
+    assert not (folder / "latency.json").exists()
 
 
 @pytest.mark.slow  # a real Ray search (shared by the module)
@@ -568,7 +587,7 @@ def test_report_without_a_baseline_search_trains_an_untuned_one(
     report = (folder / "report.md").read_text()
     assert "the baseline was not tuned" in report.split("## The smallest student")[0].lower()
     assert "(untuned)" in report
-    assert "baseline (untuned)" in s["plots"][PLOT_TEST_ACC]["series"]
+    assert "alone, untuned" in s["plots"][PLOT_TEST_ACC]["series"]
 
 
 # --------------------------------------------------------------------------- the test split

@@ -1,5 +1,5 @@
-"""The searchers and schedulers of a search (`kdsearch.arms`): an arm per phase and width, each
-with its own seeded sampler, budget and early stopping."""
+"""The searchers and schedulers of a search (`kdsearch.searchers`): an arm per phase and width
+(and loss), each with its own seeded sampler, budget and early stopping."""
 
 from __future__ import annotations
 
@@ -8,11 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from kdsearch.searchers import (PhaseScheduler, PhaseSearcher, arm_specs, random_search_note,
-                           sampler, searcher_seed)
+                                sampler, searcher_seed, unsearched_note)
 from kdsearch.config import load_config
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "search_spaces" / "quickstart.yaml"
+LOSSES = REPO / "examples" / "own_models" / "losses.yaml"
 
 
 def test_each_phase_is_early_stopped_against_its_own_trials() -> None:
@@ -154,6 +155,25 @@ def test_a_search_too_small_for_tpe_says_it_is_random_search() -> None:
         cfg.search, space=tuple(d for d in cfg.search.space if d.name != "lr")))
     assert random_search_note(no_lr, ["distilled", "baseline"]) is None
     assert random_search_note(cfg, ["distilled", "baseline"]) is not None
+
+
+def test_a_budget_that_leaves_a_loss_or_width_without_a_trial_says_so() -> None:
+    def note(space: Path, *sets: str) -> str | None:
+        return unsearched_note(load_config(space, list(sets)), ["distilled", "baseline"])
+
+    assert note(QUICKSTART) is None and note(LOSSES) is None
+    assert note(QUICKSTART, "search.num_samples=3", "search.baseline_num_samples=4") == (
+        "note: 3 distilled trials for 4 widths: only the first get a trial; raise "
+        "search.num_samples (and search.baseline_num_samples) to tune them all")
+    # 3 losses × 3 widths: 9 arms of distilled trials, 3 of baseline ones
+    assert note(LOSSES, "search.num_samples=8", "search.baseline_num_samples=2") == (
+        "note: 8 distilled trials for 3 losses × 3 widths; 2 baseline trials for 3 widths: "
+        "only the first get a trial; raise search.num_samples (and "
+        "search.baseline_num_samples) to tune them all")
+    assert note(LOSSES, "search.num_samples=9", "search.per_width=false") is None
+    assert note(LOSSES, "search.num_samples=2", "search.per_width=false") == (
+        "note: 2 distilled trials for 3 losses: only the first get a trial; raise "
+        "search.num_samples (and search.baseline_num_samples) to tune them all")
 
 
 def test_each_searcher_draws_its_own_random_numbers() -> None:
