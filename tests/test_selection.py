@@ -283,3 +283,26 @@ def test_a_setting_spec_holds_everything_but_the_seeds() -> None:
     # a trial of the same values with another id and accuracy is the same retraining
     other = dataclasses.replace(setting, trial_id="zzz", val_acc=0.5)
     assert other.spec("f" * 16) == spec
+
+
+# --------------------------------------------------------------------------- several losses
+def _loss_cells(loss: str, trial_id: str, width: int, val_acc: float) -> dict[str, str]:
+    return {**_cells("distill", trial_id, width, val_acc), "loss": loss}
+
+
+@pytest.mark.parametrize("losses, extras", [
+    (["kd", "dkd"], [(8, "kd")]),  # dkd is best at width 8; kd's best there is retrained too
+    (["dkd", "ls_kd"], []),  # no kd to compare with: nothing extra to retrain
+])
+def test_each_losss_best_is_retrained_beside_the_widths_own_when_kd_is_searched(
+        losses: list[str], extras: list[tuple[int, str]]) -> None:
+    space = {"loss": {"distribution": "choice", "values": losses}, "lr": LR,
+             "width": {"distribution": "choice", "values": [8]}}
+    cfg = _cfg(search={"space": space})
+    rows = _rows(_loss_cells(losses[0], "a0000001", 8, 0.90),
+                 _loss_cells(losses[1], "b0000001", 8, 0.95),
+                 _cells("baseline", "c0000001", 8, 0.92, alpha=None))
+    settings = select_settings(cfg, rows).settings
+    best = [s for s in settings if s.kind == "distilled" and not s.extra]
+    assert [s.trial_id for s in best] == ["b0000001"]
+    assert [(s.width, s.settings["loss"]) for s in settings if s.extra] == extras
