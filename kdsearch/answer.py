@@ -270,19 +270,19 @@ def answer_sentence(a: Answer, model: str) -> str:
     d, b = a.distilled, a.baseline
     if d is None and b is None:
         return _no_answer(a, words, model)
-    first = d if d is not None else b
-    assert first is not None
+    # the smaller of the two leads (the distilled one on a tie): the student to ship
+    f = a.factor or 1.0
+    first = b if d is None or (b is not None and f < 1.0) else d
     s = f"Smallest student {words}: {_student(first, model)}."
     if d is not None and b is not None:
-        f = a.factor or 1.0
         if b.width == d.width or f == 1.0:
             s += (f" Alone, the same width meets it: distillation buys nothing here.")
         elif f > 1:
             s += (f" Alone, the smallest that meets it is width {b.width} ({b.params:,} "
                   f"parameters): distillation makes the student {fmt_ratio(f)} smaller.")
         else:
-            s += (f" Alone, a smaller student meets it: width {b.width} ({b.params:,} "
-                  f"parameters, {_accuracy(b)}): distillation buys nothing here.")
+            s += (f" Distilled, the smallest that meets it is width {d.width} ({d.params:,} "
+                  f"parameters, {_accuracy(d)}): distillation buys nothing here.")
     elif d is not None:
         s += " Alone, no retrained width meets it: the student needs distillation to meet it."
     else:

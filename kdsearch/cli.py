@@ -286,8 +286,9 @@ def _add_export(add: Callable[..., argparse.ArgumentParser]) -> None:
                        help="the answer's student: the smallest that meets the target "
                             "(the default)")
     which.add_argument("--width", type=int, default=None, help="the student's width")
-    e.add_argument("--kind", choices=("distilled", "baseline"), default="distilled",
-                   help="distilled, or baseline for the student trained alone")
+    e.add_argument("--kind", choices=("distilled", "baseline"), default=None,
+                   help="distilled, or baseline for the student trained alone (default: with "
+                        "--answer, the smaller of the answer's two; else distilled)")
     e.add_argument("--seed", type=int, default=None, help="which retraining (default: the "
                                                            "first saved)")
     e.add_argument("--format", choices=("onnx", "pt2"), default="onnx")

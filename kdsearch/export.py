@@ -103,22 +103,26 @@ def _installed(package: str) -> bool:
         return False
 
 
-def choose(results: Path, entries: list[StudentEntry], *, kind: str, width: int | None,
+def choose(results: Path, entries: list[StudentEntry], *, kind: str | None, width: int | None,
            seed: int | None) -> StudentEntry:
-    """The saved student to export: `width` (None: the answer's width of `kind`), its first
-    seed or `seed`."""
-    if kind not in KINDS:
+    """The saved student to export: `width` (None: the answer's), of `kind` (None: with the
+    answer, the smaller of its two students, the distilled one on a tie; else distilled), its
+    first seed or `seed`."""
+    if kind is not None and kind not in KINDS:
         raise ExportError(f"--kind {kind}: expected {DISTILLED} or {BASELINE}")
     if width is None:
         answer = read_answer(results)
         if answer is None:
             raise ExportError(f"{results}: no answer to export (no summary.json with one); "
                               f"write the report (kdsearch report {results}) or pass --width")
-        pick = answer.distilled if kind == DISTILLED else answer.baseline
-        if pick is None:
-            raise ExportError(f"{results}: no {kind} width meets the target, so there is no "
-                              f"answer to export; pass --width W")
-        width = pick.width
+        picks = [p for p in (answer.distilled, answer.baseline)
+                 if p is not None and (kind is None or p.kind == kind)]
+        if not picks:
+            raise ExportError(f"{results}: no {kind or 'student'} width meets the target, so "
+                              f"there is no answer to export; pass --width W")
+        pick = min(picks, key=lambda p: p.params)  # (stable: distilled first on a tie)
+        kind, width = pick.kind, pick.width
+    kind = kind or DISTILLED
     mine = [e for e in entries if e.kind == kind and e.width == width
             and (seed is None or e.seed == seed)]
     if not mine:
@@ -268,7 +272,7 @@ def _failing_as(what: str) -> Iterator[None]:
 
 
 def export_student(results_dir: str | os.PathLike[str], *, width: int | None = None,
-                   kind: str = DISTILLED, seed: int | None = None, format: str = "onnx",
+                   kind: str | None = None, seed: int | None = None, format: str = "onnx",
                    out: str | os.PathLike[str] | None = None, quantize: str | None = None,
                    dataset: Any = None, student: Callable[..., nn.Module] | None = None
                    ) -> Exported:
@@ -278,7 +282,8 @@ def export_student(results_dir: str | os.PathLike[str], *, width: int | None = N
     Args:
         results_dir: the search's results folder.
         width: the student's width; None: the answer's (the smallest that meets the target).
-        kind: "distilled", or "baseline" for the student trained alone.
+        kind: "distilled", or "baseline" for the student trained alone; None: the answer's
+            smaller student (the distilled one on a tie), or distilled with `width`.
         seed: which retraining; None: the first saved one.
         format: "onnx" (torch.onnx.export, checked with onnxruntime) or "pt2" (torch.export).
         out: the file to write; default: `<results_dir>/export/<kind>-w<width>-seed<seed>.<format>`.

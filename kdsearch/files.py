@@ -10,10 +10,11 @@ read the folder (0644), like a plain `open(..., "w")` under the usual umask.
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
-from typing import BinaryIO, Callable
+from typing import Any, BinaryIO, Callable
 
 MODE = 0o644
 
@@ -46,3 +47,8 @@ def write_text(path: Path, text: str, *, durable: bool = False) -> None:
 def copy(src: Path, dst: Path, *, durable: bool = True) -> None:
     """Copy `src` to `dst` atomically (durable by default: kdsearch copies only state files)."""
     write_bytes(dst, src.read_bytes(), durable=durable)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """Write `obj` to `path` as indented JSON, atomically. NaN and infinity are refused."""
+    write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")

@@ -164,8 +164,7 @@ class FinalRecord:
 
 def write_final(results_dir: Path, final: FinalRecord) -> None:
     """final.json, written atomically."""
-    files.write_text(Path(results_dir) / FINAL_FILE,
-                     json.dumps(final.to_json(), indent=2, allow_nan=False) + "\n")
+    files.write_json(Path(results_dir) / FINAL_FILE, final.to_json())
 
 
 def read_final(results_dir: Path) -> FinalRecord | None:
@@ -315,8 +314,7 @@ class LatencyRecord:
 
 def write_latency(results_dir: Path, record: LatencyRecord) -> None:
     """latency.json, written atomically."""
-    files.write_text(Path(results_dir) / LATENCY_FILE,
-                     json.dumps(record.to_json(), indent=2, allow_nan=False) + "\n")
+    files.write_json(Path(results_dir) / LATENCY_FILE, record.to_json())
 
 
 def read_latency(results_dir: Path) -> LatencyRecord | None:

@@ -32,7 +32,7 @@ from kdsearch.final_record import FINAL_FILE, LATENCY_FILE, FinalRecord, read_fi
 from kdsearch.formatting import (examples_phrase, fmt_ci, fmt_gap, fmt_p, fmt_ratio,
                                  fmt_seconds, fmt_value, pct, pm, points, seed_phrase)
 from kdsearch.plots import PLOTS, group_label, write_plots
-from kdsearch.results import ReportError, read_run_if_any, write_json
+from kdsearch.results import ReportError, read_run_if_any
 from kdsearch.stats import SIGNIFICANCE, Tests
 from kdsearch.summary import (SUMMARY_CSV, SUMMARY_JSON, Comparison, Spent, Summary,
                               summarize, summary_csv)
@@ -465,7 +465,7 @@ def _write(results: Path, final: FinalRecord) -> Path:
     summary.plots = write_plots(results, summary)
     # everything rendered before anything is written: a failure leaves the three files as they were
     table, text = summary_csv(summary), render(summary)
-    write_json(results / SUMMARY_JSON, summary.to_json())
+    files.write_json(results / SUMMARY_JSON, summary.to_json())
     files.write_text(results / SUMMARY_CSV, table)
     path = results / REPORT_FILE
     files.write_text(path, text)

@@ -46,11 +46,6 @@ class ReportError(SearchError):
     """A results folder cannot be evaluated or reported. The one-line message says what to do."""
 
 
-def write_json(path: Path, obj: Any) -> None:
-    """Write `obj` to `path` as indented JSON, atomically. NaN and infinity are refused."""
-    files.write_text(path, json.dumps(obj, indent=2, allow_nan=False) + "\n")
-
-
 # --------------------------------------------------------------------------- the two kinds
 def searched_kinds(cfg: ExperimentConfig) -> list[str]:
     """Return the kinds of student the search tunes: distilled, and the baseline unless off."""

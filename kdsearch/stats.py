@@ -374,6 +374,10 @@ class Bound:
     relative to the teacher, this bound takes its spread from the per-example differences from
     the teacher's own results. Both bounds must clear the target, just as both tests must agree
     for a verdict.
+
+    The bound over the examples lies at least `zero_event_margin(n)` below the mean (about
+    3/n). With no example seen to differ (from the teacher, or from the all-correct case), the
+    t bound alone would claim certainty; the exact binomial bound for zero events does not.
     """
 
     needed: float | None  # the accuracy the target asks for; None: unknown (no teacher)
@@ -402,6 +406,12 @@ def _mean_sd(x: np.ndarray) -> tuple[float, float]:
     return float(np.mean(x)), float(np.std(x, ddof=1)) if len(x) > 1 else 0.0
 
 
+def zero_event_margin(n: int) -> float:
+    """Return the exact one-sided 95% upper bound of a rate when 0 of n events were seen,
+    1 - 0.05^(1/n) (about 3/n): the least share of test examples a bound leaves unknown."""
+    return 1.0 - (1.0 - CONFIDENCE) ** (1.0 / n)
+
+
 def target_bound(accs: Sequence[float], correct: Sequence[np.ndarray] | None, *,
                  needed: float | None, teacher_correct: np.ndarray | None = None) -> Bound:
     """Return the `Bound` of a student against the accuracy `needed`.
@@ -424,7 +434,7 @@ def target_bound(accs: Sequence[float], correct: Sequence[np.ndarray] | None, *,
                   else per_example)
         sd_examples = _mean_sd(values)[1]
         half = _t(n - 1) * sd_examples / math.sqrt(n) if n > 1 else 0.0
-        example_lower = float(np.mean(per_example)) - half
+        example_lower = float(np.mean(per_example)) - max(half, zero_event_margin(n))
     lower = (None if seed_lower is None or example_lower is None
              else min(seed_lower, example_lower))
     if needed is None or lower is not None and lower > needed or mean <= needed:
@@ -436,9 +446,13 @@ def target_bound(accs: Sequence[float], correct: Sequence[np.ndarray] | None, *,
         seeds = next((m for m in range(k + 1, 100_001)
                       if _t(m - 1) * sd_seeds / math.sqrt(m) < gap), 100_001)
     examples = None
-    if example_lower is not None and example_lower <= needed and sd_examples:
+    if example_lower is not None and example_lower <= needed:
         z = float(_normal_ppf(CONFIDENCE))
-        examples = max(n + 1, math.ceil((z * sd_examples / gap) ** 2))
+        from_spread = math.ceil((z * sd_examples / gap) ** 2) if sd_examples else 0
+        # and enough examples for the zero-event margin to fit inside the gap
+        from_margin = math.ceil(math.log(1.0 - CONFIDENCE) / math.log(1.0 - gap)) if gap < 1 \
+            else 1
+        examples = max(n + 1, from_spread, from_margin)
     return Bound(needed, mean, lower, seed_lower, example_lower, "likely", seeds, examples, k)
 
 

@@ -47,9 +47,10 @@ from kdsearch import files
 from kdsearch.builders import build_teacher, check_output
 from kdsearch.config import ExperimentConfig, TrainingConfig
 from kdsearch.data import Dataset, resolved_val_size
-from kdsearch.distill import VAL_ACC, FitState, evaluate, fit, predict
+from kdsearch.distill import FitState, evaluate, fit, predict
 from kdsearch.errors import UserError, one_line, show
 from kdsearch.models import MODELS, TEACHERS_WITH_DROPOUT
+from kdsearch.metrics import EPOCH, VAL_ACC
 from kdsearch.version import __version__
 
 log = logging.getLogger(__name__)
@@ -320,15 +321,20 @@ def train_teacher(cfg: ExperimentConfig, data: Dataset, *, device: str | None = 
     training = TrainingConfig(epochs=t.epochs, batch_size=t.batch_size, lr=t.lr,
                               weight_decay=t.weight_decay, alpha=1.0, shift=t.shift, seed=t.seed)
     bar = None
-    if log.isEnabledFor(logging.INFO):  # a bar only where kdsearch's INFO messages are shown
+    shown = log.isEnabledFor(logging.INFO)  # progress only where INFO messages are shown
+    if shown and sys.stderr.isatty():
         from tqdm import tqdm
         bar = tqdm(total=t.epochs, desc=f"teacher {t.model} on {cfg.dataset.name}", unit="epoch",
                    file=sys.stderr, leave=True)
+    every = max(1, t.epochs // 10)  # into a log file: a line per tenth of the epochs, no bar
 
     def report(metrics: dict[str, float], state: FitState) -> None:
         if bar is not None:
             bar.update(1)
             bar.set_postfix(val_acc=f"{metrics[VAL_ACC]:.4f}")
+        elif shown and int(metrics[EPOCH]) % every == 0:
+            log.info(f"teacher {t.model} on {cfg.dataset.name}: epoch "
+                     f"{int(metrics[EPOCH])}/{t.epochs}, val_acc {metrics[VAL_ACC]:.4f}")
 
     history = fit(model, data, training, report=report)
     if bar is not None:

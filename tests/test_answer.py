@@ -34,7 +34,9 @@ def _reference(teacher: np.ndarray | None, seeds: list[np.ndarray], needed: floa
     seed_lower = accs.mean() - scipy_stats.t.ppf(0.95, k - 1) * accs.std(ddof=1) / math.sqrt(k)
     student = np.mean(np.array(seeds, dtype=float), axis=0)
     d = (teacher.astype(float) - student) if teacher is not None else student
-    example_lower = student.mean() - T95 * d.std(ddof=1) / math.sqrt(N)
+    # at least the exact binomial bound for zero events (Clopper-Pearson with 0 of N)
+    margin = scipy_stats.beta.ppf(0.95, 1, N)
+    example_lower = student.mean() - max(T95 * d.std(ddof=1) / math.sqrt(N), margin)
     return seed_lower, example_lower, min(seed_lower, example_lower)
 
 
@@ -77,6 +79,21 @@ def test_an_absolute_target_bounds_the_students_accuracy_alone() -> None:
     paired = target_bound([s.mean() for s in seeds], seeds, needed=0.95,
                           teacher_correct=_examples(393))
     assert paired.example_lower > bound.example_lower
+
+
+def test_a_student_that_scores_every_example_as_the_teacher_is_not_shown_certain() -> None:
+    """No example seen to differ from the teacher: the t bound over examples would sit on the
+    mean. The exact binomial bound for 0 of 400 events (about 3/400) keeps it below."""
+    same = [TEACHER.copy() for _ in range(3)]
+    bound = target_bound([s.mean() for s in same], same, needed=0.97, teacher_correct=TEACHER)
+    margin = scipy_stats.beta.ppf(0.95, 1, N)  # 1 - 0.05 ** (1 / N)
+    assert bound.example_lower == pytest.approx(0.975 - margin, abs=1e-12)
+    assert bound.example_lower < bound.mean and bound.status == "likely"
+    # what would show it: enough examples for the margin to fit in the 0.5-point gap
+    m = bound.test_examples_needed
+    assert scipy_stats.beta.ppf(0.95, 1, m) < 0.005 <= scipy_stats.beta.ppf(0.95, 1, m - 1)
+    assert target_bound([0.975] * 3, same, needed=0.96,
+                        teacher_correct=TEACHER).status == "meets"  # 1.5 points: it fits
 
 
 def test_one_seed_or_no_per_example_results_is_never_shown() -> None:
@@ -147,7 +164,11 @@ def test_the_answer_says_when_distillation_buys_nothing_or_nothing_meets_the_tar
         _answer(same, WITHIN)[1]
     smaller_alone = [_side("distilled", 64, [398, 398, 398], target=WITHIN),
                      _side("baseline", 16, [397, 397, 396], target=WITHIN)]
-    assert "Alone, a smaller student meets it: width 16" in _answer(smaller_alone, WITHIN)[1]
+    text = _answer(smaller_alone, WITHIN)[1]  # the smaller student leads: the one to ship
+    assert text.startswith("Smallest student within 1.0 point of the teacher (97.50%): width 16 "
+                           "alone (mlp_student), 1,600 parameters"), text
+    assert "Distilled, the smallest that meets it is width 64 (6,400 parameters, " in text
+    assert text.count("distillation buys nothing here") == 1
     none = [_side("distilled", 8, [370, 371, 370], target=WITHIN),
             _side("baseline", 8, [360, 361, 360], target=WITHIN)]
     answer, text = _answer(none, WITHIN)

@@ -6,6 +6,7 @@ whole search's: tests/test_report.py and tests/test_own_models.py)."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -67,6 +68,22 @@ def test_the_answers_student_exports_to_onnx_and_matches_torch_on_the_test_split
     session = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].name == "input"
     assert session.run(None, {"input": torch.zeros(5, 1, 8, 8).numpy()})[0].shape == (5, 10)
+
+
+def test_the_answer_exported_is_its_smaller_student_unless_a_kind_is_named(
+        folder: Path, tmp_path: Path) -> None:
+    """Alone, width 8 meets the target; distilled, width 16 does: --answer exports the
+    student alone, the smaller; --kind distilled the distilled one."""
+    other = tmp_path / "copy"
+    shutil.copytree(folder, other)
+    summary = json.loads((other / SUMMARY_JSON).read_text())
+    summary["answer"]["baseline"] = {"kind": "baseline", "width": 8, "params": 682,
+                                     "mean": 0.9, "settings": {}}
+    (other / SUMMARY_JSON).write_text(json.dumps(summary))
+    done = export_student(other, format="pt2")
+    assert (done.kind, done.width) == ("baseline", 8)
+    done = export_student(other, format="pt2", kind="distilled")
+    assert (done.kind, done.width) == ("distilled", 16)
 
 
 def test_a_torch_export_program_round_trips(folder: Path) -> None:
