@@ -159,7 +159,10 @@ def test_search_runs_trials_on_both_nodes(two_nodes: tuple[str, dict[str, str]],
     # the live status: one readable line per finished trial, and none of Ray's chatter
     lines = run.stdout.splitlines()
     # what the first seconds are spent on (the data and teacher, checked before Ray starts), then
-    # the search
+    # the search; into a pipe, the teacher's training says its progress in a line per tenth
+    training = [ln for ln in lines if ln.startswith("teacher mlp_teacher on digits: epoch ")]
+    assert lines[:len(training)] == training
+    lines = lines[len(training):]
     assert lines[0].startswith("teacher: mlp_teacher on digits, val_acc ")
     assert lines[1] == f"ray: connecting to {address}"
     assert lines[2].startswith("search: 6 distilled trials of mlp_student on digits")
